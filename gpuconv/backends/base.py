@@ -1,0 +1,136 @@
+"""The interface every backend implements.
+
+``gpuconv.functional`` validates arguments (shapes, dtypes, hyper-parameters, backend of each
+array) through ``gpuconv.geometry`` and only then calls a backend method, so a backend may assume:
+
+  * arrays are of this backend's array type (``is_array``), float32 or float64 (indices int32,
+    labels int32/int64), all floating inputs of one call share a dtype;
+  * geometry records (``ConvGeometry``/``PoolGeometry``) already match the arrays' shapes;
+  * arrays may be non-contiguous: a backend makes contiguous copies where it needs them.
+
+Backends return new arrays, except the optimizer steps, which update their arrays in place.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+from ..geometry import ConvGeometry, PoolGeometry
+
+Array = Any
+
+
+class Backend:
+    """Abstract backend. ``name`` is what ``use_backend`` takes; ``xp`` is its array module."""
+
+    name: str = "abstract"
+    xp: Any = None
+
+    # ---- arrays -------------------------------------------------------------------------
+    def is_array(self, a) -> bool:
+        raise NotImplementedError
+
+    def asarray(self, a, dtype=None) -> Array:
+        """Host (NumPy) or same-backend data -> this backend's array."""
+        raise NotImplementedError
+
+    def to_numpy(self, a) -> "Any":
+        """This backend's array -> a NumPy array on the host."""
+        raise NotImplementedError
+
+    def zeros(self, shape, dtype) -> Array:
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on the CPU)."""
+
+    def describe(self) -> str:
+        """One line for logs and ``gpuconv info``."""
+        return self.name
+
+    # ---- convolution --------------------------------------------------------------------
+    def conv2d(self, x: Array, weight: Array, bias: Optional[Array], g: ConvGeometry) -> Array:
+        raise NotImplementedError
+
+    def conv2d_backward(self, dy: Array, x: Array, weight: Array, g: ConvGeometry,
+                        need_dx: bool = True, need_dw: bool = True, need_db: bool = True
+                        ) -> Tuple[Optional[Array], Optional[Array], Optional[Array]]:
+        """(dx, dweight, dbias); an entry is None when not needed."""
+        raise NotImplementedError
+
+    # ---- pooling ------------------------------------------------------------------------
+    def max_pool2d(self, x: Array, g: PoolGeometry) -> Tuple[Array, Array]:
+        """(y, indices int32 flat h*W+w inside the input plane)."""
+        raise NotImplementedError
+
+    def max_pool2d_backward(self, dy: Array, indices: Array, g: PoolGeometry) -> Array:
+        raise NotImplementedError
+
+    def avg_pool2d(self, x: Array, g: PoolGeometry, count_include_pad: bool,
+                   divisor_override: Optional[int]) -> Array:
+        raise NotImplementedError
+
+    def avg_pool2d_backward(self, dy: Array, g: PoolGeometry, count_include_pad: bool,
+                            divisor_override: Optional[int], dtype) -> Array:
+        raise NotImplementedError
+
+    def l2_pool2d(self, x: Array, g: PoolGeometry) -> Array:
+        raise NotImplementedError
+
+    def l2_pool2d_backward(self, dy: Array, x: Array, y: Array, g: PoolGeometry) -> Array:
+        raise NotImplementedError
+
+    # ---- element-wise -------------------------------------------------------------------
+    def relu(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    def relu_backward(self, dy: Array, y: Array) -> Array:
+        """dy where y > 0 else 0 (y is relu's output)."""
+        raise NotImplementedError
+
+    def sigmoid(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    def sigmoid_backward(self, dy: Array, y: Array) -> Array:
+        """dy * y * (1 - y) (y is sigmoid's output)."""
+        raise NotImplementedError
+
+    def tanh(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    def tanh_backward(self, dy: Array, y: Array) -> Array:
+        """dy * (1 - y^2) (y is tanh's output)."""
+        raise NotImplementedError
+
+    def dropout(self, x: Array, p: float, seed: int) -> Tuple[Array, Array]:
+        """(y, mask) with mask in {0, 1/(1-p)} of x's dtype; y = x * mask."""
+        raise NotImplementedError
+
+    def mul(self, a: Array, b: Array) -> Array:
+        raise NotImplementedError
+
+    def add(self, a: Array, b: Array) -> Array:
+        raise NotImplementedError
+
+    # ---- dense layers and loss ----------------------------------------------------------
+    def linear(self, x: Array, weight: Array, bias: Optional[Array]) -> Array:
+        """x (N, I) @ weight (O, I)^T + bias (O,)."""
+        raise NotImplementedError
+
+    def linear_backward(self, dy: Array, x: Array, weight: Array, need_db: bool = True
+                        ) -> Tuple[Array, Array, Optional[Array]]:
+        raise NotImplementedError
+
+    def softmax_cross_entropy(self, logits: Array, labels: Array) -> Tuple[Array, Array]:
+        """(loss as a 0-d array, dlogits), mean over the batch."""
+        raise NotImplementedError
+
+    # ---- optimizer updates (in place) ---------------------------------------------------
+    def sgd_step(self, param: Array, grad: Array, buf: Optional[Array], lr: float, momentum: float,
+                 dampening: float, weight_decay: float, nesterov: bool, first_step: bool) -> None:
+        """PyTorch's SGD rule; ``buf`` is the momentum buffer (None when momentum == 0)."""
+        raise NotImplementedError
+
+    def adam_step(self, param: Array, grad: Array, m: Array, v: Array, step: int, lr: float,
+                  beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+        """PyTorch's Adam rule (L2 weight decay added to the gradient); ``step`` starts at 1."""
+        raise NotImplementedError
