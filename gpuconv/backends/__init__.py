@@ -33,8 +33,8 @@ def _make_numpy() -> Backend:
 
 
 def _make_emulator() -> Backend:
-    from .kernel_backend import KernelBackend
     from .executors import EmulatorExecutor
+    from .kernel_backend import KernelBackend
     return KernelBackend(EmulatorExecutor())
 
 
@@ -42,8 +42,8 @@ def _make_cuda() -> Backend:
     reason = cuda_unavailable_reason()
     if reason:
         raise BackendUnavailable(f"backend 'cuda' is not available: {reason}")
-    from .kernel_backend import KernelBackend
     from .executors import CupyExecutor
+    from .kernel_backend import KernelBackend
     return KernelBackend(CupyExecutor())
 
 
@@ -60,7 +60,8 @@ def cuda_unavailable_reason() -> str:
     try:
         import cupy
     except Exception as exc:  # ImportError, or a broken CUDA install raising at import
-        return f"CuPy is not importable ({type(exc).__name__}: {exc}); install gpuconv[cuda13] or gpuconv[cuda12]"
+        return (f"CuPy is not importable ({type(exc).__name__}: {exc}); "
+                "install gpuconv[cuda13] or gpuconv[cuda12]")
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:

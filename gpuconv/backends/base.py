@@ -33,7 +33,7 @@ class Backend:
         """Host (NumPy) or same-backend data -> this backend's array."""
         raise NotImplementedError
 
-    def to_numpy(self, a) -> "Any":
+    def to_numpy(self, a) -> Any:
         """This backend's array -> a NumPy array on the host."""
         raise NotImplementedError
 
