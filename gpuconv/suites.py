@@ -1,0 +1,184 @@
+"""The benchmark suites of PERF.md as data, with FLOP and minimal-byte counts and physical floors.
+
+A suite entry is a layer shape (``ConvCase`` or ``PoolCase``); ``conv_cost``/``pool_cost`` count
+the arithmetic and the minimal traffic of one pass over a batch, and ``floor_seconds`` turns a
+cost into the physical lower bound max(FLOPs / peak, bytes / bandwidth) on a given GPU.
+
+Counting rules (float32 storage unless ``itemsize`` says otherwise):
+
+* convolution, one pass = 2·N·K·(C/groups)·R·S·P·Q FLOPs (forward, backward-data and
+  backward-filter cost the same); bytes = every tensor the pass reads or writes, once:
+  forward x + w + bias + y, backward-data dy + w + dx, backward-filter dy + x + dw;
+* pooling, forward = one operation per window element per output (two for L2: square, add);
+  backward the same, except max pooling's, which only routes (0 FLOPs); bytes: max forward
+  x + y + int32 indices, max backward dy + indices + dx, average forward x + y, backward dy + dx,
+  L2 forward x + y, backward dy + x + y + dx.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from .geometry import ConvGeometry, PoolGeometry, conv2d_geometry, pool2d_geometry
+
+__all__ = ["ConvCase", "PoolCase", "Cost", "Hardware", "HARDWARE", "SUITES", "CONV_PASSES",
+           "POOL_PASSES", "POOL_KINDS", "get_suite", "conv_cost", "pool_cost", "hardware_for",
+           "floor_seconds", "multiple_of_floor", "DEFAULT_BATCH"]
+
+DEFAULT_BATCH = 128
+CONV_PASSES = ("forward", "backward_data", "backward_filter")
+POOL_PASSES = ("forward", "backward")
+POOL_KINDS = ("max", "avg", "l2")
+INDEX_BYTES = 4  # max-pooling indices are int32
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One convolution layer of a suite: x (N, C, H, W) * w (K, C, R, S), square kernel."""
+
+    id: str
+    layer: str
+    C: int
+    K: int
+    kernel: int
+    stride: int
+    padding: int
+    H: int
+    W: int
+
+    def geometry(self, batch: int = DEFAULT_BATCH) -> ConvGeometry:
+        """The conv geometry at batch size ``batch``."""
+        return conv2d_geometry((batch, self.C, self.H, self.W), (self.K, self.C, self.kernel, self.kernel),
+                               stride=self.stride, padding=self.padding)
+
+
+@dataclass(frozen=True)
+class PoolCase:
+    """One pooling layer of a suite; ``kinds`` are the pooling flavours benchmarked on it."""
+
+    id: str
+    layer: str
+    C: int
+    kernel: int
+    stride: int
+    padding: int
+    H: int
+    W: int
+    kinds: Tuple[str, ...]
+
+    def geometry(self, batch: int = DEFAULT_BATCH) -> PoolGeometry:
+        """The pooling geometry at batch size ``batch``."""
+        return pool2d_geometry((batch, self.C, self.H, self.W), self.kernel, self.stride, self.padding)
+
+
+SUITES: Dict[str, Tuple[object, ...]] = {
+    "small-cnn": (
+        ConvCase("L1", "LeNet conv1", 1, 6, 5, 1, 2, 28, 28),
+        ConvCase("L2", "LeNet conv2", 6, 16, 5, 1, 0, 14, 14),
+        ConvCase("C1", "ResNet-20 stem", 3, 16, 3, 1, 1, 32, 32),
+        ConvCase("C2", "ResNet-20 stage 1", 16, 16, 3, 1, 1, 32, 32),
+        ConvCase("C3", "ResNet-20 down", 16, 32, 3, 2, 1, 32, 32),
+        ConvCase("C4", "ResNet-20 stage 2", 32, 32, 3, 1, 1, 16, 16),
+        ConvCase("C5", "ResNet-20 stage 3", 64, 64, 3, 1, 1, 8, 8),
+        ConvCase("C6", "small CIFAR CNN", 32, 64, 3, 1, 1, 32, 32),
+        PoolCase("P1", "LeNet pool", 6, 2, 2, 0, 28, 28, POOL_KINDS),
+        PoolCase("P2", "CIFAR pool", 64, 2, 2, 0, 32, 32, POOL_KINDS),
+        PoolCase("P3", "overlapping max pool", 32, 3, 2, 1, 32, 32, ("max",)),
+        PoolCase("P4", "global average pool", 64, 8, 1, 0, 8, 8, ("avg",)),
+    ),
+}
+
+
+def get_suite(name: str) -> Tuple[object, ...]:
+    """The cases of suite ``name`` (``"small-cnn"``)."""
+    if name not in SUITES:
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {name!r}")
+    return SUITES[name]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Arithmetic (FLOPs) and minimal memory traffic (bytes) of one pass."""
+
+    flops: int
+    bytes: int
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def conv_cost(g: ConvGeometry, pass_name: str, itemsize: int = 4, bias: bool = True) -> Cost:
+    """FLOPs and minimal bytes of one convolution pass (see the module docstring)."""
+    if pass_name not in CONV_PASSES:
+        raise ValueError(f"pass_name must be one of {', '.join(CONV_PASSES)}, got {pass_name!r}")
+    x, w, y = _numel(g.x_shape), _numel(g.w_shape), _numel(g.y_shape)
+    if pass_name == "forward":
+        elems = x + w + y + (g.K if bias else 0)
+    elif pass_name == "backward_data":
+        elems = y + w + x
+    else:
+        elems = y + x + w
+    return Cost(g.flops, elems * itemsize)
+
+
+def pool_cost(g: PoolGeometry, kind: str, pass_name: str, itemsize: int = 4) -> Cost:
+    """FLOPs and minimal bytes of one pooling pass (see the module docstring)."""
+    if kind not in POOL_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(POOL_KINDS)}, got {kind!r}")
+    if pass_name not in POOL_PASSES:
+        raise ValueError(f"pass_name must be one of {', '.join(POOL_PASSES)}, got {pass_name!r}")
+    x, y = _numel(g.x_shape), _numel(g.y_shape)
+    window_ops = y * g.kh * g.kw * (2 if kind == "l2" else 1)
+    if kind == "max":
+        if pass_name == "forward":
+            return Cost(window_ops, (x + y) * itemsize + y * INDEX_BYTES)
+        return Cost(0, (y + x) * itemsize + y * INDEX_BYTES)
+    if kind == "avg":
+        return Cost(window_ops, (x + y) * itemsize)
+    if pass_name == "forward":
+        return Cost(window_ops, (x + y) * itemsize)
+    return Cost(window_ops, (2 * x + 2 * y) * itemsize)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Peak rates of one GPU: FP32 (FFMA) and TF32 tensor-core FLOP/s, copy bandwidth in bytes/s."""
+
+    name: str
+    fp32_flops: float
+    tf32_flops: float
+    bandwidth: float
+
+
+HARDWARE: Dict[str, Hardware] = {
+    "H100": Hardware("NVIDIA H100 SXM", 66.9e12, 494.7e12, 3.0e12),
+    "H200": Hardware("NVIDIA H200", 66.9e12, 494.7e12, 4.3e12),
+}
+
+
+def hardware_for(gpu_name: Optional[str]) -> Tuple[Hardware, bool]:
+    """(hardware, matched) for a GPU name; an unknown or missing name gives the H100 with False."""
+    name = (gpu_name or "").upper()
+    for key in ("H200", "H100"):
+        if key in name:
+            return HARDWARE[key], True
+    return HARDWARE["H100"], False
+
+
+def floor_seconds(cost: Cost, hw: Hardware, math_mode: str = "fp32") -> float:
+    """max(FLOPs / peak, bytes / bandwidth) in seconds; ``math_mode`` is ``"fp32"`` or ``"tf32"``."""
+    if math_mode not in ("fp32", "tf32"):
+        raise ValueError(f"math_mode must be 'fp32' or 'tf32', got {math_mode!r}")
+    peak = hw.fp32_flops if math_mode == "fp32" else hw.tf32_flops
+    return max(cost.flops / peak, cost.bytes / hw.bandwidth)
+
+
+def multiple_of_floor(seconds: float, floor: float) -> float:
+    """How many times its floor a measured time is."""
+    if floor <= 0:
+        raise ValueError(f"floor must be > 0 seconds, got {floor!r}")
+    return seconds / floor
