@@ -1,0 +1,362 @@
+"""The reference backend: vectorised NumPy, float32 and float64, NCHW.
+
+It is both the reference every other backend is checked against and the CPU training path, so
+every op is exact (PyTorch's semantics, DESIGN.md §4) and written around large BLAS calls:
+
+  * conv2d: batch chunks small enough to stay in cache; per chunk an im2col matrix
+    (N, C*R*S, P*Q) built by one strided copy per kernel tap, then one batched matmul per image
+    with the weight used as stored (K, C*R*S). Backward-filter reuses the same matrix;
+    backward-data is the transposed matmul followed by one strided add per tap (col2im), which
+    accumulates overlapping windows deterministically. Groups are a batch dimension of the
+    matmul.
+  * pooling: one strided view per window offset (kh*kw of them), element-wise reductions over
+    those views, backward by one strided add per offset (or a single scatter when windows do not
+    overlap).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from ..geometry import ConvGeometry, PoolGeometry, avg_pool_divisor
+from .base import Backend
+
+# Target size of one batch chunk's im2col matrix: large enough for efficient matmuls, small
+# enough to stay in the last-level cache together with its inputs and outputs.
+_CHUNK_BYTES = 4 << 20
+
+
+def _chunks(n: int, bytes_per_item: int) -> Iterator[slice]:
+    step = max(1, min(n, _CHUNK_BYTES // max(1, bytes_per_item)))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def _pad_nchw(x: np.ndarray, top: int, bottom: int, left: int, right: int,
+              fill: float = 0.0) -> np.ndarray:
+    """x (N, C, H, W) with ``fill`` added around the spatial dimensions (x itself when no padding)."""
+    if top == bottom == left == right == 0:
+        return x
+    N, C, H, W = x.shape
+    out = np.full((N, C, H + top + bottom, W + left + right), fill, dtype=x.dtype)
+    out[:, :, top:top + H, left:left + W] = x
+    return out
+
+
+def _tap(a: np.ndarray, h0: int, w0: int, P: int, Q: int, sh: int, sw: int) -> np.ndarray:
+    """The strided view a[..., h0 + sh*p, w0 + sw*q] of shape (..., P, Q)."""
+    return a[..., h0:h0 + (P - 1) * sh + 1:sh, w0:w0 + (Q - 1) * sw + 1:sw]
+
+
+# ---- convolution ---------------------------------------------------------------------------
+
+def _im2col(xp: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """Padded x (n, C, Hp, Wp) -> columns (n, C, R, S, P, Q)."""
+    n = xp.shape[0]
+    cols = np.empty((n, g.C, g.R, g.S, g.P, g.Q), dtype=xp.dtype)
+    for r in range(g.R):
+        for s in range(g.S):
+            cols[:, :, r, s] = _tap(xp, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
+    return cols
+
+
+def _col2im_add(dxp: np.ndarray, dcols: np.ndarray, g: ConvGeometry) -> None:
+    """Accumulate columns (n, C, R, S, P, Q) into padded dx (n, C, Hp, Wp), tap by tap."""
+    for r in range(g.R):
+        for s in range(g.S):
+            view = _tap(dxp, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
+            view += dcols[:, :, r, s]
+
+
+def _pad_conv_input(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    return _pad_nchw(x, g.pad_h, g.pad_bottom, g.pad_w, g.pad_right)
+
+
+def _weight_matrix(weight: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """weight (K, C/G, R, S) -> (G, K/G, C/G*R*S)."""
+    G = g.groups
+    return np.ascontiguousarray(weight).reshape(G, g.K // G, (g.C // G) * g.R * g.S)
+
+
+# ---- pooling -------------------------------------------------------------------------------
+
+def _pool_padded_extent(g: PoolGeometry) -> Tuple[int, int]:
+    """Bottom/right padding that keeps every window (ceil_mode included) inside the buffer."""
+    hp = max(g.H + 2 * g.ph, (g.P - 1) * g.sh + (g.kh - 1) * g.dh + 1)
+    wp = max(g.W + 2 * g.pw, (g.Q - 1) * g.sw + (g.kw - 1) * g.dw + 1)
+    return hp - g.H - g.ph, wp - g.W - g.pw
+
+
+def _pool_offsets(g: PoolGeometry) -> List[Tuple[int, int]]:
+    """Window offsets (i, j) in raster order."""
+    return [(i, j) for i in range(g.kh) for j in range(g.kw)]
+
+
+def _window_rows(g: PoolGeometry, i: int) -> np.ndarray:
+    """Input row of window offset i for each output row (may lie in the padding)."""
+    return np.arange(g.P) * g.sh - g.ph + i * g.dh
+
+
+def _window_cols(g: PoolGeometry, j: int) -> np.ndarray:
+    return np.arange(g.Q) * g.sw - g.pw + j * g.dw
+
+
+def _windows_overlap(g: PoolGeometry) -> bool:
+    return g.sh < (g.kh - 1) * g.dh + 1 or g.sw < (g.kw - 1) * g.dw + 1
+
+
+@lru_cache(maxsize=256)
+def _avg_divisors(g: PoolGeometry, count_include_pad: bool,
+                  divisor_override: Optional[int]) -> np.ndarray:
+    """(P, Q) float64 divisors, PyTorch's rule (geometry.avg_pool_divisor)."""
+    d = np.empty((g.P, g.Q), dtype=np.float64)
+    for oh in range(g.P):
+        for ow in range(g.Q):
+            d[oh, ow] = avg_pool_divisor(g, oh, ow, count_include_pad, divisor_override)
+    d.setflags(write=False)
+    return d
+
+
+def _window_sum_scatter(grad: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """Adjoint of the zero-padded window sum: grad (N, C, P, Q) -> (N, C, H, W)."""
+    pb, pr = _pool_padded_extent(g)
+    N, C = grad.shape[:2]
+    if not _windows_overlap(g) and g.ph == g.pw == pb == pr == 0:
+        dx = np.zeros((N, C, g.H, g.W), dtype=grad.dtype)
+        for i, j in _pool_offsets(g):
+            _tap(dx, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw)[...] = grad
+        return dx
+    dxp = np.zeros((N, C, g.H + g.ph + pb, g.W + g.pw + pr), dtype=grad.dtype)
+    for i, j in _pool_offsets(g):
+        _tap(dxp, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw)[...] += grad
+    return np.ascontiguousarray(dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
+
+
+def _window_sum(x: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """Sum over each zero-padded window: x (N, C, H, W) -> (N, C, P, Q)."""
+    pb, pr = _pool_padded_extent(g)
+    xp = _pad_nchw(x, g.ph, pb, g.pw, pr)
+    out = None
+    for i, j in _pool_offsets(g):
+        v = _tap(xp, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw)
+        if out is None:
+            out = v.copy()
+        else:
+            out += v
+    return out
+
+
+class NumpyBackend(Backend):
+    """Vectorised NumPy reference (float32 and float64)."""
+
+    name = "numpy"
+    xp = np
+
+    # ---- arrays -------------------------------------------------------------------------
+    def is_array(self, a) -> bool:
+        return isinstance(a, np.ndarray)
+
+    def asarray(self, a, dtype=None) -> np.ndarray:
+        if hasattr(a, "get") and not isinstance(a, np.ndarray):  # a device array (CuPy)
+            a = a.get()
+        return np.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def describe(self) -> str:
+        return f"numpy {np.__version__} (CPU reference)"
+
+    # ---- convolution --------------------------------------------------------------------
+    def conv2d(self, x, weight, bias, g: ConvGeometry):
+        G = g.groups
+        wm = _weight_matrix(weight, g)
+        y = np.empty(g.y_shape, dtype=x.dtype)
+        per_image = g.C * g.R * g.S * g.P * g.Q * x.itemsize
+        for sl in _chunks(g.N, per_image):
+            cols = _im2col(_pad_conv_input(x[sl], g), g)
+            n = cols.shape[0]
+            cols = cols.reshape(n, G, -1, g.P * g.Q)
+            y[sl] = np.matmul(wm, cols).reshape(n, g.K, g.P, g.Q)
+        if bias is not None:
+            y += bias.reshape(1, g.K, 1, 1)
+        return y
+
+    def conv2d_backward(self, dy, x, weight, g: ConvGeometry, need_dx=True, need_dw=True,
+                        need_db=True):
+        G, Kg = g.groups, g.K // g.groups
+        PQ = g.P * g.Q
+        dx = np.empty(g.x_shape, dtype=x.dtype) if need_dx else None
+        dw = np.zeros((G, Kg, (g.C // G) * g.R * g.S), dtype=x.dtype) if need_dw else None
+        db = dy.sum(axis=(0, 2, 3)) if need_db else None
+        if need_dx or need_dw:
+            wm = _weight_matrix(weight, g)
+            wmt = wm.transpose(0, 2, 1)
+            per_image = g.C * g.R * g.S * PQ * x.itemsize
+            for sl in _chunks(g.N, per_image):
+                dyc = dy[sl].reshape(-1, G, Kg, PQ)
+                n = dyc.shape[0]
+                if need_dw:
+                    cols = _im2col(_pad_conv_input(x[sl], g), g).reshape(n, G, -1, PQ)
+                    dw += np.matmul(dyc, cols.transpose(0, 1, 3, 2)).sum(axis=0)
+                if need_dx:
+                    dcols = np.matmul(wmt, dyc).reshape(n, g.C, g.R, g.S, g.P, g.Q)
+                    dxp = np.zeros((n, g.C, g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right),
+                                   dtype=x.dtype)
+                    _col2im_add(dxp, dcols, g)
+                    dx[sl] = dxp[:, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W]
+        if need_dw:
+            dw = dw.reshape(g.w_shape)
+        return dx, dw, db
+
+    # ---- pooling ------------------------------------------------------------------------
+    def max_pool2d(self, x, g: PoolGeometry):
+        pb, pr = _pool_padded_extent(g)
+        xp = _pad_nchw(x, g.ph, pb, g.pw, pr, fill=-np.inf)
+        offsets = _pool_offsets(g)
+        views = [_tap(xp, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw) for i, j in offsets]
+        flat = [(_window_rows(g, i)[:, None] * g.W + _window_cols(g, j)[None, :]).astype(np.int32)
+                for i, j in offsets]
+        y = views[0].copy()
+        for v in views[1:]:
+            np.maximum(y, v, out=y)  # NaN propagates
+        # Reverse raster order so that the first window element equal to the maximum wins.
+        idx = np.full(g.y_shape, -1, dtype=np.int32)
+        for v, f in zip(reversed(views), reversed(flat)):
+            np.copyto(idx, f, where=(v == y))
+        nan_out = np.isnan(y)
+        if nan_out.any():
+            for v, f in zip(reversed(views), reversed(flat)):
+                np.copyto(idx, f, where=np.isnan(v))
+        neg_inf = y == -np.inf
+        if neg_inf.any():
+            # Padding equals -inf too: pick the first real element, -1 when there is none.
+            idx[neg_inf] = -1
+            for (i, j), f in zip(reversed(offsets), reversed(flat)):
+                rows = _window_rows(g, i)
+                cols = _window_cols(g, j)
+                valid = ((rows >= 0) & (rows < g.H))[:, None] & ((cols >= 0) & (cols < g.W))[None, :]
+                np.copyto(idx, f, where=neg_inf & valid)
+        return y, idx
+
+    def max_pool2d_backward(self, dy, indices, g: PoolGeometry):
+        N, C = g.N, g.C
+        plane = g.H * g.W
+        idx = indices.reshape(N * C, g.P * g.Q)
+        if idx.size and (int(idx.max()) >= plane or int(idx.min()) < -1):
+            raise ValueError(
+                f"indices must lie in [-1, {plane}) (flat offsets inside the {g.H}x{g.W} input "
+                f"plane, -1 for an empty window), got values in [{int(idx.min())}, {int(idx.max())}]")
+        target = idx + (np.arange(N * C, dtype=np.int64) * plane)[:, None]
+        grad = dy.reshape(N * C, g.P * g.Q)
+        keep = idx >= 0
+        if not keep.all():
+            target, grad = target[keep], grad[keep]
+        if not _windows_overlap(g):
+            dx = np.zeros(N * C * plane, dtype=dy.dtype)
+            dx[target.ravel()] = grad.ravel()
+        else:
+            dx = np.bincount(target.ravel(), weights=grad.ravel(), minlength=N * C * plane)
+            dx = dx.astype(dy.dtype, copy=False)
+        return dx.reshape(g.x_shape)
+
+    def avg_pool2d(self, x, g: PoolGeometry, count_include_pad, divisor_override):
+        s = _window_sum(x, g)
+        s /= _avg_divisors(g, bool(count_include_pad), divisor_override).astype(x.dtype)
+        return s
+
+    def avg_pool2d_backward(self, dy, g: PoolGeometry, count_include_pad, divisor_override, dtype):
+        d = _avg_divisors(g, bool(count_include_pad), divisor_override).astype(dtype)
+        return _window_sum_scatter(dy.astype(dtype, copy=False) / d, g)
+
+    def l2_pool2d(self, x, g: PoolGeometry):
+        return np.sqrt(_window_sum(x * x, g))
+
+    def l2_pool2d_backward(self, dy, x, y, g: PoolGeometry):
+        pos = y > 0
+        ratio = np.divide(dy, y, out=np.zeros_like(dy), where=pos)
+        return x * _window_sum_scatter(ratio, g)
+
+    # ---- element-wise -------------------------------------------------------------------
+    def relu(self, x):
+        return np.maximum(x, x.dtype.type(0))
+
+    def relu_backward(self, dy, y):
+        return np.where(y > 0, dy, dy.dtype.type(0))
+
+    def sigmoid(self, x):
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+    def sigmoid_backward(self, dy, y):
+        return dy * y * (1 - y)
+
+    def tanh(self, x):
+        return np.tanh(x)
+
+    def tanh_backward(self, dy, y):
+        return dy * (1 - y * y)
+
+    def dropout(self, x, p, seed):
+        if p == 0:
+            mask = np.ones(x.shape, dtype=x.dtype)
+        elif p == 1:
+            mask = np.zeros(x.shape, dtype=x.dtype)
+        else:
+            keep = np.random.default_rng(seed).random(x.shape) >= p
+            mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+        return x * mask, mask
+
+    def mul(self, a, b):
+        return a * b
+
+    def add(self, a, b):
+        return a + b
+
+    # ---- dense layers and loss ----------------------------------------------------------
+    def linear(self, x, weight, bias):
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
+        return y
+
+    def linear_backward(self, dy, x, weight, need_db=True):
+        return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_db else None)
+
+    def softmax_cross_entropy(self, logits, labels):
+        N = logits.shape[0]
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        total = e.sum(axis=1, keepdims=True)
+        rows = np.arange(N)
+        lab = labels.astype(np.intp, copy=False)
+        loss = np.mean(np.log(total[:, 0]) - shifted[rows, lab])
+        d = e / total
+        d[rows, lab] -= 1
+        d /= N
+        return np.asarray(loss, dtype=logits.dtype), d
+
+    # ---- optimizer updates (in place) ---------------------------------------------------
+    def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step):
+        d = grad + weight_decay * param if weight_decay else grad
+        if momentum:
+            if first_step:
+                buf[...] = d
+            else:
+                buf *= momentum
+                buf += (1 - dampening) * d
+            d = d + momentum * buf if nesterov else buf
+        param -= lr * d
+
+    def adam_step(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
+        g = grad + weight_decay * param if weight_decay else grad
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * (g * g)
+        bc1 = 1 - beta1 ** step
+        bc2 = 1 - beta2 ** step
+        denom = np.sqrt(v) / np.sqrt(bc2) + eps
+        param -= (lr / bc1) * (m / denom)

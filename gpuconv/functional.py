@@ -1,0 +1,416 @@
+"""The public op API, named and ordered like ``torch.nn.functional``.
+
+Every function validates its arguments (shapes and hyper-parameters through
+``gpuconv.geometry``; dtypes, channel counts and the backend each array belongs to here), then
+calls the matching method of the backend in force (``gpuconv.get_backend()``). Backends therefore
+receive only arrays of their own type, float32/float64 with one dtype per call, and geometry
+records that match the arrays.
+
+Layout is NCHW: x (N, C, H, W), conv weight (K, C/groups, R, S), output (N, K, P, Q).
+Backward functions take the upstream gradient ``dy`` first and return gradients in the order of
+the forward function's arguments.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import geometry
+from .backends import get_backend
+from .backends.base import Backend
+from .geometry import IntPair, Padding
+
+__all__ = [
+    "conv2d", "conv2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "l2_pool2d", "l2_pool2d_backward",
+    "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "dropout",
+    "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step",
+]
+
+Array = Any
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INDEX_DTYPE = np.dtype(np.int32)
+
+
+# ---- shared validators ---------------------------------------------------------------------
+
+def _array_origin(a) -> str:
+    """Which backend an array of this type belongs to, for error messages."""
+    module = type(a).__module__.split(".")[0]
+    return {"numpy": "numpy", "cupy": "cuda"}.get(module, f"{module}.{type(a).__qualname__}")
+
+
+def _check_array(backend: Backend, name: str, a) -> None:
+    if not backend.is_array(a):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise TypeError(f"{name} must be an array of the active backend {backend.name!r}, "
+                            f"got {type(a).__name__}")
+        raise TypeError(
+            f"{name} is an array of backend {_array_origin(a)!r} ({type(a).__module__}."
+            f"{type(a).__qualname__}) but the active backend is {backend.name!r} (mixed backends): "
+            f"convert it with get_backend().asarray() or run under use_backend({_array_origin(a)!r})")
+
+
+def _check_float(backend: Backend, name: str, a) -> None:
+    _check_array(backend, name, a)
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+
+
+def _check_same_dtype(named: Sequence[Tuple[str, Any]]) -> None:
+    (first_name, first), *rest = [(n, a) for n, a in named if a is not None]
+    for name, a in rest:
+        if a.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but {first_name} has dtype {first.dtype}: "
+                            f"all floating arrays of one call must share a dtype")
+
+
+def _check_rank(name: str, a, rank: int) -> None:
+    geometry.check_shape(name, a.shape, rank)
+
+
+def _check_shape_equals(name: str, a, expected, what: str) -> None:
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {tuple(a.shape)}")
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+def _check_real(name: str, value, lo: float, hi: float = float("inf"), lo_open: bool = False,
+                hi_open: bool = False) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    v = float(value)
+    below = v <= lo if lo_open else v < lo
+    above = v >= hi if hi_open else v > hi
+    if not np.isfinite(v) or below or above:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    return v
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_x_shape(x_shape) -> Tuple[int, int, int, int]:
+    if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
+        raise ValueError(f"x_shape must be a 4-tuple (N, C, H, W), got {x_shape!r}")
+    return tuple(_check_int(f"x_shape[{i}]", v, 1) for i, v in enumerate(x_shape))
+
+
+def _check_indices(backend: Backend, indices, y_shape) -> None:
+    _check_array(backend, "indices", indices)
+    if indices.dtype != INDEX_DTYPE:
+        raise TypeError(f"indices must have dtype int32 (as returned by max_pool2d), got {indices.dtype}")
+    _check_shape_equals("indices", indices, y_shape, "the max_pool2d output shape")
+
+
+# ---- convolution ---------------------------------------------------------------------------
+
+def _conv_geometry(backend: Backend, x, weight, stride, padding, dilation, groups):
+    _check_float(backend, "x", x)
+    _check_float(backend, "weight", weight)
+    _check_rank("x", x, 4)
+    _check_rank("weight", weight, 4)
+    return geometry.conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+
+
+def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPair = 1,
+           padding: Padding = 0, dilation: IntPair = 1, groups: int = 1) -> Array:
+    """2-D cross-correlation: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q).
+
+    ``padding`` is an int, a pair, ``'valid'`` or ``'same'`` (output ceil(H/stride) x
+    ceil(W/stride); an odd total padding puts the extra pixel at the bottom/right).
+    """
+    backend = get_backend()
+    g = _conv_geometry(backend, x, weight, stride, padding, dilation, groups)
+    if bias is not None:
+        _check_float(backend, "bias", bias)
+        _check_shape_equals("bias", bias, (g.K,), "one value per output channel")
+    _check_same_dtype([("x", x), ("weight", weight), ("bias", bias)])
+    return backend.conv2d(x, weight, bias, g)
+
+
+def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: Padding = 0,
+                    dilation: IntPair = 1, groups: int = 1, *, need_dx: bool = True,
+                    need_dw: bool = True, need_db: bool = True
+                    ) -> Tuple[Optional[Array], Optional[Array], Optional[Array]]:
+    """Gradients of conv2d: dy (N, K, P, Q) -> (dx (N, C, H, W), dweight (K, C/groups, R, S),
+    dbias (K,)); an entry whose ``need_*`` flag is False is None."""
+    backend = get_backend()
+    g = _conv_geometry(backend, x, weight, stride, padding, dilation, groups)
+    _check_float(backend, "dy", dy)
+    _check_shape_equals("dy", dy, g.y_shape, "the conv2d output shape (N, K, P, Q)")
+    _check_same_dtype([("dy", dy), ("x", x), ("weight", weight)])
+    return backend.conv2d_backward(dy, x, weight, g, _check_bool("need_dx", need_dx),
+                                   _check_bool("need_dw", need_dw),
+                                   _check_bool("need_db", need_db))
+
+
+# ---- pooling -------------------------------------------------------------------------------
+
+def _pool_input(backend: Backend, x) -> None:
+    _check_float(backend, "x", x)
+    _check_rank("x", x, 4)
+
+
+def _pool_dy(backend: Backend, dy, g: geometry.PoolGeometry) -> None:
+    _check_float(backend, "dy", dy)
+    _check_shape_equals("dy", dy, g.y_shape, "the pooling output shape (N, C, P, Q)")
+
+
+def max_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+               dilation: IntPair = 1, ceil_mode: bool = False) -> Tuple[Array, Array]:
+    """Max pooling: x (N, C, H, W) -> (y (N, C, P, Q), indices int32 (N, C, P, Q)).
+
+    ``indices`` holds the flat offset h*W + w of the winner inside its input plane: the first
+    maximum in raster order of the window, the first NaN when the window has one; padding never
+    wins, and a window without any input element (possible with dilation) gives -inf and -1.
+    """
+    backend = get_backend()
+    _pool_input(backend, x)
+    g = geometry.pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    return backend.max_pool2d(x, g)
+
+
+def max_pool2d_backward(dy: Array, indices: Array, x_shape: Sequence[int], kernel_size: IntPair,
+                        stride: Optional[IntPair] = None, padding: IntPair = 0, dilation: IntPair = 1,
+                        ceil_mode: bool = False) -> Array:
+    """Gradient of max_pool2d: dy and indices (N, C, P, Q) -> dx (N, C, H, W) with x_shape.
+
+    Each dy element goes to the input element its index names (accumulated where windows
+    overlap); index -1 contributes nothing.
+    """
+    backend = get_backend()
+    g = geometry.pool2d_geometry(_check_x_shape(x_shape), kernel_size, stride, padding, dilation,
+                                 ceil_mode)
+    _pool_dy(backend, dy, g)
+    _check_indices(backend, indices, g.y_shape)
+    return backend.max_pool2d_backward(dy, indices, g)
+
+
+def _avg_options(count_include_pad, divisor_override) -> Tuple[bool, Optional[int]]:
+    return (_check_bool("count_include_pad", count_include_pad),
+            geometry.check_divisor_override(divisor_override))
+
+
+def avg_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: Optional[int] = None) -> Array:
+    """Average pooling: x (N, C, H, W) -> (N, C, P, Q), PyTorch's divisor rule."""
+    backend = get_backend()
+    _pool_input(backend, x)
+    g = geometry.pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    cip, div = _avg_options(count_include_pad, divisor_override)
+    return backend.avg_pool2d(x, g, cip, div)
+
+
+def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair,
+                        stride: Optional[IntPair] = None, padding: IntPair = 0, ceil_mode: bool = False,
+                        count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Array:
+    """Gradient of avg_pool2d: dy (N, C, P, Q) -> dx (N, C, H, W) with x_shape, dtype of dy."""
+    backend = get_backend()
+    g = geometry.pool2d_geometry(_check_x_shape(x_shape), kernel_size, stride, padding, 1, ceil_mode)
+    _pool_dy(backend, dy, g)
+    cip, div = _avg_options(count_include_pad, divisor_override)
+    return backend.avg_pool2d_backward(dy, g, cip, div, dy.dtype)
+
+
+def l2_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+              ceil_mode: bool = False) -> Array:
+    """L2-norm pooling: y = sqrt(sum of x^2 over the zero-padded window); (N, C, H, W) -> (N, C, P, Q)."""
+    backend = get_backend()
+    _pool_input(backend, x)
+    g = geometry.pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    return backend.l2_pool2d(x, g)
+
+
+def l2_pool2d_backward(dy: Array, x: Array, y: Array, kernel_size: IntPair,
+                       stride: Optional[IntPair] = None, padding: IntPair = 0,
+                       ceil_mode: bool = False) -> Array:
+    """Gradient of l2_pool2d: dy, y (N, C, P, Q), x (N, C, H, W) -> dx = x * sum(dy / y), 0 where y = 0."""
+    backend = get_backend()
+    _pool_input(backend, x)
+    g = geometry.pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    _pool_dy(backend, dy, g)
+    _check_float(backend, "y", y)
+    _check_shape_equals("y", y, g.y_shape, "the l2_pool2d output shape (N, C, P, Q)")
+    _check_same_dtype([("dy", dy), ("x", x), ("y", y)])
+    return backend.l2_pool2d_backward(dy, x, y, g)
+
+
+# ---- element-wise --------------------------------------------------------------------------
+
+def _unary(name: str, x):
+    backend = get_backend()
+    _check_float(backend, name, x)
+    return backend
+
+
+def _unary_backward(dy, y):
+    backend = get_backend()
+    _check_float(backend, "dy", dy)
+    _check_float(backend, "y", y)
+    _check_shape_equals("dy", dy, y.shape, "the shape of y")
+    _check_same_dtype([("dy", dy), ("y", y)])
+    return backend
+
+
+def relu(x: Array) -> Array:
+    """max(x, 0), any shape."""
+    return _unary("x", x).relu(x)
+
+
+def relu_backward(dy: Array, y: Array) -> Array:
+    """dy where y > 0 else 0; dy and y (relu's output) of one shape."""
+    return _unary_backward(dy, y).relu_backward(dy, y)
+
+
+def sigmoid(x: Array) -> Array:
+    """1 / (1 + exp(-x)), any shape, without overflow."""
+    return _unary("x", x).sigmoid(x)
+
+
+def sigmoid_backward(dy: Array, y: Array) -> Array:
+    """dy * y * (1 - y); y is sigmoid's output, same shape as dy."""
+    return _unary_backward(dy, y).sigmoid_backward(dy, y)
+
+
+def tanh(x: Array) -> Array:
+    """tanh(x), any shape."""
+    return _unary("x", x).tanh(x)
+
+
+def tanh_backward(dy: Array, y: Array) -> Array:
+    """dy * (1 - y^2); y is tanh's output, same shape as dy."""
+    return _unary_backward(dy, y).tanh_backward(dy, y)
+
+
+def dropout(x: Array, p: float, seed: int) -> Tuple[Array, Array]:
+    """Inverted dropout: (y, mask), mask in {0, 1/(1-p)} of x's shape and dtype, y = x * mask.
+
+    The same (x.shape, p, seed) gives the same mask on a given backend.
+    """
+    backend = _unary("x", x)
+    p = _check_real("p", p, 0.0, 1.0)
+    seed = _check_int("seed", seed, 0)
+    return backend.dropout(x, p, seed)
+
+
+# ---- dense layers and loss -----------------------------------------------------------------
+
+def _linear_args(backend: Backend, x, weight) -> None:
+    _check_float(backend, "x", x)
+    _check_float(backend, "weight", weight)
+    _check_rank("x", x, 2)
+    geometry.check_shape("weight", weight.shape, 2)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight must have shape (out_features, {x.shape[1]}) to match x of shape "
+                         f"{tuple(x.shape)}, got {tuple(weight.shape)}")
+
+
+def linear(x: Array, weight: Array, bias: Optional[Array] = None) -> Array:
+    """x (N, I) @ weight (O, I)^T + bias (O,) -> (N, O)."""
+    backend = get_backend()
+    _linear_args(backend, x, weight)
+    if bias is not None:
+        _check_float(backend, "bias", bias)
+        _check_shape_equals("bias", bias, (weight.shape[0],), "one value per output feature")
+    _check_same_dtype([("x", x), ("weight", weight), ("bias", bias)])
+    return backend.linear(x, weight, bias)
+
+
+def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
+                    ) -> Tuple[Array, Array, Optional[Array]]:
+    """Gradients of linear: dy (N, O) -> (dx (N, I), dweight (O, I), dbias (O,) or None)."""
+    backend = get_backend()
+    _linear_args(backend, x, weight)
+    _check_float(backend, "dy", dy)
+    _check_shape_equals("dy", dy, (x.shape[0], weight.shape[0]), "the linear output shape (N, O)")
+    _check_same_dtype([("dy", dy), ("x", x), ("weight", weight)])
+    return backend.linear_backward(dy, x, weight, _check_bool("need_db", need_db))
+
+
+def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[Array, Array]:
+    """Mean cross-entropy of softmax(logits): logits (N, classes), labels integer (N,) in
+    [0, classes) -> (loss as a 0-d array, dlogits (N, classes)); numerically stable."""
+    backend = get_backend()
+    _check_float(backend, "logits", logits)
+    _check_rank("logits", logits, 2)
+    _check_array(backend, "labels", labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array (class indices), got dtype {labels.dtype}")
+    _check_shape_equals("labels", labels, (logits.shape[0],), "one class index per row of logits")
+    classes = logits.shape[1]
+    if labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"labels must lie in [0, {classes}) for logits with {classes} classes, "
+                             f"got values in [{lo}, {hi}]")
+    if logits.shape[0] < 1:
+        raise ValueError(f"logits must have at least one row, got shape {tuple(logits.shape)}")
+    if labels.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+        labels = labels.astype(np.int64)
+    return backend.softmax_cross_entropy(logits, labels)
+
+
+# ---- optimizer updates (in place) ----------------------------------------------------------
+
+def _check_state(backend: Backend, param, named: Sequence[Tuple[str, Any]]) -> None:
+    _check_float(backend, "param", param)
+    for name, a in named:
+        _check_float(backend, name, a)
+        _check_shape_equals(name, a, param.shape, "the shape of param")
+    _check_same_dtype([("param", param), *named])
+
+
+def sgd_step(param: Array, grad: Array, buf: Optional[Array] = None, *, lr: float,
+             momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+             nesterov: bool = False, first_step: bool = False) -> None:
+    """One SGD update of ``param`` in place (PyTorch's rule); ``buf`` (param's shape) is the
+    momentum buffer, required when momentum != 0 and initialised from the gradient when
+    ``first_step``."""
+    backend = get_backend()
+    lr = _check_real("lr", lr, 0.0)
+    momentum = _check_real("momentum", momentum, 0.0)
+    dampening = _check_real("dampening", dampening, 0.0, 1.0)
+    weight_decay = _check_real("weight_decay", weight_decay, 0.0)
+    nesterov = _check_bool("nesterov", nesterov)
+    first_step = _check_bool("first_step", first_step)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError(f"nesterov=True needs momentum > 0 and dampening == 0, got momentum={momentum}, "
+                         f"dampening={dampening}")
+    if momentum and buf is None:
+        raise ValueError(f"buf (the momentum buffer) is required when momentum={momentum} != 0")
+    named = [("grad", grad)] + ([("buf", buf)] if momentum else [])
+    _check_state(backend, param, named)
+    backend.sgd_step(param, grad, buf if momentum else None, lr, momentum, dampening, weight_decay,
+                     nesterov, first_step)
+
+
+def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: float = 1e-3,
+              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+              weight_decay: float = 0.0) -> None:
+    """One Adam update of ``param`` in place (PyTorch's rule, L2 weight decay); ``m`` and ``v``
+    (param's shape) are the moment estimates, ``step`` counts updates from 1."""
+    backend = get_backend()
+    step = _check_int("step", step, 1)
+    lr = _check_real("lr", lr, 0.0)
+    beta1 = _check_real("beta1", beta1, 0.0, 1.0, hi_open=True)
+    beta2 = _check_real("beta2", beta2, 0.0, 1.0, hi_open=True)
+    eps = _check_real("eps", eps, 0.0)
+    weight_decay = _check_real("weight_decay", weight_decay, 0.0)
+    _check_state(backend, param, [("grad", grad), ("m", m), ("v", v)])
+    backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
