@@ -1,0 +1,436 @@
+"""Layers: convolution, pooling, activations, dense, dropout and containers.
+
+Every layer computes through ``gpuconv.functional`` (plus reshapes and the element-wise ``+``/``*``
+of the residual sum and the dropout mask, which every backend's array type provides), so one
+model runs unchanged on the numpy, emulator and cuda backends. Gradient rule (see
+``module.py``): ``backward(dy)`` returns the input gradient and *sets* each parameter's ``grad``.
+
+Default initialisation: weights He-normal (fan_in, ReLU gain; ``init="glorot"`` for
+Xavier-uniform, ``init="zeros"`` for zeros), biases zero. Weights are drawn on the host from
+``rng`` (a ``numpy.random.Generator`` or an int seed; None draws unseeded values).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from .. import functional as F
+from ..geometry import pair
+from . import init as initializers
+from .module import Module
+
+__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "L2Pool2d", "GlobalAvgPool2d", "ReLU", "Sigmoid",
+           "Tanh", "Flatten", "Linear", "Dropout", "Sequential", "Residual", "Identity"]
+
+IntPair = Union[int, Tuple[int, int]]
+_INITS = ("he", "glorot", "zeros")
+
+
+def _check_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _init_weight(shape, init: str, rng, dtype) -> np.ndarray:
+    if init == "he":
+        return initializers.he_normal(shape, initializers.as_generator(rng), dtype)
+    if init == "glorot":
+        return initializers.glorot_uniform(shape, initializers.as_generator(rng), dtype)
+    if init == "zeros":
+        return initializers.zeros(shape, dtype)
+    raise ValueError(f"init must be one of {', '.join(_INITS)}, got {init!r}")
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _need_forward(layer: Module, cache) -> None:
+    if cache is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
+
+
+class Conv2d(Module):
+    """2-D convolution (cross-correlation). x (N, in_ch, H, W) -> y (N, out_ch, P, Q).
+
+    weight (out_ch, in_ch/groups, kh, kw), bias (out_ch,). ``padding`` is an int, a pair,
+    ``'valid'`` or ``'same'`` (see ``gpuconv.geometry.conv2d_geometry``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
+                 padding: Union[IntPair, str] = 0, dilation: IntPair = 1, groups: int = 1,
+                 bias: bool = True, *, init: str = "he", rng=None, dtype=np.float32) -> None:
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        self.groups = _positive_int("groups", groups)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = pair("stride", stride, 1)
+        self.dilation = pair("dilation", dilation, 1)
+        if isinstance(padding, str):
+            if padding not in ("valid", "same"):
+                raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+            self.padding = padding
+        else:
+            self.padding = pair("padding", padding, 0)
+        dt = _check_dtype(dtype)
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        self.weight = self.register_parameter("weight", _init_weight(shape, init, rng, dt))
+        self.bias = self.register_parameter("bias", np.zeros(self.out_channels, dt)) if bias else None
+        self._x = None
+
+    def _drop_cache(self) -> None:
+        self._x = None
+
+    def forward(self, x):
+        self._x = x
+        return F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data,
+                        stride=self.stride, padding=self.padding, dilation=self.dilation,
+                        groups=self.groups)
+
+    def backward(self, dy):
+        _need_forward(self, self._x)
+        dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
+                                       padding=self.padding, dilation=self.dilation,
+                                       groups=self.groups, need_db=self.bias is not None)
+        self.weight.grad = dw
+        if self.bias is not None:
+            self.bias.grad = db
+        return dx
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class _Pool(Module):
+    def __init__(self, kernel_size: IntPair, stride: Optional[IntPair], padding: IntPair,
+                 ceil_mode: bool) -> None:
+        super().__init__()
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else pair("stride", stride, 1)
+        self.padding = pair("padding", padding, 0)
+        if ceil_mode not in (True, False):
+            raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+        self.ceil_mode = bool(ceil_mode)
+        self._cache = None
+
+    def _drop_cache(self) -> None:
+        self._cache = None
+
+    def _geometry_kwargs(self) -> dict:
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                    ceil_mode=self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+                + (", ceil_mode=True" if self.ceil_mode else ""))
+
+
+class MaxPool2d(_Pool):
+    """Max pooling (N, C, H, W) -> (N, C, P, Q); remembers the winning input of each window."""
+
+    def __init__(self, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+                 dilation: IntPair = 1, ceil_mode: bool = False) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation = pair("dilation", dilation, 1)
+
+    def _geometry_kwargs(self) -> dict:
+        return dict(super()._geometry_kwargs(), dilation=self.dilation)
+
+    def forward(self, x):
+        y, indices = F.max_pool2d(x, **self._geometry_kwargs())
+        self._cache = (tuple(x.shape), indices)
+        return y
+
+    def backward(self, dy):
+        _need_forward(self, self._cache)
+        x_shape, indices = self._cache
+        return F.max_pool2d_backward(dy, indices, x_shape, **self._geometry_kwargs())
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+
+
+class AvgPool2d(_Pool):
+    """Average pooling (N, C, H, W) -> (N, C, P, Q), PyTorch's divisor rule."""
+
+    def __init__(self, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: Optional[int] = None) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        if count_include_pad not in (True, False):
+            raise TypeError(f"count_include_pad must be a bool, got {count_include_pad!r}")
+        self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = divisor_override
+
+    def _geometry_kwargs(self) -> dict:
+        return dict(super()._geometry_kwargs(), count_include_pad=self.count_include_pad,
+                    divisor_override=self.divisor_override)
+
+    def forward(self, x):
+        y = F.avg_pool2d(x, **self._geometry_kwargs())
+        self._cache = (tuple(x.shape), x.dtype)
+        return y
+
+    def backward(self, dy):
+        _need_forward(self, self._cache)
+        x_shape, _ = self._cache
+        return F.avg_pool2d_backward(dy, x_shape, **self._geometry_kwargs())
+
+
+class L2Pool2d(_Pool):
+    """L2-norm pooling y = sqrt(sum x^2) over each window (N, C, H, W) -> (N, C, P, Q)."""
+
+    def __init__(self, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+                 ceil_mode: bool = False) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+
+    def forward(self, x):
+        y = F.l2_pool2d(x, **self._geometry_kwargs())
+        self._cache = (x, y)
+        return y
+
+    def backward(self, dy):
+        _need_forward(self, self._cache)
+        x, y = self._cache
+        return F.l2_pool2d_backward(dy, x, y, **self._geometry_kwargs())
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over the spatial dimensions: (N, C, H, W) -> (N, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shape = None
+
+    def _drop_cache(self) -> None:
+        self._shape = None
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        self._shape = (N, C, H, W)
+        return F.avg_pool2d(x, kernel_size=(H, W)).reshape(N, C)
+
+    def backward(self, dy):
+        _need_forward(self, self._shape)
+        N, C, H, W = self._shape
+        return F.avg_pool2d_backward(dy.reshape(N, C, 1, 1), self._shape, kernel_size=(H, W))
+
+
+class _Activation(Module):
+    _forward = None
+    _backward = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._y = None
+
+    def _drop_cache(self) -> None:
+        self._y = None
+
+    def forward(self, x):
+        self._y = type(self)._forward(x)
+        return self._y
+
+    def backward(self, dy):
+        _need_forward(self, self._y)
+        return type(self)._backward(dy, self._y)
+
+
+class ReLU(_Activation):
+    """max(x, 0), element-wise."""
+
+    _forward = staticmethod(F.relu)
+    _backward = staticmethod(F.relu_backward)
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)), element-wise."""
+
+    _forward = staticmethod(F.sigmoid)
+    _backward = staticmethod(F.sigmoid_backward)
+
+
+class Tanh(_Activation):
+    """tanh(x), element-wise."""
+
+    _forward = staticmethod(F.tanh)
+    _backward = staticmethod(F.tanh_backward)
+
+
+class Identity(Module):
+    """y = x."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
+class Flatten(Module):
+    """(N, d1, d2, ...) -> (N, d1*d2*...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shape = None
+
+    def _drop_cache(self) -> None:
+        self._shape = None
+
+    def forward(self, x):
+        self._shape = tuple(x.shape)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        _need_forward(self, self._shape)
+        return dy.reshape(self._shape)
+
+
+class Linear(Module):
+    """x (N, in_features) -> x @ weight.T + bias, weight (out_features, in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, init: str = "he",
+                 rng=None, dtype=np.float32) -> None:
+        super().__init__()
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        dt = _check_dtype(dtype)
+        self.weight = self.register_parameter(
+            "weight", _init_weight((self.out_features, self.in_features), init, rng, dt))
+        self.bias = self.register_parameter("bias", np.zeros(self.out_features, dt)) if bias else None
+        self._x = None
+
+    def _drop_cache(self) -> None:
+        self._x = None
+
+    def forward(self, x):
+        self._x = x
+        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+
+    def backward(self, dy):
+        _need_forward(self, self._x)
+        dx, dw, db = F.linear_backward(dy, self._x, self.weight.data, need_db=self.bias is not None)
+        self.weight.grad = dw
+        if self.bias is not None:
+            self.bias.grad = db
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest
+    by 1/(1-p); identity in eval mode. Each forward draws a new mask seed from a generator seeded
+    with ``seed`` (None: unseeded)."""
+
+    def __init__(self, p: float = 0.5, seed: Optional[int] = None) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)):
+            raise TypeError(f"p must be a float, got {p!r}")
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self._rng = np.random.default_rng(seed)
+        self._mask = None
+        self._active = False
+
+    def _drop_cache(self) -> None:
+        self._mask = None
+
+    def forward(self, x):
+        self._active = self.training and self.p > 0.0
+        if not self._active:
+            return x
+        y, self._mask = F.dropout(x, self.p, int(self._rng.integers(0, 2**31 - 1)))
+        return y
+
+    def backward(self, dy):
+        if not self._active:
+            return dy
+        _need_forward(self, self._mask)
+        return dy * self._mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Sequential(Module):
+    """Runs its layers in order; backward runs them in reverse. Layers are named "0", "1", ...
+    (or by the keys of an OrderedDict)."""
+
+    def __init__(self, *layers) -> None:
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], OrderedDict):
+            for name, layer in layers[0].items():
+                self.add_module(name, layer)
+        else:
+            for i, layer in enumerate(layers):
+                self.add_module(str(i), layer)
+
+    def append(self, layer: Module) -> Sequential:
+        self.add_module(str(len(self._modules)), layer)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self._modules.values()):
+            dy = layer.backward(dy)
+        return dy
+
+
+class Residual(Module):
+    """y = body(x) + shortcut(x) (shortcut None means identity). Apply a ReLU after it as its own
+    layer when a ResNet block wants one."""
+
+    def __init__(self, body: Module, shortcut: Optional[Module] = None) -> None:
+        super().__init__()
+        self.body = self.add_module("body", body)
+        self.shortcut = None if shortcut is None else self.add_module("shortcut", shortcut)
+
+    def forward(self, x):
+        out = self.body.forward(x)
+        skip = x if self.shortcut is None else self.shortcut.forward(x)
+        return out + skip
+
+    def backward(self, dy):
+        dx = self.body.backward(dy)
+        dskip = dy if self.shortcut is None else self.shortcut.backward(dy)
+        return dx + dskip

@@ -1,0 +1,221 @@
+"""The layer base class.
+
+Every layer has explicit ``forward(x)`` and ``backward(dy)`` methods. ``forward`` caches what the
+backward pass needs; ``backward`` returns the gradient with respect to the layer's input and
+**sets** (overwrites, never accumulates) ``param.grad`` of each of its parameters to the gradient
+of the current batch. One forward and one backward therefore make a complete, self-contained
+gradient; ``zero_grad()`` drops the gradients (sets them to None), and optimizers skip parameters
+whose gradient is None.
+
+Parameters are :class:`Parameter` records (``data`` and ``grad`` arrays of the current backend);
+their names are dotted paths such as ``"0.weight"`` or ``"3.body.0.bias"``, stable for a given
+architecture, and used by ``state_dict``/``load_state_dict`` and checkpoints.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Iterator, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..backends import BACKEND_NAMES, BackendUnavailable, get_backend, resolve_backend
+
+__all__ = ["Parameter", "Module", "to_host"]
+
+
+def to_host(a) -> np.ndarray:
+    """Any backend's array -> NumPy array on the host (no copy for NumPy arrays)."""
+    if isinstance(a, np.ndarray):
+        return a
+    current = get_backend()
+    if current.is_array(a):
+        return np.asarray(current.to_numpy(a))
+    for name in BACKEND_NAMES:
+        try:
+            backend = resolve_backend(name)
+        except BackendUnavailable:
+            continue
+        if backend.is_array(a):
+            return np.asarray(backend.to_numpy(a))
+    raise TypeError(f"cannot move an object of type {type(a).__name__} to the host: "
+                    f"it is not an array of any available backend")
+
+
+class Parameter:
+    """A trainable array and its gradient (None until a backward pass sets it)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data) -> None:
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class of layers and containers (see the module docstring for the gradient rule)."""
+
+    def __init__(self) -> None:
+        self._parameters: OrderedDict[str, Parameter] = OrderedDict()
+        self._modules: OrderedDict[str, Module] = OrderedDict()
+        self.training = True
+
+    # ---- structure ----------------------------------------------------------------------
+    def register_parameter(self, name: str, host_array: np.ndarray) -> Parameter:
+        """Add a parameter from a host array; it is placed on the current backend."""
+        if "." in name or not name:
+            raise ValueError(f"parameter name must be non-empty without '.', got {name!r}")
+        p = Parameter(get_backend().asarray(np.ascontiguousarray(host_array)))
+        self._parameters[name] = p
+        return p
+
+    def add_module(self, name: str, module: Module) -> Module:
+        if not isinstance(module, Module):
+            raise TypeError(f"module {name!r} must be a gpuconv.nn.Module, got {type(module).__name__}")
+        if "." in name or not name:
+            raise ValueError(f"module name must be non-empty without '.', got {name!r}")
+        self._modules[name] = module
+        return module
+
+    def children(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, Module]]:
+        """(dotted name, module) for this module ("" for itself) and every descendant."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
+        """(dotted name, Parameter): own parameters first, then each child's, in order."""
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        for name, child in self._modules.items():
+            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    @property
+    def params(self) -> OrderedDict[str, object]:
+        """Ordered name -> parameter array (current backend)."""
+        return OrderedDict((n, p.data) for n, p in self.named_parameters())
+
+    @property
+    def grads(self) -> OrderedDict[str, object]:
+        """Ordered name -> gradient array of the last backward pass (None before one)."""
+        return OrderedDict((n, p.grad) for n, p in self.named_parameters())
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    # ---- modes --------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        if mode not in (True, False):
+            raise TypeError(f"mode must be a bool, got {mode!r}")
+        for _, m in self.named_modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    # ---- computation --------------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Ordered name -> host (NumPy) copy of each parameter."""
+        return OrderedDict((n, np.array(to_host(p.data), copy=True)) for n, p in self.named_parameters())
+
+    def check_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Raise ValueError unless ``state`` has exactly this module's keys, shapes and dtypes."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping of name -> array, got {type(state).__name__}")
+        own: Dict[str, Parameter] = dict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        if missing or extra:
+            raise ValueError(f"state_dict does not match the model: missing keys {missing}, "
+                             f"unexpected keys {extra}")
+        for name, p in own.items():
+            value = state[name]
+            shape = tuple(np.shape(value))
+            dtype = np.dtype(getattr(value, "dtype", np.asarray(value).dtype))
+            if shape != p.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {shape}, the model's parameter "
+                                 f"has shape {p.shape}")
+            if dtype != p.dtype:
+                raise ValueError(f"state_dict[{name!r}] has dtype {dtype}, the model's parameter "
+                                 f"has dtype {p.dtype}")
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Copy host arrays into the parameters (strict: keys, shapes and dtypes must match).
+
+        Everything is validated first, so on error the module is left unchanged.
+        """
+        self.check_state_dict(state)
+        backend = get_backend()
+        for name, p in self.named_parameters():
+            p.data = backend.asarray(np.array(to_host(state[name]), copy=True))
+            p.grad = None
+
+    def to(self, backend: Optional[str] = None, dtype=None) -> Module:
+        """Move parameters to ``backend`` (a name, default: the current backend) and/or cast them
+        to ``dtype``; gradients are dropped. Returns self."""
+        target = get_backend() if backend is None else resolve_backend(backend)
+        cast = None if dtype is None else np.dtype(dtype)
+        if cast is not None and cast not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {cast}")
+        for _, p in self.named_parameters():
+            host = to_host(p.data)
+            if cast is not None:
+                host = host.astype(cast)
+            p.data = target.asarray(np.ascontiguousarray(host))
+            p.grad = None
+        for _, m in self.named_modules():
+            m._drop_cache()
+        return self
+
+    def _drop_cache(self) -> None:
+        """Forget forward-pass caches (called when parameters move)."""
+
+    # ---- printing -----------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not self._modules:
+            return head + ")"
+        lines = [head]
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        return "\n".join(lines) + "\n)"

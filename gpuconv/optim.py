@@ -1,0 +1,256 @@
+"""Optimizers with PyTorch's update rules, applied in place on the current backend through
+``gpuconv.functional.sgd_step`` / ``adam_step``.
+
+An optimizer holds the model's :class:`~gpuconv.nn.Parameter` records (``model.parameters()``),
+so it keeps working after ``model.to(...)``; its state buffers follow the parameters to the
+current backend on the next ``step()``. Parameters whose ``grad`` is None are skipped.
+
+``state_dict()`` is a flat mapping of names to host NumPy arrays (storable in an ``.npz`` without
+pickling): ``"optimizer"`` (the class name), ``"hyper.<name>"`` (hyper-parameters) and
+``"state.<i>.<name>"`` (per-parameter state of the i-th parameter, e.g. ``momentum_buffer``,
+``step``, ``exp_avg``, ``exp_avg_sq``).
+"""
+from __future__ import annotations
+
+import numbers
+from collections import OrderedDict
+from typing import Dict, Iterable, Mapping, Tuple
+
+import numpy as np
+
+from . import functional as F
+from .backends import get_backend
+from .nn.module import Parameter, to_host
+
+__all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZER_NAMES"]
+
+OPTIMIZER_NAMES = ("sgd", "adam")
+
+
+def _real(name: str, value, lo: float, hi: float = float("inf"), hi_open: bool = False) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    v = float(value)
+    if not (lo <= v and (v < hi if hi_open else v <= hi)):
+        bracket = ")" if hi_open else "]"
+        raise ValueError(f"{name} must lie in [{lo}, {hi}{bracket}, got {value!r}")
+    return v
+
+
+class Optimizer:
+    """Base class: parameter list, per-parameter state, state_dict/load_state_dict."""
+
+    _state_keys: Tuple[str, ...] = ()
+    _hyper_names: Tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Parameter]) -> None:
+        if isinstance(params, Parameter):
+            raise TypeError("params must be an iterable of Parameters (e.g. model.parameters()), "
+                            "got a single Parameter")
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("params is empty: the optimizer has nothing to update")
+        seen = set()
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"params[{i}] must be a gpuconv.nn.Parameter, got {type(p).__name__}")
+            if id(p) in seen:
+                raise ValueError(f"params[{i}] appears more than once")
+            seen.add(id(p))
+        self.state = [dict() for _ in self.params]
+
+    # ---- hyper-parameters ---------------------------------------------------------------
+    def hyper(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def _set_hyper(self, values: Mapping[str, float]) -> None:
+        raise NotImplementedError
+
+    # ---- update -------------------------------------------------------------------------
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        backend = get_backend()
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            st = self.state[i]
+            for key, value in st.items():
+                if key != "step" and not backend.is_array(value):
+                    st[key] = backend.asarray(np.ascontiguousarray(to_host(value)))
+            self._update(backend, p, st)
+
+    def _update(self, backend, p: Parameter, st: dict) -> None:
+        raise NotImplementedError
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        out["optimizer"] = np.array(type(self).__name__)
+        for name, value in self.hyper().items():
+            out[f"hyper.{name}"] = np.array(value, dtype=np.float64)
+        for i, st in enumerate(self.state):
+            for key in self._state_keys:
+                if key in st:
+                    value = st[key]
+                    out[f"state.{i}.{key}"] = (np.array(value, dtype=np.int64) if key == "step"
+                                               else np.array(to_host(value), copy=True))
+        return out
+
+    def check_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Raise ValueError unless ``state`` is a valid state of this optimizer for its params."""
+        kind = state.get("optimizer")
+        if kind is None or str(np.asarray(kind)) != type(self).__name__:
+            raise ValueError(f"optimizer state is for {None if kind is None else str(np.asarray(kind))!r}, "
+                             f"expected {type(self).__name__!r}")
+        missing = [f"hyper.{h}" for h in self._hyper_names if f"hyper.{h}" not in state]
+        if missing:
+            raise ValueError(f"optimizer state is missing keys {missing}")
+        self._validate_hyper({h: float(np.asarray(state[f"hyper.{h}"])) for h in self._hyper_names})
+        per_param: Dict[int, set] = {}
+        for key in state:
+            if key == "optimizer" or key.startswith("hyper."):
+                if key.startswith("hyper.") and key[6:] not in self._hyper_names:
+                    raise ValueError(f"unexpected optimizer state key {key!r}")
+                continue
+            parts = key.split(".")
+            if (len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit()
+                    or parts[2] not in self._state_keys):
+                raise ValueError(f"unexpected optimizer state key {key!r}")
+            i = int(parts[1])
+            if i >= len(self.params):
+                raise ValueError(f"optimizer state key {key!r} refers to parameter {i}, but the "
+                                 f"optimizer has {len(self.params)} parameters")
+            value = state[key]
+            if parts[2] == "step":
+                if np.shape(value) != () or np.asarray(value).dtype.kind not in "iu":
+                    raise ValueError(f"optimizer state {key!r} must be a 0-d integer, got shape "
+                                     f"{np.shape(value)} dtype {np.asarray(value).dtype}")
+            else:
+                p = self.params[i]
+                if tuple(np.shape(value)) != p.shape:
+                    raise ValueError(f"optimizer state {key!r} has shape {tuple(np.shape(value))}, "
+                                     f"the parameter has shape {p.shape}")
+                if np.asarray(value).dtype != p.dtype:
+                    raise ValueError(f"optimizer state {key!r} has dtype {np.asarray(value).dtype}, "
+                                     f"the parameter has dtype {p.dtype}")
+            per_param.setdefault(i, set()).add(parts[2])
+        for i, keys in per_param.items():
+            required = self._required_keys()
+            if not required <= keys:
+                raise ValueError(f"optimizer state of parameter {i} is missing "
+                                 f"{sorted(f'state.{i}.{k}' for k in required - keys)}")
+
+    def _required_keys(self) -> set:
+        return set(self._state_keys)
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore hyper-parameters and state (validated first; unchanged on error). Buffers stay
+        on the host until the next ``step()`` moves them to the current backend."""
+        self.check_state_dict(state)
+        self._set_hyper({h: float(np.asarray(state[f"hyper.{h}"])) for h in self._hyper_names})
+        self.state = [dict() for _ in self.params]
+        for key, value in state.items():
+            if key.startswith("state."):
+                _, i, name = key.split(".")
+                self.state[int(i)][name] = (int(np.asarray(value)) if name == "step"
+                                            else np.array(value, copy=True))
+
+    def _validate_hyper(self, values: Mapping[str, float]) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, dampening, Nesterov momentum and L2
+    weight decay (PyTorch's rule: g += wd * p; b = g on the first step, else
+    b = momentum * b + (1 - dampening) * g; g = g + momentum * b if nesterov else b; p -= lr * g)."""
+
+    _state_keys = ("momentum_buffer",)
+    _hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+
+    def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False) -> None:
+        super().__init__(params)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+        self._set_hyper(dict(lr=lr, momentum=momentum, dampening=dampening,
+                             weight_decay=weight_decay, nesterov=float(nesterov)))
+
+    def _validate_hyper(self, values: Mapping[str, float]) -> Dict[str, float]:
+        out = dict(lr=_real("lr", values["lr"], 0.0),
+                   momentum=_real("momentum", values["momentum"], 0.0),
+                   dampening=_real("dampening", values["dampening"], 0.0, 1.0),
+                   weight_decay=_real("weight_decay", values["weight_decay"], 0.0),
+                   nesterov=float(values["nesterov"]))
+        if out["nesterov"] not in (0.0, 1.0):
+            raise ValueError(f"nesterov must be a bool, got {values['nesterov']!r}")
+        if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
+            raise ValueError(f"nesterov=True needs momentum > 0 and dampening == 0, got "
+                             f"momentum={out['momentum']}, dampening={out['dampening']}")
+        return out
+
+    def _set_hyper(self, values: Mapping[str, float]) -> None:
+        v = self._validate_hyper(values)
+        self.lr, self.momentum, self.dampening = v["lr"], v["momentum"], v["dampening"]
+        self.weight_decay, self.nesterov = v["weight_decay"], bool(v["nesterov"])
+
+    def hyper(self) -> Dict[str, float]:
+        return dict(lr=self.lr, momentum=self.momentum, dampening=self.dampening,
+                    weight_decay=self.weight_decay, nesterov=self.nesterov)
+
+    def _update(self, backend, p: Parameter, st: dict) -> None:
+        buf, first = None, False
+        if self.momentum != 0:
+            if "momentum_buffer" not in st:
+                st["momentum_buffer"] = backend.zeros(p.shape, p.dtype)
+                first = True
+            buf = st["momentum_buffer"]
+        F.sgd_step(p.data, p.grad, buf, lr=self.lr, momentum=self.momentum, dampening=self.dampening,
+                   weight_decay=self.weight_decay, nesterov=self.nesterov, first_step=first)
+
+
+class Adam(Optimizer):
+    """Adam (PyTorch's rule, L2 weight decay added to the gradient, bias-corrected moments)."""
+
+    _state_keys = ("step", "exp_avg", "exp_avg_sq")
+    _hyper_names = ("lr", "beta1", "beta2", "eps", "weight_decay")
+
+    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self._set_hyper(dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay))
+
+    def _validate_hyper(self, values: Mapping[str, float]) -> Dict[str, float]:
+        return dict(lr=_real("lr", values["lr"], 0.0),
+                    beta1=_real("betas[0]", values["beta1"], 0.0, 1.0, hi_open=True),
+                    beta2=_real("betas[1]", values["beta2"], 0.0, 1.0, hi_open=True),
+                    eps=_real("eps", values["eps"], 0.0),
+                    weight_decay=_real("weight_decay", values["weight_decay"], 0.0))
+
+    def _set_hyper(self, values: Mapping[str, float]) -> None:
+        v = self._validate_hyper(values)
+        self.lr, self.betas, self.eps = v["lr"], (v["beta1"], v["beta2"]), v["eps"]
+        self.weight_decay = v["weight_decay"]
+
+    def hyper(self) -> Dict[str, float]:
+        return dict(lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                    weight_decay=self.weight_decay)
+
+    def _update(self, backend, p: Parameter, st: dict) -> None:
+        if "step" not in st:
+            st["step"] = 0
+            st["exp_avg"] = backend.zeros(p.shape, p.dtype)
+            st["exp_avg_sq"] = backend.zeros(p.shape, p.dtype)
+        st["step"] += 1
+        F.adam_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], st["step"], lr=self.lr,
+                    beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                    weight_decay=self.weight_decay)
