@@ -188,6 +188,7 @@ class NumpyBackend(Backend):
                         need_db=True):
         G, Kg = g.groups, g.K // g.groups
         PQ = g.P * g.Q
+        dy = np.ascontiguousarray(dy)
         dx = np.empty(g.x_shape, dtype=x.dtype) if need_dx else None
         dw = np.zeros((G, Kg, (g.C // G) * g.R * g.S), dtype=x.dtype) if need_dw else None
         db = dy.sum(axis=(0, 2, 3)) if need_db else None
