@@ -1,0 +1,787 @@
+// gpuconv 2-D convolution kernels: forward, backward-data (dx), backward-filter (dw), bias (db).
+//
+// Layout NCHW, C-contiguous; weight K x (C/groups) x R x S; bias K. Every kernel takes the geometry
+// as individual int scalars
+//     N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups
+// (pad_h/pad_w are the top/left padding; bottom/right padding only shows in P and Q). Offsets are
+// int32: the host refuses tensors of 2^31 elements or more. Templates on T = float or double.
+//
+// Three of the kernels are implicit GEMMs over one group g (Cg = C/groups, Kg = K/groups):
+//     forward          y[m=(n,p,q)][k]      = sum over red=(c,r,s)  of im2col(x)[m][red] * w[k][red]
+//     backward-data    dx[m=(n,h,w)][c]     = sum over red=(k,r,s)  of col(dy)[m][red]   * w[k][c,r,s]
+//     backward-filter  dw[k][red=(c,r,s)]   = sum over m=(n,p,q)    of dy[m][k] * im2col(x)[m][red]
+// They share one block design: 256 threads, a BM x BN output tile (BM * BN = 4096, each thread a
+// 4 x 4 register tile of outer products), a reduction step of BK = 64 / sizeof(T) (16 floats,
+// 8 doubles), double-buffered shared tiles filled through registers (the next tile's global
+// loads are in flight while the current one is multiplied; one barrier per step), and a small
+// per-step table in shared memory that turns each reduction index of the step into offsets and
+// window displacements once, so the gather needs no division per element. Padding, tails and
+// out-of-range taps are zero-filled by predicates. BN is a template parameter (16, 32, 64) the
+// host picks from the GEMM's column count, so thin layers (K = 16) do not waste 3/4 of a 64-wide
+// tile.
+//
+// Versions (llm.c dev/cuda style; the host selects with be.version(op)):
+//   conv2d_forward
+//     v1  one thread per output element, direct loops over (c, r, s). Simplest correct.
+//     v2  shared-memory tiled implicit GEMM described above. DEFAULT: expected fastest for the
+//         3x3 layers with >= 16 channels (compute-bound), not yet measured on a GPU.
+//     v3  direct convolution, one output pixel per thread for 8 output channels at once, the
+//         weights of those channels staged in shared memory (read as broadcasts). For the 1- and
+//         3-channel stems, where the GEMM reduction (C*R*S = 25..27) is shorter than two steps.
+//   conv2d_backward_data
+//     v1  one thread per input cell; gathers every (k, r, s) whose window covers it, the output
+//         position (h + pad - r*dil) / stride taken only when the division is exact. No atomics.
+//     v2  the same gather as a tiled implicit GEMM (dy gathered through the stride-divisibility
+//         predicate, weights read transposed). DEFAULT, expected fastest (not yet measured).
+//   conv2d_backward_filter
+//     v1  one thread per weight element, sequential loop over N*P*Q. Deterministic, slow when
+//         N*P*Q is large.
+//     v2  implicit GEMM with the N*P*Q reduction split over `splits` blocks (a count the host
+//         derives from the sizes only), each writing its partial tile to a workspace, then
+//         conv2d_sum_splits adds the partials in split order. Bitwise reproducible. DEFAULT.
+//   conv2d_backward_bias
+//     v1  one thread per output channel, sequential sum.
+//     v2  two stages: blocks sum a chunk of one channel (strided loads, warp shuffles, then the
+//         per-warp sums in warp order), conv2d_sum_splits adds the chunks in order. DEFAULT.
+// No kernel uses float atomics: every result is the same bits on every run.
+#include "common.cuh"
+
+#define GC_CONV_THREADS 256
+// Minimum resident blocks per SM promised to ptxas (caps registers at 128 per thread). Naming it
+// also matters: with a bare __launch_bounds__(256) ptxas 13 picks a 32-register budget and spills.
+#define GC_CONV_MIN_BLOCKS 2
+// Marks an index-table entry or a loader row that must read zero: added to a window coordinate it
+// drives it far out of [0, H) without overflowing int32.
+#define GC_CONV_OFF_RANGE 0x20000000
+
+// ============================================================================================
+// v1 kernels: one thread per output element
+// ============================================================================================
+
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_forward_v1(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                  T* __restrict__ y, int has_bias,
+                  int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                  int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                  int groups) {
+    const int Cg = C / groups, Kg = K / groups;
+    const int total = N * K * P * Q;
+    GC_GRID_STRIDE_LOOP(idx, total) {
+        int i = (int)idx;
+        const int q = i % Q; i /= Q;
+        const int p = i % P; i /= P;
+        const int k = i % K;
+        const int n = i / K;
+        const int c0 = (k / Kg) * Cg;
+        const int h0 = p * stride_h - pad_h, w0 = q * stride_w - pad_w;
+        const T* xn = x + (n * C + c0) * H * W;
+        const T* wk = w + k * Cg * R * S;
+        T acc = has_bias ? bias[k] : T(0);
+        for (int c = 0; c < Cg; ++c) {
+            for (int r = 0; r < R; ++r) {
+                const int h = h0 + r * dil_h;
+                if (h < 0 || h >= H) continue;
+                for (int s = 0; s < S; ++s) {
+                    const int ww = w0 + s * dil_w;
+                    if (ww < 0 || ww >= W) continue;
+                    acc += xn[(c * H + h) * W + ww] * wk[(c * R + r) * S + s];
+                }
+            }
+        }
+        y[idx] = acc;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_data_v1(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+                        int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                        int groups) {
+    const int Cg = C / groups, Kg = K / groups;
+    const int total = N * C * H * W;
+    GC_GRID_STRIDE_LOOP(idx, total) {
+        int i = (int)idx;
+        const int ww = i % W; i /= W;
+        const int h = i % H; i /= H;
+        const int c = i % C;
+        const int n = i / C;
+        const int g = c / Cg, cl = c - g * Cg;
+        T acc = T(0);
+        for (int kl = 0; kl < Kg; ++kl) {
+            const int k = g * Kg + kl;
+            const T* dyk = dy + (n * K + k) * P * Q;
+            const T* wk = w + (k * Cg + cl) * R * S;
+            for (int r = 0; r < R; ++r) {
+                const int hp = h + pad_h - r * dil_h;
+                if (hp < 0 || hp % stride_h != 0) continue;
+                const int p = hp / stride_h;
+                if (p >= P) continue;
+                for (int s = 0; s < S; ++s) {
+                    const int wq = ww + pad_w - s * dil_w;
+                    if (wq < 0 || wq % stride_w != 0) continue;
+                    const int q = wq / stride_w;
+                    if (q >= Q) continue;
+                    acc += dyk[p * Q + q] * wk[r * S + s];
+                }
+            }
+        }
+        dx[idx] = acc;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_filter_v1(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dw,
+                          int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                          int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                          int groups) {
+    const int Cg = C / groups, Kg = K / groups;
+    const int total = K * Cg * R * S;
+    GC_GRID_STRIDE_LOOP(idx, total) {
+        int i = (int)idx;
+        const int s = i % S; i /= S;
+        const int r = i % R; i /= R;
+        const int cl = i % Cg;
+        const int k = i / Cg;
+        const int c = (k / Kg) * Cg + cl;
+        T acc = T(0);
+        for (int n = 0; n < N; ++n) {
+            const T* xc = x + (n * C + c) * H * W;
+            const T* dyk = dy + (n * K + k) * P * Q;
+            for (int p = 0; p < P; ++p) {
+                const int h = p * stride_h - pad_h + r * dil_h;
+                if (h < 0 || h >= H) continue;
+                for (int q = 0; q < Q; ++q) {
+                    const int ww = q * stride_w - pad_w + s * dil_w;
+                    if (ww < 0 || ww >= W) continue;
+                    acc += dyk[p * Q + q] * xc[h * W + ww];
+                }
+            }
+        }
+        dw[idx] = acc;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_bias_v1(const T* __restrict__ dy, T* __restrict__ db, int N, int K, int PQ) {
+    GC_GRID_STRIDE_LOOP(k, K) {
+        T acc = T(0);
+        for (int n = 0; n < N; ++n) {
+            const T* dyk = dy + (n * K + (int)k) * PQ;
+            for (int i = 0; i < PQ; ++i) acc += dyk[i];
+        }
+        db[k] = acc;
+    }
+}
+
+// ============================================================================================
+// Shared pieces of the tiled implicit-GEMM kernels
+// ============================================================================================
+
+template <typename T, int BN>
+struct ConvTile {
+    static constexpr int THREADS = GC_CONV_THREADS;
+    static constexpr int BM = 4096 / BN;             // rows of the output tile
+    static constexpr int BK = 64 / (int)sizeof(T);   // reduction step: 16 floats, 8 doubles
+    static constexpr int PAD = 4;                    // keeps rows 16-byte aligned, spreads banks
+    static constexpr int TM = BM / 4;                // threads along the rows
+};
+
+// Entry of the per-step index table: the meaning of the four ints is per kernel.
+struct alignas(16) ConvIdx {
+    int a, b, c, d;
+};
+
+// acc[i][j] += sum over kk of As[kk][4*tm + i] * Bs[kk][4*tn + j]
+template <typename T, int BK, int LDA, int LDB>
+__device__ __forceinline__ void conv_tile_multiply(const T (*__restrict__ As)[LDA],
+                                                   const T (*__restrict__ Bs)[LDB],
+                                                   T (&acc)[4][4], int tm, int tn) {
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+        const gc_vec4<T> a = *reinterpret_cast<const gc_vec4<T>*>(&As[kk][4 * tm]);
+        const gc_vec4<T> b = *reinterpret_cast<const gc_vec4<T>*>(&Bs[kk][4 * tn]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] += a.v[i] * b.v[j];
+        }
+    }
+}
+
+// The (c, r, s) decomposition of reduction index red of a (Cg, R, S) reduction, as an x offset
+// c*H*W + r*dil_h*W + s*dil_w and the window displacements r*dil_h, s*dil_w.
+__device__ __forceinline__ ConvIdx conv_crs_entry(int red, int CRS, int RS, int S, int HW, int W,
+                                                  int dil_h, int dil_w) {
+    ConvIdx e;
+    if (red < CRS) {
+        const int c = red / RS, rs = red - c * RS;
+        const int r = rs / S, s = rs - r * S;
+        e.b = r * dil_h;
+        e.c = s * dil_w;
+        e.a = c * HW + e.b * W + e.c;
+    } else {
+        e.a = 0;
+        e.b = -GC_CONV_OFF_RANGE;
+        e.c = 0;
+    }
+    e.d = 0;
+    return e;
+}
+
+// ============================================================================================
+// conv2d_forward_v2: implicit GEMM, rows m = (n, p, q), columns k of the group, reduction (c, r, s)
+// ============================================================================================
+
+template <typename T, int BN>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                  T* __restrict__ y, int has_bias,
+                  int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                  int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                  int groups) {
+    using Tl = ConvTile<T, BN>;
+    constexpr int BM = Tl::BM, BK = Tl::BK, NT = Tl::THREADS;
+    constexpr int A_STEP = NT / BM;                       // reduction rows one pass of loaders covers
+    constexpr int A_PER = BK / A_STEP;                    // A elements per thread and step
+    constexpr int B_PER = (BN * BK + NT - 1) / NT;        // B elements per thread and step
+    __shared__ alignas(16) T As[2][BK][BM + Tl::PAD];
+    __shared__ alignas(16) T Bs[2][BK][BN + Tl::PAD];
+    __shared__ ConvIdx tbl[2][BK];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
+    const int M = N * PQ;
+    const int t = threadIdx.x;
+    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    const int m0 = blockIdx.x * BM;
+    const int n_ktiles = (Kg + BN - 1) / BN;
+    const int n_steps = (CRS + BK - 1) / BK;
+
+    // The output row this thread gathers for: its window origin and image base offset.
+    const int am = m0 + t % BM, ak = t / BM;
+    int a_h0 = -GC_CONV_OFF_RANGE, a_w0 = 0, a_base = 0;
+    if (am < M) {
+        const int n = am / PQ, pq = am - n * PQ;
+        const int p = pq / Q, q = pq - p * Q;
+        a_h0 = p * stride_h - pad_h;
+        a_w0 = q * stride_w - pad_w;
+        a_base = n * C * HW + a_h0 * W + a_w0;
+    }
+
+    for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
+        const int g = yb / n_ktiles;
+        const int k0 = (yb - g * n_ktiles) * BN;
+        const T* __restrict__ xg = x + g * Cg * HW;
+        const T* __restrict__ wg = w + g * Kg * CRS;
+        T acc[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+        }
+        T a_reg[A_PER], b_reg[B_PER];
+
+        auto fill_table = [&](int buf, int step) {
+            if (t < BK) tbl[buf][t] = conv_crs_entry(step * BK + t, CRS, RS, S, HW, W, dil_h, dil_w);
+        };
+        auto load_global = [&](int buf, int step) {
+#pragma unroll
+            for (int j = 0; j < A_PER; ++j) {
+                const ConvIdx e = tbl[buf][ak + j * A_STEP];
+                const int h = a_h0 + e.b, ww = a_w0 + e.c;
+                a_reg[j] = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
+                               ? xg[a_base + e.a] : T(0);
+            }
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j) {
+                const int idx = t + j * NT;
+                const int kk = idx % BK, kn = idx / BK;
+                const int red = step * BK + kk, k = k0 + kn;
+                b_reg[j] = (idx < BN * BK && red < CRS && k < Kg) ? wg[k * CRS + red] : T(0);
+            }
+        };
+        auto store_shared = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < A_PER; ++j) As[buf][ak + j * A_STEP][t % BM] = a_reg[j];
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j) {
+                const int idx = t + j * NT;
+                if (idx < BN * BK) Bs[buf][idx % BK][idx / BK] = b_reg[j];
+            }
+        };
+
+        fill_table(0, 0);
+        __syncthreads();
+        load_global(0, 0);
+        store_shared(0);
+        if (n_steps > 1) fill_table(1, 1);
+        __syncthreads();
+        for (int step = 0; step < n_steps; ++step) {
+            const int cur = step & 1, nxt = cur ^ 1;
+            if (step + 1 < n_steps) load_global(nxt, step + 1);
+            conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[cur], Bs[cur], acc, tm, tn);
+            if (step + 1 < n_steps) {
+                store_shared(nxt);
+                if (step + 2 < n_steps) fill_table(cur, step + 2);
+            }
+            __syncthreads();
+        }
+
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + 4 * tm + i;
+            if (m >= M) continue;
+            const int n = m / PQ, pq = m - n * PQ;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int k = k0 + 4 * tn + j;
+                if (k >= Kg) continue;
+                const int kg = g * Kg + k;
+                y[(n * K + kg) * PQ + pq] = has_bias ? acc[i][j] + bias[kg] : acc[i][j];
+            }
+        }
+    }
+}
+
+// ============================================================================================
+// conv2d_forward_v3: direct, one output pixel x 8 output channels per thread, weights in smem
+// ============================================================================================
+
+#define GC_CONV_V3_KB 8      // output channels per thread
+#define GC_CONV_V3_CHUNK 256 // reduction indices (c, r, s) staged in shared memory per pass
+
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                  T* __restrict__ y, int has_bias,
+                  int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                  int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                  int groups) {
+    constexpr int KB = GC_CONV_V3_KB, CH = GC_CONV_V3_CHUNK, NT = GC_CONV_THREADS;
+    __shared__ alignas(16) T Ws[CH][KB];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
+    const int M = N * PQ;
+    const int t = threadIdx.x;
+    const int m = blockIdx.x * NT + t;
+    const int n_kb = (Kg + KB - 1) / KB;
+
+    int h0 = 0, w0 = 0, xbase = 0, n = 0, pq = 0;
+    if (m < M) {
+        n = m / PQ;
+        pq = m - n * PQ;
+        const int p = pq / Q, q = pq - p * Q;
+        h0 = p * stride_h - pad_h;
+        w0 = q * stride_w - pad_w;
+        xbase = n * C * HW;
+    }
+
+    for (int yb = blockIdx.y; yb < groups * n_kb; yb += gridDim.y) {
+        const int g = yb / n_kb;
+        const int k0 = (yb - g * n_kb) * KB;
+        const T* __restrict__ xg = x + xbase + g * Cg * HW;
+        const T* __restrict__ wg = w + (g * Kg + k0) * CRS;
+        T acc[KB];
+#pragma unroll
+        for (int j = 0; j < KB; ++j) acc[j] = T(0);
+
+        for (int start = 0; start < CRS; start += CH) {
+            __syncthreads();  // the previous pass is done reading Ws
+#pragma unroll
+            for (int j = 0; j < CH * KB / NT; ++j) {
+                const int idx = t + j * NT;
+                const int i = idx % CH, kb = idx / CH;
+                const int red = start + i;
+                Ws[i][kb] = (red < CRS && k0 + kb < Kg) ? wg[kb * CRS + red] : T(0);
+            }
+            __syncthreads();
+            if (m < M) {
+                const int len = CRS - start < CH ? CRS - start : CH;
+                int c = start / RS, rs = start - c * RS;
+                int r = rs / S, s = rs - r * S;
+                for (int i = 0; i < len; ++i) {
+                    const int h = h0 + r * dil_h, ww = w0 + s * dil_w;
+                    const T v = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
+                                    ? xg[(c * H + h) * W + ww] : T(0);
+                    const gc_vec4<T> w_lo = *reinterpret_cast<const gc_vec4<T>*>(&Ws[i][0]);
+                    const gc_vec4<T> w_hi = *reinterpret_cast<const gc_vec4<T>*>(&Ws[i][4]);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        acc[j] += v * w_lo.v[j];
+                        acc[4 + j] += v * w_hi.v[j];
+                    }
+                    if (++s == S) {
+                        s = 0;
+                        if (++r == R) {
+                            r = 0;
+                            ++c;
+                        }
+                    }
+                }
+            }
+        }
+        if (m < M) {
+#pragma unroll
+            for (int j = 0; j < KB; ++j) {
+                const int k = k0 + j;
+                if (k >= Kg) continue;
+                const int kg = g * Kg + k;
+                y[(n * K + kg) * PQ + pq] = has_bias ? acc[j] + bias[kg] : acc[j];
+            }
+        }
+    }
+}
+
+// ============================================================================================
+// conv2d_backward_data_v2: implicit GEMM, rows m = (n, h, w), columns c of the group,
+// reduction (k, r, s); dy[n][k][p][q] taken where h + pad_h - r*dil_h = p * stride_h (same for w)
+// ============================================================================================
+
+// Index-table entry of reduction index red = (k, r, s): a = k*P*Q, b = r*dil_h, c = s*dil_w,
+// d = k*Cg*R*S + r*S + s (the weight offset without the c term).
+__device__ __forceinline__ ConvIdx conv_krs_entry(int red, int KRS, int RS, int S, int PQ, int CgRS,
+                                                  int dil_h, int dil_w) {
+    ConvIdx e;
+    if (red < KRS) {
+        const int k = red / RS, rs = red - k * RS;
+        const int r = rs / S, s = rs - r * S;
+        e.a = k * PQ;
+        e.b = r * dil_h;
+        e.c = s * dil_w;
+        e.d = k * CgRS + rs;
+    } else {
+        e.a = 0;
+        e.b = GC_CONV_OFF_RANGE;
+        e.c = 0;
+        e.d = -1;
+    }
+    return e;
+}
+
+// Output position o with o * stride == i, when there is one in [0, O).
+__device__ __forceinline__ bool conv_exact_div(int i, int stride, int O, int* o) {
+    if (i < 0) return false;
+    int v = i;
+    if (stride != 1) {
+        v = i / stride;
+        if (v * stride != i) return false;
+    }
+    *o = v;
+    return v < O;
+}
+
+template <typename T, int BN>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+                        int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                        int groups) {
+    using Tl = ConvTile<T, BN>;
+    constexpr int BM = Tl::BM, BK = Tl::BK, NT = Tl::THREADS;
+    constexpr int A_STEP = NT / BM;
+    constexpr int A_PER = BK / A_STEP;
+    constexpr int B_PER = (BN * BK + NT - 1) / NT;
+    __shared__ alignas(16) T As[2][BK][BM + Tl::PAD];
+    __shared__ alignas(16) T Bs[2][BK][BN + Tl::PAD];
+    __shared__ ConvIdx tbl[2][BK];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S, CgRS = Cg * RS, KRS = Kg * RS;
+    const int M = N * HW;
+    const int t = threadIdx.x;
+    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    const int m0 = blockIdx.x * BM;
+    const int n_ctiles = (Cg + BN - 1) / BN;
+    const int n_steps = (KRS + BK - 1) / BK;
+
+    // The input cell this thread gathers for, as a position in the padded input.
+    const int am = m0 + t % BM, ak = t / BM;
+    int a_hp = -GC_CONV_OFF_RANGE, a_wp = 0, a_base = 0;
+    if (am < M) {
+        const int n = am / HW, hw = am - n * HW;
+        const int h = hw / W;
+        a_hp = h + pad_h;
+        a_wp = hw - h * W + pad_w;
+        a_base = n * K * PQ;
+    }
+
+    for (int yb = blockIdx.y; yb < groups * n_ctiles; yb += gridDim.y) {
+        const int g = yb / n_ctiles;
+        const int c0 = (yb - g * n_ctiles) * BN;
+        const T* __restrict__ dyg = dy + g * Kg * PQ;
+        const T* __restrict__ wg = w + g * Kg * CgRS;
+        T acc[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+        }
+        T a_reg[A_PER], b_reg[B_PER];
+
+        auto fill_table = [&](int buf, int step) {
+            if (t < BK) tbl[buf][t] = conv_krs_entry(step * BK + t, KRS, RS, S, PQ, CgRS, dil_h, dil_w);
+        };
+        auto load_global = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < A_PER; ++j) {
+                const ConvIdx e = tbl[buf][ak + j * A_STEP];
+                int p, q;
+                const bool ok = conv_exact_div(a_hp - e.b, stride_h, P, &p) &&
+                                conv_exact_div(a_wp - e.c, stride_w, Q, &q);
+                a_reg[j] = ok ? dyg[a_base + e.a + p * Q + q] : T(0);
+            }
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j) {
+                const int idx = t + j * NT;
+                const int kk = idx % BK, cn = idx / BK;
+                const int c = c0 + cn;
+                const int woff = tbl[buf][kk].d;
+                b_reg[j] = (idx < BN * BK && woff >= 0 && c < Cg) ? wg[woff + c * RS] : T(0);
+            }
+        };
+        auto store_shared = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < A_PER; ++j) As[buf][ak + j * A_STEP][t % BM] = a_reg[j];
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j) {
+                const int idx = t + j * NT;
+                if (idx < BN * BK) Bs[buf][idx % BK][idx / BK] = b_reg[j];
+            }
+        };
+
+        fill_table(0, 0);
+        __syncthreads();
+        load_global(0);
+        store_shared(0);
+        if (n_steps > 1) fill_table(1, 1);
+        __syncthreads();
+        for (int step = 0; step < n_steps; ++step) {
+            const int cur = step & 1, nxt = cur ^ 1;
+            if (step + 1 < n_steps) load_global(nxt);
+            conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[cur], Bs[cur], acc, tm, tn);
+            if (step + 1 < n_steps) {
+                store_shared(nxt);
+                if (step + 2 < n_steps) fill_table(cur, step + 2);
+            }
+            __syncthreads();
+        }
+
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + 4 * tm + i;
+            if (m >= M) continue;
+            const int n = m / HW, hw = m - n * HW;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = c0 + 4 * tn + j;
+                if (c >= Cg) continue;
+                dx[(n * C + g * Cg + c) * HW + hw] = acc[i][j];
+            }
+        }
+    }
+}
+
+// ============================================================================================
+// conv2d_backward_filter_v2: implicit GEMM, rows k of the group, columns red = (c, r, s),
+// reduction over m = (n, p, q) in the chunk [split * chunk, (split + 1) * chunk) of blockIdx.z.
+// Writes partial[split][k][red] (K x Cg*R*S per split); conv2d_sum_splits adds the splits.
+// ============================================================================================
+
+template <typename T, int BM_ROWS>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ partial,
+                          int chunk,
+                          int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                          int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                          int groups) {
+    // Tile: BM_ROWS output channels x BN reduction columns; ConvTile is indexed by its columns.
+    constexpr int BN = 4096 / BM_ROWS;
+    using Tl = ConvTile<T, BN>;
+    constexpr int BM = BM_ROWS, BK = Tl::BK, NT = Tl::THREADS;
+    constexpr int A_PER = (BM * BK + NT - 1) / NT;   // dy elements per thread and step
+    constexpr int B_STEP = NT / BN;                  // reduction rows one pass of x loaders covers
+    constexpr int B_PER = BK / B_STEP;
+    static_assert(Tl::BM == BM, "tile rows");
+    __shared__ alignas(16) T As[2][BK][BM + Tl::PAD];
+    __shared__ alignas(16) T Bs[2][BK][BN + Tl::PAD];
+    __shared__ ConvIdx tbl[2][BK];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
+    const int M = N * PQ;
+    const int t = threadIdx.x;
+    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    const int col0 = blockIdx.x * BN;
+    const int n_ktiles = (Kg + BM - 1) / BM;
+    const int m_begin = blockIdx.z * chunk;
+    const int m_end = M - m_begin < chunk ? M : m_begin + chunk;
+    const int n_steps = m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
+
+    // The weight column (c, r, s) this thread gathers x for.
+    const int bcol = col0 + t % BN, bk = t / BN;
+    int b_dr = -GC_CONV_OFF_RANGE, b_ds = 0, b_off = 0;
+    if (bcol < CRS) {
+        const ConvIdx e = conv_crs_entry(bcol, CRS, RS, S, HW, W, dil_h, dil_w);
+        b_off = e.a;
+        b_dr = e.b;
+        b_ds = e.c;
+    }
+
+    for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
+        const int g = yb / n_ktiles;
+        const int k0 = (yb - g * n_ktiles) * BM;
+        const T* __restrict__ dyg = dy + g * Kg * PQ;
+        const T* __restrict__ xg = x + g * Cg * HW;
+        T acc[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+        }
+        T a_reg[A_PER], b_reg[B_PER];
+
+        // Table entry of reduction row m: a = dy offset n*K*PQ + p*Q + q (-1: none),
+        // b = x offset n*C*HW + h0*W + w0, c = h0, d = w0 (window origin).
+        auto fill_table = [&](int buf, int step) {
+            if (t < BK) {
+                const int m = m_begin + step * BK + t;
+                ConvIdx e;
+                if (m < m_end) {
+                    const int n = m / PQ, pq = m - n * PQ;
+                    const int p = pq / Q, q = pq - p * Q;
+                    e.c = p * stride_h - pad_h;
+                    e.d = q * stride_w - pad_w;
+                    e.a = n * K * PQ + pq;
+                    e.b = n * C * HW + e.c * W + e.d;
+                } else {
+                    e.a = -1;
+                    e.b = 0;
+                    e.c = -GC_CONV_OFF_RANGE;
+                    e.d = 0;
+                }
+                tbl[buf][t] = e;
+            }
+        };
+        auto load_global = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < A_PER; ++j) {
+                const int idx = t + j * NT;
+                const int kk = idx % BK, kr = idx / BK;
+                const int k = k0 + kr;
+                const int off = tbl[buf][kk].a;
+                a_reg[j] = (idx < BM * BK && off >= 0 && k < Kg) ? dyg[off + k * PQ] : T(0);
+            }
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j) {
+                const ConvIdx e = tbl[buf][bk + j * B_STEP];
+                const int h = e.c + b_dr, ww = e.d + b_ds;
+                b_reg[j] = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
+                               ? xg[e.b + b_off] : T(0);
+            }
+        };
+        auto store_shared = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < A_PER; ++j) {
+                const int idx = t + j * NT;
+                if (idx < BM * BK) As[buf][idx % BK][idx / BK] = a_reg[j];
+            }
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j) Bs[buf][bk + j * B_STEP][t % BN] = b_reg[j];
+        };
+
+        if (n_steps > 0) {
+            fill_table(0, 0);
+            __syncthreads();
+            load_global(0);
+            store_shared(0);
+            if (n_steps > 1) fill_table(1, 1);
+            __syncthreads();
+        }
+        for (int step = 0; step < n_steps; ++step) {
+            const int cur = step & 1, nxt = cur ^ 1;
+            if (step + 1 < n_steps) load_global(nxt);
+            conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[cur], Bs[cur], acc, tm, tn);
+            if (step + 1 < n_steps) {
+                store_shared(nxt);
+                if (step + 2 < n_steps) fill_table(cur, step + 2);
+            }
+            __syncthreads();
+        }
+
+        T* __restrict__ out = partial + (blockIdx.z * K + g * Kg) * CRS;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int k = k0 + 4 * tm + i;
+            if (k >= Kg) continue;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int col = col0 + 4 * tn + j;
+                if (col < CRS) out[k * CRS + col] = acc[i][j];
+            }
+        }
+    }
+}
+
+// ============================================================================================
+// conv2d_backward_bias_v2, stage 1: block (chunk, k) sums dy[:, k] over flat (n, p, q) indices
+// [chunk * chunk_len, (chunk + 1) * chunk_len); writes partial[k * chunks + chunk].
+// ============================================================================================
+
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_bias_v2(const T* __restrict__ dy, T* __restrict__ partial, int N, int K, int PQ,
+                        int chunk_len) {
+    constexpr int NT = GC_CONV_THREADS, NWARPS = NT / GC_WARP_SIZE;
+    __shared__ T warp_sums[NWARPS];
+    const int t = threadIdx.x, lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
+    const int total = N * PQ;
+    const int begin = blockIdx.x * chunk_len;
+    const int end = total - begin < chunk_len ? total : begin + chunk_len;
+    // (n, pq) of index i, advanced by NT without a division per element.
+    const int step_n = NT / PQ, step_pq = NT - step_n * PQ;
+    for (int k = blockIdx.y; k < K; k += gridDim.y) {
+        T s = T(0);
+        int i = begin + t;
+        int n = i / PQ, pq = i - n * PQ;
+        for (; i < end; i += NT) {
+            s += dy[(n * K + k) * PQ + pq];
+            n += step_n;
+            pq += step_pq;
+            if (pq >= PQ) {
+                pq -= PQ;
+                ++n;
+            }
+        }
+#pragma unroll
+        for (int off = GC_WARP_SIZE / 2; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+        if (lane == 0) warp_sums[warp] = s;
+        __syncthreads();
+        if (t == 0) {
+            T total_sum = warp_sums[0];
+#pragma unroll
+            for (int i2 = 1; i2 < NWARPS; ++i2) total_sum += warp_sums[i2];
+            partial[k * gridDim.x + blockIdx.x] = total_sum;
+        }
+        __syncthreads();  // warp_sums is reused by the next channel
+    }
+}
+
+// out[i] = sum over s in [0, splits) of partial[s * stride_s + i * stride_i], in order of s.
+// Final stage of conv2d_backward_filter_v2 (stride_s = K*Cg*R*S, stride_i = 1) and of
+// conv2d_backward_bias_v2 (stride_s = 1, stride_i = chunks).
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_sum_splits(const T* __restrict__ partial, T* __restrict__ out, int n, int splits,
+                  int stride_s, int stride_i) {
+    GC_GRID_STRIDE_LOOP(i, n) {
+        const T* __restrict__ src = partial + (int)i * stride_i;
+        T acc = src[0];
+        for (int s = 1; s < splits; ++s) acc += src[s * stride_s];
+        out[i] = acc;
+    }
+}

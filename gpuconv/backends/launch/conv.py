@@ -1,0 +1,219 @@
+"""Launches of ``cuda/conv2d.cu``: conv2d forward, backward-data, backward-filter and bias gradient.
+
+Ops and versions (see the header of conv2d.cu for what each version changes):
+  * ``conv2d_forward``          1 direct, 2 tiled implicit GEMM (default), 3 direct with weights in
+                                shared memory (for 1-3 input channels)
+  * ``conv2d_backward_data``    1 gather per input cell, 2 tiled implicit GEMM (default)
+  * ``conv2d_backward_filter``  1 one thread per weight, 2 implicit GEMM with a fixed split of the
+                                N*P*Q reduction and an ordered sum of the partials (default)
+  * ``conv2d_backward_bias``    1 one thread per channel, 2 two-stage ordered reduction (default)
+Every backward result is bitwise reproducible: split counts depend on the sizes only.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ...geometry import ConvGeometry
+from . import check_elements, ctype, grid_1d
+
+FILE = "conv2d.cu"
+
+VERSIONS = {
+    "conv2d_forward": (1, 2, 3),
+    "conv2d_backward_data": (1, 2),
+    "conv2d_backward_filter": (1, 2),
+    "conv2d_backward_bias": (1, 2),
+}
+DEFAULT_VERSIONS = {
+    "conv2d_forward": 2,
+    "conv2d_backward_data": 2,
+    "conv2d_backward_filter": 2,
+    "conv2d_backward_bias": 2,
+}
+
+_TYPES = ("float", "double")
+TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (tile rows = 4096 / BN)
+TILE_AREA = 4096
+BLOCK = 256
+MAX_GRID_Y = 65535  # the tiled kernels loop over blockIdx.y, so a larger count is folded
+
+NAME_EXPRESSIONS = tuple(
+    [f"conv2d_{k}_v1<{t}>" for k in ("forward", "backward_data", "backward_filter", "backward_bias")
+     for t in _TYPES]
+    + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("forward", "backward_data", "backward_filter")
+       for t in _TYPES for bn in TILE_WIDTHS]
+    + [f"conv2d_forward_v3<{t}>" for t in _TYPES]
+    + [f"conv2d_backward_bias_v2<{t}>" for t in _TYPES]
+    + [f"conv2d_sum_splits<{t}>" for t in _TYPES])
+
+# Filter-gradient split: aim for this many blocks in all (a constant, not the device's SM count,
+# so the same sizes give the same bits on every GPU), each split reducing at least
+# FILTER_MIN_STEPS steps of its tile's reduction.
+FILTER_TARGET_BLOCKS = 256
+FILTER_MIN_STEPS = 16
+# Bias-gradient chunks: each block of stage 1 sums at least this many elements of one channel.
+BIAS_TARGET_BLOCKS = 256
+BIAS_MIN_CHUNK = 2048
+V3_CHANNELS = 8  # output channels per thread of conv2d_forward_v3 (GC_CONV_V3_KB)
+
+
+def _geometry_args(g: ConvGeometry) -> Tuple[np.int32, ...]:
+    return tuple(np.int32(v) for v in (g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h,
+                                       g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w, g.groups))
+
+
+def _tile_width(cols: int) -> int:
+    """The narrowest GEMM tile width that covers ``cols`` columns (64 beyond)."""
+    for bn in TILE_WIDTHS:
+        if cols <= bn:
+            return bn
+    return TILE_WIDTHS[-1]
+
+
+def _pick(be, op: str, version: Optional[int]) -> int:
+    v = be.version(op) if version is None else int(version)
+    if v not in VERSIONS[op]:
+        raise ValueError(f"{op}: version must be one of {VERSIONS[op]}, got {version!r}")
+    return v
+
+
+def _dtype_of(x, w) -> np.dtype:
+    if x.dtype != w.dtype:
+        raise TypeError(f"conv2d: x and weight must share a dtype, got {x.dtype} and {w.dtype}")
+    ctype(x.dtype)
+    return x.dtype
+
+
+def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
+    """y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C/groups, R, S)) + b (K,) or no bias."""
+    v = _pick(be, "conv2d_forward", version)
+    dtype = _dtype_of(x, w)
+    t = ctype(dtype)
+    x, w = be.contiguous(x), be.contiguous(w)
+    has_bias = b is not None
+    b = be.contiguous(b) if has_bias else w  # any array of the right type when there is no bias
+    y = be.empty(g.y_shape, dtype)
+    args = (x, w, b, y, np.int32(has_bias)) + _geometry_args(g)
+    Kg = g.K // g.groups
+    M = g.N * g.P * g.Q
+    if v == 1:
+        grid, block = grid_1d(check_elements("output", y.size), BLOCK)
+        be.launch(be.function(FILE, f"conv2d_forward_v1<{t}>"), grid, block, args)
+    elif v == 2:
+        bn = _tile_width(Kg)
+        bm = TILE_AREA // bn
+        grid = (math.ceil(M / bm), min(g.groups * math.ceil(Kg / bn), MAX_GRID_Y), 1)
+        be.launch(be.function(FILE, f"conv2d_forward_v2<{t}, {bn}>"), grid, (BLOCK, 1, 1), args)
+    else:
+        grid = (math.ceil(M / BLOCK), min(g.groups * math.ceil(Kg / V3_CHANNELS), MAX_GRID_Y), 1)
+        be.launch(be.function(FILE, f"conv2d_forward_v3<{t}>"), grid, (BLOCK, 1, 1), args)
+    return y
+
+
+def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None):
+    """dx (N, C, H, W) from dy (N, K, P, Q) and w (K, C/groups, R, S)."""
+    v = _pick(be, "conv2d_backward_data", version)
+    dtype = _dtype_of(dy, w)
+    t = ctype(dtype)
+    dy, w = be.contiguous(dy), be.contiguous(w)
+    dx = be.empty(g.x_shape, dtype)
+    args = (dy, w, dx) + _geometry_args(g)
+    if v == 1:
+        grid, block = grid_1d(check_elements("x", dx.size), BLOCK)
+        be.launch(be.function(FILE, f"conv2d_backward_data_v1<{t}>"), grid, block, args)
+    else:
+        Cg = g.C // g.groups
+        bn = _tile_width(Cg)
+        bm = TILE_AREA // bn
+        grid = (math.ceil(g.N * g.H * g.W / bm), min(g.groups * math.ceil(Cg / bn), MAX_GRID_Y), 1)
+        be.launch(be.function(FILE, f"conv2d_backward_data_v2<{t}, {bn}>"), grid, (BLOCK, 1, 1), args)
+    return dx
+
+
+def filter_splits(g: ConvGeometry, dtype) -> Tuple[int, int, int]:
+    """(tile rows, splits, chunk) of conv2d_backward_filter_v2 for geometry ``g``.
+
+    Depends on the sizes and dtype only, so every run (and every GPU) adds the same partial sums
+    in the same order.
+    """
+    Kg, CRS = g.K // g.groups, (g.C // g.groups) * g.R * g.S
+    rows = _tile_width(Kg)
+    cols = TILE_AREA // rows
+    step = 64 // np.dtype(dtype).itemsize  # BK of the kernel
+    M = g.N * g.P * g.Q
+    tiles = math.ceil(Kg / rows) * g.groups * math.ceil(CRS / cols)
+    splits = max(1, min(math.ceil(FILTER_TARGET_BLOCKS / tiles), math.ceil(M / (step * FILTER_MIN_STEPS)),
+                        65535, (2**31 - 1) // (g.K * CRS)))
+    chunk = math.ceil(math.ceil(M / splits) / step) * step
+    splits = math.ceil(M / chunk)
+    return rows, splits, chunk
+
+
+def backward_filter(be, dy, x, g: ConvGeometry, version: Optional[int] = None):
+    """dw (K, C/groups, R, S) from dy (N, K, P, Q) and x (N, C, H, W)."""
+    v = _pick(be, "conv2d_backward_filter", version)
+    dtype = _dtype_of(dy, x)
+    t = ctype(dtype)
+    dy, x = be.contiguous(dy), be.contiguous(x)
+    dw = be.empty(g.w_shape, dtype)
+    geo = _geometry_args(g)
+    if v == 1:
+        grid, block = grid_1d(check_elements("weight", dw.size), BLOCK)
+        be.launch(be.function(FILE, f"conv2d_backward_filter_v1<{t}>"), grid, block, (dy, x, dw) + geo)
+        return dw
+    rows, splits, chunk = filter_splits(g, dtype)
+    Kg, CRS = g.K // g.groups, (g.C // g.groups) * g.R * g.S
+    cols = TILE_AREA // rows
+    partial = dw if splits == 1 else be.empty((splits,) + g.w_shape, dtype)
+    grid = (math.ceil(CRS / cols), min(g.groups * math.ceil(Kg / rows), MAX_GRID_Y), splits)
+    be.launch(be.function(FILE, f"conv2d_backward_filter_v2<{t}, {rows}>"), grid, (BLOCK, 1, 1),
+              (dy, x, partial, np.int32(chunk)) + geo)
+    if splits > 1:
+        n = dw.size
+        grid, block = grid_1d(n, BLOCK)
+        be.launch(be.function(FILE, f"conv2d_sum_splits<{t}>"), grid, block,
+                  (partial, dw, np.int32(n), np.int32(splits), np.int32(n), np.int32(1)))
+    return dw
+
+
+def bias_chunks(g: ConvGeometry) -> Tuple[int, int]:
+    """(chunks, chunk length) of conv2d_backward_bias_v2: sizes only, hence reproducible."""
+    total = g.N * g.P * g.Q
+    chunks = max(1, min(math.ceil(BIAS_TARGET_BLOCKS / g.K), math.ceil(total / BIAS_MIN_CHUNK)))
+    chunk = math.ceil(total / chunks)
+    return math.ceil(total / chunk), chunk
+
+
+def backward_bias(be, dy, g: ConvGeometry, version: Optional[int] = None):
+    """db (K,) = dy (N, K, P, Q) summed over N, P, Q."""
+    v = _pick(be, "conv2d_backward_bias", version)
+    t = ctype(dy.dtype)
+    dy = be.contiguous(dy)
+    db = be.empty((g.K,), dy.dtype)
+    pq = np.int32(g.P * g.Q)
+    if v == 1:
+        grid, block = grid_1d(g.K, BLOCK)
+        be.launch(be.function(FILE, f"conv2d_backward_bias_v1<{t}>"), grid, block,
+                  (dy, db, np.int32(g.N), np.int32(g.K), pq))
+        return db
+    chunks, chunk = bias_chunks(g)
+    partial = db if chunks == 1 else be.empty((g.K, chunks), dy.dtype)
+    be.launch(be.function(FILE, f"conv2d_backward_bias_v2<{t}>"), (chunks, min(g.K, MAX_GRID_Y), 1),
+              (BLOCK, 1, 1), (dy, partial, np.int32(g.N), np.int32(g.K), pq, np.int32(chunk)))
+    if chunks > 1:
+        grid, block = grid_1d(g.K, BLOCK)
+        be.launch(be.function(FILE, f"conv2d_sum_splits<{t}>"), grid, block,
+                  (partial, db, np.int32(g.K), np.int32(chunks), np.int32(1), np.int32(chunks)))
+    return db
+
+
+def backward(be, dy, x, w, g: ConvGeometry, need_dx: bool = True, need_dw: bool = True,
+             need_db: bool = True):
+    """(dx (N, C, H, W) | None, dw (K, C/groups, R, S) | None, db (K,) | None)."""
+    dx = backward_data(be, dy, w, g) if need_dx else None
+    dw = backward_filter(be, dy, x, g) if need_dw else None
+    db = backward_bias(be, dy, g) if need_db else None
+    return dx, dw, db
