@@ -1,0 +1,86 @@
+"""Launches of ``cuda/linear.cu``: the dense layer y = x @ weight^T + bias and its backward.
+
+Op ``linear_gemm``: v1 runs the tiled GEMM kernel of linear.cu (bias fused); v2 (default) runs the
+array library's matmul — cuBLAS through CuPy on a GPU, NumPy on the CPU — because cuBLAS beats a
+simple tiled kernel at every size, then adds the bias with bias_add_rows. The bias gradient is
+always the column_sum kernel (deterministic, fixed order).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import check_elements, ctype, grid_1d
+
+FILE = "linear.cu"
+
+VERSIONS = {"linear_gemm": (1, 2)}
+KERNEL_OPS = {"gemm": "linear_gemm"}  # bias_add_rows and column_sum are unversioned helpers
+DEFAULT_VERSIONS = {"linear_gemm": 2}
+_TYPES = ("float", "double")
+NAME_EXPRESSIONS = tuple(f"{k}_v1<{t}>" for k in ("gemm", "bias_add_rows", "column_sum") for t in _TYPES)
+
+TILE = 16  # GC_GEMM_TILE in linear.cu
+
+
+def _matmul(be, a, a_strides: Tuple[int, int], b, b_strides: Tuple[int, int], M: int, N: int, K: int,
+            bias=None):
+    """C (M, N) = A (M, K) @ B (K, N) (+ bias), A/B given as contiguous buffers plus element strides.
+
+    ``a_strides`` = (stride of m, stride of k) into ``a``; ``b_strides`` = (stride of k, stride of n).
+    """
+    for name, n in (("A", M * K), ("B", K * N), ("C", M * N)):
+        check_elements(name, n)
+    dt = a.dtype
+    if be.version("linear_gemm") == 2:
+        view = be.xp.lib.stride_tricks.as_strided
+        av = view(a, (M, K), tuple(s * dt.itemsize for s in a_strides))
+        bv = view(b, (K, N), tuple(s * dt.itemsize for s in b_strides))
+        c = be.xp.ascontiguousarray(be.xp.matmul(av, bv))
+        if bias is not None:
+            grid, block = grid_1d(c.size, 256)
+            be.launch(be.function(FILE, f"bias_add_rows_v1<{ctype(dt)}>"), grid, block,
+                      (c, bias, np.int32(M), np.int32(N)))
+        return c
+    c = be.empty((M, N), dt)
+    has_bias = bias is not None
+    grid = (-(-N // TILE), -(-M // TILE), 1)
+    be.launch(be.function(FILE, f"gemm_v1<{ctype(dt)}>"), grid, (TILE, TILE, 1),
+              (a, b, bias if has_bias else a, c, np.int32(M), np.int32(N), np.int32(K),
+               np.int32(a_strides[0]), np.int32(a_strides[1]), np.int32(b_strides[0]),
+               np.int32(b_strides[1]), np.int32(has_bias)))
+    return c
+
+
+def forward(be, x, weight, bias: Optional[object]):
+    """x (N, I), weight (O, I), bias (O,) or None -> y (N, O)."""
+    if x.ndim != 2 or weight.ndim != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear: x must be (N, I) and weight (O, I), got {x.shape} and {weight.shape}")
+    n, n_in = x.shape
+    n_out = weight.shape[0]
+    x, weight = be.contiguous(x), be.contiguous(weight)
+    if bias is not None:
+        if bias.shape != (n_out,):
+            raise ValueError(f"linear: bias must have shape ({n_out},), got {bias.shape}")
+        bias = be.contiguous(bias)
+    # y[n, o] = sum_i x[n, i] * weight[o, i]:  A = x (strides n_in, 1), B(k=i, n=o) = weight[o, i].
+    return _matmul(be, x, (n_in, 1), weight, (1, n_in), n, n_out, n_in, bias)
+
+
+def backward(be, dy, x, weight, need_db: bool = True):
+    """dy (N, O), x (N, I), weight (O, I) -> (dx (N, I), dweight (O, I), dbias (O,) or None)."""
+    n, n_in = x.shape
+    n_out = weight.shape[0]
+    if dy.shape != (n, n_out):
+        raise ValueError(f"linear_backward: dy must have shape {(n, n_out)}, got {dy.shape}")
+    dy, x, weight = be.contiguous(dy), be.contiguous(x), be.contiguous(weight)
+    dx = _matmul(be, dy, (n_out, 1), weight, (n_in, 1), n, n_in, n_out)      # dy @ weight
+    dw = _matmul(be, dy, (1, n_out), x, (n_in, 1), n_out, n_in, n)           # dy^T @ x
+    db = None
+    if need_db:
+        db = be.empty((n_out,), dy.dtype)
+        grid, block = grid_1d(n_out, 128)
+        be.launch(be.function(FILE, f"column_sum_v1<{ctype(dy.dtype)}>"), grid, block,
+                  (dy, db, np.int32(n), np.int32(n_out)))
+    return dx, dw, db
