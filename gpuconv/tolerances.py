@@ -1,0 +1,61 @@
+"""Agreement tolerances between backends: the one place they are defined.
+
+Errors are measured as max|out - ref| / max|ref| (relative to the reference's scale), so a
+tolerance does not depend on the magnitude of a layer's values. NaN never passes.
+
+* float32 against float32 on another backend (or against a float64 reference): 1e-5. The two
+  sides sum the same products in different orders; each rounding is 2^-24 ≈ 6e-8 relative, and
+  the reductions of the test-size networks (at most a few thousand terms, then a few layers of
+  back-propagation) stay two orders of magnitude below 1e-5.
+* float64 against float64: 1e-12 (2^-53 ≈ 1.1e-16 per rounding, same argument).
+* TF32 paths (10-bit mantissa) land near 1e-3; they are reported, never held to the FP32 number.
+
+``gpuconv check`` prints the measured error of every layer next to the tolerance, so growth of
+the error with depth is visible rather than hidden behind a larger number.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+FLOAT32_RTOL = 1e-5
+FLOAT64_RTOL = 1e-12
+TF32_RTOL = 1e-3
+
+__all__ = ["FLOAT32_RTOL", "FLOAT64_RTOL", "TF32_RTOL", "tolerance", "scaled_error", "passes"]
+
+
+def tolerance(dtype) -> float:
+    """The relative tolerance for results computed in ``dtype`` (float32 or float64)."""
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return FLOAT32_RTOL
+    if dt == np.float64:
+        return FLOAT64_RTOL
+    raise TypeError(f"dtype must be float32 or float64, got {dt}")
+
+
+def scaled_error(out: np.ndarray, ref: np.ndarray) -> tuple:
+    """(max|out - ref|, max|out - ref| / max|ref|) computed in float64; NaN if either has a NaN.
+
+    Shapes must match. When ref is all zeros the relative error is the absolute one (0 if equal).
+    """
+    out = np.asarray(out)
+    ref = np.asarray(ref)
+    if out.shape != ref.shape:
+        raise ValueError(f"out has shape {out.shape} but ref has shape {ref.shape}: expected equal shapes")
+    if out.size == 0:
+        return 0.0, 0.0
+    a = out.astype(np.float64)
+    b = ref.astype(np.float64)
+    if np.isnan(a).any() or np.isnan(b).any():
+        return math.nan, math.nan
+    abs_err = float(np.max(np.abs(a - b)))
+    scale = float(np.max(np.abs(b)))
+    return abs_err, (abs_err / scale if scale > 0 else abs_err)
+
+
+def passes(rel_err: float, tol: float) -> bool:
+    """True when ``rel_err`` is a number no larger than ``tol`` (NaN and inf never pass)."""
+    return math.isfinite(rel_err) and rel_err <= tol
