@@ -1,0 +1,254 @@
+"""Cross-check of the NumPy backend against PyTorch CPU (an independent implementation).
+
+For every op, at least 200 random geometries (seeded, small shapes), forward and gradients, all in
+float64. Inputs are tie-free (random permutations of evenly spaced values), so max-pool indices
+are unambiguous.
+"""
+import numpy as np
+import pytest
+
+from gpuconv import functional as F
+from gpuconv import use_backend
+
+torch = pytest.importorskip("torch")
+TF = torch.nn.functional
+
+pytestmark = [pytest.mark.torch,
+              pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")]
+
+CASES = 200
+RTOL = 1e-12
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend():
+    with use_backend("numpy"):
+        yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny shapes: threads only add synchronisation overhead on a small shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tie_free(rng, shape):
+    n = int(np.prod(shape))
+    return rng.permutation((np.arange(n) + 0.5) / n * 2 - 1).reshape(shape)
+
+
+def assert_close(name, got, want, ctx):
+    want = want.detach().numpy() if hasattr(want, "detach") else want
+    assert got.shape == want.shape, (name, got.shape, want.shape, ctx)
+    assert not np.isnan(got).any() and not np.isnan(want).any(), (name, ctx)
+    same = got == want  # covers equal infinities (max pooling of an empty window)
+    finite = np.isfinite(want)
+    scale = max(np.abs(want[finite]).max(initial=0.0), 1e-300)
+    assert same[~finite].all(), (name, ctx)
+    diff = np.subtract(got, want, out=np.zeros(np.shape(want)), where=~same)
+    err = np.abs(diff).max(initial=0.0) / scale
+    assert err <= RTOL, (name, err, ctx)
+
+
+def torch_leaf(a):
+    return torch.tensor(a, requires_grad=True)
+
+
+# ---- convolution -----------------------------------------------------------------------------
+
+def same_pads(size, k_eff, stride):
+    """TensorFlow's SAME rule: output ceil(size/stride), extra padding at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k_eff - size, 0)
+    return total // 2, total - total // 2
+
+
+def random_conv_case(rng):
+    groups = int(rng.choice([1, 1, 2, 3]))
+    C, K = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+    R, S = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    kind = rng.choice(["int", "pair", "valid", "same"])
+    padding = {"int": int(rng.integers(0, 3)), "pair": (int(rng.integers(0, 3)), int(rng.integers(0, 3))),
+               "valid": "valid", "same": "same"}[kind]
+    pads = {"int": (padding, padding), "pair": padding}.get(kind, (0, 0))
+    eff = ((R - 1) * dilation[0] + 1, (S - 1) * dilation[1] + 1)
+    H = int(rng.integers(max(1, eff[0] - 2 * pads[0]), eff[0] + 8))
+    W = int(rng.integers(max(1, eff[1] - 2 * pads[1]), eff[1] + 8))
+    return dict(N=int(rng.integers(1, 4)), C=C, H=H, W=W, K=K, R=R, S=S, stride=stride,
+                padding=padding, dilation=dilation, groups=groups)
+
+
+def test_conv2d_matches_torch():
+    rng = np.random.default_rng(2024)
+    kinds = set()
+    for _ in range(CASES):
+        c = random_conv_case(rng)
+        x = tie_free(rng, (c["N"], c["C"], c["H"], c["W"]))
+        w = tie_free(rng, (c["K"], c["C"] // c["groups"], c["R"], c["S"]))
+        b = tie_free(rng, (c["K"],))
+        args = (c["stride"], c["padding"], c["dilation"], c["groups"])
+        y = F.conv2d(x, w, b, *args)
+        tx, tw, tb = torch_leaf(x), torch_leaf(w), torch_leaf(b)
+        if c["padding"] == "same" and c["stride"] != (1, 1):
+            eff = ((c["R"] - 1) * c["dilation"][0] + 1, (c["S"] - 1) * c["dilation"][1] + 1)
+            top, bottom = same_pads(c["H"], eff[0], c["stride"][0])
+            left, right = same_pads(c["W"], eff[1], c["stride"][1])
+            ty = TF.conv2d(TF.pad(tx, (left, right, top, bottom)), tw, tb, c["stride"], 0, c["dilation"],
+                           c["groups"])
+            kinds.add("same-strided")
+        else:
+            ty = TF.conv2d(tx, tw, tb, *args)
+            kinds.add(str(type(c["padding"]).__name__) + str(c["padding"] in ("same", "valid")))
+        assert_close("y", y, ty, c)
+        dy = rng.standard_normal(y.shape)
+        ty.backward(torch.tensor(dy))
+        dx, dw, db = F.conv2d_backward(dy, x, w, *args)
+        assert_close("dx", dx, tx.grad, c)
+        assert_close("dweight", dw, tw.grad, c)
+        assert_close("dbias", db, tb.grad, c)
+    assert len(kinds) == 4
+
+
+# ---- pooling ---------------------------------------------------------------------------------
+
+def random_pool_case(rng, dilation_allowed):
+    k = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    d = (int(rng.integers(1, 3)), int(rng.integers(1, 3))) if dilation_allowed else (1, 1)
+    eff = ((k[0] - 1) * d[0] + 1, (k[1] - 1) * d[1] + 1)
+    stride = None if rng.random() < 0.2 else (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    # torch allows padding up to half the window without dilation (gpuconv: the dilated window)
+    p = (int(rng.integers(0, k[0] // 2 + 1)), int(rng.integers(0, k[1] // 2 + 1)))
+    H = int(rng.integers(max(1, eff[0] - 2 * p[0]), eff[0] + 8))
+    W = int(rng.integers(max(1, eff[1] - 2 * p[1]), eff[1] + 8))
+    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 4)), H, W)
+    return shape, dict(kernel_size=k, stride=stride, padding=p, ceil_mode=bool(rng.random() < 0.5)), d
+
+
+def test_max_pool2d_values_indices_and_gradient_match_torch():
+    rng = np.random.default_rng(7)
+    checked_indices = 0
+    for _ in range(CASES):
+        shape, kw, d = random_pool_case(rng, dilation_allowed=True)
+        x = tie_free(rng, shape)
+        y, idx = F.max_pool2d(x, dilation=d, **kw)
+        tx = torch_leaf(x)
+        ty, tidx = TF.max_pool2d(tx, dilation=d, return_indices=True, **kw)
+        ctx = (shape, kw, d)
+        assert_close("y", y, ty, ctx)
+        if (idx < 0).any():  # a window without input element: torch's index there is arbitrary
+            continue
+        np.testing.assert_array_equal(idx, tidx.numpy(), err_msg=str(ctx))
+        dy = rng.standard_normal(y.shape)
+        ty.backward(torch.tensor(dy))
+        assert_close("dx", F.max_pool2d_backward(dy, idx, shape, dilation=d, **kw), tx.grad, ctx)
+        checked_indices += 1
+    assert checked_indices >= CASES * 0.9
+
+
+def test_avg_pool2d_and_gradient_match_torch():
+    rng = np.random.default_rng(8)
+    for _ in range(CASES):
+        shape, kw, _ = random_pool_case(rng, dilation_allowed=False)
+        kw.update(count_include_pad=bool(rng.random() < 0.5),
+                  divisor_override=None if rng.random() < 0.7 else int(rng.integers(1, 7)))
+        x = tie_free(rng, shape)
+        y = F.avg_pool2d(x, **kw)
+        tx = torch_leaf(x)
+        ty = TF.avg_pool2d(tx, **kw)
+        assert_close("y", y, ty, (shape, kw))
+        dy = rng.standard_normal(y.shape)
+        ty.backward(torch.tensor(dy))
+        assert_close("dx", F.avg_pool2d_backward(dy, shape, **kw), tx.grad, (shape, kw))
+
+
+def test_l2_pool2d_and_gradient_match_torch_lp_pool():
+    rng = np.random.default_rng(9)
+    for _ in range(CASES):
+        shape, kw, _ = random_pool_case(rng, dilation_allowed=False)
+        x = tie_free(rng, shape)
+        y = F.l2_pool2d(x, **kw)
+        dy = rng.standard_normal(y.shape)
+        dx = F.l2_pool2d_backward(dy, x, y, **kw)
+        # lp_pool2d has no padding, and divides partial ceil_mode windows by their clipped size:
+        # feed it x zero-padded so that every window is complete, with ceil_mode off.
+        (kh, kwid), (ph, pw) = kw["kernel_size"], kw["padding"]
+        sh, sw = kw["stride"] or kw["kernel_size"]
+        P, Q = y.shape[2:]
+        bottom = max(0, (P - 1) * sh + kh - shape[2] - ph)
+        right = max(0, (Q - 1) * sw + kwid - shape[3] - pw)
+        tx = torch_leaf(x)
+        ty = TF.lp_pool2d(TF.pad(tx, (pw, right, ph, bottom)), 2, (kh, kwid), (sh, sw))
+        ctx = (shape, kw)
+        assert_close("y", y, ty[:, :, :P, :Q], ctx)
+        assert ty.shape[2:] == (P, Q), ctx
+        ty.backward(torch.tensor(dy))
+        assert_close("dx", dx, tx.grad, ctx)
+
+
+# ---- element-wise, dense, loss ---------------------------------------------------------------
+
+def test_activations_linear_and_loss_match_torch():
+    rng = np.random.default_rng(10)
+    for _ in range(20):
+        x = rng.standard_normal((int(rng.integers(1, 9)), int(rng.integers(1, 30)))) * 4
+        dy = rng.standard_normal(x.shape)
+        for ours, ours_bwd, theirs in [(F.relu, F.relu_backward, torch.relu),
+                                       (F.sigmoid, F.sigmoid_backward, torch.sigmoid),
+                                       (F.tanh, F.tanh_backward, torch.tanh)]:
+            tx = torch_leaf(x)
+            ty = theirs(tx)
+            ty.backward(torch.tensor(dy))
+            y = ours(x)
+            assert_close("y", y, ty, ours.__name__)
+            assert_close("dx", ours_bwd(dy, y), tx.grad, ours.__name__)
+        w, b = rng.standard_normal((5, x.shape[1])), rng.standard_normal(5)
+        tx, tw, tb = torch_leaf(x), torch_leaf(w), torch_leaf(b)
+        ty = TF.linear(tx, tw, tb)
+        dy = rng.standard_normal(ty.shape)
+        ty.backward(torch.tensor(dy))
+        assert_close("y", F.linear(x, w, b), ty, "linear")
+        grads = F.linear_backward(dy, x, w)
+        for name, got, want in zip(("dx", "dw", "db"), grads, (tx.grad, tw.grad, tb.grad)):
+            assert_close(name, got, want, "linear")
+        labels = rng.integers(0, 5, x.shape[0])
+        logits = rng.standard_normal((x.shape[0], 5)) * 10
+        tl = torch_leaf(logits)
+        tloss = TF.cross_entropy(tl, torch.tensor(labels))
+        tloss.backward()
+        loss, d = F.softmax_cross_entropy(logits, labels)
+        assert_close("loss", loss, tloss, "cross entropy")
+        assert_close("dlogits", d, tl.grad, "cross entropy")
+
+
+def test_optimizer_steps_match_torch():
+    rng = np.random.default_rng(12)
+    shape = (4, 6)
+    for momentum, dampening, nesterov, wd in [(0.0, 0.0, False, 0.0), (0.9, 0.1, False, 1e-2),
+                                              (0.9, 0.0, True, 0.0)]:
+        p = rng.standard_normal(shape)
+        tp = torch.nn.Parameter(torch.tensor(p.copy()))
+        opt = torch.optim.SGD([tp], lr=0.1, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                              weight_decay=wd)
+        buf = np.zeros(shape) if momentum else None
+        for step in range(3):
+            g = rng.standard_normal(shape)
+            tp.grad = torch.tensor(g)
+            opt.step()
+            F.sgd_step(p, g, buf, lr=0.1, momentum=momentum, dampening=dampening, weight_decay=wd,
+                       nesterov=nesterov, first_step=step == 0)
+        assert_close("sgd", p, tp, (momentum, dampening, nesterov, wd))
+    p = rng.standard_normal(shape)
+    tp = torch.nn.Parameter(torch.tensor(p.copy()))
+    opt = torch.optim.Adam([tp], lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
+    m, v = np.zeros(shape), np.zeros(shape)
+    for step in range(1, 5):
+        g = rng.standard_normal(shape)
+        tp.grad = torch.tensor(g)
+        opt.step()
+        F.adam_step(p, g, m, v, step, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05)
+    assert_close("adam", p, tp, "adam")
