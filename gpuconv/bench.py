@@ -162,6 +162,29 @@ class CudaEventTimer:
                 out[k].host_us.append(host)
         return out
 
+    def throughput(self, fn: Callable[[], Any], repeat: int, inner: int, stream=None,
+                   warmup: int = 2) -> Timing:
+        """Back-to-back time per call (launch overhead included): events around ``inner`` calls,
+        ``repeat`` times, on ``stream`` (default: the legacy default stream)."""
+        cupy = self.cupy
+        stream = cupy.cuda.Stream.null if stream is None else stream
+        for _ in range(warmup):
+            fn()
+        stream.synchronize()
+        out = Timing()
+        for _ in range(repeat):
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record(stream)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            host = (time.perf_counter() - t0) * 1e6 / inner
+            end.record(stream)
+            end.synchronize()
+            out.times_us.append(float(cupy.cuda.get_elapsed_time(start, end)) * 1e3 / inner)
+            out.host_us.append(host)
+        return out
+
 
 # ----------------------------------------------------------------------------------------------
 # what is timed

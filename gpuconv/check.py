@@ -1,0 +1,270 @@
+"""``gpuconv check``: layer-by-layer agreement of two backends on the same model and batch.
+
+The model is built once per backend from the same seed on the host and moved with ``.to()``, so
+both sides start from identical weights. One forward pass, the softmax cross-entropy loss and one
+backward pass run on the same batch; every leaf layer records its output and the gradient it
+returns (dx), and its parameter gradients are read afterwards. Each is compared with the first
+backend (the reference) by max|a - b| and max|a - b| / max|ref|, against the tolerance of
+``gpuconv.tolerances``. Kernel backends run with poisoned outputs (NaN-filled before each
+kernel), so an element a kernel forgets to write fails. Exit status 1 when anything fails.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import report, tolerances
+
+__all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "MODEL_INPUTS", "format_layers"]
+
+# model -> (in_channels, image_size, num_classes)
+MODEL_INPUTS: Dict[str, Tuple[int, int, int]] = {
+    "lenet": (1, 28, 10), "cifar-small": (3, 32, 10), "resnet20": (3, 32, 10)}
+EMULATOR_DEFAULT_BATCH = 2
+DEFAULT_BATCH = 8
+
+ENTRY_SCHEMA = {"layer": str, "type": str, "tensor": str, "shape": [int], "max_abs_err": (float, None),
+                "rel_err": (float, None), "tolerance": float, "passed": bool}
+CHECK_SCHEMA = {
+    "schema": str, "environment": {"date": str, "cpu": str, "numpy": str},
+    "settings": {"model": str, "backends": [str], "reference": str, "dtype": str, "batch": int,
+                 "seed": int, "data": str, "image_size": int, "in_channels": int},
+    "entries": [ENTRY_SCHEMA], "passed": bool, "failures": int, "error": (str, None),
+}
+
+
+@dataclass
+class _Recording:
+    """Per leaf layer: output and returned input-gradient, in call order, on the host."""
+
+    order: List[str] = field(default_factory=list)
+    types: Dict[str, str] = field(default_factory=dict)
+    outputs: Dict[str, np.ndarray] = field(default_factory=dict)
+    dx: Dict[str, np.ndarray] = field(default_factory=dict)
+    grads: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    loss: Optional[np.ndarray] = None
+
+
+def _leaves(model) -> List[Tuple[str, Any]]:
+    return [(name or "model", m) for name, m in model.named_modules() if not list(m.children())]
+
+
+def _instrument(model, be, rec: _Recording) -> None:
+    """Wrap each leaf layer's forward/backward (on the instance) to record results on the host."""
+    for name, layer in _leaves(model):
+        rec.order.append(name)
+        rec.types[name] = type(layer).__name__
+        fwd, bwd = layer.forward, layer.backward
+
+        def forward(x, _name=name, _fwd=fwd):
+            y = _fwd(x)
+            rec.outputs[_name] = np.array(be.to_numpy(y), copy=True)
+            return y
+
+        def backward(dy, _name=name, _bwd=bwd):
+            dx = _bwd(dy)
+            rec.dx[_name] = np.array(be.to_numpy(dx), copy=True)
+            return dx
+
+        layer.forward, layer.backward = forward, backward
+
+
+def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int, dtype) -> _Recording:
+    from . import functional as F
+    from .backends import use_backend
+    from .models import build_model
+    in_ch, size, classes = x.shape[1], x.shape[2], 10
+    with use_backend("numpy"):
+        model = build_model(model_name, in_ch, size, classes, seed=seed, dtype=dtype)
+    model.to(be)
+    rec = _Recording()
+    _instrument(model, be, rec)
+    with use_backend(be):
+        logits = model.forward(be.asarray(x))
+        loss, dlogits = F.softmax_cross_entropy(logits, be.asarray(labels))
+        model.backward(dlogits)
+        be.synchronize()
+    rec.loss = np.asarray(be.to_numpy(loss)).reshape(1)
+    for name, layer in _leaves(model):
+        rec.grads[name] = {p: np.array(be.to_numpy(a), copy=True)
+                           for p, a in layer.grads.items() if a is not None}
+    return rec
+
+
+def make_backend(name: str):
+    """The backend ``name``; kernel backends are created with poisoned outputs."""
+    from .backends import resolve_backend
+    if name == "numpy":
+        return resolve_backend("numpy")
+    resolve_backend(name)  # raises BackendUnavailable with the reason when it cannot run here
+    from .backends.executors import CupyExecutor, EmulatorExecutor
+    from .backends.kernel_backend import KernelBackend
+    return KernelBackend(CupyExecutor() if name == "cuda" else EmulatorExecutor(), poison=True)
+
+
+def make_batch(data: str, batch: int, in_channels: int, image_size: int, seed: int,
+               dtype) -> Tuple[np.ndarray, np.ndarray]:
+    """x (batch, in_channels, image_size, image_size) and int32 labels (batch,).
+
+    ``digits``: the bundled 8x8 digits, nearest-neighbour upscaled (and repeated over channels);
+    ``synthetic``: standard-normal images with random labels.
+    """
+    from .datasets import load_digits, synthetic_batch
+    if data == "synthetic":
+        return synthetic_batch(batch, in_channels, image_size, image_size, 10, seed, dtype)
+    if data != "digits":
+        raise ValueError(f"data must be 'digits' or 'synthetic', got {data!r}")
+    ds = load_digits(dtype=np.float64)
+    images, labels = ds.train.images, ds.train.labels
+    pick = np.random.default_rng(seed).choice(len(images), size=batch, replace=batch > len(images))
+    img = images[pick]                                   # (batch, 1, 8, 8)
+    rows = np.arange(image_size) * img.shape[2] // image_size
+    cols = np.arange(image_size) * img.shape[3] // image_size
+    img = img[:, :, rows][:, :, :, cols]
+    x = np.repeat(img, in_channels, axis=1).astype(dtype)
+    return np.ascontiguousarray(x), labels[pick].astype(np.int32)
+
+
+def _compare(layer: str, ltype: str, tensor: str, a: Optional[np.ndarray], ref: Optional[np.ndarray],
+             tol: float) -> Dict[str, Any]:
+    if a is None or ref is None or a.shape != ref.shape:
+        abs_err = rel = math.nan
+        shape = list(ref.shape if ref is not None else (a.shape if a is not None else ()))
+    else:
+        abs_err, rel = tolerances.scaled_error(a, ref)
+        shape = list(ref.shape)
+    return {"layer": layer, "type": ltype, "tensor": tensor, "shape": [int(s) for s in shape],
+            "max_abs_err": None if math.isnan(abs_err) else abs_err,
+            "rel_err": None if math.isnan(rel) else rel, "tolerance": tol,
+            "passed": tolerances.passes(rel, tol)}
+
+
+def compare_recordings(ref: _Recording, other: _Recording, tol: float) -> List[Dict[str, Any]]:
+    """One entry per (leaf layer, tensor): output, dx and every parameter gradient; then the loss."""
+    entries = []
+    for name in ref.order:
+        t = ref.types[name]
+        entries.append(_compare(name, t, "output", other.outputs.get(name), ref.outputs.get(name), tol))
+        entries.append(_compare(name, t, "dx", other.dx.get(name), ref.dx.get(name), tol))
+        for p, g in ref.grads.get(name, {}).items():
+            entries.append(_compare(name, t, f"d{p}", other.grads.get(name, {}).get(p), g, tol))
+    entries.append(_compare("loss", "SoftmaxCrossEntropy", "output", other.loss, ref.loss, tol))
+    return entries
+
+
+def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch: Optional[int] = None,
+              seed: int = 0, data: str = "digits", image_size: Optional[int] = None,
+              log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Run the check and return the result document (see ``CHECK_SCHEMA``)."""
+    if model not in MODEL_INPUTS:
+        raise ValueError(f"model must be one of {', '.join(MODEL_INPUTS)}, got {model!r}")
+    if len(backends) != 2 or backends[0] == backends[1]:
+        raise ValueError(f"backends must name two different backends, e.g. numpy,emulator; "
+                         f"got {list(backends)}")
+    for b in backends:
+        if b not in ("numpy", "emulator", "cuda"):
+            raise ValueError(f"backends must be among numpy, emulator, cuda; got {b!r}")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    in_ch, default_size, _ = MODEL_INPUTS[model]
+    size = default_size if image_size is None else image_size
+    if batch is None:
+        batch = EMULATOR_DEFAULT_BATCH if "emulator" in backends else DEFAULT_BATCH
+        if "emulator" in backends:
+            log(f"note: batch {batch} by default because the emulator runs every CUDA thread on the CPU")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    tol = tolerances.tolerance(dtype)
+    x, labels = make_batch(data, batch, in_ch, size, seed, np.dtype(dtype))
+    doc: Dict[str, Any] = {
+        "schema": "gpuconv-check/1", "environment": report.environment(),
+        "settings": {"model": model, "backends": list(backends), "reference": backends[0], "dtype": dtype,
+                     "batch": batch, "seed": seed, "data": data, "image_size": size, "in_channels": in_ch},
+        "entries": [], "passed": False, "failures": 0, "error": None,
+    }
+    recs = []
+    for name in backends:
+        try:
+            be = make_backend(name)
+            recs.append(_run_model(model, be, x, labels, seed, np.dtype(dtype)))
+        except Exception as exc:  # reported in the output; the exit status says it failed
+            doc["error"] = f"backend {name}: {type(exc).__name__}: {exc}"
+            doc["failures"] = 1
+            return doc
+    doc["entries"] = compare_recordings(recs[0], recs[1], tol)
+    doc["failures"] = sum(not e["passed"] for e in doc["entries"])
+    doc["passed"] = doc["failures"] == 0
+    return doc
+
+
+_COLUMNS = (("output", "y"), ("dx", "dx"), ("dweight", "dW"), ("dbias", "db"))
+
+
+def format_layers(doc: Dict[str, Any], markdown: bool = False) -> str:
+    """One row per layer: max abs and relative error of y, dx, dW, db; tolerance; pass/fail."""
+    by_layer: Dict[str, List[Dict[str, Any]]] = {}
+    for e in doc["entries"]:
+        by_layer.setdefault(e["layer"], []).append(e)
+    headers = ["layer", "type"]
+    for _, short in _COLUMNS:
+        headers += [f"{short} abs", f"{short} rel"]
+    headers += ["tol", "result"]
+    rows = []
+    for layer, es in by_layer.items():
+        cells: List[Any] = [layer, es[0]["type"]]
+        named = {e["tensor"]: e for e in es}
+        for tensor, _ in _COLUMNS:
+            e = named.get(tensor)
+            cells += [e["max_abs_err"], e["rel_err"]] if e else ["", ""]
+        others = [e for e in es if e["tensor"] not in dict(_COLUMNS)]
+        failed = [e["tensor"] for e in es if not e["passed"]]
+        verdict = "pass" if not failed else "FAIL (" + ", ".join(failed) + ")"
+        if others:
+            verdict += "; also " + ", ".join(f"{e['tensor']} rel {report.fmt(e['rel_err'])}" for e in others)
+        rows.append(cells + [es[0]["tolerance"], verdict])
+    return report.format_table(headers, rows, markdown)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``gpuconv check``."""
+    p = subparsers.add_parser(
+        "check", help="layer-by-layer agreement of two backends (forward and gradients)",
+        description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="lenet", choices=sorted(MODEL_INPUTS))
+    p.add_argument("--backends", default="numpy,emulator",
+                   help="two of numpy, emulator, cuda; the first is the reference (default numpy,emulator)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"batch size (default {DEFAULT_BATCH}; {EMULATOR_DEFAULT_BATCH} with the emulator)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="digits", choices=("digits", "synthetic"),
+                   help="bundled digits scaled to the model's input, or random images")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default 28 lenet, 32 others)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write every comparison and the environment")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """CLI entry: print the table; exit 1 when any comparison fails or a backend cannot run."""
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    doc = run_check(args.model, backends, args.dtype, args.batch, args.seed, args.data, args.image_size)
+    s = doc["settings"]
+    print(f"gpuconv check --model {s['model']}: {s['backends'][1]} vs {s['reference']} (reference), "
+          f"{s['dtype']}, batch {s['batch']}, {s['data']} images {s['in_channels']}x{s['image_size']}"
+          f"x{s['image_size']}, seed {s['seed']}")
+    print("errors: abs = max|a-b|, rel = max|a-b| / max|ref|")
+    if doc["entries"]:
+        print(format_layers(doc))
+    if doc["error"]:
+        print(f"error: {doc['error']}")
+    print(f"{'PASS' if doc['passed'] else 'FAIL'}: {doc['failures']} comparison(s) failed "
+          f"out of {len(doc['entries'])}")
+    if args.json:
+        report.write_json(args.json, doc)
+        print(f"wrote {args.json}")
+    return 0 if doc["passed"] else 1
