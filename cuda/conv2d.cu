@@ -248,8 +248,8 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     constexpr int A_STEP = NT / BM;                       // reduction rows one pass of loaders covers
     constexpr int A_PER = BK / A_STEP;                    // A elements per thread and step
     constexpr int B_PER = (BN * BK + NT - 1) / NT;        // B elements per thread and step
-    __shared__ alignas(16) T As[2][BK][BM + Tl::PAD];
-    __shared__ alignas(16) T Bs[2][BK][BN + Tl::PAD];
+    alignas(16) __shared__ T As[2][BK][BM + Tl::PAD];
+    alignas(16) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
 
     const int Cg = C / groups, Kg = K / groups;
@@ -362,7 +362,7 @@ conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                   int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
                   int groups) {
     constexpr int KB = GC_CONV_V3_KB, CH = GC_CONV_V3_CHUNK, NT = GC_CONV_THREADS;
-    __shared__ alignas(16) T Ws[CH][KB];
+    alignas(16) __shared__ T Ws[CH][KB];
 
     const int Cg = C / groups, Kg = K / groups;
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
@@ -466,13 +466,9 @@ __device__ __forceinline__ ConvIdx conv_krs_entry(int red, int KRS, int RS, int 
 // Output position o with o * stride == i, when there is one in [0, O).
 __device__ __forceinline__ bool conv_exact_div(int i, int stride, int O, int* o) {
     if (i < 0) return false;
-    int v = i;
-    if (stride != 1) {
-        v = i / stride;
-        if (v * stride != i) return false;
-    }
+    const int v = i / stride;
     *o = v;
-    return v < O;
+    return v * stride == i && v < O;
 }
 
 template <typename T, int BN>
@@ -486,8 +482,8 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
     constexpr int A_STEP = NT / BM;
     constexpr int A_PER = BK / A_STEP;
     constexpr int B_PER = (BN * BK + NT - 1) / NT;
-    __shared__ alignas(16) T As[2][BK][BM + Tl::PAD];
-    __shared__ alignas(16) T Bs[2][BK][BN + Tl::PAD];
+    alignas(16) __shared__ T As[2][BK][BM + Tl::PAD];
+    alignas(16) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
 
     const int Cg = C / groups, Kg = K / groups;
@@ -500,6 +496,7 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
     const int n_steps = (KRS + BK - 1) / BK;
 
     // The input cell this thread gathers for, as a position in the padded input.
+    const bool unit_stride = stride_h == 1 && stride_w == 1;
     const int am = m0 + t % BM, ak = t / BM;
     int a_hp = -GC_CONV_OFF_RANGE, a_wp = 0, a_base = 0;
     if (am < M) {
@@ -527,13 +524,23 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
             if (t < BK) tbl[buf][t] = conv_krs_entry(step * BK + t, KRS, RS, S, PQ, CgRS, dil_h, dil_w);
         };
         auto load_global = [&](int buf) {
+            if (unit_stride) {
 #pragma unroll
-            for (int j = 0; j < A_PER; ++j) {
-                const ConvIdx e = tbl[buf][ak + j * A_STEP];
-                int p, q;
-                const bool ok = conv_exact_div(a_hp - e.b, stride_h, P, &p) &&
-                                conv_exact_div(a_wp - e.c, stride_w, Q, &q);
-                a_reg[j] = ok ? dyg[a_base + e.a + p * Q + q] : T(0);
+                for (int j = 0; j < A_PER; ++j) {
+                    const ConvIdx e = tbl[buf][ak + j * A_STEP];
+                    const int p = a_hp - e.b, q = a_wp - e.c;
+                    a_reg[j] = ((unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q)
+                                   ? dyg[a_base + e.a + p * Q + q] : T(0);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < A_PER; ++j) {
+                    const ConvIdx e = tbl[buf][ak + j * A_STEP];
+                    int p, q;
+                    const bool ok = conv_exact_div(a_hp - e.b, stride_h, P, &p) &&
+                                    conv_exact_div(a_wp - e.c, stride_w, Q, &q);
+                    a_reg[j] = ok ? dyg[a_base + e.a + p * Q + q] : T(0);
+                }
             }
 #pragma unroll
             for (int j = 0; j < B_PER; ++j) {
@@ -607,8 +614,8 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
     constexpr int B_STEP = NT / BN;                  // reduction rows one pass of x loaders covers
     constexpr int B_PER = BK / B_STEP;
     static_assert(Tl::BM == BM, "tile rows");
-    __shared__ alignas(16) T As[2][BK][BM + Tl::PAD];
-    __shared__ alignas(16) T Bs[2][BK][BN + Tl::PAD];
+    alignas(16) __shared__ T As[2][BK][BM + Tl::PAD];
+    alignas(16) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
 
     const int Cg = C / groups, Kg = K / groups;

@@ -1,0 +1,326 @@
+"""Every conv2d kernel version (forward, backward-data, backward-filter, bias) against the NumPy
+reference, on the CPU emulator and (marked ``gpu``) through CuPy.
+
+float32 kernels are compared with a float64 reference by max|out - ref| / max|ref| <= 1e-5,
+float64 kernels by <= 1e-12; outputs are NaN-poisoned before each launch, so an element a kernel
+forgets to write fails. Geometries are tiny (the emulator runs about a million CUDA threads per
+second) but cover odd sizes, stride 1-3, dilation 1-2, groups 1/2/3/depthwise, 'same' and
+asymmetric padding, 1x1 kernels, tails smaller than a tile and more channels than one tile.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import List, NamedTuple
+
+import numpy as np
+import pytest
+
+from gpuconv.backends.numpy_backend import NumpyBackend
+from gpuconv.geometry import ConvGeometry, conv2d_geometry
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+N_RANDOM = 56
+
+
+class Case(NamedTuple):
+    g: ConvGeometry
+    x: np.ndarray   # float64
+    w: np.ndarray
+    b: np.ndarray
+    dy: np.ndarray
+    y_ref: np.ndarray
+    dx_ref: np.ndarray
+    dw_ref: np.ndarray
+    db_ref: np.ndarray
+
+    def __str__(self) -> str:
+        return str(self.g)
+
+
+def _random_geometry(rng: np.random.Generator) -> ConvGeometry:
+    while True:
+        groups = int(rng.choice([1, 1, 1, 2, 3, 0]))  # 0: depthwise
+        if groups == 0:
+            cg, groups = 1, int(rng.integers(2, 6))
+            kg = int(rng.choice([1, 2]))
+        else:
+            cg = int(rng.integers(1, 6))
+            kg = int(rng.choice([1, 2, 3, 5, 7, 17, 19, 33]))
+        C, K = cg * groups, kg * groups
+        R, S = (int(rng.choice([1, 1, 2, 3, 3, 5])) for _ in range(2))
+        if rng.random() < 0.15:
+            R = S = 1
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4))) if rng.random() < 0.5 \
+            else int(rng.integers(1, 3))
+        dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3))) if rng.random() < 0.5 \
+            else int(rng.integers(1, 3))
+        u = rng.random()
+        if u < 0.25:
+            padding = "same"
+        elif u < 0.35:
+            padding = "valid"
+        elif u < 0.6:
+            padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        else:
+            padding = int(rng.integers(0, 3))
+        N = int(rng.integers(1, 3))
+        H, W = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        try:
+            g = conv2d_geometry((N, C, H, W), (K, cg, R, S), stride, padding, dilation, groups)
+        except ValueError:
+            continue
+        if g.P >= 1 and g.Q >= 1 and g.N * g.K * g.P * g.Q <= 3000 and g.N * g.C * g.H * g.W <= 3000:
+            return g
+
+
+# Hand-picked geometries: tile boundaries and the split/chunk paths.
+_FIXED = [
+    # (x shape, w shape, stride, padding, dilation, groups)
+    ((2, 3, 13, 12), (70, 3, 3, 3), 1, 1, 1, 1),        # K > 64: two column tiles; M > 64 rows
+    ((2, 17, 12, 11), (4, 17, 1, 1), 1, 0, 1, 1),       # 1x1, reduction of 17 (> one step)
+    ((1, 40, 5, 5), (6, 40, 3, 3), 1, "same", 1, 1),    # reduction 360: many steps
+    ((2, 6, 8, 8), (6, 1, 3, 3), 2, "same", 1, 6),      # depthwise, stride 2, asymmetric 'same'
+    ((1, 4, 7, 9), (6, 2, 2, 4), (2, 3), "same", (2, 1), 2),   # even kernel 'same': extra bottom/right
+    ((2, 2, 17, 17), (3, 2, 3, 3), 1, 1, 1, 1),         # N*P*Q = 578 > 256: several filter splits
+    ((1, 70, 3, 3), (2, 70, 1, 1), 1, 0, 1, 1),         # Cg = 70 > 64: backward-data column tiles
+    ((2, 1, 16, 16), (5, 1, 5, 5), 1, 2, 1, 1),         # LeNet-style stem
+]
+
+
+def _make_case(g: ConvGeometry, rng: np.random.Generator) -> Case:
+    ref = NumpyBackend()
+    x = rng.standard_normal(g.x_shape)
+    w = rng.standard_normal(g.w_shape)
+    b = rng.standard_normal((g.K,))
+    dy = rng.standard_normal(g.y_shape)
+    y = ref.conv2d(x, w, b, g)
+    dx, dw, db = ref.conv2d_backward(dy, x, w, g)
+    return Case(g, x, w, b, dy, y, dx, dw, db)
+
+
+def _cases() -> List[Case]:
+    rng = np.random.default_rng(20240611)
+    out = [_make_case(conv2d_geometry(xs, ws, st, pd, dl, gr), rng) for xs, ws, st, pd, dl, gr in _FIXED]
+    out += [_make_case(_random_geometry(rng), rng) for _ in range(N_RANDOM)]
+    return out
+
+
+CASES = _cases()
+
+
+def _rel_error(out: np.ndarray, ref: np.ndarray) -> float:
+    assert out.shape == ref.shape, f"shape {out.shape} != {ref.shape}"
+    assert np.all(np.isfinite(out)), "output has NaN/inf (an element not written?)"
+    scale = float(np.max(np.abs(ref))) or 1.0
+    return float(np.max(np.abs(out.astype(np.float64) - ref))) / scale
+
+
+def _check(out: np.ndarray, ref: np.ndarray, dtype, what: str, case: Case) -> None:
+    err = _rel_error(out, ref)
+    assert err <= TOLERANCE[dtype], f"{what} {np.dtype(dtype).name}: rel error {err:.3g} for {case}"
+
+
+# ---- backends ----------------------------------------------------------------------------------
+
+def _emulator_backend():
+    try:
+        emulator = importlib.import_module("gpuconv.emulator")
+        from gpuconv.backends.executors import EmulatorExecutor
+        from gpuconv.backends.kernel_backend import KernelBackend
+    except ImportError as exc:
+        pytest.skip(f"emulator backend not importable: {exc}")
+    if not hasattr(emulator, "RawModule"):
+        pytest.skip("gpuconv.emulator has no RawModule")
+    return KernelBackend(EmulatorExecutor(), poison=True)
+
+
+def _cuda_backend():
+    from gpuconv.backends import cuda_unavailable_reason
+    reason = cuda_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from gpuconv.backends.executors import CupyExecutor
+    from gpuconv.backends.kernel_backend import KernelBackend
+    return KernelBackend(CupyExecutor(), poison=True)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return _emulator_backend()
+
+
+# ---- the comparisons, shared by the emulator and the GPU tests -----------------------------------
+
+def _dev(be, a: np.ndarray, dtype):
+    return be.asarray(np.ascontiguousarray(a, dtype=dtype))
+
+
+def run_forward(be, version: int, dtype, cases=CASES) -> None:
+    from gpuconv.backends.launch import conv
+    for case in cases:
+        x, w, b = (_dev(be, a, dtype) for a in (case.x, case.w, case.b))
+        y = be.to_numpy(conv.forward(be, x, w, b, case.g, version=version))
+        _check(y, case.y_ref, dtype, f"forward v{version}", case)
+    case = cases[0]  # no bias
+    y = be.to_numpy(conv.forward(be, _dev(be, case.x, dtype), _dev(be, case.w, dtype), None, case.g,
+                                 version=version))
+    ref = case.y_ref - case.b[None, :, None, None]
+    _check(y, ref, dtype, f"forward v{version} without bias", case)
+
+
+def run_backward(be, op: str, version: int, dtype, cases=CASES) -> None:
+    from gpuconv.backends.launch import conv
+    for case in cases:
+        dy = _dev(be, case.dy, dtype)
+        with be.use_versions({op: version}):
+            if op == "conv2d_backward_data":
+                out, ref = conv.backward_data(be, dy, _dev(be, case.w, dtype), case.g), case.dx_ref
+            elif op == "conv2d_backward_filter":
+                out, ref = conv.backward_filter(be, dy, _dev(be, case.x, dtype), case.g), case.dw_ref
+            else:
+                out, ref = conv.backward_bias(be, dy, case.g), case.db_ref
+        _check(be.to_numpy(out), ref, dtype, f"{op} v{version}", case)
+
+
+def run_determinism(be, dtype, cases) -> None:
+    from gpuconv.backends.launch import conv
+    for case in cases:
+        dy, x, w = (_dev(be, a, dtype) for a in (case.dy, case.x, case.w))
+        for op, versions in conv.VERSIONS.items():
+            if op == "conv2d_forward":
+                continue
+            for v in versions:
+                with be.use_versions({op: v}):
+                    runs = [conv.backward(be, dy, x, w, case.g, op == "conv2d_backward_data",
+                                          op == "conv2d_backward_filter", op == "conv2d_backward_bias")
+                            for _ in range(2)]
+                a = next(r for r in runs[0] if r is not None)
+                b = next(r for r in runs[1] if r is not None)
+                assert be.to_numpy(a).tobytes() == be.to_numpy(b).tobytes(), f"{op} v{v} differs, {case}"
+
+
+BACKWARD = [(op, v) for op, vs in (("conv2d_backward_data", (1, 2)), ("conv2d_backward_filter", (1, 2)),
+                                   ("conv2d_backward_bias", (1, 2))) for v in vs]
+DTYPES = [np.float32, np.float64]
+
+
+# ---- emulator ----------------------------------------------------------------------------------
+
+class TestEmulator:
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    @pytest.mark.parametrize("version", [1, 2, 3])
+    def test_forward_matches_reference(self, emu, version, dtype):
+        run_forward(emu, version, dtype)
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    @pytest.mark.parametrize("op,version", BACKWARD)
+    def test_backward_matches_reference(self, emu, op, version, dtype):
+        run_backward(emu, op, version, dtype)
+
+    def test_backward_is_bitwise_deterministic(self, emu):
+        run_determinism(emu, np.float32, [CASES[0], CASES[5]])
+
+    def test_default_versions_are_the_tiled_kernels(self, emu):
+        from gpuconv.backends.launch import conv
+        assert conv.DEFAULT_VERSIONS == {"conv2d_forward": 2, "conv2d_backward_data": 2,
+                                         "conv2d_backward_filter": 2, "conv2d_backward_bias": 2}
+        case = CASES[1]
+        y = emu.conv2d(_dev(emu, case.x, np.float32), _dev(emu, case.w, np.float32),
+                       _dev(emu, case.b, np.float32), case.g)
+        _check(emu.to_numpy(y), case.y_ref, np.float32, "conv2d", case)
+        grads = emu.conv2d_backward(*(_dev(emu, a, np.float32) for a in (case.dy, case.x, case.w)), case.g)
+        for out, ref, what in zip(grads, (case.dx_ref, case.dw_ref, case.db_ref), ("dx", "dw", "db")):
+            _check(emu.to_numpy(out), ref, np.float32, what, case)
+
+    def test_split_paths_are_exercised(self):
+        from gpuconv.backends.launch import conv
+        g = CASES[5].g
+        assert conv.filter_splits(g, np.float32)[1] > 1
+        big = conv2d_geometry((2, 1, 50, 50), (3, 1, 1, 1))
+        assert conv.bias_chunks(big)[0] > 1
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    def test_bias_chunked_reduction(self, emu, dtype):
+        from gpuconv.backends.launch import conv
+        rng = np.random.default_rng(7)
+        g = conv2d_geometry((2, 1, 50, 50), (3, 1, 1, 1))
+        dy = rng.standard_normal(g.y_shape)
+        for v in (1, 2):
+            with emu.use_versions({"conv2d_backward_bias": v}):
+                db = emu.to_numpy(conv.backward_bias(emu, _dev(emu, dy, dtype), g))
+            _check(db, dy.sum(axis=(0, 2, 3)), dtype, f"bias v{v} chunked", CASES[0])
+
+
+def _orders_args(be, kernel_call):
+    """Arguments for gpuconv.emulator.check_orders collected from one launch of ``kernel_call``."""
+    launches = []
+    real_launch = be.executor.launch
+
+    def record(fn, grid, block, args, shared_mem=0):
+        launches.append((fn, grid, block, args, shared_mem))
+        real_launch(fn, grid, block, args, shared_mem=shared_mem)
+
+    be.executor.launch = record
+    try:
+        kernel_call()
+    finally:
+        be.executor.launch = real_launch
+    return launches
+
+
+class TestThreadOrders:
+    """Kernels with shared memory or shuffles give the same result in every thread order."""
+
+    @pytest.mark.parametrize("op,version", [("conv2d_forward", 2), ("conv2d_forward", 3),
+                                            ("conv2d_backward_data", 2), ("conv2d_backward_filter", 2),
+                                            ("conv2d_backward_bias", 2)])
+    def test_orders_agree(self, emu, op, version):
+        emulator = importlib.import_module("gpuconv.emulator")
+        from gpuconv.backends.launch import conv
+        case = CASES[5]
+        dy, x, w, b = (_dev(emu, a, np.float32) for a in (case.dy, case.x, case.w, case.b))
+        calls = {
+            "conv2d_forward": lambda: conv.forward(emu, x, w, b, case.g, version=version),
+            "conv2d_backward_data": lambda: conv.backward_data(emu, dy, w, case.g, version=version),
+            "conv2d_backward_filter": lambda: conv.backward_filter(emu, dy, x, case.g, version=version),
+            "conv2d_backward_bias": lambda: conv.backward_bias(emu, dy, case.g, version=version),
+        }
+        launches = _orders_args(emu, calls[op])
+        assert launches
+        for fn, grid, block, args, shared_mem in launches:
+            emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
+
+
+# ---- GPU ---------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+class TestCuda:
+    @pytest.fixture(scope="class")
+    def gpu(self):
+        return _cuda_backend()
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    @pytest.mark.parametrize("version", [1, 2, 3])
+    def test_forward_matches_reference(self, gpu, version, dtype):
+        run_forward(gpu, version, dtype)
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    @pytest.mark.parametrize("op,version", BACKWARD)
+    def test_backward_matches_reference(self, gpu, op, version, dtype):
+        run_backward(gpu, op, version, dtype)
+
+    def test_backward_is_bitwise_deterministic(self, gpu):
+        rng = np.random.default_rng(3)
+        big = _make_case(conv2d_geometry((32, 16, 32, 32), (32, 16, 3, 3), 1, 1), rng)
+        run_determinism(gpu, np.float32, [big, CASES[0], CASES[5]])
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    def test_suite_sized_layers(self, gpu, dtype):
+        rng = np.random.default_rng(11)
+        cases = [_make_case(conv2d_geometry(xs, ws, 1, pd), rng) for xs, ws, pd in (
+            ((8, 1, 28, 28), (6, 1, 5, 5), 2), ((8, 16, 32, 32), (32, 16, 3, 3), 1),
+            ((8, 64, 8, 8), (64, 64, 3, 3), 1))]
+        for v in (1, 2, 3):
+            run_forward(gpu, v, dtype, cases)
+        for op, v in BACKWARD:
+            run_backward(gpu, op, v, dtype, cases)
