@@ -1,0 +1,283 @@
+"""Compiling kernel sources for the CPU emulator, with a content-keyed build cache.
+
+A module is built as: ``g++ -E`` (lint, kernel discovery) -> one C++ translation unit that
+includes the .cu and a generated wrapper per kernel -> object -> a tiny generated C file that
+aliases every ``extern __shared__`` TLS symbol to one 227 KiB buffer -> shared library. The
+runtime (cuda/emu/runtime.cpp) is built once into its own cached library.
+
+Cache: ``$GPUCONV_CACHE_DIR`` or ``~/.cache/gpuconv/emu``; the key covers the source, every
+project file it includes, the emulator header and runtime, the flags, the name expressions and
+the compiler version. Files are written to a temporary name and renamed, so parallel processes
+are safe. ``GPUCONV_EMU_ASAN=1`` builds with AddressSanitizer (needs libasan preloaded).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .._paths import cuda_dir
+from . import source
+from .errors import CompileError, LintError
+
+BUILD_VERSION = "1"
+_KERNEL_FLAGS = ["-O2", "-fPIC", "-U_FORTIFY_SOURCE", "-fstack-clash-protection", "-fno-strict-aliasing",
+                 "-fno-plt", "-w"]
+_RUNTIME_FLAGS = ["-O2", "-fPIC", "-shared", "-std=c++17", "-U_FORTIFY_SOURCE", "-Wall"]
+_ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-DGPUCONV_EMU_ASAN=1"]
+
+# Counters of compiler runs in this process (tests use them to prove cache hits).
+stats: Dict[str, int] = {"kernel_compiles": 0, "runtime_compiles": 0}
+_lock = threading.Lock()
+
+
+def emu_dir() -> Path:
+    return cuda_dir() / "emu"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("GPUCONV_CACHE_DIR")
+    base = Path(env) if env else Path.home() / ".cache" / "gpuconv"
+    d = base / "emu"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def asan_enabled() -> bool:
+    return os.environ.get("GPUCONV_EMU_ASAN", "") not in ("", "0")
+
+
+def compiler() -> str:
+    return os.environ.get("GPUCONV_EMU_CXX", "g++")
+
+
+@functools.cache
+def compiler_version(cxx: str) -> str:
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise CompileError(f"the CPU emulator needs a C++ compiler ({cxx!r}, set GPUCONV_EMU_CXX): "
+                           f"{e}") from e
+    return out.strip()
+
+
+def _hash(parts: Sequence[bytes]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()[:32]
+
+
+def _run(cmd: List[str], what: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CompileError(f"{what} failed ({' '.join(cmd)}):\n{proc.stderr.strip()}")
+    return proc
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+
+
+# ---- runtime ------------------------------------------------------------------------------------
+
+_runtime: Optional[ctypes.CDLL] = None
+
+
+def _runtime_sources() -> List[Path]:
+    d = emu_dir()
+    return [d / "runtime.cpp", d / "emu_runtime.h"]
+
+
+def runtime() -> ctypes.CDLL:
+    """The runtime library, built on first use and loaded RTLD_GLOBAL (kernel modules link to it)."""
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            return _runtime
+        cxx = compiler()
+        flags = _RUNTIME_FLAGS + (_ASAN_FLAGS if asan_enabled() else [])
+        key = _hash([BUILD_VERSION.encode(), compiler_version(cxx).encode(), " ".join(flags).encode()]
+                    + [p.read_bytes() for p in _runtime_sources()])
+        path = cache_dir() / f"runtime-{key}.so"
+        if not path.exists():
+            with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="tmp-rt-") as tmp:
+                out = Path(tmp) / "runtime.so"
+                _run([cxx, *flags, str(emu_dir() / "runtime.cpp"), "-o", str(out), "-ldl"],
+                     "building the emulator runtime")
+                stats["runtime_compiles"] += 1
+                _publish(out, path)
+        lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        lib.gpuconv_emu_launch.restype = ctypes.c_int
+        lib.gpuconv_emu_launch.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+            ctypes.c_int, ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_void_p]
+        lib.gpuconv_emu_error_message.restype = ctypes.c_char_p
+        lib.gpuconv_emu_symbol_size.restype = ctypes.c_size_t
+        lib.gpuconv_emu_symbol_size.argtypes = [ctypes.c_void_p]
+        _runtime = lib
+        return lib
+
+
+# ---- precompiled emulator header --------------------------------------------------------------
+
+def _header_for(kflags: List[str], std: str) -> Path:
+    """The force-included header: a cached copy with a precompiled .gch beside it (or the original)."""
+    cxx = compiler()
+    d = emu_dir()
+    headers = [d / "cuda_emu.h", d / "emu_runtime.h"]
+    key = _hash([BUILD_VERSION.encode(), compiler_version(cxx).encode(), " ".join(kflags).encode(),
+                 std.encode()] + [h.read_bytes() for h in headers])
+    pch_dir = cache_dir() / f"pch-{key}"
+    if (pch_dir / "cuda_emu.h.gch").exists():
+        return pch_dir / "cuda_emu.h"
+    try:
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="tmp-pch-") as tmp:
+            t = Path(tmp)
+            for h in headers:
+                shutil.copy(h, t / h.name)
+            _run([cxx, *kflags, f"-std={std}", "-x", "c++-header", str(t / "cuda_emu.h"), "-o",
+                  str(t / "cuda_emu.h.gch")], "precompiling the emulator header")
+            os.replace(t, pch_dir)
+            os.mkdir(t)  # the context manager removes it again
+    except (CompileError, OSError):
+        if not (pch_dir / "cuda_emu.h.gch").exists():
+            return d / "cuda_emu.h"
+    return pch_dir / "cuda_emu.h"
+
+
+# ---- kernel modules -----------------------------------------------------------------------------
+
+@dataclass
+class Built:
+    """A loaded kernel library and what it contains."""
+
+    path: Path
+    lib: ctypes.CDLL
+    kernels: List[str]        # extern "C" kernels found in the source
+    entities: Dict[str, int]  # name or name expression -> describe-function index
+    compiled: bool            # True when this call ran the compiler
+
+
+_loaded: Dict[Path, ctypes.CDLL] = {}
+
+
+def _c_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _wrapper_source(src: Path, names: List[str], manifest: dict) -> str:
+    lines = [f'#include {_c_string(str(src))}', ""]
+    for i, name in enumerate(names):
+        lines.append(f'extern "C" void gpuconv_emu_describe_{i}(void** e, const char** s, void** a) '
+                     f'{{ gpuconv_emu::describe< &{name} >(e, s, a); }}')
+    lines.append(f'extern "C" const char* gpuconv_emu_manifest(void) '
+                 f'{{ return {_c_string(json.dumps(manifest))}; }}')
+    return "\n".join(lines) + "\n"
+
+
+_TLS_UND = re.compile(r"^\s*\d+:\s+[0-9a-f]+\s+\d+\s+TLS\s+\w+\s+\w+\s+UND\s+(\S+)\s*$", re.M)
+
+
+def _alias_source(symbols: List[str]) -> str:
+    from .constants import DYN_SMEM_TOTAL
+    out = [f"__thread __attribute__((aligned(128))) unsigned char gpuconv_emu_dyn_smem[{DYN_SMEM_TOTAL}];"]
+    for i, s in enumerate(symbols):
+        out.append(f'extern __thread unsigned char gpuconv_emu_alias_{i}[{DYN_SMEM_TOTAL}] __asm__("{s}") '
+                   f'__attribute__((alias("gpuconv_emu_dyn_smem")));')
+    out.append("void* gpuconv_emu_smem(void) { return gpuconv_emu_dyn_smem; }")
+    return "\n".join(out) + "\n"
+
+
+def build_module(text: str, path: Optional[Path], options: Sequence[str],
+                 name_expressions: Sequence[str]) -> Built:
+    """Build (or fetch from the cache) and load the library for one kernel source."""
+    opts = source.parse_options(options)
+    rt = runtime()
+    del rt
+    cxx = compiler()
+    asan = asan_enabled()
+    includes = source.included_files(path, text, opts.include_dirs)
+    kflags = _KERNEL_FLAGS + (_ASAN_FLAGS if asan else [])
+    if asan:
+        kflags = [f for f in kflags if f != "-O2"] + ["-O1"]
+    header = emu_dir() / "cuda_emu.h"
+    parts = [BUILD_VERSION.encode(), compiler_version(cxx).encode(), text.encode(),
+             str(path).encode(), " ".join(kflags + opts.gxx_flags()).encode(),
+             json.dumps(list(name_expressions)).encode(), header.read_bytes()]
+    parts += [p.read_bytes() for p in _runtime_sources()]
+    for inc in includes:
+        parts += [str(inc).encode(), inc.read_bytes()]
+    key = _hash(parts)
+    so_path = cache_dir() / f"{key}.so"
+    compiled = False
+    if not so_path.exists():
+        _compile(text, path, opts, name_expressions, kflags, so_path, key)
+        compiled = True
+    with _lock:
+        lib = _loaded.get(so_path)
+        if lib is None:
+            lib = ctypes.CDLL(str(so_path))
+            _loaded[so_path] = lib
+    lib.gpuconv_emu_manifest.restype = ctypes.c_char_p
+    manifest = json.loads(lib.gpuconv_emu_manifest().decode())
+    return Built(so_path, lib, manifest["kernels"], manifest["entities"], compiled)
+
+
+def _compile(text: str, path: Optional[Path], opts: source.Options, name_expressions: Sequence[str],
+             kflags: List[str], so_path: Path, key: str) -> None:
+    cxx = compiler()
+    d = cache_dir()
+    if path is None:
+        src = d / f"{key}.cu"
+        if not src.exists():
+            fd, tmp = tempfile.mkstemp(dir=d, prefix="tmp-src-", suffix=".cu")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            _publish(Path(tmp), src)
+    else:
+        src = path
+    user = opts.gxx_flags()
+    pre = subprocess.run([cxx, "-E", "-x", "c++", *user, "-DGPUCONV_EMU=1", str(src)],
+                         capture_output=True, text=True)
+    if pre.returncode != 0:
+        msg = source.lint_preprocessor_error(pre.stderr)
+        if msg:
+            raise LintError("the CPU emulator refuses this source:\n" + msg)
+        raise CompileError(f"preprocessing {src} failed:\n{pre.stderr.strip()}")
+    lines = source.split_preprocessed(pre.stdout)
+    source.raise_lint(source.lint(lines))
+    found = source.discover(lines)
+    names = list(dict.fromkeys(found.extern_c_kernels + list(name_expressions) + found.globals))
+    manifest = {"kernels": found.extern_c_kernels, "entities": {n: i for i, n in enumerate(names)}}
+    with tempfile.TemporaryDirectory(dir=d, prefix="tmp-build-") as tmpd:
+        tmp = Path(tmpd)
+        (tmp / "module.cpp").write_text(_wrapper_source(src, names, manifest))
+        obj = tmp / "module.o"
+        header = _header_for(kflags, opts.std)
+        _run([cxx, *kflags, *user, "-include", str(header), "-c", str(tmp / "module.cpp"),
+              "-o", str(obj)], f"compiling {src} for the CPU emulator")
+        stats["kernel_compiles"] += 1
+        syms = _TLS_UND.findall(_run(["readelf", "-sW", str(obj)], "reading the kernel object").stdout)
+        (tmp / "smem.c").write_text(_alias_source(sorted(set(syms))))
+        out = tmp / "module.so"
+        asan = ["-fsanitize=address"] if "-fsanitize=address" in kflags else []
+        _run([cxx, "-shared", "-fPIC", *asan, "-Wl,-Bsymbolic", "-x", "c", str(tmp / "smem.c"), "-x", "none",
+              str(obj), "-o", str(out)], f"linking {src} for the CPU emulator")
+        _publish(out, so_path)
+
+
+def clear_cache() -> None:
+    """Remove every cached emulator build (libraries already loaded stay usable)."""
+    shutil.rmtree(cache_dir(), ignore_errors=True)
