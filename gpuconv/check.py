@@ -32,7 +32,7 @@ ENTRY_SCHEMA = {"layer": str, "type": str, "tensor": str, "shape": [int], "max_a
 CHECK_SCHEMA = {
     "schema": str, "environment": {"date": str, "cpu": str, "numpy": str},
     "settings": {"model": str, "backends": [str], "reference": str, "dtype": str, "batch": int,
-                 "seed": int, "data": str, "image_size": int, "in_channels": int},
+                 "seed": int, "data": str, "image_size": int, "in_channels": int, "weights": str},
     "entries": [ENTRY_SCHEMA], "passed": bool, "failures": int, "error": (str, None),
 }
 
@@ -73,13 +73,29 @@ def _instrument(model, be, rec: _Recording) -> None:
         layer.forward, layer.backward = forward, backward
 
 
-def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int, dtype) -> _Recording:
+def fill_zero_params(state: Dict[str, np.ndarray], seed: int) -> Dict[str, np.ndarray]:
+    """Replace every all-zero parameter (zero-initialised residual branches, biases) by seeded
+    random values: N(0, 1/fan_in) for weights, N(0, 0.1²) for vectors. Returns a new dict."""
+    rng = np.random.default_rng(seed + 1)
+    out = {}
+    for name, a in state.items():
+        if a.size and not np.any(a):
+            scale = 0.1 if a.ndim == 1 else 1.0 / math.sqrt(int(np.prod(a.shape[1:])))
+            a = (rng.standard_normal(a.shape) * scale).astype(a.dtype)
+        out[name] = a
+    return out
+
+
+def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int, dtype,
+               weights: str) -> _Recording:
     from . import functional as F
     from .backends import use_backend
     from .models import build_model
     in_ch, size, classes = x.shape[1], x.shape[2], 10
     with use_backend("numpy"):
         model = build_model(model_name, in_ch, size, classes, seed=seed, dtype=dtype)
+        if weights == "filled":
+            model.load_state_dict(fill_zero_params(model.state_dict(), seed))
     model.to(be)
     rec = _Recording()
     _instrument(model, be, rec)
@@ -158,7 +174,7 @@ def compare_recordings(ref: _Recording, other: _Recording, tol: float) -> List[D
 
 def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch: Optional[int] = None,
               seed: int = 0, data: str = "digits", image_size: Optional[int] = None,
-              log: Callable[[str], None] = print) -> Dict[str, Any]:
+              weights: str = "filled", log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Run the check and return the result document (see ``CHECK_SCHEMA``)."""
     if model not in MODEL_INPUTS:
         raise ValueError(f"model must be one of {', '.join(MODEL_INPUTS)}, got {model!r}")
@@ -168,6 +184,8 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
     for b in backends:
         if b not in ("numpy", "emulator", "cuda"):
             raise ValueError(f"backends must be among numpy, emulator, cuda; got {b!r}")
+    if weights not in ("init", "filled"):
+        raise ValueError(f"weights must be 'init' or 'filled', got {weights!r}")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     in_ch, default_size, _ = MODEL_INPUTS[model]
@@ -183,14 +201,15 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
     doc: Dict[str, Any] = {
         "schema": "gpuconv-check/1", "environment": report.environment(),
         "settings": {"model": model, "backends": list(backends), "reference": backends[0], "dtype": dtype,
-                     "batch": batch, "seed": seed, "data": data, "image_size": size, "in_channels": in_ch},
+                     "batch": batch, "seed": seed, "data": data, "image_size": size, "in_channels": in_ch,
+                     "weights": weights},
         "entries": [], "passed": False, "failures": 0, "error": None,
     }
     recs = []
     for name in backends:
         try:
             be = make_backend(name)
-            recs.append(_run_model(model, be, x, labels, seed, np.dtype(dtype)))
+            recs.append(_run_model(model, be, x, labels, seed, np.dtype(dtype), weights))
         except Exception as exc:  # reported in the output; the exit status says it failed
             doc["error"] = f"backend {name}: {type(exc).__name__}: {exc}"
             doc["failures"] = 1
@@ -244,6 +263,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", choices=("digits", "synthetic"),
                    help="bundled digits scaled to the model's input, or random images")
     p.add_argument("--image-size", type=int, default=None, help="input size (default 28 lenet, 32 others)")
+    p.add_argument("--weights", default="filled", choices=("filled", "init"),
+                   help="'init': the model's initial weights; 'filled' (default): the same, with every "
+                        "all-zero parameter (zero-initialised residual branches, biases) replaced by seeded "
+                        "random values so that every path carries signal")
     p.add_argument("--json", default=None, metavar="FILE", help="write every comparison and the environment")
     p.set_defaults(func=run)
     return p
@@ -252,11 +275,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     """CLI entry: print the table; exit 1 when any comparison fails or a backend cannot run."""
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    doc = run_check(args.model, backends, args.dtype, args.batch, args.seed, args.data, args.image_size)
+    doc = run_check(args.model, backends, args.dtype, args.batch, args.seed, args.data, args.image_size,
+                    args.weights)
     s = doc["settings"]
     print(f"gpuconv check --model {s['model']}: {s['backends'][1]} vs {s['reference']} (reference), "
           f"{s['dtype']}, batch {s['batch']}, {s['data']} images {s['in_channels']}x{s['image_size']}"
-          f"x{s['image_size']}, seed {s['seed']}")
+          f"x{s['image_size']}, seed {s['seed']}, weights {s['weights']}")
     print("errors: abs = max|a-b|, rel = max|a-b| / max|ref|")
     if doc["entries"]:
         print(format_layers(doc))
