@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -109,12 +110,16 @@ def _normalise(sig: str) -> str:
     return sig.replace(" ", "")
 
 
-def parse_resource_usage(text: str) -> Dict[str, Tuple[int, int, int, int, int]]:
-    """mangled kernel -> (registers, stack frame, spill stores, spill loads, shared bytes)."""
-    out: Dict[str, Tuple[int, int, int, int, int]] = {}
-    current = None
+def parse_resource_usage(text: str) -> Dict[Tuple[str, str], Tuple[int, int, int, int, int]]:
+    """(arch, mangled kernel) -> (registers, stack frame, spill stores, spill loads, shared bytes)."""
+    out: Dict[Tuple[str, str], Tuple[int, int, int, int, int]] = {}
+    arch = current = None
     stack = stores = loads = 0
     for line in text.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+\w*)'", line)
+        if m:
+            arch = m.group(2)
+            continue
         m = re.search(r"Function properties for (\S+)", line)
         if m:
             current = m.group(1)
@@ -125,39 +130,50 @@ def parse_resource_usage(text: str) -> Dict[str, Tuple[int, int, int, int, int]]
             stack, stores, loads = (int(g) for g in m.groups())
             continue
         m = re.search(r"Used (\d+) registers", line)
-        if m and current:
+        if m and current and arch:
             smem = re.search(r"(\d+) bytes smem", line)
-            out[current] = (int(m.group(1)), stack, stores, loads, int(smem.group(1)) if smem else 0)
+            out[(arch, current)] = (int(m.group(1)), stack, stores, loads,
+                                    int(smem.group(1)) if smem else 0)
             current = None
     return out
 
 
-def resource_usage(arch: str, nvcc: Optional[str] = None) -> List[KernelUsage]:
-    """Compile every cuda/*.cu for ``arch`` (e.g. "sm_90") and return one row per kernel."""
+def _compile_file(nvcc: str, tmp: str, filename: str, exprs: List[str], archs: Tuple[str, ...]) -> str:
+    src = Path(tmp) / f"inst_{Path(filename).stem}.cu"
+    src.write_text(instantiation_source(filename, exprs))
+    opts = [o for o in compile_options() if not o.startswith("-I")]
+    gencode = [f"-gencode=arch=compute_{a[3:]},code={a}" for a in archs]
+    cmd = [nvcc, *opts, *gencode, "--resource-usage", f"-I{cuda_dir()}", str(src),
+           "--fatbin", "-o", str(Path(tmp) / (src.stem + ".fatbin"))]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"nvcc failed on {filename} for {archs}:\n{res.stdout}\n{res.stderr}")
+    return res.stdout + res.stderr
+
+
+def resource_usage(archs: Tuple[str, ...] = ("sm_90", "sm_80"), nvcc: Optional[str] = None
+                   ) -> Dict[str, List[KernelUsage]]:
+    """Compile every cuda/*.cu for ``archs`` (one nvcc run per file, files in parallel).
+
+    Returns arch -> one row per kernel name expression.
+    """
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise FileNotFoundError("nvcc not found (set NVCC or put it on PATH)")
-    rows: List[KernelUsage] = []
-    opts = [o for o in compile_options() if not o.startswith("-I")]
-    with tempfile.TemporaryDirectory() as tmp:
-        for filename, exprs in sorted(expressions_by_file().items()):
-            if not (cuda_dir() / filename).is_file():
-                continue
-            src = Path(tmp) / f"inst_{Path(filename).stem}.cu"
-            src.write_text(instantiation_source(filename, exprs))
-            cmd = [nvcc, *opts, f"-arch={arch}", "--resource-usage", f"-I{cuda_dir()}", "-c", str(src),
-                   "-o", str(Path(tmp) / (src.stem + ".o"))]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                raise RuntimeError(f"nvcc failed on {filename} for {arch}:\n{res.stdout}\n{res.stderr}")
-            usage = parse_resource_usage(res.stdout + res.stderr)
-            names = _demangle(list(usage))
-            by_expr = {_normalise(names[m]): u for m, u in usage.items()}
+    files = [(f, e) for f, e in sorted(expressions_by_file().items()) if (cuda_dir() / f).is_file()]
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        texts = list(pool.map(lambda fe: _compile_file(nvcc, tmp, fe[0], fe[1], tuple(archs)), files))
+    rows: Dict[str, List[KernelUsage]] = {a: [] for a in archs}
+    for (filename, exprs), text in zip(files, texts):
+        usage = parse_resource_usage(text)
+        names = _demangle(sorted({m for _, m in usage}))
+        by_expr = {(a, _normalise(names[m])): u for (a, m), u in usage.items()}
+        for arch in archs:
             for e in exprs:
-                key = e.replace(" ", "")
+                key = (arch, e.replace(" ", ""))
                 if key not in by_expr:
                     raise RuntimeError(f"{filename}: no resource usage reported for {e} on {arch}")
-                rows.append(KernelUsage(filename, e, is_default(e), *by_expr[key]))
+                rows[arch].append(KernelUsage(filename, e, is_default(e), *by_expr[key]))
     return rows
 
 
@@ -181,8 +197,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--arch", action="append", help="sm_90 and sm_80 by default")
     args = parser.parse_args(argv)
     bad = []
-    for arch in args.arch or ["sm_90", "sm_80"]:
-        rows = resource_usage(arch)
+    for arch, rows in resource_usage(tuple(args.arch or ("sm_90", "sm_80"))).items():
         print(format_table(arch, rows))
         print()
         bad += [(arch, r) for r in offenders(rows)]
