@@ -1,0 +1,165 @@
+"""``gpuconv check``: end to end on numpy vs emulator, JSON schema, failure detection, tolerances."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gpuconv import check, tolerances
+from gpuconv.report import schema_errors
+
+
+def cli_main(argv):
+    cli = pytest.importorskip("gpuconv.cli")
+    return cli.main(argv)
+
+
+def needs_emulator():
+    pytest.importorskip("gpuconv.backends.kernel_backend")
+
+
+# ---- tolerances and comparisons (no backend needed) ---------------------------------------------
+def test_tolerances_are_the_documented_numbers():
+    assert tolerances.tolerance("float32") == 1e-5
+    assert tolerances.tolerance(np.float64) == 1e-12
+    with pytest.raises(TypeError, match="dtype"):
+        tolerances.tolerance(np.float16)
+
+
+def test_scaled_error_is_relative_to_the_reference_scale():
+    ref = np.array([0.0, 2.0, -4.0])
+    out = np.array([0.001, 2.0, -4.002])
+    abs_err, rel = tolerances.scaled_error(out, ref)
+    assert abs_err == pytest.approx(0.002)
+    assert rel == pytest.approx(0.002 / 4.0)
+
+
+def test_nan_never_passes():
+    abs_err, rel = tolerances.scaled_error(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
+    assert math.isnan(rel)
+    assert not tolerances.passes(rel, 1.0)
+    assert not tolerances.passes(math.inf, 1.0)
+    assert tolerances.passes(1e-6, 1e-5) and not tolerances.passes(2e-5, 1e-5)
+
+
+def _recording(scale=1.0, nan=False):
+    rec = check._Recording()
+    rec.order = ["0"]
+    rec.types = {"0": "Conv2d"}
+    rec.outputs = {"0": np.arange(6.0).reshape(2, 3) * scale}
+    rec.dx = {"0": np.ones((2, 3))}
+    rec.grads = {"0": {"weight": np.full((3,), 2.0), "bias": np.zeros(3)}}
+    rec.loss = np.array([1.5])
+    if nan:
+        rec.grads["0"]["bias"] = np.array([0.0, np.nan, 0.0])
+    return rec
+
+
+def test_compare_recordings_lists_output_dx_each_grad_and_loss():
+    entries = check.compare_recordings(_recording(), _recording(), 1e-5)
+    assert [(e["layer"], e["tensor"]) for e in entries] == [
+        ("0", "output"), ("0", "dx"), ("0", "dweight"), ("0", "dbias"), ("loss", "output")]
+    assert all(e["passed"] and e["rel_err"] == 0.0 for e in entries)
+
+
+def test_compare_recordings_fails_on_perturbation_and_on_nan():
+    entries = check.compare_recordings(_recording(), _recording(scale=1 + 1e-4, nan=True), 1e-5)
+    failed = {e["tensor"] for e in entries if not e["passed"]}
+    assert failed == {"output", "dbias"}
+    out = next(e for e in entries if e["tensor"] == "output")
+    # output values 0..5 scaled by 1 + 1e-4: max abs error 5e-4, reference scale 5
+    assert out["max_abs_err"] == pytest.approx(5e-4) and out["rel_err"] == pytest.approx(1e-4)
+    assert next(e for e in entries if e["tensor"] == "dbias")["rel_err"] is None
+
+
+def test_make_batch_scales_digits_to_the_model_input():
+    x, y = check.make_batch("digits", 3, 3, 28, seed=1, dtype=np.float32)
+    assert x.shape == (3, 3, 28, 28) and x.dtype == np.float32 and x.flags.c_contiguous
+    assert y.shape == (3,) and y.dtype == np.int32 and set(y) <= set(range(10))
+    assert np.array_equal(x[:, 0], x[:, 2])          # channels repeated
+    assert np.array_equal(x[:, :, :3, :3], np.broadcast_to(x[:, :, :1, :1], (3, 3, 3, 3)))  # 8 -> 28 blocks
+    assert np.std(x) > 0.1
+
+
+def test_fill_zero_params_touches_only_all_zero_parameters():
+    state = {"w": np.ones((2, 3, 1, 1), np.float32), "z": np.zeros((4, 2, 3, 3), np.float32),
+             "b": np.zeros(4, np.float32)}
+    out = check.fill_zero_params(state, seed=0)
+    assert np.array_equal(out["w"], state["w"])
+    assert np.all(out["z"] != 0) and out["z"].dtype == np.float32
+    assert np.std(out["z"]) == pytest.approx(1 / math.sqrt(18), rel=0.3)
+    assert np.all(out["b"] != 0)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="backends"):
+        check.run_check("lenet", ["numpy", "numpy"])
+    with pytest.raises(ValueError, match="model"):
+        check.run_check("vgg", ["numpy", "emulator"])
+    with pytest.raises(ValueError, match="dtype"):
+        check.run_check("lenet", ["numpy", "emulator"], dtype="float16")
+
+
+# ---- end to end on the emulator ----------------------------------------------------------------
+def test_check_lenet_numpy_vs_emulator_passes_with_valid_json(tmp_path, capsys):
+    needs_emulator()
+    path = tmp_path / "check.json"
+    rc = cli_main(["check", "--model", "lenet", "--backends", "numpy,emulator", "--batch", "2",
+                   "--json", str(path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "PASS" in out and "Conv2d" in out and "MaxPool2d" in out
+    doc = json.loads(path.read_text())
+    assert schema_errors(doc, check.CHECK_SCHEMA) == []
+    assert doc["passed"] is True and doc["settings"]["batch"] == 2
+    # 12 leaf layers (output + dx each), 5 with weight and bias, and the loss
+    assert len(doc["entries"]) == 12 * 2 + 5 * 2 + 1
+    assert all(e["rel_err"] <= 1e-5 for e in doc["entries"])
+    conv0 = [e["tensor"] for e in doc["entries"] if e["layer"] == "0"]
+    assert conv0 == ["output", "dx", "dweight", "dbias"]
+
+
+def test_check_exits_1_when_a_backend_is_wrong(monkeypatch, capsys, tmp_path):
+    needs_emulator()
+    from gpuconv.backends.kernel_backend import KernelBackend
+    original = KernelBackend.relu
+
+    def slightly_wrong_relu(self, x):
+        y = original(self, x)
+        return y * np.float32(1 + 1e-3)
+
+    monkeypatch.setattr(KernelBackend, "relu", slightly_wrong_relu)
+    path = tmp_path / "check.json"
+    rc = cli_main(["check", "--model", "lenet", "--backends", "numpy,emulator", "--batch", "2",
+                   "--image-size", "8", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "FAIL" in out
+    doc = json.loads(path.read_text())
+    outputs = [e for e in doc["entries"] if e["tensor"] == "output"]
+    first_failure = next(e for e in outputs if not e["passed"])
+    # the conv before it agrees; the perturbed ReLU is the first layer whose output fails
+    assert outputs[0]["layer"] == "0" and outputs[0]["passed"]
+    assert (first_failure["layer"], first_failure["type"]) == ("1", "ReLU")
+    assert first_failure["rel_err"] == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_check_reports_a_backend_that_cannot_run(monkeypatch, capsys):
+    needs_emulator()
+    from gpuconv import backends
+    monkeypatch.setattr(backends, "cuda_unavailable_reason", lambda: "no GPU in this test")
+    rc = cli_main(["check", "--model", "lenet", "--backends", "numpy,cuda", "--batch", "1"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "no GPU in this test" in out
+
+
+@pytest.mark.gpu
+def test_check_cuda_against_numpy():
+    pytest.importorskip("cupy")
+    from gpuconv.backends import cuda_unavailable_reason
+    if cuda_unavailable_reason():
+        pytest.skip(cuda_unavailable_reason())
+    doc = check.run_check("lenet", ["numpy", "cuda"], batch=4)
+    assert doc["passed"], [e for e in doc["entries"] if not e["passed"]]
