@@ -15,6 +15,7 @@ every op is exact (PyTorch's semantics, DESIGN.md §4) and written around large 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, List, Optional, Tuple
 
@@ -25,7 +26,7 @@ from .base import Backend
 
 # Target size of one batch chunk's im2col matrix: large enough for efficient matmuls, small
 # enough to stay in the last-level cache together with its inputs and outputs.
-_CHUNK_BYTES = 4 << 20
+_CHUNK_BYTES = 2 << 20
 
 
 def _chunks(n: int, bytes_per_item: int) -> Iterator[slice]:
@@ -52,32 +53,146 @@ def _tap(a: np.ndarray, h0: int, w0: int, P: int, Q: int, sh: int, sw: int) -> n
 
 # ---- convolution ---------------------------------------------------------------------------
 
-def _im2col(xp: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    """Padded x (n, C, Hp, Wp) -> columns (n, C, R, S, P, Q)."""
-    n = xp.shape[0]
-    cols = np.empty((n, g.C, g.R, g.S, g.P, g.Q), dtype=xp.dtype)
-    for r in range(g.R):
-        for s in range(g.S):
-            cols[:, :, r, s] = _tap(xp, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
-    return cols
+@dataclass(frozen=True)
+class _Taps:
+    """A correlation over an already padded input: R x S taps, dilation, stride, output P x Q."""
+
+    R: int
+    S: int
+    P: int
+    Q: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+
+    @property
+    def flat(self) -> bool:
+        """Stride 1: each tap's columns are one contiguous run of the flattened padded input."""
+        return self.sh == 1 and self.sw == 1
 
 
-def _col2im_add(dxp: np.ndarray, dcols: np.ndarray, g: ConvGeometry) -> None:
-    """Accumulate columns (n, C, R, S, P, Q) into padded dx (n, C, Hp, Wp), tap by tap."""
-    for r in range(g.R):
-        for s in range(g.S):
-            view = _tap(dxp, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
-            view += dcols[:, :, r, s]
+def _padded(x: np.ndarray, top: int, bottom: int, left: int, right: int, extra_row: bool) -> np.ndarray:
+    """x (n, C, H, W) zero-padded (negative amounts crop); one more zero row when ``extra_row``."""
+    H, W = x.shape[2:]
+    x = x[:, :, max(0, -top):H - max(0, -bottom), max(0, -left):W - max(0, -right)]
+    top, bottom, left, right = max(top, 0), max(bottom, 0), max(left, 0), max(right, 0)
+    if top == bottom == left == right == 0 and not extra_row:
+        return np.ascontiguousarray(x)
+    n, C, H, W = x.shape
+    out = np.zeros((n, C, H + top + bottom + int(extra_row), W + left + right), dtype=x.dtype)
+    out[:, :, top:top + H, left:left + W] = x
+    return out
 
 
-def _pad_conv_input(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    return _pad_nchw(x, g.pad_h, g.pad_bottom, g.pad_w, g.pad_right)
+def _columns(xp: np.ndarray, t: _Taps) -> Tuple[np.ndarray, int]:
+    """Padded x (n, C, Hp, Wp) -> (columns (n, C*R*S, P*L), L).
+
+    With stride 1 the columns of tap (r, s) are the flattened input from offset r*dh*Wp + s*dw:
+    one contiguous copy per tap and per (n, C), computing L = Wp outputs per row of which the
+    last Wp - Q are discarded. Otherwise L = Q and each tap is a strided (P, Q) copy.
+    """
+    n, C, Hp, Wp = xp.shape
+    if t.flat:
+        L = Wp
+        flat = xp.reshape(n, C, Hp * Wp)
+        cols = np.empty((n, C, t.R, t.S, t.P * L), dtype=xp.dtype)
+        for r in range(t.R):
+            for s in range(t.S):
+                start = r * t.dh * Wp + s * t.dw
+                cols[:, :, r, s] = flat[:, :, start:start + t.P * L]
+    else:
+        L = t.Q
+        cols = np.empty((n, C, t.R, t.S, t.P, t.Q), dtype=xp.dtype)
+        for r in range(t.R):
+            for s in range(t.S):
+                cols[:, :, r, s] = _tap(xp, r * t.dh, s * t.dw, t.P, t.Q, t.sh, t.sw)
+    return cols.reshape(n, C * t.R * t.S, t.P * L), L
+
+
+def _correlate(x: np.ndarray, wm: np.ndarray, pads: Tuple[int, int, int, int], t: _Taps) -> np.ndarray:
+    """Grouped cross-correlation: x (N, C, H, W), wm (G, K/G, C/G*R*S), pads (top, bottom, left,
+    right; negative crops) -> (N, K, P, Q), in batch chunks that stay in cache."""
+    N, C = x.shape[:2]
+    G, Kg, _ = wm.shape
+    K = G * Kg
+    y = np.empty((N, K, t.P, t.Q), dtype=x.dtype)
+    row = x.shape[3] + pads[2] + pads[3] if t.flat else t.Q
+    for sl in _chunks(N, C * t.R * t.S * t.P * row * x.itemsize):
+        cols, L = _columns(_padded(x[sl], *pads, extra_row=t.flat), t)
+        n = cols.shape[0]
+        out = np.matmul(wm, cols.reshape(n, G, -1, t.P * L))
+        y[sl] = out.reshape(n, K, t.P, L)[..., :t.Q]
+    return y
+
+
+def _conv_taps(g: ConvGeometry) -> _Taps:
+    return _Taps(g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w, g.dil_h, g.dil_w)
+
+
+def _conv_pads(g: ConvGeometry) -> Tuple[int, int, int, int]:
+    return g.pad_h, g.pad_bottom, g.pad_w, g.pad_right
 
 
 def _weight_matrix(weight: np.ndarray, g: ConvGeometry) -> np.ndarray:
     """weight (K, C/G, R, S) -> (G, K/G, C/G*R*S)."""
     G = g.groups
     return np.ascontiguousarray(weight).reshape(G, g.K // G, (g.C // G) * g.R * g.S)
+
+
+def _flipped_weight_matrix(weight: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """weight (K, C/G, R, S) rotated 180 degrees, input and output channels swapped per group:
+    (G, C/G, K/G*R*S), the filter of the stride-1 backward-data correlation."""
+    G, Kg, Cg = g.groups, g.K // g.groups, g.C // g.groups
+    w = weight[:, :, ::-1, ::-1].reshape(G, Kg, Cg, g.R, g.S).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(w).reshape(G, Cg, Kg * g.R * g.S)
+
+
+def _backward_data_stride1(dy: np.ndarray, weight: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """dx = dy zero-padded by the dilated kernel extent minus the forward padding, correlated with
+    the flipped filter (the seed's full convolution)."""
+    eh, ew = (g.R - 1) * g.dil_h, (g.S - 1) * g.dil_w
+    pads = (eh - g.pad_h, eh - g.pad_bottom, ew - g.pad_w, ew - g.pad_right)
+    t = _Taps(g.R, g.S, g.H, g.W, 1, 1, g.dil_h, g.dil_w)
+    return _correlate(dy, _flipped_weight_matrix(weight, g), pads, t)
+
+
+def _backward_data_columns(dy: np.ndarray, weight: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """dx via columns: (C*R*S, P*Q) = weight^T dy per image, then one strided add per tap."""
+    G, Kg, PQ = g.groups, g.K // g.groups, g.P * g.Q
+    wmt = _weight_matrix(weight, g).transpose(0, 2, 1)
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    Hp, Wp = g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right
+    for sl in _chunks(g.N, g.C * g.R * g.S * PQ * dy.itemsize):
+        dyc = dy[sl].reshape(-1, G, Kg, PQ)
+        n = dyc.shape[0]
+        dcols = np.matmul(wmt, dyc).reshape(n, g.C, g.R, g.S, g.P, g.Q)
+        dxp = np.zeros((n, g.C, Hp, Wp), dtype=dy.dtype)
+        for r in range(g.R):
+            for s in range(g.S):
+                view = _tap(dxp, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
+                view += dcols[:, :, r, s]
+        dx[sl] = dxp[:, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W]
+    return dx
+
+
+def _backward_filter(dy: np.ndarray, x: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """dweight[k, c, r, s] = sum over n, p, q of dy[n, k, p, q] * x_padded[n, c, p*sh + r*dh, q*sw + s*dw]."""
+    G, Kg = g.groups, g.K // g.groups
+    t = _conv_taps(g)
+    dw = np.zeros((G, Kg, (g.C // G) * g.R * g.S), dtype=x.dtype)
+    row = g.W + g.pad_w + g.pad_right if t.flat else g.Q
+    for sl in _chunks(g.N, g.C * g.R * g.S * g.P * row * x.itemsize):
+        cols, L = _columns(_padded(x[sl], *_conv_pads(g), extra_row=t.flat), t)
+        n = cols.shape[0]
+        dyc = dy[sl]
+        if L != g.Q:  # zero gradient for the discarded outputs of the flat columns
+            ext = np.zeros((n, g.K, g.P, L), dtype=dy.dtype)
+            ext[..., :g.Q] = dyc
+            dyc = ext
+        dyc = dyc.reshape(n, G, Kg, g.P * L)
+        dw += np.matmul(dyc, cols.reshape(n, G, -1, g.P * L).transpose(0, 1, 3, 2)).sum(axis=0)
+    return dw.reshape(g.w_shape)
 
 
 # ---- pooling -------------------------------------------------------------------------------
@@ -171,45 +286,26 @@ class NumpyBackend(Backend):
 
     # ---- convolution --------------------------------------------------------------------
     def conv2d(self, x, weight, bias, g: ConvGeometry):
-        G = g.groups
-        wm = _weight_matrix(weight, g)
-        y = np.empty(g.y_shape, dtype=x.dtype)
-        per_image = g.C * g.R * g.S * g.P * g.Q * x.itemsize
-        for sl in _chunks(g.N, per_image):
-            cols = _im2col(_pad_conv_input(x[sl], g), g)
-            n = cols.shape[0]
-            cols = cols.reshape(n, G, -1, g.P * g.Q)
-            y[sl] = np.matmul(wm, cols).reshape(n, g.K, g.P, g.Q)
+        y = _correlate(x, _weight_matrix(weight, g), _conv_pads(g), _conv_taps(g))
         if bias is not None:
             y += bias.reshape(1, g.K, 1, 1)
         return y
 
     def conv2d_backward(self, dy, x, weight, g: ConvGeometry, need_dx=True, need_dw=True,
                         need_db=True):
-        G, Kg = g.groups, g.K // g.groups
-        PQ = g.P * g.Q
         dy = np.ascontiguousarray(dy)
-        dx = np.empty(g.x_shape, dtype=x.dtype) if need_dx else None
-        dw = np.zeros((G, Kg, (g.C // G) * g.R * g.S), dtype=x.dtype) if need_dw else None
-        db = dy.sum(axis=(0, 2, 3)) if need_db else None
-        if need_dx or need_dw:
-            wm = _weight_matrix(weight, g)
-            wmt = wm.transpose(0, 2, 1)
-            per_image = g.C * g.R * g.S * PQ * x.itemsize
-            for sl in _chunks(g.N, per_image):
-                dyc = dy[sl].reshape(-1, G, Kg, PQ)
-                n = dyc.shape[0]
-                if need_dw:
-                    cols = _im2col(_pad_conv_input(x[sl], g), g).reshape(n, G, -1, PQ)
-                    dw += np.matmul(dyc, cols.transpose(0, 1, 3, 2)).sum(axis=0)
-                if need_dx:
-                    dcols = np.matmul(wmt, dyc).reshape(n, g.C, g.R, g.S, g.P, g.Q)
-                    dxp = np.zeros((n, g.C, g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right),
-                                   dtype=x.dtype)
-                    _col2im_add(dxp, dcols, g)
-                    dx[sl] = dxp[:, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W]
+        dx = dw = db = None
+        if need_dx:
+            # The correlation copies K*R*S columns per input pixel, the column route adds
+            # C*R*S strided values per output pixel (about twice the cost per element).
+            if g.stride_h == g.stride_w == 1 and g.K <= 2 * g.C:
+                dx = _backward_data_stride1(dy, weight, g)
+            else:
+                dx = _backward_data_columns(dy, weight, g)
         if need_dw:
-            dw = dw.reshape(g.w_shape)
+            dw = _backward_filter(dy, x, g)
+        if need_db:
+            db = dy.sum(axis=(0, 2, 3))
         return dx, dw, db
 
     # ---- pooling ------------------------------------------------------------------------
