@@ -11,7 +11,7 @@
 // instructions per byte (expected fastest, not yet measured on a GPU).
 //
 // Backward kernels take the forward OUTPUT y (relu: dy where y > 0; sigmoid: dy*y*(1-y);
-// tanh: dy*(1-y^2)), so layers cache only y.
+// tanh: dy*(1-y)*(1+y)), so layers cache only y.
 //
 // Dropout: keep element i iff (h(i) >> 8) >= threshold, where threshold = round(p * 2^24) and
 //   h(i) = mix(mix(i + offset) ^ key),  key = mix(seed_lo ^ mix(seed_hi ^ 0x9e3779b9)),
@@ -53,7 +53,8 @@ template <typename T> struct SigmoidBackward {
     __device__ T operator()(T dy, T y) const { return dy * (y * (T(1) - y)); }
 };
 template <typename T> struct TanhBackward {
-    __device__ T operator()(T dy, T y) const { return dy * (T(1) - y * y); }
+    // (1 - y)(1 + y) rather than 1 - y*y: no cancellation when |y| is close to 1.
+    __device__ T operator()(T dy, T y) const { return dy * ((T(1) - y) * (T(1) + y)); }
 };
 template <typename T> struct Add {
     __device__ T operator()(T a, T b) const { return a + b; }

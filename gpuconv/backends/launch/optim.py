@@ -43,7 +43,7 @@ def sgd_step(be, param, grad, buf: Optional[object], lr: float, momentum: float,
     fn = be.function(FILE, f"sgd_step_v{be.version('sgd_step')}<{ctype(dt)}>")
     grid, block = grid_1d(n, BLOCK)
     be.launch(fn, grid, block, (param, grad, buf, np.int32(n), scalar(dt, lr), scalar(dt, momentum),
-                                scalar(dt, dampening), scalar(dt, weight_decay),
+                                scalar(dt, 1.0 - dampening), scalar(dt, weight_decay),
                                 np.int32(bool(nesterov)), np.int32(bool(first_step))))
 
 
@@ -62,6 +62,5 @@ def adam_step(be, param, grad, m, v, step: int, lr: float, beta1: float, beta2: 
     sqrt_bc2 = math.sqrt(1.0 - beta2 ** int(step))
     fn = be.function(FILE, f"adam_step_v{be.version('adam_step')}<{ctype(dt)}>")
     grid, block = grid_1d(n, BLOCK)
-    be.launch(fn, grid, block, (param, grad, m, v, np.int32(n), scalar(dt, beta1), scalar(dt, beta2),
-                                scalar(dt, eps), scalar(dt, weight_decay), scalar(dt, step_size),
-                                scalar(dt, sqrt_bc2)))
+    consts = (beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, step_size, sqrt_bc2)
+    be.launch(fn, grid, block, (param, grad, m, v, np.int32(n)) + tuple(scalar(dt, c) for c in consts))
