@@ -30,7 +30,7 @@ from .._paths import cuda_dir
 from . import source
 from .errors import CompileError, LintError
 
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 _KERNEL_FLAGS = ["-O2", "-fPIC", "-U_FORTIFY_SOURCE", "-fstack-clash-protection", "-fno-strict-aliasing",
                  "-fno-plt", "-w"]
 _RUNTIME_FLAGS = ["-O2", "-fPIC", "-shared", "-std=c++17", "-U_FORTIFY_SOURCE", "-Wall"]
@@ -188,14 +188,19 @@ def _wrapper_source(src: Path, names: List[str], manifest: dict) -> str:
 
 
 _TLS_UND = re.compile(r"^\s*\d+:\s+[0-9a-f]+\s+\d+\s+TLS\s+\w+\s+\w+\s+UND\s+(\S+)\s*$", re.M)
+_TLS_INIT_UND = re.compile(r"^\s*\d+:\s+[0-9a-f]+\s+\d+\s+\w+\s+\w+\s+\w+\s+UND\s+(_ZTH\S+)\s*$", re.M)
 
 
-def _alias_source(symbols: List[str]) -> str:
+def _alias_source(symbols: List[str], tls_inits: List[str]) -> str:
+    """C source aliasing every extern __shared__ symbol to one buffer (no-op C++ TLS init functions)."""
     from .constants import DYN_SMEM_TOTAL
     out = [f"__thread __attribute__((aligned(128))) unsigned char gpuconv_emu_dyn_smem[{DYN_SMEM_TOTAL}];"]
     for i, s in enumerate(symbols):
         out.append(f'extern __thread unsigned char gpuconv_emu_alias_{i}[{DYN_SMEM_TOTAL}] __asm__("{s}") '
                    f'__attribute__((alias("gpuconv_emu_dyn_smem")));')
+    for i, s in enumerate(tls_inits):
+        out.append(f'void gpuconv_emu_tls_init_{i}(void) __asm__("{s}");')
+        out.append(f"void gpuconv_emu_tls_init_{i}(void) {{}}")
     out.append("void* gpuconv_emu_smem(void) { return gpuconv_emu_dyn_smem; }")
     return "\n".join(out) + "\n"
 
@@ -269,8 +274,9 @@ def _compile(text: str, path: Optional[Path], opts: source.Options, name_express
         _run([cxx, *kflags, *user, "-include", str(header), "-c", str(tmp / "module.cpp"),
               "-o", str(obj)], f"compiling {src} for the CPU emulator")
         stats["kernel_compiles"] += 1
-        syms = _TLS_UND.findall(_run(["readelf", "-sW", str(obj)], "reading the kernel object").stdout)
-        (tmp / "smem.c").write_text(_alias_source(sorted(set(syms))))
+        table = _run(["readelf", "-sW", str(obj)], "reading the kernel object").stdout
+        (tmp / "smem.c").write_text(_alias_source(sorted(set(_TLS_UND.findall(table))),
+                                                  sorted(set(_TLS_INIT_UND.findall(table)))))
         out = tmp / "module.so"
         asan = ["-fsanitize=address"] if "-fsanitize=address" in kflags else []
         _run([cxx, "-shared", "-fPIC", *asan, "-Wl,-Bsymbolic", "-x", "c", str(tmp / "smem.c"), "-x", "none",
