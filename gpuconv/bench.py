@@ -855,6 +855,8 @@ def run(args) -> int:
         print("(emulator: times are CPU emulation times, not GPU timings)")
     if doc["rows"]:
         print(format_rows(doc))
+        print("* default version; rel err = max|out - ref| / max|ref| against the float64 NumPy reference; "
+              "÷baseline = gpuconv time / baseline time")
     if doc["steps"]:
         from .bench_step import format_steps
         print(format_steps(doc["steps"]))

@@ -35,7 +35,7 @@ STEP_SCHEMA = {"model": str, "variant": str, "batch": int, "status": str, "note"
 
 
 def to_torch(model, torch_nn):
-    """An equivalent ``torch.nn`` module with copies of ``model``'s weights (host, float32/64)."""
+    """An equivalent ``torch.nn`` module with copies of ``model``'s weights, in their dtype."""
     from . import nn
     from .nn.module import to_host
     tnn = torch_nn
@@ -67,8 +67,10 @@ def to_torch(model, torch_nn):
         else:
             raise ValueError(f"layer {type(m).__name__} has no torch.nn conversion")
         import torch
+        w = torch.from_numpy(np.array(to_host(m.weight.data)))
+        t = t.to(w.dtype)
         with torch.no_grad():
-            t.weight.copy_(torch.from_numpy(np.array(to_host(m.weight.data))))
+            t.weight.copy_(w)
             if m.bias is not None:
                 t.bias.copy_(torch.from_numpy(np.array(to_host(m.bias.data))))
         return t

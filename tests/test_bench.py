@@ -1,0 +1,207 @@
+"""``gpuconv bench``: CLI end to end on numpy and the emulator, JSON schema, the correctness gate,
+timer behaviour, and the torch model used as the training-step baseline."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gpuconv import bench, bench_step
+from gpuconv.report import schema_errors
+
+
+def cli_main(argv):
+    cli = pytest.importorskip("gpuconv.cli")
+    return cli.main(argv)
+
+
+def load(path):
+    doc = json.loads(path.read_text())
+    assert schema_errors(doc, bench.BENCH_SCHEMA) == []
+    return doc
+
+
+# ---- schema checker ------------------------------------------------------------------------------
+def test_schema_checker_reports_missing_keys_and_wrong_types():
+    schema = {"a": int, "b": [{"c": (float, None)}], "d": {"e": str}}
+    assert schema_errors({"a": 1, "b": [{"c": None}, {"c": 2}], "d": {"e": "x"}}, schema) == []
+    errors = schema_errors({"a": True, "b": [{"c": "x"}], "d": {}}, schema)
+    assert errors == ["$.a: expected int, got bool", "$.b[0].c: expected float/NoneType, got str",
+                      "$.d: missing key 'e'"]
+
+
+# ---- timers -----------------------------------------------------------------------------------------
+def test_wall_timer_interleaves_candidates_and_rotates_input_sets():
+    calls = []
+    fns = [lambda i: calls.append(("a", i)), lambda i: calls.append(("b", i))]
+    timings = bench.WallTimer().measure(fns, n_sets=2, repeat=4, warmup=1)
+    assert calls[:2] == [("a", 0), ("b", 0)]                       # warm-up
+    assert calls[2:] == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 0), ("b", 0), ("b", 1), ("a", 1)]
+    assert [len(t.times_us) for t in timings] == [4, 4]
+
+
+def test_timing_statistics():
+    t = bench.Timing(times_us=[5.0, 1.0, 3.0, 2.0, 4.0], host_us=[1.0, 3.0, 2.0])
+    assert t.median == 3.0 and t.host_median == 2.0
+    assert t.percentile(10) == pytest.approx(1.4) and t.percentile(90) == pytest.approx(4.6)
+
+
+# ---- CPU bench end to end -----------------------------------------------------------------------------
+def test_bench_numpy_without_baseline_writes_valid_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--backend", "numpy", "--baseline", "none", "--batch", "2", "--repeat", "2",
+                   "--layers", "L1,P1,P3", "--json", str(path)])
+    assert rc == 0, capsys.readouterr().out
+    doc = load(path)
+    rows = doc["rows"]
+    # numpy: forward and forward+backward per layer; P1 has max, avg, L2; P3 max only
+    assert [(r["layer"], r["op"]) for r in rows] == [
+        ("L1", "conv2d_forward"), ("L1", "conv2d_forward_backward"),
+        ("P1", "max_pool2d_forward"), ("P1", "max_pool2d_forward_backward"),
+        ("P1", "avg_pool2d_forward"), ("P1", "avg_pool2d_forward_backward"),
+        ("P1", "l2_pool2d_forward"), ("P1", "l2_pool2d_forward_backward"),
+        ("P3", "max_pool2d_forward"), ("P3", "max_pool2d_forward_backward")]
+    assert all(r["status"] == "ok" and r["rel_err"] <= 1e-5 and r["us"] > 0 for r in rows)
+    assert all(r["floor_us"] is None for r in rows)            # no GPU floors for CPU times
+    l1 = rows[0]
+    # 2 * N * K * C * R * S * P * Q at batch 2: 2*2*6*1*25*28*28 FLOPs, bytes (x + w + b + y) * 4
+    assert l1["gflops"] * l1["us"] * 1e3 == pytest.approx(2 * 2 * 6 * 1 * 25 * 28 * 28)
+    assert l1["gbs"] * l1["us"] * 1e3 == pytest.approx((2 * 784 + 150 + 6 + 2 * 6 * 784) * 4)
+    env = doc["environment"]
+    assert env["threads"] >= 1 and env["cpu"] and "git_commit" in env and env["date"]
+
+
+def test_bench_numpy_against_torch_reports_ratios_and_summary(tmp_path, capsys):
+    pytest.importorskip("torch")
+    path = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--backend", "numpy", "--baseline", "torch", "--ops", "conv,pool", "--batch", "2",
+                   "--repeat", "1", "--layers", "L2,P4", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    doc = load(path)
+    ours = [r for r in doc["rows"] if r["kind"] == "gpuconv"]
+    theirs = {(r["layer"], r["op"]): r for r in doc["rows"] if r["kind"] == "baseline"}
+    assert len(ours) == 4 and len(theirs) == 4
+    for r in ours:
+        t = theirs[(r["layer"], r["op"])]
+        assert t["status"] == "ok" and t["rel_err"] <= 1e-5      # torch computes the same thing
+        assert r["baseline_us"]["torch"] == t["us"]
+        assert r["ratio"]["torch"] == pytest.approx(r["us"] / t["us"])
+    target = [s for s in doc["summary"] if s["what"] == "conv2d forward_backward"]
+    assert len(target) == 1 and "target_met" in target[0]
+    assert target[0]["median_ratio"] == pytest.approx(
+        next(r["ratio"]["torch"] for r in ours if r["op"] == "conv2d_forward_backward"))
+    assert doc["environment"]["torch_threads"] == doc["environment"]["threads"]
+    assert "median ratio" in out
+
+
+def test_a_wrong_implementation_is_reported_not_timed_and_fails_the_run(monkeypatch, tmp_path, capsys):
+    from gpuconv.backends.numpy_backend import NumpyBackend
+    original = NumpyBackend.conv2d
+
+    def wrong(self, x, w, b, g):   # float32 only: the float64 reference stays right
+        y = original(self, x, w, b, g)
+        if y.dtype == np.float32:
+            y.flat[0] += 1.0
+        return y
+
+    monkeypatch.setattr(NumpyBackend, "conv2d", wrong)
+    path = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--backend", "numpy", "--baseline", "none", "--batch", "1", "--repeat", "1",
+                   "--layers", "L2", "--ops", "conv", "--json", str(path)])
+    assert rc == 1
+    assert "failed their correctness check" in capsys.readouterr().out
+    rows = load(path)["rows"]
+    assert {r["status"] for r in rows} == {"failed"}
+    assert all(r["us"] is None and r["rel_err"] > 1e-5 for r in rows)
+
+
+def test_plot_needs_matplotlib_or_writes_a_png(tmp_path):
+    doc = {"rows": [{"kind": "gpuconv", "ratio": {"torch": 1.5}, "layer": "L1", "op": "conv2d_forward",
+                     "version": "default"}],
+           "settings": {"baselines": ["torch"], "backend": "numpy", "batch": 2},
+           "environment": {"cpu": "test", "gpu": None}}
+    path = tmp_path / "ratios.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="matplotlib"):
+            bench.plot(doc, str(path))
+    else:
+        bench.plot(doc, str(path))
+        assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="cupy-gemm"):
+        bench.run_bench(backend="numpy", baselines=("cupy-gemm",))
+    with pytest.raises(ValueError, match="layers"):
+        bench.run_bench(backend="numpy", baselines=(), layers=["Z9"])
+    with pytest.raises(ValueError, match="ops"):
+        bench.run_bench(backend="numpy", baselines=(), ops=("gemm",))
+    with pytest.raises(ValueError, match="batch"):
+        bench.run_bench(backend="numpy", baselines=(), batch=0)
+
+
+# ---- emulator -------------------------------------------------------------------------------------------
+def test_bench_emulator_checks_every_version(tmp_path, capsys):
+    pytest.importorskip("gpuconv.backends.kernel_backend")
+    from gpuconv.backends.kernel_backend import KernelBackend
+    path = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--backend", "emulator", "--baseline", "none", "--batch", "1", "--repeat", "1",
+                   "--versions", "all", "--layers", "L2,P1", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "not GPU timings" in out
+    rows = load(path)["rows"]
+    known = KernelBackend.known_versions()
+    for op in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_filter"):
+        assert [r["version"] for r in rows if r["op"] == op] == [f"v{v}" for v in known[op]]
+    for kind in ("max", "avg", "l2"):
+        for p in ("forward", "backward"):
+            op = f"{kind}_pool2d_{p}"
+            assert [r["version"] for r in rows if r["op"] == op] == [f"v{v}" for v in known[op]]
+    assert all(r["status"] == "ok" and r["rel_err"] <= 1e-5 for r in rows), [r for r in rows
+                                                                             if r["status"] != "ok"]
+    defaults = KernelBackend.default_versions()
+    assert {(r["op"], r["version"]) for r in rows if r["default"]} == {
+        (op, f"v{defaults[op]}") for op in {r["op"] for r in rows}}
+
+
+# ---- training steps -------------------------------------------------------------------------------------
+def test_torch_conversion_matches_the_model(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from gpuconv.backends import use_backend
+    from gpuconv.models import build_model
+    rng = np.random.default_rng(0)
+    for name, (c, size) in (("lenet", (1, 8)), ("resnet20", (3, 8))):
+        with use_backend("numpy"):
+            model = build_model(name, c, size, 10, seed=3, dtype=np.float64)
+            x = rng.standard_normal((2, c, size, size))
+            ours = model.forward(x)
+        theirs = bench_step.to_torch(model, torch.nn)(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_step_bench_on_numpy_runs_eager_and_torch(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(bench_step, "STEP_MODELS", {"lenet": (1, 28)})
+    rows = bench_step.run_steps("numpy", ["torch"], batch=2, repeat=1, timer=bench.WallTimer(),
+                                log=lambda s: None)
+    assert [(r["model"], r["variant"]) for r in rows] == [("lenet", "gpuconv eager"), ("lenet", "torch")]
+    assert all(schema_errors(r, bench_step.STEP_SCHEMA) == [] for r in rows)
+    assert all(r["status"] == "ok" and r["us"] > 0 for r in rows)
+    assert rows[1]["rel_err"] <= 1e-5            # the torch model computes the same first loss
+    assert rows[0]["vs_torch"] == pytest.approx(rows[0]["us"] / rows[1]["us"])
+
+
+@pytest.mark.gpu
+def test_bench_cuda_small_run(tmp_path):
+    pytest.importorskip("cupy")
+    from gpuconv.backends import cuda_unavailable_reason
+    if cuda_unavailable_reason():
+        pytest.skip(cuda_unavailable_reason())
+    doc = bench.run_bench(backend="cuda", baselines=(), batch=8, repeat=3, layers=["L1", "P1"],
+                          log=lambda s: None)
+    assert all(r["status"] == "ok" and r["floor_multiple"] > 1.0 for r in doc["rows"])
