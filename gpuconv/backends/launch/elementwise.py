@@ -37,7 +37,7 @@ def _name(be, kernel: str, arrays, dtype) -> str:
 
 
 def _launch_map(be, kernel: str, inputs, outputs, extra=()) -> None:
-    n = check_elements("input", inputs[0].size)
+    n = inputs[0].size
     if n == 0:
         return
     dtype = inputs[0].dtype
@@ -52,6 +52,7 @@ def unary(be, op: str, x):
     """y = f(x) for op in UNARY_OPS; any shape, float32/float64."""
     if op not in UNARY_OPS:
         raise ValueError(f"op must be one of {UNARY_OPS}, got {op!r}")
+    check_elements("x", x.size)
     x = be.contiguous(x)
     y = be.empty(x.shape, x.dtype)
     _launch_map(be, op, (x,), (y,))
@@ -66,6 +67,7 @@ def binary(be, op: str, a, b):
         raise ValueError(f"{op}: operands must have the same shape, got {a.shape} and {b.shape}")
     if a.dtype != b.dtype:
         raise TypeError(f"{op}: operands must have the same dtype, got {a.dtype} and {b.dtype}")
+    check_elements("a", a.size)
     a, b = be.contiguous(a), be.contiguous(b)
     y = be.empty(a.shape, a.dtype)
     _launch_map(be, op, (a, b), (y,))
@@ -91,6 +93,7 @@ def _as_int32(u: int) -> np.int32:
 def dropout(be, x, p: float, seed: int, offset: int = 0):
     """(y, mask): mask in {0, 1/(1-p)} of x's dtype from a counter-based hash of (seed, index)."""
     lo, hi, threshold, scale = _dropout_params(p, seed)
+    check_elements("x", x.size)
     x = be.contiguous(x)
     y = be.empty(x.shape, x.dtype)
     mask = be.empty(x.shape, x.dtype)
