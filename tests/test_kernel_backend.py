@@ -249,10 +249,13 @@ def _train(backend_name: str, optimizer: str, steps: int = 3):
     return np.array(losses)
 
 
+@pytest.mark.parametrize("name", ["emulator", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_training_steps_on_the_emulator_match_numpy(optimizer):
+def test_training_steps_match_numpy(name, optimizer):
+    if name == "cuda" and backends.cuda_unavailable_reason():
+        pytest.skip(backends.cuda_unavailable_reason())
     ref = _train("numpy", optimizer)
-    out = _train("emulator", optimizer)
+    out = _train(name, optimizer)
     assert not np.isnan(out).any()
     np.testing.assert_allclose(out, ref, rtol=1e-4)
     assert ref[-1] < ref[0]  # the steps do train
