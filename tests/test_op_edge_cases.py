@@ -248,3 +248,17 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits():
     np.testing.assert_allclose(loss, (0.0 + np.log(3)) / 2, rtol=1e-14)
     assert loss.shape == () and np.isfinite(d).all()
     np.testing.assert_allclose(d.sum(axis=1), 0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_max_pool_follows_the_same_tie_and_nan_rules(dtype):
+    x = np.zeros((1, 3, 3, 4), dtype=dtype)
+    x[0, 0, 1, 2] = x[0, 0, 2, 0] = 4  # tie: (1, 2) first in raster order
+    x[0, 1, 2, 1] = x[0, 1, 1, 3] = np.nan  # first NaN: (1, 3)
+    x[0, 2] = -np.inf
+    y, idx = F.max_pool2d(x, (3, 4))
+    for c in range(3):
+        ry, ridx = loop_max_pool(x[0, c].astype(np.float64), (3, 4), (3, 4), (0, 0), (1, 1), 1, 1)
+        np.testing.assert_array_equal(idx[0, c], ridx)
+        np.testing.assert_array_equal(y[0, c], ry.astype(dtype))
+    assert list(idx[0, :, 0, 0]) == [6, 7, 0]

@@ -234,10 +234,18 @@ def _avg_divisors(g: PoolGeometry, count_include_pad: bool,
     return d
 
 
+def _is_global(g: PoolGeometry) -> bool:
+    """One window covering the whole unpadded input plane."""
+    return (g.P == g.Q == 1 and g.ph == g.pw == 0 and g.dh == g.dw == 1
+            and (g.kh, g.kw) == (g.H, g.W))
+
+
 def _window_sum_scatter(grad: np.ndarray, g: PoolGeometry) -> np.ndarray:
     """Adjoint of the zero-padded window sum: grad (N, C, P, Q) -> (N, C, H, W)."""
     pb, pr = _pool_padded_extent(g)
     N, C = grad.shape[:2]
+    if _is_global(g):
+        return np.ascontiguousarray(np.broadcast_to(grad, (N, C, g.H, g.W)))
     if not _windows_overlap(g) and g.ph == g.pw == pb == pr == 0:
         dx = np.zeros((N, C, g.H, g.W), dtype=grad.dtype)
         for i, j in _pool_offsets(g):
@@ -251,6 +259,8 @@ def _window_sum_scatter(grad: np.ndarray, g: PoolGeometry) -> np.ndarray:
 
 def _window_sum(x: np.ndarray, g: PoolGeometry) -> np.ndarray:
     """Sum over each zero-padded window: x (N, C, H, W) -> (N, C, P, Q)."""
+    if _is_global(g):
+        return np.ascontiguousarray(x).reshape(g.N, g.C, -1).sum(axis=2).reshape(g.y_shape)
     pb, pr = _pool_padded_extent(g)
     xp = _pad_nchw(x, g.ph, pb, g.pw, pr)
     out = None
@@ -261,6 +271,51 @@ def _window_sum(x: np.ndarray, g: PoolGeometry) -> np.ndarray:
         else:
             out += v
     return out
+
+
+def _first_hit(hits, deltas: List[int], shape) -> Tuple[np.ndarray, np.ndarray]:
+    """For boolean arrays ``hits`` in raster order: (the delta of the first true one, any true)."""
+    delta = np.zeros(shape, dtype=np.int32)
+    found = np.zeros(shape, dtype=bool)
+    for hit, d in zip(hits, deltas):
+        first = np.greater(hit, found)  # hit and not found before
+        if d:
+            delta += first.view(np.uint8) * np.int32(d)
+        found |= hit
+    return delta, found
+
+
+def _max_pool_chunk(xp: np.ndarray, g: PoolGeometry) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Padded (-inf) x (n, C, Hp, Wp) -> (y, winner offset from the window origin in the flat
+    input plane, mask of windows without any input element or None).
+
+    The windows are first copied to (kh*kw, n, C, P, Q) so that the reductions below run over
+    contiguous memory. Ties: the first maximum in raster order; NaN: the first NaN; padding
+    (-inf) never wins.
+    """
+    offsets = _pool_offsets(g)
+    deltas = [i * g.dh * g.W + j * g.dw for i, j in offsets]
+    windows = np.empty((len(offsets),) + xp.shape[:2] + (g.P, g.Q), dtype=xp.dtype)
+    for t, (i, j) in enumerate(offsets):
+        windows[t] = _tap(xp, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw)
+    y = windows.max(axis=0)  # NaN propagates
+    delta, _ = _first_hit((w == y for w in windows), deltas, y.shape)
+    nan_out = np.isnan(y)
+    if nan_out.any():  # the only windows with no element equal to their maximum
+        nan_delta, _ = _first_hit((np.isnan(w) for w in windows), deltas, y.shape)
+        np.copyto(delta, nan_delta, where=nan_out)
+    neg_inf = y == -np.inf
+    empty = None
+    if neg_inf.any():
+        # Padding equals -inf too: the first real element wins; windows without one are empty.
+        valid = []
+        for i, j in offsets:
+            rows, cols = _window_rows(g, i), _window_cols(g, j)
+            valid.append(((rows >= 0) & (rows < g.H))[:, None] & ((cols >= 0) & (cols < g.W))[None, :])
+        inf_delta, found = _first_hit((np.broadcast_to(v, y.shape) for v in valid), deltas, y.shape)
+        np.copyto(delta, inf_delta, where=neg_inf)
+        empty = neg_inf & ~found
+    return y, delta, empty
 
 
 class NumpyBackend(Backend):
@@ -310,32 +365,23 @@ class NumpyBackend(Backend):
 
     # ---- pooling ------------------------------------------------------------------------
     def max_pool2d(self, x, g: PoolGeometry):
+        if _is_global(g):  # numpy's argmax: the first maximum, or the first NaN
+            planes = np.ascontiguousarray(x).reshape(g.N * g.C, g.H * g.W)
+            idx = planes.argmax(axis=1)
+            y = planes[np.arange(g.N * g.C), idx]
+            return y.reshape(g.y_shape), idx.astype(np.int32).reshape(g.y_shape)
         pb, pr = _pool_padded_extent(g)
-        xp = _pad_nchw(x, g.ph, pb, g.pw, pr, fill=-np.inf)
-        offsets = _pool_offsets(g)
-        views = [_tap(xp, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw) for i, j in offsets]
-        flat = [(_window_rows(g, i)[:, None] * g.W + _window_cols(g, j)[None, :]).astype(np.int32)
-                for i, j in offsets]
-        y = views[0].copy()
-        for v in views[1:]:
-            np.maximum(y, v, out=y)  # NaN propagates
-        # Reverse raster order so that the first window element equal to the maximum wins.
-        idx = np.full(g.y_shape, -1, dtype=np.int32)
-        for v, f in zip(reversed(views), reversed(flat)):
-            np.copyto(idx, f, where=(v == y))
-        nan_out = np.isnan(y)
-        if nan_out.any():
-            for v, f in zip(reversed(views), reversed(flat)):
-                np.copyto(idx, f, where=np.isnan(v))
-        neg_inf = y == -np.inf
-        if neg_inf.any():
-            # Padding equals -inf too: pick the first real element, -1 when there is none.
-            idx[neg_inf] = -1
-            for (i, j), f in zip(reversed(offsets), reversed(flat)):
-                rows = _window_rows(g, i)
-                cols = _window_cols(g, j)
-                valid = ((rows >= 0) & (rows < g.H))[:, None] & ((cols >= 0) & (cols < g.W))[None, :]
-                np.copyto(idx, f, where=neg_inf & valid)
+        y = np.empty(g.y_shape, dtype=x.dtype)
+        idx = np.empty(g.y_shape, dtype=np.int32)
+        empties = []
+        for sl in _chunks(g.N, g.kh * g.kw * g.C * g.P * g.Q * x.itemsize):
+            y[sl], idx[sl], empty = _max_pool_chunk(_pad_nchw(x[sl], g.ph, pb, g.pw, pr, fill=-np.inf), g)
+            if empty is not None:
+                empties.append((sl, empty))
+        idx += ((np.arange(g.P, dtype=np.int32) * g.sh - g.ph)[:, None] * np.int32(g.W)
+                + (np.arange(g.Q, dtype=np.int32) * g.sw - g.pw)[None, :])  # window origins
+        for sl, empty in empties:
+            idx[sl][empty] = -1
         return y, idx
 
     def max_pool2d_backward(self, dy, indices, g: PoolGeometry):
