@@ -1,17 +1,22 @@
 """The reference backend: vectorised NumPy, float32 and float64, NCHW.
 
 It is both the reference every other backend is checked against and the CPU training path, so
-every op is exact (PyTorch's semantics, DESIGN.md §4) and written around large BLAS calls:
+every op is exact (PyTorch's semantics, DESIGN.md §4) and built around large BLAS calls on
+batch chunks small enough to stay in cache:
 
-  * conv2d: batch chunks small enough to stay in cache; per chunk an im2col matrix
-    (N, C*R*S, P*Q) built by one strided copy per kernel tap, then one batched matmul per image
-    with the weight used as stored (K, C*R*S). Backward-filter reuses the same matrix;
-    backward-data is the transposed matmul followed by one strided add per tap (col2im), which
-    accumulates overlapping windows deterministically. Groups are a batch dimension of the
-    matmul.
-  * pooling: one strided view per window offset (kh*kw of them), element-wise reductions over
-    those views, backward by one strided add per offset (or a single scatter when windows do not
-    overlap).
+  * conv2d forward: per chunk a column matrix (n, C*R*S, P*L) and one matmul per image with the
+    weight as stored (K, C*R*S); groups are a batch dimension of the matmul. At stride 1 the
+    columns of a tap are one contiguous run of the flattened padded input (L = padded width,
+    the extra outputs of each row are discarded), otherwise one strided copy per tap (L = Q).
+  * backward-filter: the same columns times dy, summed over the images of a chunk.
+  * backward-data: at stride 1, when K <= 2C, the forward correlation of dy padded by the
+    dilated kernel extent with the flipped filter (the seed's full convolution); otherwise
+    weight^T dy per image followed by one strided add per tap, accumulating overlapping windows
+    in a fixed order (deterministic).
+  * pooling: max copies the kh*kw window elements once to a contiguous (kh*kw, n, C, P, Q)
+    buffer and reduces there; average and L2 sum tap by tap; global windows are one reduction.
+    Max backward scatters dy to its indices (np.bincount where windows overlap, accumulating);
+    average/L2 backward add one strided view per window offset.
 """
 from __future__ import annotations
 
