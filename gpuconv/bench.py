@@ -117,11 +117,11 @@ class CudaEventTimer:
     def __init__(self) -> None:
         import cupy
         self.cupy = cupy
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        l2 = int(props.get("l2CacheSize", 50 * 2**20)) or 50 * 2**20
+        attrs = report.device_attributes()
+        l2 = attrs.get("L2CacheSize") or 50 * 2**20
         self.flush_bytes = max(2 * l2, 64 * 2**20)
         self.flush = cupy.empty(self.flush_bytes // 4, dtype=cupy.float32)
-        self.clock_khz = int(props.get("clockRate", 1_980_000)) or 1_980_000
+        self.clock_khz = attrs.get("ClockRate") or 1_980_000
         self.spin = cupy.RawKernel(_SPIN_SOURCE, "gpuconv_bench_spin")
 
     def _spin(self, us: float) -> None:
@@ -845,8 +845,13 @@ def run(args) -> int:
     else:
         baselines = _csv("baseline", args.baseline)
     layers = _csv("layers", args.layers) if args.layers else None
-    doc = run_bench(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
-                    layers, args.seed, args.threads)
+    from .backends import BackendUnavailable
+    try:
+        doc = run_bench(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
+                        layers, args.seed, args.threads)
+    except (ValueError, BackendUnavailable) as exc:
+        print(f"gpuconv bench: error: {exc}", file=sys.stderr)
+        return 2
     env = doc["environment"]
     print(f"\ngpuconv bench --backend {args.backend}: {env.get('gpu') or env['cpu']}, "
           f"{env['threads']} threads, batch {doc['settings']['batch']}, {doc['settings']['repeat']} runs, "

@@ -159,6 +159,7 @@ def _capture(step: _GpuconvStep, timer, repeat: int) -> Dict[str, Any]:
     stream.synchronize()
     replayed = step.state()
     step.set_state(start)
+    cupy.cuda.Device().synchronize()   # the copies ran on the default stream, the step runs on `stream`
     with stream:
         step()
     stream.synchronize()

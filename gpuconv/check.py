@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -292,3 +293,16 @@ def run(args) -> int:
         report.write_json(args.json, doc)
         print(f"wrote {args.json}")
     return 0 if doc["passed"] else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``gpuconv check`` with ``argv`` (for ``python -m gpuconv.check``)."""
+    parser = argparse.ArgumentParser(prog="gpuconv")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["check", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

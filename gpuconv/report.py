@@ -48,6 +48,17 @@ def blas_threads() -> tuple:
     return os.cpu_count() or 1, "os.cpu_count (threadpoolctl found no BLAS pool)"
 
 
+def device_attributes() -> Dict[str, int]:
+    """CUDA attributes of the current device by name (``ClockRate`` in kHz, ``L2CacheSize`` in bytes,
+    ``MultiProcessorCount``, ...); empty when CuPy cannot read them. Attributes, not
+    ``cudaDeviceProp``: CUDA 13 removed the clock fields from the latter."""
+    try:
+        import cupy
+        return {str(k): int(v) for k, v in cupy.cuda.Device().attributes.items()}
+    except Exception:
+        return {}
+
+
 def _gpu_environment() -> Dict[str, Any]:
     from .backends import cuda_unavailable_reason
     reason = cuda_unavailable_reason()
@@ -57,14 +68,15 @@ def _gpu_environment() -> Dict[str, Any]:
     rt = cupy.cuda.runtime
     dev = cupy.cuda.Device()
     props = rt.getDeviceProperties(dev.id)
+    attrs = device_attributes()
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     env: Dict[str, Any] = {
         "gpu": name,
-        "sm_count": int(props["multiProcessorCount"]),
+        "sm_count": attrs.get("MultiProcessorCount") or int(props["multiProcessorCount"]),
         "compute_capability": f"{props['major']}.{props['minor']}",
-        "sm_clock_max_mhz": int(props.get("clockRate", 0)) // 1000 or None,
-        "memory_clock_max_mhz": int(props.get("memoryClockRate", 0)) // 1000 or None,
-        "l2_bytes": int(props.get("l2CacheSize", 0)) or None,
+        "sm_clock_max_mhz": (attrs.get("ClockRate") or 0) // 1000 or None,
+        "memory_clock_max_mhz": (attrs.get("MemoryClockRate") or 0) // 1000 or None,
+        "l2_bytes": attrs.get("L2CacheSize") or None,
         "memory_bytes": int(props.get("totalGlobalMem", 0)) or None,
         "cuda_driver": rt.driverGetVersion(),
         "cuda_runtime": rt.runtimeGetVersion(),

@@ -205,3 +205,129 @@ def test_bench_cuda_small_run(tmp_path):
     doc = bench.run_bench(backend="cuda", baselines=(), batch=8, repeat=3, layers=["L1", "P1"],
                           log=lambda s: None)
     assert all(r["status"] == "ok" and r["floor_multiple"] > 1.0 for r in doc["rows"])
+
+
+# ---- GPU-only control flow, exercised on the CPU with a stand-in for CuPy -----------------------------
+class _FakeCupy:
+    """Just enough of CuPy's API for the timers and the CUDA-graph capture: events report a fixed
+    elapsed time, streams record whether they capture, a graph replays a given function."""
+
+    def __init__(self, elapsed_ms=0.25, replay=None, capture_error=None):
+        import types
+        fake = self
+        self.calls = []
+        self.replay, self.capture_error = replay, capture_error
+
+        class Event:
+            def record(self, stream=None):
+                fake.calls.append("record")
+
+            def synchronize(self):
+                pass
+
+        class Graph:
+            def launch(self, stream=None):
+                fake.calls.append("graph")
+                fake.replay()
+
+        class Stream:
+            null = None
+
+            def __init__(self, non_blocking=False):
+                self.capturing = False
+
+            def synchronize(self):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def begin_capture(self):
+                self.capturing = True
+
+            def end_capture(self):
+                self.capturing = False
+                if fake.capture_error:
+                    raise fake.capture_error
+                return Graph()
+
+        class Device:
+            attributes = {"L2CacheSize": 50 * 2**20, "ClockRate": 1_980_000}
+
+            def synchronize(self):
+                pass
+
+        class Buffer:
+            def fill(self, value):
+                fake.calls.append("flush")
+
+        def raw_kernel(source, name):
+            return lambda grid, block, args: fake.calls.append("spin")
+
+        Stream.null = Stream()
+        self.cuda = types.SimpleNamespace(Event=Event, Stream=Stream, Device=Device,
+                                          get_elapsed_time=lambda a, b: elapsed_ms)
+        self.float32 = np.float32
+        self.empty = lambda n, dtype: Buffer()
+        self.RawKernel = raw_kernel
+
+
+def test_cuda_event_timer_flushes_spins_and_converts_to_microseconds(monkeypatch):
+    import sys
+    fake = _FakeCupy(elapsed_ms=0.25)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    timer = bench.CudaEventTimer()
+    assert timer.flush_bytes == 100 * 2**20 and timer.clock_khz == 1_980_000
+    runs = []
+    timings = timer.measure([lambda i: runs.append(i)], n_sets=3, repeat=4, warmup=1)
+    assert runs == [0, 0, 1, 2, 0]                     # one warm-up, then the sets in turn
+    assert timings[0].times_us == [250.0] * 4 and len(timings[0].host_us) == 4
+    # every timed run: flush the L2, spin, start event, (work), end event
+    assert fake.calls[:4] == ["flush", "spin", "record", "record"]
+    t = timer.throughput(lambda: None, repeat=2, inner=5)
+    assert t.times_us == [50.0, 50.0]                  # 0.25 ms over 5 back-to-back calls
+
+
+def _numpy_lenet_step():
+    from gpuconv.backends import resolve_backend
+    be = resolve_backend("numpy")
+    model = bench_step.build_model_on("lenet", 1, 8, be)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    step = bench_step._GpuconvStep(model, be, x, np.array([1, 7], np.int32))
+    step()
+    return step
+
+
+def test_graph_capture_is_verified_against_an_eager_step_then_timed(monkeypatch):
+    import sys
+    step = _numpy_lenet_step()
+    fake = _FakeCupy(replay=step)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    info = bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    assert info["status"] == "ok" and info["rel_err"] == 0.0
+    assert len(info["timing"].times_us) == 2
+
+
+def test_graph_replay_that_differs_from_eager_is_reported(monkeypatch):
+    import sys
+    step = _numpy_lenet_step()
+
+    def bad_replay():
+        step()
+        step.params[0].data += np.float32(1e-2)
+
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(replay=bad_replay))
+    info = bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    assert info["status"] == "failed" and "differs" in info["note"]
+
+
+def test_failed_capture_is_reported_with_its_reason(monkeypatch):
+    import sys
+    step = _numpy_lenet_step()
+    error = RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(capture_error=error))
+    info = bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    assert info["status"] == "capture-failed" and "not permitted" in info["note"]
