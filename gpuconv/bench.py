@@ -680,9 +680,12 @@ def run_bench(suite: str = "small-cnn", ops: Sequence[str] = ("conv", "pool"), b
             raise ValueError(f"layers must be among {', '.join(sorted(known))}, got {bad}")
         cases = tuple(c for c in cases if c.id in layers)
 
+    threads_source = "--threads"
     if threads is None and backend != "cuda":
-        threads = report.blas_threads()[0]
+        threads, threads_source = report.blas_threads()
     env = report.environment(threads if backend != "cuda" else None)
+    if backend != "cuda":
+        env["threads_source"] = threads_source
     hw = None
     if backend == "cuda":
         hw, matched = suites.hardware_for(env.get("gpu"))
