@@ -778,7 +778,7 @@ def plot(doc: Dict[str, Any], path: str) -> None:
     names = list(doc["settings"]["baselines"])
     if not rows or not names:
         raise ValueError("--plot needs timed rows with a baseline (--baseline torch, ...)")
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(rows)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(40.0, max(6.0, 0.35 * len(rows))), 4.5))
     width = 0.8 / len(names)
     xs = np.arange(len(rows))
     for j, b in enumerate(names):
