@@ -1,0 +1,69 @@
+"""The ``gpuconv`` command: subcommands registered from their modules.
+
+Each subcommand module exposes ``add_parser(subparsers)``, which sets ``func`` (``args -> int``).
+``check`` and ``bench`` are optional: the command works without them.
+
+Bad input (ValueError, TypeError, a missing file, an unavailable backend) prints
+``gpuconv: error: ...`` and exits with status 2, without a traceback; set ``GPUCONV_DEBUG=1``
+to see the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import List, Optional
+
+from . import __version__
+from .backends import BackendUnavailable
+
+__all__ = ["main", "build_parser"]
+
+_REQUIRED = ("train", "info")
+_OPTIONAL = ("check", "bench")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's own error format (``gpuconv: error: ...``, status 2)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"gpuconv: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpuconv", description="Small CNNs on NVIDIA GPUs with hand-written CUDA "
+                     "kernels, checked against a NumPy reference.")
+    parser.add_argument("--version", action="version", version=f"gpuconv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in _REQUIRED + _OPTIONAL:
+        try:
+            module = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if name in _OPTIONAL and exc.name == f"{__package__}.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line ``argv`` (default: sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError, FileNotFoundError, BackendUnavailable) as exc:
+        if os.environ.get("GPUCONV_DEBUG"):
+            raise
+        sys.stdout.flush()
+        sys.stderr.write(f"gpuconv: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("gpuconv: interrupted\n")
+        return 130
