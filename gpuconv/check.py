@@ -2,11 +2,19 @@
 
 The model is built once per backend from the same seed on the host and moved with ``.to()``, so
 both sides start from identical weights. One forward pass, the softmax cross-entropy loss and one
-backward pass run on the same batch; every leaf layer records its output and the gradient it
-returns (dx), and its parameter gradients are read afterwards. Each is compared with the first
-backend (the reference) by max|a - b| and max|a - b| / max|ref|, against the tolerance of
-``gpuconv.tolerances``. Kernel backends run with poisoned outputs (NaN-filled before each
-kernel), so an element a kernel forgets to write fails. Exit status 1 when anything fails.
+backward pass run on the same batch on the first backend (the reference); every leaf layer
+records its input, output, incoming gradient, returned gradient (dx) and parameter gradients.
+
+In ``layer`` mode (the default) every leaf layer of the second backend then runs on the
+reference's input and incoming gradient, so each row measures that layer alone and a fault shows
+in the layer that has it; the whole network also runs end to end on the second backend and its
+logits and loss are compared. In ``chain`` mode only the end-to-end runs are compared, layer by
+layer, and errors propagate as they would in training (a near-tie inside a max-pooling window can
+then route a gradient to another element, legitimately).
+
+Errors are max|a - b| and max|a - b| / max|ref|, held to ``gpuconv.tolerances``. Kernel backends
+run with poisoned outputs (NaN-filled before each kernel), so an element a kernel forgets to
+write fails. Exit status 1 when anything fails.
 """
 from __future__ import annotations
 
@@ -33,21 +41,27 @@ ENTRY_SCHEMA = {"layer": str, "type": str, "tensor": str, "shape": [int], "max_a
 CHECK_SCHEMA = {
     "schema": str, "environment": {"date": str, "cpu": str, "numpy": str},
     "settings": {"model": str, "backends": [str], "reference": str, "dtype": str, "batch": int,
-                 "seed": int, "data": str, "image_size": int, "in_channels": int, "weights": str},
+                 "seed": int, "data": str, "image_size": int, "in_channels": int, "weights": str,
+                 "mode": str},
     "entries": [ENTRY_SCHEMA], "passed": bool, "failures": int, "error": (str, None),
 }
 
 
 @dataclass
 class _Recording:
-    """Per leaf layer: output and returned input-gradient, in call order, on the host."""
+    """Per leaf layer, on the host: its input, output, incoming gradient dy, returned gradient
+    dx and parameter gradients; then the logits, the loss and its gradient."""
 
     order: List[str] = field(default_factory=list)
     types: Dict[str, str] = field(default_factory=dict)
+    inputs: Dict[str, np.ndarray] = field(default_factory=dict)
     outputs: Dict[str, np.ndarray] = field(default_factory=dict)
+    dys: Dict[str, np.ndarray] = field(default_factory=dict)
     dx: Dict[str, np.ndarray] = field(default_factory=dict)
     grads: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    logits: Optional[np.ndarray] = None
     loss: Optional[np.ndarray] = None
+    dlogits: Optional[np.ndarray] = None
 
 
 def _leaves(model) -> List[Tuple[str, Any]]:
@@ -62,11 +76,13 @@ def _instrument(model, be, rec: _Recording) -> None:
         fwd, bwd = layer.forward, layer.backward
 
         def forward(x, _name=name, _fwd=fwd):
+            rec.inputs[_name] = np.array(be.to_numpy(x), copy=True)
             y = _fwd(x)
             rec.outputs[_name] = np.array(be.to_numpy(y), copy=True)
             return y
 
         def backward(dy, _name=name, _bwd=bwd):
+            rec.dys[_name] = np.array(be.to_numpy(dy), copy=True)
             dx = _bwd(dy)
             rec.dx[_name] = np.array(be.to_numpy(dx), copy=True)
             return dx
@@ -87,8 +103,18 @@ def fill_zero_params(state: Dict[str, np.ndarray], seed: int) -> Dict[str, np.nd
     return out
 
 
+def _host_copy(be, a) -> np.ndarray:
+    return np.array(be.to_numpy(a), copy=True)
+
+
 def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int, dtype,
-               weights: str) -> _Recording:
+               weights: str, feed: Optional[_Recording] = None) -> _Recording:
+    """Forward, loss and backward of the model on ``be``.
+
+    Without ``feed`` the whole network runs (each layer consumes the previous layer's result on
+    ``be``). With ``feed`` (the reference's recording) each leaf layer runs on its own, on the
+    reference's input and incoming gradient, so its result measures that layer alone.
+    """
     from . import functional as F
     from .backends import use_backend
     from .models import build_model
@@ -101,11 +127,20 @@ def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int
     rec = _Recording()
     _instrument(model, be, rec)
     with use_backend(be):
-        logits = model.forward(be.asarray(x))
-        loss, dlogits = F.softmax_cross_entropy(logits, be.asarray(labels))
-        model.backward(dlogits)
+        if feed is None:
+            logits = model.forward(be.asarray(x))
+            loss, dlogits = F.softmax_cross_entropy(logits, be.asarray(labels))
+            model.backward(dlogits)
+        else:
+            for name, layer in _leaves(model):
+                layer.forward(be.asarray(feed.inputs[name]))
+                layer.backward(be.asarray(feed.dys[name]))
+            logits = be.asarray(feed.logits)
+            loss, dlogits = F.softmax_cross_entropy(logits, be.asarray(labels))
         be.synchronize()
+    rec.logits = _host_copy(be, logits)
     rec.loss = np.asarray(be.to_numpy(loss)).reshape(1)
+    rec.dlogits = _host_copy(be, dlogits)
     for name, layer in _leaves(model):
         rec.grads[name] = {p: np.array(be.to_numpy(a), copy=True)
                            for p, a in layer.grads.items() if a is not None}
@@ -127,8 +162,12 @@ def make_batch(data: str, batch: int, in_channels: int, image_size: int, seed: i
                dtype) -> Tuple[np.ndarray, np.ndarray]:
     """x (batch, in_channels, image_size, image_size) and int32 labels (batch,).
 
-    ``digits``: the bundled 8x8 digits, nearest-neighbour upscaled (and repeated over channels);
-    ``synthetic``: standard-normal images with random labels.
+    ``digits``: the bundled 8x8 digits (standardised), nearest-neighbour upscaled, repeated over
+    channels, plus seeded N(0, 0.1²) noise; ``synthetic``: standard-normal images with random labels.
+
+    The noise matters: upscaled digits have large constant regions, where activations are equal
+    in exact arithmetic, so which element of a max-pooling window wins would be decided by
+    rounding, differently on each backend, and the routed gradients would differ for no fault.
     """
     from .datasets import load_digits, synthetic_batch
     if data == "synthetic":
@@ -142,8 +181,9 @@ def make_batch(data: str, batch: int, in_channels: int, image_size: int, seed: i
     rows = np.arange(image_size) * img.shape[2] // image_size
     cols = np.arange(image_size) * img.shape[3] // image_size
     img = img[:, :, rows][:, :, :, cols]
-    x = np.repeat(img, in_channels, axis=1).astype(dtype)
-    return np.ascontiguousarray(x), labels[pick].astype(np.int32)
+    x = np.repeat(img, in_channels, axis=1)
+    x = x + 0.1 * np.random.default_rng(seed + 2).standard_normal(x.shape)
+    return np.ascontiguousarray(x.astype(dtype)), labels[pick].astype(np.int32)
 
 
 def _compare(layer: str, ltype: str, tensor: str, a: Optional[np.ndarray], ref: Optional[np.ndarray],
@@ -160,8 +200,11 @@ def _compare(layer: str, ltype: str, tensor: str, a: Optional[np.ndarray], ref: 
             "passed": tolerances.passes(rel, tol)}
 
 
-def compare_recordings(ref: _Recording, other: _Recording, tol: float) -> List[Dict[str, Any]]:
-    """One entry per (leaf layer, tensor): output, dx and every parameter gradient; then the loss."""
+def compare_recordings(ref: _Recording, other: _Recording, tol: float,
+                       end_to_end: Optional[_Recording] = None) -> List[Dict[str, Any]]:
+    """One entry per (leaf layer, tensor): output, dx and every parameter gradient; then the loss
+    (and its gradient); then, given the other backend's whole-network run ``end_to_end``, its
+    logits and loss against the reference's."""
     entries = []
     for name in ref.order:
         t = ref.types[name]
@@ -170,12 +213,17 @@ def compare_recordings(ref: _Recording, other: _Recording, tol: float) -> List[D
         for p, g in ref.grads.get(name, {}).items():
             entries.append(_compare(name, t, f"d{p}", other.grads.get(name, {}).get(p), g, tol))
     entries.append(_compare("loss", "SoftmaxCrossEntropy", "output", other.loss, ref.loss, tol))
+    entries.append(_compare("loss", "SoftmaxCrossEntropy", "dx", other.dlogits, ref.dlogits, tol))
+    if end_to_end is not None:
+        entries.append(_compare("network", "end to end", "logits", end_to_end.logits, ref.logits, tol))
+        entries.append(_compare("network", "end to end", "loss", end_to_end.loss, ref.loss, tol))
     return entries
 
 
 def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch: Optional[int] = None,
               seed: int = 0, data: str = "digits", image_size: Optional[int] = None,
-              weights: str = "filled", log: Callable[[str], None] = print) -> Dict[str, Any]:
+              weights: str = "filled", mode: str = "layer",
+              log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Run the check and return the result document (see ``CHECK_SCHEMA``)."""
     if model not in MODEL_INPUTS:
         raise ValueError(f"model must be one of {', '.join(MODEL_INPUTS)}, got {model!r}")
@@ -185,6 +233,8 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
     for b in backends:
         if b not in ("numpy", "emulator", "cuda"):
             raise ValueError(f"backends must be among numpy, emulator, cuda; got {b!r}")
+    if mode not in ("layer", "chain"):
+        raise ValueError(f"mode must be 'layer' or 'chain', got {mode!r}")
     if weights not in ("init", "filled"):
         raise ValueError(f"weights must be 'init' or 'filled', got {weights!r}")
     if dtype not in ("float32", "float64"):
@@ -203,25 +253,32 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
         "schema": "gpuconv-check/1", "environment": report.environment(),
         "settings": {"model": model, "backends": list(backends), "reference": backends[0], "dtype": dtype,
                      "batch": batch, "seed": seed, "data": data, "image_size": size, "in_channels": in_ch,
-                     "weights": weights},
+                     "weights": weights, "mode": mode},
         "entries": [], "passed": False, "failures": 0, "error": None,
     }
-    recs = []
-    for name in backends:
-        try:
-            be = make_backend(name)
-            recs.append(_run_model(model, be, x, labels, seed, np.dtype(dtype), weights))
-        except Exception as exc:  # reported in the output; the exit status says it failed
-            doc["error"] = f"backend {name}: {type(exc).__name__}: {exc}"
-            doc["failures"] = 1
-            return doc
-    doc["entries"] = compare_recordings(recs[0], recs[1], tol)
+    name = backends[0]
+    try:
+        ref = _run_model(model, make_backend(name), x, labels, seed, np.dtype(dtype), weights)
+        name = backends[1]
+        be = make_backend(name)
+        whole = _run_model(model, be, x, labels, seed, np.dtype(dtype), weights)
+        alone = _run_model(model, be, x, labels, seed, np.dtype(dtype), weights, feed=ref) \
+            if mode == "layer" else None
+    except Exception as exc:  # reported in the output; the exit status says it failed
+        doc["error"] = f"backend {name}: {type(exc).__name__}: {exc}"
+        doc["failures"] = 1
+        return doc
+    if mode == "layer":
+        doc["entries"] = compare_recordings(ref, alone, tol, end_to_end=whole)
+    else:
+        doc["entries"] = compare_recordings(ref, whole, tol)
     doc["failures"] = sum(not e["passed"] for e in doc["entries"])
     doc["passed"] = doc["failures"] == 0
     return doc
 
 
 _COLUMNS = (("output", "y"), ("dx", "dx"), ("dweight", "dW"), ("dbias", "db"))
+_ALIASES = {"logits": "output"}
 
 
 def format_layers(doc: Dict[str, Any], markdown: bool = False) -> str:
@@ -236,11 +293,11 @@ def format_layers(doc: Dict[str, Any], markdown: bool = False) -> str:
     rows = []
     for layer, es in by_layer.items():
         cells: List[Any] = [layer, es[0]["type"]]
-        named = {e["tensor"]: e for e in es}
+        named = {_ALIASES.get(e["tensor"], e["tensor"]): e for e in es}
         for tensor, _ in _COLUMNS:
             e = named.get(tensor)
             cells += [e["max_abs_err"], e["rel_err"]] if e else ["", ""]
-        others = [e for e in es if e["tensor"] not in dict(_COLUMNS)]
+        others = [e for e in es if _ALIASES.get(e["tensor"], e["tensor"]) not in dict(_COLUMNS)]
         failed = [e["tensor"] for e in es if not e["passed"]]
         verdict = "pass" if not failed else "FAIL (" + ", ".join(failed) + ")"
         if others:
@@ -268,6 +325,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="'init': the model's initial weights; 'filled' (default): the same, with every "
                         "all-zero parameter (zero-initialised residual branches, biases) replaced by seeded "
                         "random values so that every path carries signal")
+    p.add_argument("--mode", default="layer", choices=("layer", "chain"),
+                   help="'layer' (default): every layer of the second backend runs on the reference's input "
+                        "and incoming gradient, so each row measures that layer alone, plus an end-to-end "
+                        "row (logits, loss); 'chain': the whole network runs on each backend and errors "
+                        "propagate (a near-tie in a max-pooling window may then route a gradient elsewhere)")
     p.add_argument("--json", default=None, metavar="FILE", help="write every comparison and the environment")
     p.set_defaults(func=run)
     return p
@@ -277,11 +339,11 @@ def run(args) -> int:
     """CLI entry: print the table; exit 1 when any comparison fails or a backend cannot run."""
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     doc = run_check(args.model, backends, args.dtype, args.batch, args.seed, args.data, args.image_size,
-                    args.weights)
+                    args.weights, args.mode)
     s = doc["settings"]
     print(f"gpuconv check --model {s['model']}: {s['backends'][1]} vs {s['reference']} (reference), "
           f"{s['dtype']}, batch {s['batch']}, {s['data']} images {s['in_channels']}x{s['image_size']}"
-          f"x{s['image_size']}, seed {s['seed']}, weights {s['weights']}")
+          f"x{s['image_size']}, seed {s['seed']}, weights {s['weights']}, mode {s['mode']}")
     print("errors: abs = max|a-b|, rel = max|a-b| / max|ref|")
     if doc["entries"]:
         print(format_layers(doc))
