@@ -2,29 +2,14 @@
 timer behaviour, and the torch model used as the training-step baseline."""
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
 from gpuconv import bench, bench_step
+from gpuconv.cli import main as cli_main
 from gpuconv.report import schema_errors
-
-
-def cli_main(argv):
-    """``gpuconv.cli.main``; until that module exists, the same subcommand parsers on their own."""
-    if importlib.util.find_spec("gpuconv.cli") is not None:
-        from gpuconv.cli import main
-        return main(argv)
-    from gpuconv import bench, check
-    parser = argparse.ArgumentParser(prog="gpuconv")
-    sub = parser.add_subparsers(dest="command", required=True)
-    check.add_parser(sub)
-    bench.add_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def load(path):

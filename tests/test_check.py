@@ -1,8 +1,6 @@
 """``gpuconv check``: end to end on numpy vs emulator, JSON schema, failure detection, tolerances."""
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import math
 
@@ -10,21 +8,8 @@ import numpy as np
 import pytest
 
 from gpuconv import check, tolerances
+from gpuconv.cli import main as cli_main
 from gpuconv.report import schema_errors
-
-
-def cli_main(argv):
-    """``gpuconv.cli.main``; until that module exists, the same subcommand parsers on their own."""
-    if importlib.util.find_spec("gpuconv.cli") is not None:
-        from gpuconv.cli import main
-        return main(argv)
-    from gpuconv import bench, check
-    parser = argparse.ArgumentParser(prog="gpuconv")
-    sub = parser.add_subparsers(dest="command", required=True)
-    check.add_parser(sub)
-    bench.add_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def needs_emulator():
