@@ -29,8 +29,8 @@ import numpy as np
 from ..geometry import ConvGeometry, PoolGeometry, avg_pool_divisor
 from .base import Backend
 
-# Target size of one batch chunk's im2col matrix: large enough for efficient matmuls, small
-# enough to stay in the last-level cache together with its inputs and outputs.
+# Target size of one batch chunk's working buffer (conv columns, max-pool windows): large enough
+# for efficient matmuls, small enough to stay in cache together with its inputs and outputs.
 _CHUNK_BYTES = 2 << 20
 
 
