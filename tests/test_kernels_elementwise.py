@@ -12,8 +12,8 @@ import pytest
 
 from gpuconv.backends.executors import CupyExecutor, EmulatorExecutor
 from gpuconv.backends.kernel_backend import KernelBackend
-from gpuconv.backends.launch.elementwise import dropout_mask_reference
 from gpuconv.backends.numpy_backend import NumpyBackend
+from gpuconv.dropout_rng import dropout_mask
 from gpuconv.tolerances import passes, scaled_error, tolerance
 
 N_RANDOM = 50
@@ -118,9 +118,17 @@ def test_dropout_mask_follows_the_counter_hash(be, version, dtype):
             seed = int(rng.integers(0, 2**63))
             x = rng.standard_normal(shape).astype(dtype)
             y, mask = be.dropout(be.asarray(x), p, seed)
-            mask_ref = dropout_mask_reference(shape, p, seed, dtype)
+            mask_ref = dropout_mask(shape, p, seed, dtype)
             np.testing.assert_array_equal(be.to_numpy(mask), mask_ref, err_msg=f"p={p} seed={seed}")
             np.testing.assert_array_equal(be.to_numpy(y), x * mask_ref)
+
+
+def test_dropout_masks_agree_bitwise_with_the_numpy_backend(be):
+    x = np.random.default_rng(3).standard_normal((4, 3, 7, 5)).astype(np.float32)
+    y_ref, mask_ref = REF.dropout(x, 0.4, 1234)
+    y, mask = be.dropout(be.asarray(x), 0.4, 1234)
+    assert be.to_numpy(mask).tobytes() == mask_ref.tobytes()
+    assert be.to_numpy(y).tobytes() == y_ref.tobytes()
 
 
 def test_dropout_keeps_about_one_minus_p_and_depends_on_seed(be):

@@ -26,6 +26,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..dropout_rng import dropout_mask
 from ..geometry import ConvGeometry, PoolGeometry, avg_pool_divisor
 from .base import Backend
 
@@ -448,13 +449,7 @@ class NumpyBackend(Backend):
         return dy * (1 - y * y)
 
     def dropout(self, x, p, seed):
-        if p == 0:
-            mask = np.ones(x.shape, dtype=x.dtype)
-        elif p == 1:
-            mask = np.zeros(x.shape, dtype=x.dtype)
-        else:
-            keep = np.random.default_rng(seed).random(x.shape) >= p
-            mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+        mask = dropout_mask(x.shape, p, seed, x.dtype)
         return x * mask, mask
 
     def mul(self, a, b):

@@ -5,11 +5,9 @@ default); a call selected for v2 whose arrays are not aligned to 4 elements runs
 """
 from __future__ import annotations
 
-import numbers
-from typing import Tuple
-
 import numpy as np
 
+from ...dropout_rng import dropout_params
 from . import check_elements, ctype, grid_1d, scalar
 
 FILE = "elementwise.cu"
@@ -24,7 +22,6 @@ DEFAULT_VERSIONS = {"elementwise": 2}
 NAME_EXPRESSIONS = tuple(f"{k}_v{v}<{t}>" for k in KERNELS for v in (1, 2) for t in ("float", "double"))
 
 BLOCK = 256
-DROPOUT_BITS = 24  # the kept/dropped decision compares the top 24 bits of a 32-bit hash
 
 
 def _name(be, kernel: str, arrays, dtype) -> str:
@@ -74,25 +71,13 @@ def binary(be, op: str, a, b):
     return y
 
 
-def _dropout_params(p, seed) -> Tuple[int, int, int, float]:
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}")
-    p = float(p)
-    seed = int(seed) % 2**64
-    threshold = int(round(p * 2**DROPOUT_BITS))
-    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
-    return seed & 0xFFFFFFFF, seed >> 32, threshold, scale
-
-
 def _as_int32(u: int) -> np.int32:
     return np.array(u, dtype=np.uint32).view(np.int32)[()]
 
 
 def dropout(be, x, p: float, seed: int, offset: int = 0):
-    """(y, mask): mask in {0, 1/(1-p)} of x's dtype from a counter-based hash of (seed, index)."""
-    lo, hi, threshold, scale = _dropout_params(p, seed)
+    """(y, mask): mask in {0, 1/(1-p)} of x's dtype, the rule of ``gpuconv.dropout_rng``."""
+    lo, hi, threshold, scale = dropout_params(p, seed)
     check_elements("x", x.size)
     x = be.contiguous(x)
     y = be.empty(x.shape, x.dtype)
@@ -101,23 +86,3 @@ def dropout(be, x, p: float, seed: int, offset: int = 0):
                 (_as_int32(lo), _as_int32(hi), _as_int32(int(offset) % 2**32), np.int32(threshold),
                  scalar(x.dtype, scale)))
     return y, mask
-
-
-def _mix32(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7FEB352D)
-    x = x ^ (x >> np.uint32(15))
-    x = x * np.uint32(0x846CA68B)
-    return x ^ (x >> np.uint32(16))
-
-
-def dropout_mask_reference(shape, p: float, seed: int, dtype=np.float32, offset: int = 0) -> np.ndarray:
-    """NumPy transcription of the kernels' dropout mask (for tests and CPU backends)."""
-    lo, hi, threshold, scale = _dropout_params(p, seed)
-    n = int(np.prod(shape))
-    with np.errstate(over="ignore"):
-        key = _mix32(np.uint32(lo) ^ _mix32(np.uint32(hi) ^ np.uint32(0x9E3779B9)))
-        i = np.arange(n, dtype=np.uint32) + np.uint32(int(offset) % 2**32)
-        keep = (_mix32(_mix32(i) ^ key) >> np.uint32(8)) >= np.uint32(threshold)
-    dt = np.dtype(dtype)
-    return np.where(keep, dt.type(scale), dt.type(0)).reshape(shape)
