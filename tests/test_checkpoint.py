@@ -1,0 +1,135 @@
+"""Checkpoints: round trip, atomic writes, and validation of what is loaded."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from gpuconv import nn, optim
+from gpuconv.models import build_model
+
+
+def _trained(seed: int = 0):
+    model = build_model("lenet", 1, 8, 10, seed=seed)
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    x = np.random.default_rng(seed).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    loss = nn.SoftmaxCrossEntropy()
+    loss(model.forward(x), np.arange(4))
+    model.backward(loss.backward())
+    opt.step()
+    return model, opt
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+def test_round_trip_restores_model_optimizer_and_meta(tmp_path):
+    model, opt = _trained(0)
+    path = tmp_path / "ckpt.npz"
+    nn.save_checkpoint(path, model, opt, meta={"epoch": 3, "name": "lenet"})
+    other, other_opt = _trained(1)
+    meta = nn.load_checkpoint(path, other, other_opt)
+    assert meta == {"epoch": 3, "name": "lenet"}
+    assert _same(model, other)
+    sa, sb = opt.state_dict(), other_opt.state_dict()
+    assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
+    with np.load(path, allow_pickle=False) as data:  # loadable without pickle
+        assert "model/0.weight" in data.files
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
+
+
+def test_truncated_or_corrupt_file_is_a_clear_error_and_model_unchanged(tmp_path):
+    model, _ = _trained(0)
+    path = tmp_path / "ckpt.npz"
+    nn.save_checkpoint(path, model)
+    raw = path.read_bytes()
+    target, _ = _trained(1)
+    before = target.state_dict()
+    for i, data in enumerate((raw[: len(raw) // 2], raw[:10], b"not a zip file at all")):
+        bad = tmp_path / f"bad{i}.npz"
+        bad.write_bytes(data)
+        with pytest.raises(ValueError, match="truncated or corrupt"):
+            nn.load_checkpoint(bad, target)
+    flipped = bytearray(raw)
+    flipped[len(raw) // 3] ^= 0xFF
+    (tmp_path / "flip.npz").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError):
+        nn.load_checkpoint(tmp_path / "flip.npz", target)
+    assert all(np.array_equal(v, before[k]) for k, v in target.state_dict().items())
+    with pytest.raises(FileNotFoundError):
+        nn.load_checkpoint(tmp_path / "absent.npz", target)
+
+
+def test_wrong_shape_dtype_missing_and_extra_keys_are_named(tmp_path):
+    model, _ = _trained(0)
+    state = model.state_dict()
+
+    def write(arrays, name):
+        path = tmp_path / name
+        payload = {"format": np.array("gpuconv-checkpoint/1"), "meta": np.array("{}")}
+        payload.update((f"model/{k}", v) for k, v in arrays.items())
+        np.savez(path, **payload)
+        return path
+
+    target, _ = _trained(1)
+    before = target.state_dict()
+    wrong_shape = dict(state, **{"7.weight": np.zeros((120, 255), np.float32)})
+    with pytest.raises(ValueError, match=r"7\.weight.*\(120, 255\).*\(120, 256\)"):
+        nn.load_checkpoint(write(wrong_shape, "shape.npz"), target)
+    wrong_dtype = dict(state, **{"0.weight": state["0.weight"].astype(np.float64)})
+    with pytest.raises(ValueError, match="0.weight.*float64.*float32"):
+        nn.load_checkpoint(write(wrong_dtype, "dtype.npz"), target)
+    missing = {k: v for k, v in state.items() if k != "11.bias"}
+    with pytest.raises(ValueError, match="missing keys.*11.bias"):
+        nn.load_checkpoint(write(missing, "missing.npz"), target)
+    extra = dict(state, **{"99.weight": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match="unexpected keys.*99.weight"):
+        nn.load_checkpoint(write(extra, "extra.npz"), target)
+    np.savez(tmp_path / "plain.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match="not a gpuconv checkpoint"):
+        nn.load_checkpoint(tmp_path / "plain.npz", target)
+    assert all(np.array_equal(v, before[k]) for k, v in target.state_dict().items())
+
+
+def test_bad_optimizer_state_leaves_model_unchanged(tmp_path):
+    model, opt = _trained(0)
+    path = tmp_path / "ckpt.npz"
+    nn.save_checkpoint(path, model, opt)
+    target, _ = _trained(1)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match="expected 'SGD'"):
+        nn.load_checkpoint(path, target, optim.SGD(target.parameters(), lr=0.1))
+    assert all(np.array_equal(v, before[k]) for k, v in target.state_dict().items())
+    nn.save_checkpoint(tmp_path / "noopt.npz", model)
+    with pytest.raises(ValueError, match="no optimizer state"):
+        nn.load_checkpoint(tmp_path / "noopt.npz", target, optim.Adam(target.parameters()))
+
+
+def test_failed_write_leaves_no_partial_file_and_old_checkpoint_intact(tmp_path, monkeypatch):
+    model, _ = _trained(0)
+    path = tmp_path / "ckpt.npz"
+    nn.save_checkpoint(path, model, meta={"version": "old"})
+    old_bytes = path.read_bytes()
+    newer, _ = _trained(1)
+    real_savez = np.savez
+
+    def failing_savez(f, **arrays):
+        real_savez(f, **arrays)
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError, match="disk full"):
+        nn.save_checkpoint(path, newer, meta={"version": "new"})
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.npz"]
+    assert path.read_bytes() == old_bytes
+    fresh, _ = _trained(2)
+    assert nn.load_checkpoint(path, fresh) == {"version": "old"}
+    assert _same(fresh, model)
+    with pytest.raises(TypeError, match="JSON"):
+        nn.save_checkpoint(tmp_path / "x.npz", model, meta={"bad": object()})
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.npz"]
