@@ -192,8 +192,11 @@ def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> optim.Optimizer:
     return optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
 
-def train(cfg: TrainConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> Dict[str, Any]:
-    """Run one training; return the final metrics (METRICS_SCHEMA) and write --json/--save/--plot."""
+def train(cfg: TrainConfig, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> Dict[str, Any]:
+    """Run one training; return the final metrics (METRICS_SCHEMA) and write --json/--save/--plot.
+    Reports go to ``out`` and ``err`` (default: sys.stdout and sys.stderr)."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     cfg.validate()
     t_start = time.perf_counter()
     if cfg.backend == "auto":

@@ -1,0 +1,155 @@
+"""Datasets: bundled digits, the IDX reader and its error paths, synthetic batches, batching."""
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from gpuconv import datasets
+
+
+def _idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
+    dtype = {0x08: ">u1", 0x0C: ">i4", 0x0D: ">f4"}[code]
+    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(dtype).tobytes()
+
+
+def _write_mnist(directory, n_train=12, n_test=5, size=6, gz=False, seed=0):
+    rng = np.random.default_rng(seed)
+    suffix = ".gz" if gz else ""
+    files = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        for kind, arr in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            data = _idx_bytes(arr)
+            path = directory / f"{prefix}-{kind}{suffix}"
+            path.write_bytes(gzip.compress(data) if gz else data)
+            files[(prefix, kind)] = (path, arr)
+    return files
+
+
+def test_bundled_digits_shapes_values_and_deterministic_stratified_split():
+    d = datasets.load_digits()
+    assert d.name == "digits" and d.num_classes == 10
+    assert len(d.train) + len(d.test) == 1797
+    assert d.train.images.shape == (len(d.train), 1, 8, 8) and d.train.images.dtype == np.float32
+    assert d.train.labels.dtype == np.int32 and set(np.unique(d.test.labels)) == set(range(10))
+    assert abs(float(d.train.images.mean())) < 1e-5 and abs(float(d.train.images.std()) - 1) < 1e-4
+    counts = np.bincount(np.concatenate([d.train.labels, d.test.labels]))
+    np.testing.assert_array_equal(np.bincount(d.test.labels), np.round(0.2 * counts))
+    again = datasets.load_digits()
+    np.testing.assert_array_equal(d.test.images, again.test.images)
+    other = datasets.load_digits(seed=1)
+    assert not np.array_equal(d.test.images, other.test.images)
+    raw = np.load(datasets._DIGITS_PATH, allow_pickle=False)
+    assert raw["images"].dtype == np.uint8 and raw["images"].shape == (1797, 8, 8)
+    assert raw["images"].max() == 16 and raw["labels"].dtype == np.uint8
+    assert datasets.load_digits(dtype=np.float64).train.images.dtype == np.float64
+
+
+def test_split_puts_every_index_on_exactly_one_side():
+    labels = np.random.default_rng(0).integers(0, 4, 101)
+    tr, te = datasets.stratified_split(labels, 0.25, seed=3)
+    np.testing.assert_array_equal(np.sort(np.concatenate([tr, te])), np.arange(101))
+    with pytest.raises(ValueError, match="test_fraction"):
+        datasets.stratified_split(labels, 1.0, seed=0)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_dataset_reads_plain_and_gzip(tmp_path, gz):
+    files = _write_mnist(tmp_path, gz=gz)
+    d = datasets.load_idx_dataset(tmp_path)
+    assert d.train.images.shape == (12, 1, 6, 6) and d.test.images.shape == (5, 1, 6, 6)
+    np.testing.assert_array_equal(d.train.labels, files[("train", "labels-idx1-ubyte")][1])
+    raw = files[("t10k", "images-idx3-ubyte")][1]
+    np.testing.assert_allclose(d.test.images[:, 0] * d.std + d.mean, raw / 255.0, atol=1e-5)
+    np.testing.assert_array_equal(datasets.read_idx(files[("train", "images-idx3-ubyte")][0]),
+                                  files[("train", "images-idx3-ubyte")][1])
+
+
+def test_read_idx_other_types(tmp_path):
+    a = np.arange(-6, 6, dtype=np.int32).reshape(3, 4)
+    (tmp_path / "a").write_bytes(_idx_bytes(a, 0x0C))
+    out = datasets.read_idx(tmp_path / "a")
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, a)
+
+
+def test_read_idx_errors(tmp_path):
+    good = _idx_bytes(np.zeros((2, 3, 3), np.uint8))
+    cases = {
+        "magic": (b"\x08\x03" + good[2:], "not an IDX file"),
+        "code": (good[:2] + b"\x42" + good[3:], "unknown IDX type code 0x42"),
+        "header": (good[:9], "truncated IDX header"),
+        "data": (good[:-1], r"truncated: header declares shape \(2, 3, 3\)"),
+        "extra": (good + b"\x00", "unexpected bytes"),
+        "short": (b"\x00", "too short"),
+        "gzip": (gzip.compress(good)[:-6], "gzip"),
+    }
+    for name, (data, match) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=match):
+            datasets.read_idx(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        datasets.read_idx(tmp_path / "absent")
+
+
+def test_idx_dataset_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        datasets.load_idx_dataset(tmp_path / "nowhere")
+    files = _write_mnist(tmp_path)
+    files[("t10k", "labels-idx1-ubyte")][0].unlink()
+    with pytest.raises(FileNotFoundError, match="missing t10k-labels-idx1-ubyte"):
+        datasets.load_idx_dataset(tmp_path)
+    # labels and images swapped (an idx1 file where an idx3 file belongs)
+    files = _write_mnist(tmp_path)
+    img_path, lbl_path = files[("train", "images-idx3-ubyte")][0], files[("train", "labels-idx1-ubyte")][0]
+    img, lbl = img_path.read_bytes(), lbl_path.read_bytes()
+    img_path.write_bytes(lbl)
+    with pytest.raises(ValueError, match="expected uint8 images of rank 3"):
+        datasets.load_idx_dataset(tmp_path)
+    img_path.write_bytes(img)
+    lbl_path.write_bytes(_idx_bytes(np.zeros(11, np.uint8)))
+    with pytest.raises(ValueError, match="holds 12 images but .* holds 11 labels"):
+        datasets.load_idx_dataset(tmp_path)
+    lbl_path.write_bytes(_idx_bytes(np.full(12, 10, np.uint8)))
+    with pytest.raises(ValueError, match=r"label 10 out of range \[0, 10\)"):
+        datasets.load_idx_dataset(tmp_path)
+    lbl_path.write_bytes(lbl[:-3])
+    with pytest.raises(ValueError, match="truncated"):
+        datasets.load_idx_dataset(tmp_path)
+
+
+def test_synthetic_batch_is_seeded():
+    x, y = datasets.synthetic_batch(8, 3, 5, 7, 4, seed=1)
+    assert x.shape == (8, 3, 5, 7) and x.dtype == np.float32 and y.dtype == np.int32
+    assert y.min() >= 0 and y.max() < 4
+    x2, y2 = datasets.synthetic_batch(8, 3, 5, 7, 4, seed=1)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    assert datasets.synthetic_batch(1, 1, 1, 1, 2, seed=0, dtype=np.float64)[0].dtype == np.float64
+    with pytest.raises(ValueError, match="num_classes"):
+        datasets.synthetic_batch(1, 1, 1, 1, 0, seed=0)
+
+
+def test_iterate_batches_covers_everything_reproducibly():
+    x = np.arange(10)[:, None].astype(np.float32)
+    y = np.arange(10)
+    batches = list(datasets.iterate_batches(x, y, 4, seed=1, epoch=0))
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    order = np.concatenate([b[1] for b in batches])
+    np.testing.assert_array_equal(np.sort(order), y)
+    np.testing.assert_array_equal(np.concatenate([b[0][:, 0] for b in batches]), order)
+    again = np.concatenate([b[1] for b in datasets.iterate_batches(x, y, 4, seed=1, epoch=0)])
+    np.testing.assert_array_equal(order, again)
+    next_epoch = np.concatenate([b[1] for b in datasets.iterate_batches(x, y, 4, seed=1, epoch=1)])
+    assert not np.array_equal(order, next_epoch)
+    assert [len(b[1]) for b in datasets.iterate_batches(x, y, 4, drop_last=True)] == [4, 4]
+    plain = np.concatenate([b[1] for b in datasets.iterate_batches(x, y, 3, shuffle=False)])
+    np.testing.assert_array_equal(plain, y)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(datasets.iterate_batches(x, y, 0))

@@ -1,0 +1,135 @@
+"""The gpuconv command: train end to end, metrics schema, errors, info, python -m gpuconv."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpuconv import nn
+from gpuconv.cli import main
+from gpuconv.models import build_model
+from gpuconv.train import METRICS_SCHEMA, validate_metrics
+
+
+def test_train_end_to_end_writes_valid_metrics_and_checkpoint(tmp_path, capsys):
+    metrics_path, ckpt = tmp_path / "m.json", tmp_path / "model.npz"
+    rc = main(["train", "--backend", "numpy", "--epochs", "2", "--batch-size", "64", "--seed", "1",
+               "--json", str(metrics_path), "--save", str(ckpt)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/2" in out and "samples/s" in out and "test accuracy" in out
+    doc = json.loads(metrics_path.read_text())
+    validate_metrics(doc)
+    assert set(METRICS_SCHEMA["required"]) <= set(doc)
+    assert doc["backend"] == "numpy" and doc["model"] == "lenet" and doc["dataset"] == "digits"
+    assert doc["epochs"] == 2 and doc["batch_size"] == 64 and len(doc["history"]) == 2
+    assert doc["history"][1]["train_loss"] < doc["history"][0]["train_loss"]
+    assert doc["test_accuracy"] > 0.5  # far above the 10% of chance after two epochs
+    model = build_model("lenet", 1, 8, 10, seed=99)
+    meta = nn.load_checkpoint(ckpt, model)
+    assert meta["model"] == "lenet" and meta["metrics"]["test_accuracy"] == doc["test_accuracy"]
+
+
+def test_training_loss_falls_with_sgd_on_idx_data(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    # two classes that differ in where the bright pixels are: learnable in a few steps
+    def make(n):
+        labels = rng.integers(0, 2, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 8, 8)).astype(np.uint8)
+        images[labels == 1, :4] += 150
+        images[labels == 0, 4:] += 150
+        return images, labels
+
+    for prefix, n in (("train", 96), ("t10k", 32)):
+        images, labels = make(n)
+        for kind, arr in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+            (tmp_path / f"{prefix}-{kind}").write_bytes(header + arr.tobytes())
+    metrics_path = tmp_path / "m.json"
+    rc = main(["train", "--backend", "numpy", "--data", str(tmp_path), "--optimizer", "sgd",
+               "--lr", "0.02", "--epochs", "3", "--batch-size", "16", "--quiet", "--json", str(metrics_path)])
+    assert rc == 0
+    assert capsys.readouterr().out == ""
+    doc = json.loads(metrics_path.read_text())
+    losses = [h["train_loss"] for h in doc["history"]]
+    assert losses[-1] < 0.5 * losses[0]
+    assert doc["dataset"].startswith("idx:") and doc["optimizer"] == "sgd" and doc["test_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train", "--epochs", "0"], "--epochs must be >= 1"),
+    (["train", "--lr", "-0.1"], "--lr must be a positive number"),
+    (["train", "--data", "/nonexistent/dir", "--backend", "numpy"], "does not exist"),
+    (["train", "--json", "/nonexistent/dir/m.json"], "--json: directory"),
+    (["train", "--model", "vgg"], "invalid choice"),
+    (["train", "--epochs", "two"], "invalid int value"),
+    (["frobnicate"], "invalid choice"),
+    ([], "required"),
+])
+def test_user_errors_exit_2_without_traceback(argv, match, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "gpuconv: error:" in err and "Traceback" not in err
+    assert match in err
+
+
+def test_cuda_backend_without_gpu_is_an_error_that_says_why(capsys):
+    from gpuconv.backends import cuda_unavailable_reason
+    if not cuda_unavailable_reason():
+        pytest.skip("a CUDA device is usable here")
+    assert main(["train", "--backend", "cuda", "--epochs", "1"]) == 2
+    assert "backend 'cuda' is not available" in capsys.readouterr().err
+
+
+def test_plot_needs_matplotlib_or_writes_a_png(tmp_path, capsys):
+    png = tmp_path / "curves.png"
+    argv = ["train", "--backend", "numpy", "--epochs", "1", "--quiet", "--plot", str(png)]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert main(argv) == 2
+        assert "--plot needs matplotlib" in capsys.readouterr().err
+        assert not png.exists()
+    else:
+        assert main(argv) == 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validate_metrics_rejects_bad_documents():
+    good = {k: 0 for k in METRICS_SCHEMA["required"]}
+    good.update(schema=METRICS_SCHEMA["$id"], model="lenet", backend="numpy", dataset="digits",
+                optimizer="adam", lr=0.1, epochs=1, test_accuracy=0.5, train_accuracy=0.5,
+                history=[{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0,
+                          "test_accuracy": 0.5, "seconds": 1.0, "samples_per_second": 10.0}])
+    validate_metrics(good)
+    for key, value, match in (("test_accuracy", 1.5, "test_accuracy"), ("model", 3, "model"),
+                              ("epochs", 2, "history entries"), ("schema", "x", "schema"),
+                              ("wall_seconds", float("nan"), "wall_seconds")):
+        with pytest.raises(ValueError, match=match):
+            validate_metrics(dict(good, **{key: value}))
+    with pytest.raises(ValueError, match="missing 'history'"):
+        validate_metrics({k: v for k, v in good.items() if k != "history"})
+
+
+def test_info_text_and_json(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy" in out and "backends:" in out and "Python" in out and ("GPU" in out)
+    assert main(["info", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backends"]["numpy"]["available"] is True
+    assert set(doc["backends"]) == {"numpy", "emulator", "cuda"}
+    if not doc["cuda"]["available"]:
+        assert doc["cuda"]["reason"]
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "gpuconv", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("gpuconv ")
+    proc = subprocess.run([sys.executable, "-m", "gpuconv", "train", "--epochs", "-1"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "gpuconv: error: --epochs must be >= 1" in proc.stderr
