@@ -133,3 +133,22 @@ def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "gpuconv", "train", "--epochs", "-1"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "gpuconv: error: --epochs must be >= 1" in proc.stderr
+
+
+def test_progress_bar_draws_and_clears_only_when_enabled():
+    import io
+
+    from gpuconv.train import ProgressBar
+    stream = io.StringIO()
+    bar = ProgressBar(stream, enabled=True, width=10)
+    bar.update("epoch 1/2", 5, 10)
+    bar.update("epoch 1/2", 10, 10)
+    text = stream.getvalue()
+    assert "\repoch 1/2 [#####.....] 5/10" in text and "[##########] 10/10" in text
+    bar.clear()
+    assert stream.getvalue().endswith("\r")
+    quiet = io.StringIO()
+    off = ProgressBar(quiet, enabled=False)
+    off.update("epoch 1/1", 1, 1)
+    off.clear()
+    assert quiet.getvalue() == ""
