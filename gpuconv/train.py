@@ -45,7 +45,7 @@ METRICS_SCHEMA: Dict[str, Any] = {
     "description": ("Accuracies are fractions in [0, 1] on the held-out test split; losses are mean "
                     "softmax cross-entropy; train_loss/train_accuracy are averaged over the last "
                     "epoch's training batches (weights changing during the epoch); wall_seconds "
-                    "covers model building, training and evaluation; samples_per_second counts "
+                    "covers data loading, model building, training and evaluation; samples_per_second counts "
                     "training samples over training time only."),
     "type": "object",
     "required": list(_TOP_FIELDS),
