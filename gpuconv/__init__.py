@@ -11,7 +11,7 @@ __all__ = ["__version__", "BackendUnavailable", "get_backend", "set_backend", "u
 
 def __getattr__(name):
     # Lazy submodules keep ``import gpuconv`` cheap (no CuPy or compiler work at import).
-    if name in ("functional", "nn", "optim", "data", "emulator"):
+    if name in ("functional", "nn", "optim", "models", "datasets", "emulator"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'gpuconv' has no attribute {name!r}")

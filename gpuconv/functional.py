@@ -27,6 +27,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "l2_pool2d", "l2_pool2d_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "dropout",
+    "add", "mul",
     "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step",
 ]
 
@@ -296,6 +297,25 @@ def tanh(x: Array) -> Array:
 def tanh_backward(dy: Array, y: Array) -> Array:
     """dy * (1 - y^2); y is tanh's output, same shape as dy."""
     return _unary_backward(dy, y).tanh_backward(dy, y)
+
+
+def _binary(a, b):
+    backend = get_backend()
+    _check_float(backend, "a", a)
+    _check_float(backend, "b", b)
+    _check_shape_equals("b", b, a.shape, "the shape of a")
+    _check_same_dtype([("a", a), ("b", b)])
+    return backend
+
+
+def add(a: Array, b: Array) -> Array:
+    """a + b element-wise; a and b of one shape and dtype (residual connections)."""
+    return _binary(a, b).add(a, b)
+
+
+def mul(a: Array, b: Array) -> Array:
+    """a * b element-wise; a and b of one shape and dtype (dropout's backward)."""
+    return _binary(a, b).mul(a, b)
 
 
 def dropout(x: Array, p: float, seed: int) -> Tuple[Array, Array]:

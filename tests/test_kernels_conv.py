@@ -293,12 +293,13 @@ class TestThreadOrders:
 
 # ---- GPU ---------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def gpu():
+    return _cuda_backend()
+
+
 @pytest.mark.gpu
 class TestCuda:
-    @pytest.fixture(scope="class")
-    def gpu(self):
-        return _cuda_backend()
-
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     @pytest.mark.parametrize("version", [1, 2, 3])
     def test_forward_matches_reference(self, gpu, version, dtype):

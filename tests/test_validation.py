@@ -252,3 +252,13 @@ def test_device_array_under_numpy_names_the_argument_and_both_backends():
             call()
         msg = str(info.value)
         assert msg.startswith(f"{name} ") and "'cuda'" in msg and "'numpy'" in msg
+
+
+def test_add_and_mul_check_shapes_and_dtypes():
+    a = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(F.add(a, a), 2 * a)
+    np.testing.assert_array_equal(F.mul(a, 3 * a), 3 * a)
+    with pytest.raises(ValueError, match="b"):
+        F.add(a, np.ones((3, 2), np.float32))
+    with pytest.raises((TypeError, ValueError), match="dtype"):
+        F.mul(a, np.ones((2, 3), np.float64))

@@ -373,7 +373,7 @@ class Dropout(Module):
         if not self._active:
             return dy
         _need_forward(self, self._mask)
-        return dy * self._mask
+        return F.mul(dy, self._mask)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -428,9 +428,9 @@ class Residual(Module):
     def forward(self, x):
         out = self.body.forward(x)
         skip = x if self.shortcut is None else self.shortcut.forward(x)
-        return out + skip
+        return F.add(out, skip)
 
     def backward(self, dy):
         dx = self.body.backward(dy)
         dskip = dy if self.shortcut is None else self.shortcut.backward(dy)
-        return dx + dskip
+        return F.add(dx, dskip)
