@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
@@ -120,7 +121,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise ValueError(f"{path}: corrupt or truncated gzip data ({exc})") from None
     if len(raw) < 4:
         raise ValueError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
@@ -171,6 +172,8 @@ def _read_pair(directory: Path, prefix: str, num_classes: int) -> Tuple[np.ndarr
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{img_path} holds {images.shape[0]} images but {lbl_path} holds "
                          f"{labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise ValueError(f"{img_path}: holds no images (shape {images.shape}), expected at least one")
     if labels.size and int(labels.max()) >= num_classes:
         raise ValueError(f"{lbl_path}: label {int(labels.max())} out of range [0, {num_classes})")
     return images, labels

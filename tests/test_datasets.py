@@ -78,6 +78,12 @@ def test_read_idx_other_types(tmp_path):
     np.testing.assert_array_equal(out, a)
 
 
+def _corrupt_deflate(gz: bytes) -> bytes:
+    """gzip data whose compressed stream (between the 10-byte header and the 8-byte trailer)
+    has every bit flipped: zlib rejects it (zlib.error, not OSError)."""
+    return gz[:10] + bytes(b ^ 0xFF for b in gz[10:-8]) + gz[-8:]
+
+
 def test_read_idx_errors(tmp_path):
     good = _idx_bytes(np.zeros((2, 3, 3), np.uint8))
     cases = {
@@ -88,6 +94,7 @@ def test_read_idx_errors(tmp_path):
         "extra": (good + b"\x00", "unexpected bytes"),
         "short": (b"\x00", "too short"),
         "gzip": (gzip.compress(good)[:-6], "gzip"),
+        "deflate": (_corrupt_deflate(gzip.compress(good)), "corrupt or truncated gzip"),
     }
     for name, (data, match) in cases.items():
         path = tmp_path / name
@@ -121,6 +128,11 @@ def test_idx_dataset_errors(tmp_path):
         datasets.load_idx_dataset(tmp_path)
     lbl_path.write_bytes(lbl[:-3])
     with pytest.raises(ValueError, match="truncated"):
+        datasets.load_idx_dataset(tmp_path)
+    # an empty test split would make every accuracy a division by zero
+    _write_mnist(tmp_path)
+    files = _write_mnist(tmp_path, n_test=0)
+    with pytest.raises(ValueError, match="holds no images"):
         datasets.load_idx_dataset(tmp_path)
 
 
