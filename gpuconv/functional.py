@@ -12,7 +12,6 @@ the forward function's arguments.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -84,31 +83,10 @@ def _check_bool(name: str, value) -> bool:
     return bool(value)
 
 
-def _check_real(name: str, value, lo: float, hi: float = float("inf"), lo_open: bool = False,
-                hi_open: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
-    v = float(value)
-    below = v <= lo if lo_open else v < lo
-    above = v >= hi if hi_open else v > hi
-    if not np.isfinite(v) or below or above:
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
-    return v
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_x_shape(x_shape) -> Tuple[int, int, int, int]:
     if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
         raise ValueError(f"x_shape must be a 4-tuple (N, C, H, W), got {x_shape!r}")
-    return tuple(_check_int(f"x_shape[{i}]", v, 1) for i, v in enumerate(x_shape))
+    return tuple(geometry.check_int(f"x_shape[{i}]", v, 1) for i, v in enumerate(x_shape))
 
 
 def _check_indices(backend: Backend, indices, y_shape) -> None:
@@ -324,8 +302,8 @@ def dropout(x: Array, p: float, seed: int) -> Tuple[Array, Array]:
     The same (x.shape, p, seed) gives the same mask on a given backend.
     """
     backend = _unary("x", x)
-    p = _check_real("p", p, 0.0, 1.0)
-    seed = _check_int("seed", seed, 0)
+    p = geometry.check_real("p", p, 0.0, 1.0)
+    seed = geometry.check_int("seed", seed, 0)
     return backend.dropout(x, p, seed)
 
 
@@ -403,10 +381,10 @@ def sgd_step(param: Array, grad: Array, buf: Optional[Array] = None, *, lr: floa
     momentum buffer, required when momentum != 0 and initialised from the gradient when
     ``first_step``."""
     backend = get_backend()
-    lr = _check_real("lr", lr, 0.0)
-    momentum = _check_real("momentum", momentum, 0.0)
-    dampening = _check_real("dampening", dampening, 0.0, 1.0)
-    weight_decay = _check_real("weight_decay", weight_decay, 0.0)
+    lr = geometry.check_real("lr", lr, 0.0)
+    momentum = geometry.check_real("momentum", momentum, 0.0)
+    dampening = geometry.check_real("dampening", dampening, 0.0, 1.0)
+    weight_decay = geometry.check_real("weight_decay", weight_decay, 0.0)
     nesterov = _check_bool("nesterov", nesterov)
     first_step = _check_bool("first_step", first_step)
     if nesterov and (momentum <= 0 or dampening != 0):
@@ -426,11 +404,11 @@ def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: f
     """One Adam update of ``param`` in place (PyTorch's rule, L2 weight decay); ``m`` and ``v``
     (param's shape) are the moment estimates, ``step`` counts updates from 1."""
     backend = get_backend()
-    step = _check_int("step", step, 1)
-    lr = _check_real("lr", lr, 0.0)
-    beta1 = _check_real("beta1", beta1, 0.0, 1.0, hi_open=True)
-    beta2 = _check_real("beta2", beta2, 0.0, 1.0, hi_open=True)
-    eps = _check_real("eps", eps, 0.0)
-    weight_decay = _check_real("weight_decay", weight_decay, 0.0)
+    step = geometry.check_int("step", step, 1)
+    lr = geometry.check_real("lr", lr, 0.0)
+    beta1 = geometry.check_real("beta1", beta1, 0.0, 1.0, hi_open=True)
+    beta2 = geometry.check_real("beta2", beta2, 0.0, 1.0, hi_open=True)
+    eps = geometry.check_real("eps", eps, 0.0)
+    weight_decay = geometry.check_real("weight_decay", weight_decay, 0.0)
     _check_state(backend, param, [("grad", grad), ("m", m), ("v", v)])
     backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)

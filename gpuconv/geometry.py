@@ -24,7 +24,9 @@ Padding = Union[int, Tuple[int, int], str]
 INT32_MAX = 2**31 - 1
 
 
-def _as_int(name: str, value, minimum: int) -> int:
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``: Python and NumPy integers pass; bools (NumPy's are not
+    Integral either) and floats do not."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
     value = int(value)
@@ -33,13 +35,28 @@ def _as_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def check_real(name: str, value, lo: float, hi: float = float("inf"), lo_open: bool = False,
+               hi_open: bool = False) -> float:
+    """``value`` as a finite float in the interval from ``lo`` to ``hi`` (closed unless ``*_open``);
+    bools are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    v = float(value)
+    below = v <= lo if lo_open else v < lo
+    above = v >= hi if hi_open else v > hi
+    if not math.isfinite(v) or below or above:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    return v
+
+
 def pair(name: str, value, minimum: int = 1) -> Tuple[int, int]:
     """Normalise an int or a 2-sequence of ints to a pair, validating each element."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        return (_as_int(f"{name}[0]", value[0], minimum), _as_int(f"{name}[1]", value[1], minimum))
-    v = _as_int(name, value, minimum)
+        return (check_int(f"{name}[0]", value[0], minimum), check_int(f"{name}[1]", value[1], minimum))
+    v = check_int(name, value, minimum)
     return (v, v)
 
 
@@ -116,7 +133,7 @@ def conv2d_geometry(x_shape, w_shape, stride: IntPair = 1, padding: Padding = 0,
     """
     N, C, H, W = check_shape("x", x_shape, 4)
     K, Cg, R, S = check_shape("weight", w_shape, 4)
-    groups = _as_int("groups", groups, 1)
+    groups = check_int("groups", groups, 1)
     sh, sw = pair("stride", stride, 1)
     dh, dw = pair("dilation", dilation, 1)
     if min(N, C, H, W) < 1:
@@ -244,4 +261,4 @@ def avg_pool_divisor(g: PoolGeometry, oh: int, ow: int, count_include_pad: bool,
 def check_divisor_override(divisor_override) -> Optional[int]:
     if divisor_override is None:
         return None
-    return _as_int("divisor_override", divisor_override, 1)
+    return check_int("divisor_override", divisor_override, 1)
