@@ -3,7 +3,7 @@
 
 An optimizer holds the model's :class:`~gpuconv.nn.Parameter` records (``model.parameters()``),
 so it keeps working after ``model.to(...)``; its state buffers follow the parameters to the
-current backend on the next ``step()``. Parameters whose ``grad`` is None are skipped.
+current backend and to their dtype on the next ``step()``. Parameters whose ``grad`` is None are skipped.
 
 ``state_dict()`` is a flat mapping of names to host NumPy arrays (storable in an ``.npz`` without
 pickling): ``"optimizer"`` (the class name), ``"hyper.<name>"`` (hyper-parameters) and
@@ -12,7 +12,6 @@ pickling): ``"optimizer"`` (the class name), ``"hyper.<name>"`` (hyper-parameter
 """
 from __future__ import annotations
 
-import numbers
 from collections import OrderedDict
 from typing import Dict, Iterable, Mapping, Tuple
 
@@ -20,21 +19,12 @@ import numpy as np
 
 from . import functional as F
 from .backends import get_backend
+from .geometry import check_real
 from .nn.module import Parameter, to_host
 
 __all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZER_NAMES"]
 
 OPTIMIZER_NAMES = ("sgd", "adam")
-
-
-def _real(name: str, value, lo: float, hi: float = float("inf"), hi_open: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
-    v = float(value)
-    if not (lo <= v and (v < hi if hi_open else v <= hi)):
-        bracket = ")" if hi_open else "]"
-        raise ValueError(f"{name} must lie in [{lo}, {hi}{bracket}, got {value!r}")
-    return v
 
 
 class Optimizer:
@@ -78,8 +68,8 @@ class Optimizer:
                 continue
             st = self.state[i]
             for key, value in st.items():
-                if key != "step" and not backend.is_array(value):
-                    st[key] = backend.asarray(np.ascontiguousarray(to_host(value)))
+                if key != "step" and not (backend.is_array(value) and value.dtype == p.dtype):
+                    st[key] = backend.asarray(np.ascontiguousarray(to_host(value), dtype=p.dtype))
             self._update(backend, p, st)
 
     def _update(self, backend, p: Parameter, st: dict) -> None:
@@ -183,10 +173,10 @@ class SGD(Optimizer):
                              weight_decay=weight_decay, nesterov=float(nesterov)))
 
     def _validate_hyper(self, values: Mapping[str, float]) -> Dict[str, float]:
-        out = dict(lr=_real("lr", values["lr"], 0.0),
-                   momentum=_real("momentum", values["momentum"], 0.0),
-                   dampening=_real("dampening", values["dampening"], 0.0, 1.0),
-                   weight_decay=_real("weight_decay", values["weight_decay"], 0.0),
+        out = dict(lr=check_real("lr", values["lr"], 0.0),
+                   momentum=check_real("momentum", values["momentum"], 0.0),
+                   dampening=check_real("dampening", values["dampening"], 0.0, 1.0),
+                   weight_decay=check_real("weight_decay", values["weight_decay"], 0.0),
                    nesterov=float(values["nesterov"]))
         if out["nesterov"] not in (0.0, 1.0):
             raise ValueError(f"nesterov must be a bool, got {values['nesterov']!r}")
@@ -230,11 +220,11 @@ class Adam(Optimizer):
         self._set_hyper(dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay))
 
     def _validate_hyper(self, values: Mapping[str, float]) -> Dict[str, float]:
-        return dict(lr=_real("lr", values["lr"], 0.0),
-                    beta1=_real("betas[0]", values["beta1"], 0.0, 1.0, hi_open=True),
-                    beta2=_real("betas[1]", values["beta2"], 0.0, 1.0, hi_open=True),
-                    eps=_real("eps", values["eps"], 0.0),
-                    weight_decay=_real("weight_decay", values["weight_decay"], 0.0))
+        return dict(lr=check_real("lr", values["lr"], 0.0),
+                    beta1=check_real("betas[0]", values["beta1"], 0.0, 1.0, hi_open=True),
+                    beta2=check_real("betas[1]", values["beta2"], 0.0, 1.0, hi_open=True),
+                    eps=check_real("eps", values["eps"], 0.0),
+                    weight_decay=check_real("weight_decay", values["weight_decay"], 0.0))
 
     def _set_hyper(self, values: Mapping[str, float]) -> None:
         v = self._validate_hyper(values)

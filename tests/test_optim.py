@@ -115,6 +115,8 @@ def test_state_dict_validation():
 
 @pytest.mark.parametrize("make, match", [
     (lambda ps: optim.SGD(ps, lr=-1), "lr"),
+    (lambda ps: optim.SGD(ps, lr=float("inf")), "lr"),
+    (lambda ps: optim.Adam(ps, lr=float("nan")), "lr"),
     (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.5), "momentum"),
     (lambda ps: optim.SGD(ps, lr=0.1, dampening=2), "dampening"),
     (lambda ps: optim.SGD(ps, lr=0.1, nesterov=True), "nesterov"),
@@ -128,6 +130,25 @@ def test_bad_hyper_parameters_are_refused(make, match):
     ps = _params(np.random.default_rng(4), [(2,)])
     with pytest.raises(ValueError, match=match):
         make(ps)
+
+
+def test_state_follows_the_parameters_dtype_after_model_to():
+    lin = nn.Linear(3, 2, rng=0)
+    opt = optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(6)
+    grads = [rng.standard_normal(p.shape) for p in opt.params]
+    for p, g in zip(opt.params, grads):
+        p.grad = g.astype(np.float32)
+    opt.step()
+    lin.to(dtype=np.float64)
+    for p, g in zip(opt.params, grads):
+        p.grad = 2 * g
+    opt.step()
+    for st, g in zip(opt.state, grads):
+        buf = st["momentum_buffer"]
+        assert buf.dtype == np.float64
+        # b1 = g (first step, float32), b2 = 0.9 * b1 + 2 g
+        np.testing.assert_allclose(buf, 0.9 * g.astype(np.float32).astype(np.float64) + 2 * g, rtol=1e-12)
 
 
 def test_non_parameters_are_refused():
