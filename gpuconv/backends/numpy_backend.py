@@ -20,6 +20,7 @@ batch chunks small enough to stay in cache:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, List, Optional, Tuple
@@ -501,5 +502,5 @@ class NumpyBackend(Backend):
         v += (1 - beta2) * (g * g)
         bc1 = 1 - beta1 ** step
         bc2 = 1 - beta2 ** step
-        denom = np.sqrt(v) / np.sqrt(bc2) + eps
+        denom = np.sqrt(v) / math.sqrt(bc2) + eps  # a Python float keeps float32 arrays float32
         param -= (lr / bc1) * (m / denom)
