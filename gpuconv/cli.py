@@ -3,7 +3,8 @@
 Each subcommand module exposes ``add_parser(subparsers)``, which sets ``func`` (``args -> int``).
 ``check`` and ``bench`` are optional: the command works without them.
 
-Bad input (ValueError, TypeError, a missing file, an unavailable backend) prints
+Bad input (ValueError, TypeError, a missing file, an unavailable backend, a learning rate that makes
+training diverge) prints
 ``gpuconv: error: ...`` and exits with status 2, without a traceback; set ``GPUCONV_DEBUG=1``
 to see the traceback.
 """
@@ -58,7 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, BackendUnavailable) as exc:
+    except (ValueError, TypeError, FileNotFoundError, BackendUnavailable, FloatingPointError) as exc:
         if os.environ.get("GPUCONV_DEBUG"):
             raise
         sys.stdout.flush()

@@ -79,6 +79,8 @@ def test_training_loss_falls_with_sgd_on_idx_data(tmp_path, capsys):
     (["train", "--data", "/nonexistent/dir", "--backend", "numpy"], "does not exist"),
     (["train", "--json", "/nonexistent/dir/m.json"], "--json: directory"),
     (["train", "--model", "vgg"], "invalid choice"),
+    (["train", "--backend", "numpy", "--epochs", "1", "--optimizer", "sgd", "--lr", "1e9", "--quiet"],
+     "training diverged at epoch 1"),
     (["train", "--epochs", "two"], "invalid int value"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
