@@ -1,7 +1,7 @@
 """Layers: convolution, pooling, activations, dense, dropout and containers.
 
-Every layer computes through ``gpuconv.functional`` (plus reshapes and the element-wise ``+``/``*``
-of the residual sum and the dropout mask, which every backend's array type provides), so one
+Every layer computes through ``gpuconv.functional`` (plus reshapes, which every backend's array
+type provides; the residual sum and the dropout mask go through ``functional.add``/``mul``), so one
 model runs unchanged on the numpy, emulator and cuda backends. Gradient rule (see
 ``module.py``): ``backward(dy)`` returns the input gradient and *sets* each parameter's ``grad``.
 
@@ -17,7 +17,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from .. import functional as F
-from ..geometry import pair
+from ..geometry import check_int, pair
 from . import init as initializers
 from .module import Module
 
@@ -46,11 +46,7 @@ def _init_weight(shape, init: str, rng, dtype) -> np.ndarray:
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+    return check_int(name, value, 1)
 
 
 def _need_forward(layer: Module, cache) -> None:
