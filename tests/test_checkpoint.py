@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -133,3 +134,14 @@ def test_failed_write_leaves_no_partial_file_and_old_checkpoint_intact(tmp_path,
     with pytest.raises(TypeError, match="JSON"):
         nn.save_checkpoint(tmp_path / "x.npz", model, meta={"bad": object()})
     assert sorted(os.listdir(tmp_path)) == ["ckpt.npz"]
+
+
+def test_checkpoint_file_gets_the_umask_permissions_of_a_regular_file(tmp_path):
+    model = nn.Sequential(nn.Linear(2, 2, rng=0))
+    old = os.umask(0o022)
+    try:
+        nn.save_checkpoint(tmp_path / "m.npz", model)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "m.npz").st_mode) == 0o644
+    assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from typing import Any, Dict, Optional
 
@@ -39,7 +39,10 @@ def save_checkpoint(path: os.PathLike[str] | str, model: Module, optimizer=None,
         arrays.update((f"optimizer/{k}", v) for k, v in optimizer.state_dict().items())
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    # os.open applies the umask to 0o666, so the checkpoint gets a regular file's permissions
+    # (tempfile.mkstemp would leave it readable by its owner only).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
