@@ -136,6 +136,9 @@ def _capture(step: _GpuconvStep, timer, repeat: int) -> Dict[str, Any]:
     """Capture ``step`` in a CUDA graph, verify one replay against an eager step, time replays."""
     import cupy
     stream = cupy.cuda.Stream(non_blocking=True)
+    # A non-blocking stream does not wait for the legacy default stream, where the model was
+    # copied to the device and its first step ran: finish that work before touching its arrays.
+    cupy.cuda.Device().synchronize()
     with stream:
         step()                      # warm the stream's memory pool so capture allocates nothing new
     stream.synchronize()
@@ -154,6 +157,16 @@ def _capture(step: _GpuconvStep, timer, repeat: int) -> Dict[str, Any]:
                 graph = None
     if graph is None or reason:
         return {"status": "capture-failed", "note": reason or "capture returned no graph"}
+    try:
+        return _verify_and_time(step, graph, stream, timer, repeat)
+    except Exception as exc:  # a replay that cannot run is this row's failure, not the whole run's
+        return {"status": "failed", "note": f"graph replay failed: {type(exc).__name__}: {exc}"}
+
+
+def _verify_and_time(step: _GpuconvStep, graph, stream, timer, repeat: int) -> Dict[str, Any]:
+    """Replay ``graph`` once from the current state, compare with an eager step from the same
+    state, then time back-to-back replays on ``stream``."""
+    import cupy
     start = step.state()
     graph.launch(stream)
     stream.synchronize()

@@ -208,11 +208,11 @@ class _FakeCupy:
     """Just enough of CuPy's API for the timers and the CUDA-graph capture: events report a fixed
     elapsed time, streams record whether they capture, a graph replays a given function."""
 
-    def __init__(self, elapsed_ms=0.25, replay=None, capture_error=None):
+    def __init__(self, elapsed_ms=0.25, replay=None, capture_error=None, launch_error=None):
         import types
         fake = self
         self.calls = []
-        self.replay, self.capture_error = replay, capture_error
+        self.replay, self.capture_error, self.launch_error = replay, capture_error, launch_error
 
         class Event:
             def record(self, stream=None):
@@ -224,6 +224,8 @@ class _FakeCupy:
         class Graph:
             def launch(self, stream=None):
                 fake.calls.append("graph")
+                if fake.launch_error:
+                    raise fake.launch_error
                 fake.replay()
 
         class Stream:
@@ -236,6 +238,7 @@ class _FakeCupy:
                 pass
 
             def __enter__(self):
+                fake.calls.append("enter stream")
                 return self
 
             def __exit__(self, *exc):
@@ -254,7 +257,7 @@ class _FakeCupy:
             attributes = {"L2CacheSize": 50 * 2**20, "ClockRate": 1_980_000}
 
             def synchronize(self):
-                pass
+                fake.calls.append("device sync")
 
         class Buffer:
             def fill(self, value):
@@ -327,3 +330,24 @@ def test_failed_capture_is_reported_with_its_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(capture_error=error))
     info = bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
     assert info["status"] == "capture-failed" and "not permitted" in info["note"]
+
+
+def test_capture_waits_for_the_default_stream_before_using_its_own(monkeypatch):
+    """The capture stream is non-blocking: work queued on the legacy default stream (the model's
+    copies, its first step) must be finished before the warm-up step runs on it."""
+    import sys
+    step = _numpy_lenet_step()
+    fake = _FakeCupy(replay=step)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    assert "device sync" in fake.calls
+    assert fake.calls.index("device sync") < fake.calls.index("enter stream")
+
+
+def test_graph_that_cannot_be_replayed_is_a_failed_row_not_an_exception(monkeypatch):
+    import sys
+    step = _numpy_lenet_step()
+    error = RuntimeError("cudaErrorInvalidValue: invalid argument")
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(replay=step, launch_error=error))
+    info = bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    assert info["status"] == "failed" and "invalid argument" in info["note"]
