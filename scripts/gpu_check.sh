@@ -20,8 +20,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 
-# Stage limits in seconds: together under 8 minutes on an H100, install included.
-T_INSTALL=60 T_INFO=30 T_PYTEST=110 T_CHECK=75 T_BENCH=150 T_STEP=50
+# Stage limits in seconds: together under 8 minutes on an H100, install, the 5 s grace of each
+# `timeout --kill-after` and the summary included.
+T_INSTALL=40 T_INFO=25 T_PYTEST=100 T_CHECK=75 T_BENCH=150 T_STEP=50
 
 GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -c 'A-Za-z0-9._\n-' '-' | sed 's/-*$//')"
 OUT="${1:-benchmarks/results/${GPU_NAME:-no-gpu}-$(date -u +%Y%m%d-%H%M)}"
@@ -40,7 +41,7 @@ run_stage() {
     t0=$(date +%s)
     say ""
     say "=== $name (limit ${limit}s): $*"
-    timeout --kill-after=10 "$limit" "$@" >> "$outfile" 2>&1
+    timeout --kill-after=5 "$limit" "$@" >> "$outfile" 2>&1
     rc=$?
     if [ "$outfile" != "$LOG" ]; then cat "$outfile" >> "$LOG"; fi
     case $rc in
@@ -96,8 +97,16 @@ export PY TMP
 run_stage check "$T_CHECK" "$LOG" bash -c check_all
 
 # -- bench ------------------------------------------------------------------------------------------
+# The chart needs matplotlib, which a GPU machine may lack: without it the stage would fail after
+# its measurements were written, so the chart is asked for only where matplotlib imports.
+PLOT=()
+if "$PY" -c "import matplotlib" >/dev/null 2>&1; then
+    PLOT=(--plot "$OUT/bench.png")
+else
+    say "matplotlib is not installed: no bench.png"
+fi
 run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv.bench --suite small-cnn --ops conv,pool --backend cuda \
-    --versions all --baseline torch,torch-tf32,cupy-gemm --json "$OUT/bench.json" --plot "$OUT/bench.png"
+    --versions all --baseline torch,torch-tf32,cupy-gemm --json "$OUT/bench.json" ${PLOT[@]+"${PLOT[@]}"}
 run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv.bench --ops step --backend cuda \
     --baseline torch,torch-tf32 --repeat 20 --json "$OUT/step.json"
 
