@@ -79,6 +79,7 @@ class KernelBackend(Backend):
         self._modules: Dict[str, Any] = {}
         self._functions: Dict[Tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._defaults = self.default_versions()  # read once: version() runs on every op call
         self._overrides = [self._check_versions(versions or {})]
 
     # ---- arrays -------------------------------------------------------------------------
@@ -201,10 +202,9 @@ class KernelBackend(Backend):
         for layer in reversed(self._overrides):
             if op in layer:
                 return layer[op]
-        defaults = self.default_versions()
-        if op not in defaults:
-            raise ValueError(f"unknown op {op!r}; known ops: {', '.join(sorted(defaults))}")
-        return defaults[op]
+        if op not in self._defaults:
+            raise ValueError(f"unknown op {op!r}; known ops: {', '.join(sorted(self._defaults))}")
+        return self._defaults[op]
 
     @contextlib.contextmanager
     def use_versions(self, versions: Dict[str, int]) -> Iterator[KernelBackend]:

@@ -33,14 +33,24 @@ FAMILIES: Dict[str, str] = {
 MAX_GRID_STRIDE_BLOCKS = 65535
 
 
+_modules: Dict[str, ModuleType] = {}
+
+
 def family(name: str) -> ModuleType:
-    """The launch module of family ``name`` (imported on first use)."""
+    """The launch module of family ``name`` (imported and checked on first use, then cached).
+
+    Every op call goes through here, so the cached path is a single dict lookup.
+    """
+    mod = _modules.get(name)
+    if mod is not None:
+        return mod
     if name not in FAMILIES:
         raise ValueError(f"kernel family must be one of {sorted(FAMILIES)}, got {name!r}")
     mod = importlib.import_module(f".{name}", __name__)
     if getattr(mod, "FILE", None) != FAMILIES[name]:
         raise RuntimeError(f"launch module {name} declares FILE={getattr(mod, 'FILE', None)!r}, "
                            f"expected {FAMILIES[name]!r}")
+    _modules[name] = mod
     return mod
 
 
