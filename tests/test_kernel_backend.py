@@ -135,6 +135,17 @@ def test_sizes_overflowing_int32_are_refused_before_any_copy(emu):
     assert launch.check_elements("x", INT32_MAX) == INT32_MAX
 
 
+def test_linear_refuses_int32_overflow_before_a_contiguous_copy(monkeypatch):
+    be = KernelBackend(EmulatorExecutor())
+    monkeypatch.setattr(be, "contiguous", lambda a: pytest.fail("contiguous copy before the size check"))
+    huge = np.broadcast_to(np.zeros(1, np.float32), (2**16, 2**15))  # 2^31 elements, no memory
+    w = np.zeros((4, 2**15), np.float32)
+    with pytest.raises(ValueError, match="int32"):
+        be.linear(huge, w, None)
+    with pytest.raises(ValueError, match="int32"):
+        be.linear_backward(np.zeros((2**16, 4), np.float32), huge, w)
+
+
 def test_grid_stride_grid_is_capped():
     grid, block = launch.grid_1d(INT32_MAX, 256)
     assert grid[0] == launch.MAX_GRID_STRIDE_BLOCKS and grid[0] * block[0] < 2**31

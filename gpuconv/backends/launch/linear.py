@@ -24,14 +24,19 @@ NAME_EXPRESSIONS = tuple(f"{k}_v1<{t}>" for k in ("gemm", "bias_add_rows", "colu
 TILE = 16  # GC_GEMM_TILE in linear.cu
 
 
+def _check_sizes(**sizes: int) -> None:
+    """Refuse int32-overflowing operands before any contiguous copy is made."""
+    for name, n in sizes.items():
+        check_elements(name, n)
+
+
 def _matmul(be, a, a_strides: Tuple[int, int], b, b_strides: Tuple[int, int], M: int, N: int, K: int,
             bias=None):
     """C (M, N) = A (M, K) @ B (K, N) (+ bias), A/B given as contiguous buffers plus element strides.
 
     ``a_strides`` = (stride of m, stride of k) into ``a``; ``b_strides`` = (stride of k, stride of n).
     """
-    for name, n in (("A", M * K), ("B", K * N), ("C", M * N)):
-        check_elements(name, n)
+    _check_sizes(A=M * K, B=K * N, C=M * N)
     dt = a.dtype
     if be.version("linear_gemm") == 2:
         view = be.xp.lib.stride_tricks.as_strided
@@ -59,6 +64,7 @@ def forward(be, x, weight, bias: Optional[object]):
         raise ValueError(f"linear: x must be (N, I) and weight (O, I), got {x.shape} and {weight.shape}")
     n, n_in = x.shape
     n_out = weight.shape[0]
+    _check_sizes(x=x.size, weight=weight.size, y=n * n_out)
     x, weight = be.contiguous(x), be.contiguous(weight)
     if bias is not None:
         if bias.shape != (n_out,):
@@ -74,6 +80,7 @@ def backward(be, dy, x, weight, need_db: bool = True):
     n_out = weight.shape[0]
     if dy.shape != (n, n_out):
         raise ValueError(f"linear_backward: dy must have shape {(n, n_out)}, got {dy.shape}")
+    _check_sizes(dy=dy.size, x=x.size, weight=weight.size)
     dy, x, weight = be.contiguous(dy), be.contiguous(x), be.contiguous(weight)
     dx = _matmul(be, dy, (n_out, 1), weight, (n_in, 1), n, n_in, n_out)      # dy @ weight
     dw = _matmul(be, dy, (1, n_out), x, (n_in, 1), n_out, n_in, n)           # dy^T @ x
