@@ -186,7 +186,7 @@ struct ConvTile {
     static constexpr int THREADS = GC_CONV_THREADS;
     static constexpr int BM = 4096 / BN;             // rows of the output tile
     static constexpr int BK = 64 / (int)sizeof(T);   // reduction step: 16 floats, 8 doubles
-    static constexpr int PAD = 4;                    // keeps rows 16-byte aligned, spreads banks
+    static constexpr int PAD = 4;                    // rows stay gc_vec4-aligned; spreads banks
     static constexpr int TM = BM / 4;                // threads along the rows
 };
 
@@ -248,8 +248,8 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     constexpr int A_STEP = NT / BM;                       // reduction rows one pass of loaders covers
     constexpr int A_PER = BK / A_STEP;                    // A elements per thread and step
     constexpr int B_PER = (BN * BK + NT - 1) / NT;        // B elements per thread and step
-    alignas(16) __shared__ T As[2][BK][BM + Tl::PAD];
-    alignas(16) __shared__ T Bs[2][BK][BN + Tl::PAD];
+    alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
+    alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
 
     const int Cg = C / groups, Kg = K / groups;
@@ -362,7 +362,7 @@ conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                   int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
                   int groups) {
     constexpr int KB = GC_CONV_V3_KB, CH = GC_CONV_V3_CHUNK, NT = GC_CONV_THREADS;
-    alignas(16) __shared__ T Ws[CH][KB];
+    alignas(gc_vec4<T>) __shared__ T Ws[CH][KB];
 
     const int Cg = C / groups, Kg = K / groups;
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
@@ -482,8 +482,8 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
     constexpr int A_STEP = NT / BM;
     constexpr int A_PER = BK / A_STEP;
     constexpr int B_PER = (BN * BK + NT - 1) / NT;
-    alignas(16) __shared__ T As[2][BK][BM + Tl::PAD];
-    alignas(16) __shared__ T Bs[2][BK][BN + Tl::PAD];
+    alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
+    alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
 
     const int Cg = C / groups, Kg = K / groups;
@@ -614,8 +614,8 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
     constexpr int B_STEP = NT / BN;                  // reduction rows one pass of x loaders covers
     constexpr int B_PER = BK / B_STEP;
     static_assert(Tl::BM == BM, "tile rows");
-    alignas(16) __shared__ T As[2][BK][BM + Tl::PAD];
-    alignas(16) __shared__ T Bs[2][BK][BN + Tl::PAD];
+    alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
+    alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
 
     const int Cg = C / groups, Kg = K / groups;
