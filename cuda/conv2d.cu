@@ -656,9 +656,12 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
         // b = x offset n*C*HW + h0*W + w0, c = h0, d = w0 (window origin).
         auto fill_table = [&](int buf, int step) {
             if (t < BK) {
-                const int m = m_begin + step * BK + t;
+                // Compared as an offset into the chunk: m_begin + step * BK + t itself can pass
+                // 2^31 - 1 in the last step when N*P*Q is within BK of it.
+                const int rel = step * BK + t;
                 ConvIdx e;
-                if (m < m_end) {
+                if (rel < m_end - m_begin) {
+                    const int m = m_begin + rel;
                     const int n = m / PQ, pq = m - n * PQ;
                     const int p = pq / Q, q = pq - p * Q;
                     e.c = p * stride_h - pad_h;
@@ -753,9 +756,10 @@ conv2d_backward_bias_v2(const T* __restrict__ dy, T* __restrict__ partial, int N
     const int step_n = NT / PQ, step_pq = NT - step_n * PQ;
     for (int k = blockIdx.y; k < K; k += gridDim.y) {
         T s = T(0);
-        int i = begin + t;
-        int n = i / PQ, pq = i - n * PQ;
-        for (; i < end; i += NT) {
+        // Unsigned: i + NT cannot overflow when N*P*Q is within NT of 2^31 - 1 (K == 1).
+        unsigned i = begin + t;
+        int n = (int)i / PQ, pq = (int)i - n * PQ;
+        for (; i < (unsigned)end; i += NT) {
             s += dy[(n * K + k) * PQ + pq];
             n += step_n;
             pq += step_pq;
