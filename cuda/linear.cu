@@ -5,7 +5,8 @@
 // gemm_v1: C[m, n] = sum_k A(m, k) * B(k, n) (+ bias[n] when has_bias), M x N output,
 //   A(m, k) = A[m * a_sm + k * a_sk],  B(k, n) = B[k * b_sk + n * b_sn],  C row-major (ldc = N).
 //   16 x 16 thread blocks, 16 x 16 tiles of A and B staged in shared memory; each thread owns one
-//   C element and sums k in increasing order (deterministic).
+//   C element and sums k in increasing order (deterministic). Row tiles run along grid.x (limit
+//   2^31 - 1) so that a large batch M does not meet grid.y's limit of 65535 tiles.
 // Versions (op "linear_gemm"): v1 is this kernel; v2 is the array library's matmul (cuBLAS through
 // CuPy on a GPU, NumPy on the CPU) followed by bias_add_rows_v1. Default: v2 — cuBLAS is far
 // faster than a simple tiled kernel at every size, and the hand-written v1 exists to keep a
@@ -24,8 +25,8 @@ __global__ void gemm_v1(const T* __restrict__ A, const T* __restrict__ B, const 
     __shared__ T As[GC_GEMM_TILE][GC_GEMM_TILE];
     __shared__ T Bs[GC_GEMM_TILE][GC_GEMM_TILE + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const int m = blockIdx.y * GC_GEMM_TILE + ty;
-    const int n = blockIdx.x * GC_GEMM_TILE + tx;
+    const int m = blockIdx.x * GC_GEMM_TILE + ty;
+    const int n = blockIdx.y * GC_GEMM_TILE + tx;
     T acc = T(0);
     for (int k0 = 0; k0 < K; k0 += GC_GEMM_TILE) {
         const int ka = k0 + tx, kb = k0 + ty;

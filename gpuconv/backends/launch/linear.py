@@ -50,7 +50,7 @@ def _matmul(be, a, a_strides: Tuple[int, int], b, b_strides: Tuple[int, int], M:
         return c
     c = be.empty((M, N), dt)
     has_bias = bias is not None
-    grid = (-(-N // TILE), -(-M // TILE), 1)
+    grid = (-(-M // TILE), -(-N // TILE), 1)  # rows (the batch) on grid.x: no 65535-tile limit
     be.launch(be.function(FILE, f"gemm_v1<{ctype(dt)}>"), grid, (TILE, TILE, 1),
               (a, b, bias if has_bias else a, c, np.int32(M), np.int32(N), np.int32(K),
                np.int32(a_strides[0]), np.int32(a_strides[1]), np.int32(b_strides[0]),
