@@ -22,6 +22,9 @@ IntPair = Union[int, Tuple[int, int]]
 Padding = Union[int, Tuple[int, int], str]
 
 INT32_MAX = 2**31 - 1
+# Window coordinates in the conv kernels stay below this (cuda/conv2d.cu marks out-of-range
+# gathers by adding 2^29, which must not wrap int32).
+COORD_LIMIT = 2**29
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -166,6 +169,10 @@ def conv2d_geometry(x_shape, w_shape, stride: IntPair = 1, padding: Padding = 0,
         raise ValueError(
             f"kernel (effective size {rh}x{rw} with dilation {(dh, dw)}) is larger than the padded "
             f"input {H + ph + pb}x{W + pw + pr}")
+    if max(H + ph + pb, W + pw + pr, rh, rw) >= COORD_LIMIT:
+        raise ValueError(
+            f"padded input {H + ph + pb}x{W + pw + pr} or dilated kernel {rh}x{rw} reaches the "
+            f"kernels' coordinate limit {COORD_LIMIT}: reduce padding or dilation")
     g = ConvGeometry(N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, pb, pr, dh, dw, groups)
     for name, shp in (("x", g.x_shape), ("weight", g.w_shape), ("output", g.y_shape)):
         check_int32_offsets(name, shp)

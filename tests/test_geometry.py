@@ -48,6 +48,8 @@ def test_flops_of_lenet_conv1():
     (dict(x_shape=(1, 3, 8, 8), w_shape=(6, 3, 3, 3), padding="full"), "padding must be"),
     (dict(x_shape=(1, 3, 8, 8), w_shape=(6, 3, 3, 3), padding=-1), "padding must be >= 0"),
     (dict(x_shape=(1, 3, 8, 8), w_shape=(6, 3, 3, 3), stride=0), "stride must be >= 1"),
+    (dict(x_shape=(1, 3, 8, 8), w_shape=(6, 3, 3, 3), padding=2**28), "coordinate limit"),
+    (dict(x_shape=(1, 3, 8, 8), w_shape=(6, 3, 3, 3), dilation=2**28, padding="same"), "coordinate limit"),
 ])
 def test_conv_geometry_refuses_bad_arguments(args, match):
     x_shape, w_shape = args.pop("x_shape"), args.pop("w_shape")
