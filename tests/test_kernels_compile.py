@@ -127,14 +127,15 @@ def test_sources_include_no_host_headers():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nvrtc_compiles_every_file_and_name_expression(nvrtc, arch):
-    """Exactly the options the CuPy executor passes, plus the architecture."""
+    """Exactly the options the CuPy executor passes, plus what CuPy itself appends (the
+    architecture and ``-ftz=true``, added unconditionally by ``cupy.cuda.compiler``)."""
     def one(item):
         filename, exprs = item
         path = cuda_dir() / filename
         # PTX for the virtual architecture: the front end is what differs from nvcc; ptxas runs
         # in the nvcc resource-usage test below.
         options = compile_options() + (f"-DGPUCONV_SRC_HASH=0x{source_hash(path)}",
-                                       f"--gpu-architecture=compute_{arch[3:]}")
+                                       f"--gpu-architecture=compute_{arch[3:]}", "-ftz=true")
         return filename, nvrtc.compile(path.read_text(), filename, options, exprs)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
