@@ -28,6 +28,13 @@
 //     v3  direct convolution, one output pixel per thread for 8 output channels at once, the
 //         weights of those channels staged in shared memory (read as broadcasts). For the 1- and
 //         3-channel stems, where the GEMM reduction (C*R*S = 25..27) is shorter than two steps.
+//     v4  the implicit GEMM of v2 on TF32 tensor cores (float only): 128 threads, a 64 x 64 tile,
+//         BK = 16, each warp a 32 x 32 sub-tile of mma.sync m16n8k8 TF32 fragments with fp32
+//         accumulators; operands rounded to TF32 (cvt.rna) when stored to shared memory. Lower
+//         precision (TF32 keeps 10 mantissa bits: about 1e-3 relative), not default, not yet
+//         measured on a GPU. The MMA instruction sits behind #ifndef GPUCONV_EMU; the emulator
+//         runs a shuffle twin with the same fragment layout (gc_mma_tf32_m16n8k8), so the CPU
+//         tests prove the kernel's fragment loads and stores, not the instruction itself.
 //   conv2d_backward_data
 //     v1  one thread per input cell; gathers every (k, r, s) whose window covers it, the output
 //         position (h + pad - r*dil) / stride taken only when the division is exact. No atomics.
@@ -432,6 +439,240 @@ conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 if (k >= Kg) continue;
                 const int kg = g * Kg + k;
                 y[(n * K + kg) * PQ + pq] = has_bias ? acc[j] + bias[kg] : acc[j];
+            }
+        }
+    }
+}
+
+// ============================================================================================
+// TF32 tensor-core helpers (conv2d_forward_v4): operand rounding and one warp-wide m16n8k8 MMA
+// ============================================================================================
+//
+// Fragment layout of mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (PTX ISA, "Matrix
+// fragments for mma.m16n8k8", .tf32 variant), with g = lane >> 2 (groupID) and t = lane % 4
+// (threadID_in_group); (row, col) of the 16x8x8 product D[16][8] = A[16][8] * B[8][8] + C[16][8]:
+//     A (row-major):  a0 = A[g][t]    a1 = A[g+8][t]    a2 = A[g][t+4]    a3 = A[g+8][t+4]
+//     B (column):     b0 = B[t][g]    b1 = B[t+4][g]
+//     C, D:           c0 = C[g][2t]   c1 = C[g][2t+1]   c2 = C[g+8][2t]   c3 = C[g+8][2t+1]
+// All 32 lanes of the warp must call gc_mma_tf32_m16n8k8 together (converged).
+
+// x rounded to TF32 (10 explicit mantissa bits, low 13 bits zero) to nearest, ties away from zero,
+// as cvt.rna.tf32.f32; NaN and infinity are returned unchanged, a value that rounds past the
+// largest TF32 number becomes infinity. Returned as the bits of a float.
+__device__ __forceinline__ unsigned gc_tf32_bits(float x) {
+#ifndef GPUCONV_EMU
+    unsigned u;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+    return u;
+#else
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;  // NaN or infinity
+    return (u + 0x1000u) & 0xffffe000u;               // add half a TF32 ulp to |x|, truncate
+#endif
+}
+
+// d = a * b + d for one m16n8k8 tile (TF32 operands as bits, fp32 accumulation), layout above.
+__device__ __forceinline__ void gc_mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4],
+                                                    const unsigned (&b)[2]) {
+#ifndef GPUCONV_EMU
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    // Portable twin with the same fragment semantics: each lane gathers rows g and g+8 of A and
+    // columns 2t and 2t+1 of B from the lanes that own them, rounds the operands as cvt.rna does,
+    // and adds the eight products to its four accumulators in k order (a product of two TF32
+    // numbers is exact in fp32, so only the additions round).
+    const int lane = threadIdx.x % GC_WARP_SIZE;
+    const int g = lane >> 2, t = lane & 3;
+    float ar[2][8], bc[2][8];  // ar[row g / g+8][k], bc[col 2t / 2t+1][k]
+    auto op = [](unsigned v) { return __uint_as_float(gc_tf32_bits(__uint_as_float(v))); };
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        const int a_src = g * 4 + kk;  // owns A[g][kk], A[g+8][kk], A[g][kk+4], A[g+8][kk+4]
+        ar[0][kk] = op(__shfl_sync(0xffffffffu, a[0], a_src));
+        ar[1][kk] = op(__shfl_sync(0xffffffffu, a[1], a_src));
+        ar[0][kk + 4] = op(__shfl_sync(0xffffffffu, a[2], a_src));
+        ar[1][kk + 4] = op(__shfl_sync(0xffffffffu, a[3], a_src));
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const int b_src = (2 * t + j) * 4 + kk;  // owns B[kk][2t+j], B[kk+4][2t+j]
+            bc[j][kk] = op(__shfl_sync(0xffffffffu, b[0], b_src));
+            bc[j][kk + 4] = op(__shfl_sync(0xffffffffu, b[1], b_src));
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float acc = d[i];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) acc += ar[i >> 1][k] * bc[i & 1][k];
+        d[i] = acc;
+    }
+#endif
+}
+
+// ============================================================================================
+// conv2d_forward_v4: the implicit GEMM of v2 on TF32 tensor cores (float only)
+// ============================================================================================
+//
+// 128 threads (4 warps), a 64 x 64 output tile, reduction step BK = 16 (two k8 MMA steps). Warp w
+// owns the 32 x 32 sub-tile at rows 32 * (w % 2), columns 32 * (w / 2): 2 x 4 m16n8 fragments, 32
+// fp32 accumulators per lane. The shared tiles hold TF32-rounded values (rounded once, when
+// stored), k-major with rows padded to 72: a fragment load reads (k0 + t) * 72 + g + const, which
+// falls in 32 different banks for the 32 lanes. Loading, the index table, double buffering and
+// the epilogue are those of v2.
+
+#define GC_CONV_V4_THREADS 128
+#define GC_CONV_V4_MIN_BLOCKS 4
+
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_V4_THREADS, GC_CONV_V4_MIN_BLOCKS)
+conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                  T* __restrict__ y, int has_bias,
+                  int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                  int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                  int groups) {
+    static_assert(sizeof(T) == 4, "conv2d_forward_v4 is float only (TF32 tensor cores)");
+    constexpr int BM = 64, BN = 64, BK = 16, NT = GC_CONV_V4_THREADS, LD = 64 + 8;
+    constexpr int A_STEP = NT / BM;          // reduction rows one pass of loaders covers
+    constexpr int A_PER = BK / A_STEP;       // A elements per thread and step
+    constexpr int B_PER = BN * BK / NT;      // B elements per thread and step
+    __shared__ float As[2][BK][LD];
+    __shared__ float Bs[2][BK][LD];
+    __shared__ ConvIdx tbl[2][BK];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
+    const int M = N * PQ;
+    const int t = threadIdx.x;
+    const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
+    const int fg = lane >> 2, ft = lane & 3;                 // fragment groupID, threadID_in_group
+    const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);    // the warp's sub-tile in the tile
+    const int m0 = blockIdx.x * BM;
+    const int n_ktiles = (Kg + BN - 1) / BN;
+    const int n_steps = (CRS + BK - 1) / BK;
+
+    // The output row this thread gathers for: its window origin and image base offset.
+    const int am = m0 + t % BM, ak = t / BM;
+    int a_h0 = -GC_CONV_OFF_RANGE, a_w0 = 0, a_base = 0;
+    if (am < M) {
+        const int n = am / PQ, pq = am - n * PQ;
+        const int p = pq / Q, q = pq - p * Q;
+        a_h0 = p * stride_h - pad_h;
+        a_w0 = q * stride_w - pad_w;
+        a_base = n * C * HW + a_h0 * W + a_w0;
+    }
+
+    for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
+        const int g = yb / n_ktiles;
+        const int k0 = (yb - g * n_ktiles) * BN;
+        const T* __restrict__ xg = x + g * Cg * HW;
+        const T* __restrict__ wg = w + g * Kg * CRS;
+        float acc[2][4][4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+            }
+        }
+        float a_reg[A_PER], b_reg[B_PER];
+
+        auto fill_table = [&](int buf, int step) {
+            if (t < BK) tbl[buf][t] = conv_crs_entry(step * BK + t, CRS, RS, S, HW, W, dil_h, dil_w);
+        };
+        auto load_global = [&](int buf, int step) {
+#pragma unroll
+            for (int j = 0; j < A_PER; ++j) {
+                const ConvIdx e = tbl[buf][ak + j * A_STEP];
+                const int h = a_h0 + e.b, ww = a_w0 + e.c;
+                a_reg[j] = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
+                               ? xg[a_base + e.a] : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j) {
+                const int idx = t + j * NT;
+                const int kk = idx % BK, kn = idx / BK;
+                const int red = step * BK + kk, k = k0 + kn;
+                b_reg[j] = (red < CRS && k < Kg) ? wg[k * CRS + red] : 0.0f;
+            }
+        };
+        auto store_shared = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < A_PER; ++j)
+                As[buf][ak + j * A_STEP][t % BM] = __uint_as_float(gc_tf32_bits(a_reg[j]));
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j) {
+                const int idx = t + j * NT;
+                Bs[buf][idx % BK][idx / BK] = __uint_as_float(gc_tf32_bits(b_reg[j]));
+            }
+        };
+        auto multiply = [&](int buf) {
+#pragma unroll
+            for (int k8 = 0; k8 < BK; k8 += 8) {
+                unsigned af[2][4], bf[4][2];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int r = wm + 16 * i + fg;
+                    af[i][0] = __float_as_uint(As[buf][k8 + ft][r]);
+                    af[i][1] = __float_as_uint(As[buf][k8 + ft][r + 8]);
+                    af[i][2] = __float_as_uint(As[buf][k8 + ft + 4][r]);
+                    af[i][3] = __float_as_uint(As[buf][k8 + ft + 4][r + 8]);
+                }
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int c = wn + 8 * j + fg;
+                    bf[j][0] = __float_as_uint(Bs[buf][k8 + ft][c]);
+                    bf[j][1] = __float_as_uint(Bs[buf][k8 + ft + 4][c]);
+                }
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) gc_mma_tf32_m16n8k8(acc[i][j], af[i], bf[j]);
+                }
+            }
+        };
+
+        fill_table(0, 0);
+        __syncthreads();
+        load_global(0, 0);
+        store_shared(0);
+        if (n_steps > 1) fill_table(1, 1);
+        __syncthreads();
+        for (int step = 0; step < n_steps; ++step) {
+            const int cur = step & 1, nxt = cur ^ 1;
+            if (step + 1 < n_steps) load_global(nxt, step + 1);
+            multiply(cur);
+            if (step + 1 < n_steps) {
+                store_shared(nxt);
+                if (step + 2 < n_steps) fill_table(cur, step + 2);
+            }
+            __syncthreads();
+        }
+
+        // Epilogue: accumulator e of fragment (i, j) is row 16i + fg + 8 (e >> 1), column
+        // 8j + 2 ft + (e & 1) of the warp's sub-tile.
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int m = m0 + wm + 16 * i + fg + 8 * half;
+                if (m >= M) continue;
+                const int n = m / PQ, pq = m - n * PQ;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int k = k0 + wn + 8 * j + 2 * ft + e;
+                        if (k >= Kg) continue;
+                        const int kg = g * Kg + k;
+                        const float v = acc[i][j][2 * half + e];
+                        y[(n * K + kg) * PQ + pq] = has_bias ? v + bias[kg] : v;
+                    }
+                }
             }
         }
     }
