@@ -481,7 +481,20 @@ def _gpuconv_candidate(ctx: BenchContext, op: Optional[str], v: Optional[int], c
 
     def check():
         return tuple(_host(ctx.check_be, a) for a in _with_version(ctx.check_be, op, v, chk)())
-    return Candidate("gpuconv", f"v{v}" if v is not None else "default", run, check)
+    return Candidate("gpuconv", f"v{v}" if v is not None else "default", run, check,
+                     math=_version_math(op, v))
+
+
+def _version_math(op: Optional[str], v: Optional[int]) -> str:
+    """"tf32" for a kernel version a launch module lists in its PRECISION table, else "fp32"."""
+    if op is None or v is None:
+        return "fp32"
+    from .backends import launch
+    for mod in launch.all_families():
+        math_kind = getattr(mod, "PRECISION", {}).get((op, v))
+        if math_kind:
+            return math_kind
+    return "fp32"
 
 
 def _torch_candidate(T: _Torch, name: str, calls) -> Candidate:

@@ -2,19 +2,25 @@
 reference, on the CPU emulator and (marked ``gpu``) through CuPy.
 
 float32 kernels are compared with a float64 reference by max|out - ref| / max|ref| <= 1e-5,
-float64 kernels by <= 1e-12; outputs are NaN-poisoned before each launch, so an element a kernel
-forgets to write fails. Geometries are tiny (the emulator runs about a million CUDA threads per
-second) but cover odd sizes, stride 1-3, dilation 1-2, groups 1/2/3/depthwise, 'same' and
-asymmetric padding, 1x1 kernels, tails smaller than a tile and more channels than one tile.
+float64 kernels by <= 1e-12, TF32 tensor-core versions (launch.conv.PRECISION) by <= 1e-3; outputs
+are NaN-poisoned before each launch, so an element a kernel forgets to write fails. Geometries are
+tiny (the emulator runs about a million CUDA threads per second) but cover odd sizes, stride 1-3,
+dilation 1-2, groups 1/2/3/depthwise, 'same' and asymmetric padding, 1x1 kernels, tails smaller
+than a tile and more channels than one tile. The TF32 MMA instruction, which only a GPU has, runs
+on the emulator as a shuffle twin; TestTf32Twin checks its fragment layout and rounding.
 """
 from __future__ import annotations
 
 import importlib
+import math
+from pathlib import Path
 from typing import List, NamedTuple
 
 import numpy as np
 import pytest
 
+from gpuconv import tolerances
+from gpuconv.backends.launch import conv as conv_launch
 from gpuconv.backends.numpy_backend import NumpyBackend
 from gpuconv.geometry import ConvGeometry, conv2d_geometry
 
@@ -115,9 +121,11 @@ def _rel_error(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(out.astype(np.float64) - ref))) / scale
 
 
-def _check(out: np.ndarray, ref: np.ndarray, dtype, what: str, case: Case) -> None:
+def _check(out: np.ndarray, ref: np.ndarray, dtype, what: str, case: Case, tol: float = 0.0) -> float:
     err = _rel_error(out, ref)
-    assert err <= TOLERANCE[dtype], f"{what} {np.dtype(dtype).name}: rel error {err:.3g} for {case}"
+    tol = tol or TOLERANCE[dtype]
+    assert err <= tol, f"{what} {np.dtype(dtype).name}: rel error {err:.3g} > {tol:g} for {case}"
+    return err
 
 
 # ---- backends ----------------------------------------------------------------------------------
@@ -155,17 +163,26 @@ def _dev(be, a: np.ndarray, dtype):
     return be.asarray(np.ascontiguousarray(a, dtype=dtype))
 
 
-def run_forward(be, version: int, dtype, cases=CASES) -> None:
+def _forward_tolerance(version: int, dtype) -> float:
+    if conv_launch.precision("conv2d_forward", version) == "tf32":
+        return tolerances.TF32_RTOL
+    return TOLERANCE[dtype]
+
+
+def run_forward(be, version: int, dtype, cases=CASES) -> float:
+    """Checks every case; returns the largest relative error seen."""
     from gpuconv.backends.launch import conv
+    tol = _forward_tolerance(version, dtype)
+    worst = 0.0
     for case in cases:
         x, w, b = (_dev(be, a, dtype) for a in (case.x, case.w, case.b))
         y = be.to_numpy(conv.forward(be, x, w, b, case.g, version=version))
-        _check(y, case.y_ref, dtype, f"forward v{version}", case)
+        worst = max(worst, _check(y, case.y_ref, dtype, f"forward v{version}", case, tol))
     case = cases[0]  # no bias
     y = be.to_numpy(conv.forward(be, _dev(be, case.x, dtype), _dev(be, case.w, dtype), None, case.g,
                                  version=version))
     ref = case.y_ref - case.b[None, :, None, None]
-    _check(y, ref, dtype, f"forward v{version} without bias", case)
+    return max(worst, _check(y, ref, dtype, f"forward v{version} without bias", case, tol))
 
 
 def run_backward(be, op: str, version: int, dtype, cases=CASES) -> None:
@@ -202,15 +219,31 @@ def run_determinism(be, dtype, cases) -> None:
 BACKWARD = [(op, v) for op, vs in (("conv2d_backward_data", (1, 2)), ("conv2d_backward_filter", (1, 2)),
                                    ("conv2d_backward_bias", (1, 2))) for v in vs]
 DTYPES = [np.float32, np.float64]
+# (version, dtype) of every forward kernel: float32-only versions (TF32) skip float64.
+FORWARD = [pytest.param(v, dt, id=f"v{v}-{'f32' if dt == np.float32 else 'f64'}")
+           for v in conv_launch.VERSIONS["conv2d_forward"] for dt in DTYPES
+           if dt == np.float32 or ("conv2d_forward", v) not in conv_launch.FLOAT32_ONLY]
+TF32_FORWARD = [v for v in conv_launch.VERSIONS["conv2d_forward"]
+                if conv_launch.precision("conv2d_forward", v) == "tf32"]
 
 
 # ---- emulator ----------------------------------------------------------------------------------
 
 class TestEmulator:
-    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-    @pytest.mark.parametrize("version", [1, 2, 3])
+    @pytest.mark.parametrize("version,dtype", FORWARD)
     def test_forward_matches_reference(self, emu, version, dtype):
-        run_forward(emu, version, dtype)
+        worst = run_forward(emu, version, dtype)
+        if conv_launch.precision("conv2d_forward", version) == "tf32":
+            # The emulated TF32 rounding must show: an FP32 kernel stays below 1e-5 on these cases.
+            assert worst > tolerances.FLOAT32_RTOL, f"v{version}: TF32 error {worst:.3g} not above FP32's"
+
+    @pytest.mark.parametrize("version", TF32_FORWARD)
+    def test_tf32_forward_refuses_float64(self, emu, version):
+        from gpuconv.backends.launch import conv
+        case = CASES[1]
+        with pytest.raises(ValueError, match="float32"):
+            conv.forward(emu, _dev(emu, case.x, np.float64), _dev(emu, case.w, np.float64),
+                         _dev(emu, case.b, np.float64), case.g, version=version)
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     @pytest.mark.parametrize("op,version", BACKWARD)
@@ -272,8 +305,8 @@ class TestThreadOrders:
     """Kernels with shared memory or shuffles give the same result in every thread order."""
 
     @pytest.mark.parametrize("op,version", [("conv2d_forward", 2), ("conv2d_forward", 3),
-                                            ("conv2d_backward_data", 2), ("conv2d_backward_filter", 2),
-                                            ("conv2d_backward_bias", 2)])
+                                            ("conv2d_forward", 4), ("conv2d_backward_data", 2),
+                                            ("conv2d_backward_filter", 2), ("conv2d_backward_bias", 2)])
     def test_orders_agree(self, emu, op, version):
         emulator = importlib.import_module("gpuconv.emulator")
         from gpuconv.backends.launch import conv
@@ -291,6 +324,86 @@ class TestThreadOrders:
             emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
 
 
+# ---- the TF32 MMA twin (GPU-only instruction, portable version on the emulator) -------------------
+
+MMA_KERNELS = Path(__file__).parent / "emu_kernels" / "mma_tf32.cu"
+
+
+def _tf32(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` rounded to TF32 as cvt.rna.tf32.f32 does (nearest, ties away from zero, 10
+    explicit mantissa bits), computed from the definition in float64; NaN and infinity pass through."""
+    with np.errstate(invalid="ignore"):            # signalling NaN bit patterns
+        x64 = np.asarray(x, np.float32).astype(np.float64)
+    out = x64.copy()
+    finite = np.isfinite(x64) & (x64 != 0)
+    mag = np.abs(x64[finite])
+    _, e = np.frexp(mag)                            # mag = m * 2^e, m in [0.5, 1)
+    ulp = np.ldexp(1.0, np.maximum(e - 1, -126) - 10)
+    rounded = np.floor(mag / ulp + 0.5) * ulp       # exact in float64; halfway goes up in magnitude
+    out[finite] = np.sign(x64[finite]) * rounded
+    with np.errstate(over="ignore"):
+        return out.astype(np.float32)               # past the largest TF32 number: infinity
+
+
+def _mma_operands(seed: int):
+    rng = np.random.default_rng(seed)
+    scale = np.ldexp(1.0, rng.integers(-12, 12, size=(3,)))  # different exponents per operand
+    a, b, c = (rng.standard_normal(shape) * s for shape, s in zip(((16, 8), (8, 8), (16, 8)), scale))
+    return a.astype(np.float32), b.astype(np.float32), c.astype(np.float32)
+
+
+def _mma_twin_reference(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """D = TF32(A) TF32(B) + C summed in float32 in k order (each product of TF32 numbers is exact)."""
+    A, B = _tf32(a), _tf32(b)
+    d = c.astype(np.float32).copy()
+    for k in range(8):
+        d = d + np.outer(A[:, k], B[k, :]).astype(np.float32)
+    return d
+
+
+@pytest.fixture(scope="module")
+def mma_module():
+    emulator = importlib.import_module("gpuconv.emulator")
+    return emulator.RawModule(path=str(MMA_KERNELS), options=("-std=c++17",))
+
+
+class TestTf32Twin:
+    def test_reference_rounding_by_hand(self):
+        u = 2.0 ** -10                               # one TF32 ulp at 1
+        x = np.array([1 + u / 2, -(1 + u / 2), 1 + u / 2 - 2.0 ** -23, 1 + 1.5 * u, 3.0,
+                      np.finfo(np.float32).max, np.inf, -np.inf], np.float32)
+        want = np.array([1 + u, -(1 + u), 1, 1 + 2 * u, 3.0, np.inf, np.inf, -np.inf], np.float32)
+        assert np.array_equal(_tf32(x), want)
+        assert np.isnan(_tf32(np.array([np.nan], np.float32)))[0]
+
+    def test_rounding_matches_cvt_rna(self, mma_module):
+        rng = np.random.default_rng(5)
+        bits = rng.integers(0, 2**32, size=4096, dtype=np.uint64).astype(np.uint32)
+        u = 2.0 ** -10
+        x = np.concatenate([bits.view(np.float32),
+                            np.array([1 + u / 2, -(1 + u / 2), 1 + 1.5 * u, np.finfo(np.float32).max,
+                                      np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-40, -3e-39], np.float32)])
+        out = np.full_like(x, 7.0)
+        mma_module.get_function("tf32_round")((math.ceil(x.size / 256),), (256,), (x, out, np.int32(x.size)))
+        want = _tf32(x)
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(out), nan)
+        assert np.array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32))
+        assert not np.array_equal(out[~nan], x[~nan])  # rounding did happen
+
+    @pytest.mark.parametrize("seed", range(6))
+    def test_fragment_layout(self, mma_module, seed):
+        a, b, c = _mma_operands(seed)
+        d = np.full((16, 8), np.nan, np.float32)
+        mma_module.get_function("mma_tf32_tile")((1,), (32,), (a, b, c, d))
+        want = _mma_twin_reference(a, b, c)
+        assert np.array_equal(d.view(np.uint32), want.view(np.uint32)), \
+            f"max |d - ref| = {np.max(np.abs(d - want)):.3g}"
+        # The TF32 product differs from the FP32 one: the operands really were rounded.
+        fp32 = (a.astype(np.float64) @ b.astype(np.float64) + c).astype(np.float32)
+        assert not np.array_equal(d, fp32)
+
+
 # ---- GPU ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -300,10 +413,21 @@ def gpu():
 
 @pytest.mark.gpu
 class TestCuda:
-    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-    @pytest.mark.parametrize("version", [1, 2, 3])
+    @pytest.mark.parametrize("version,dtype", FORWARD)
     def test_forward_matches_reference(self, gpu, version, dtype):
         run_forward(gpu, version, dtype)
+
+    def test_tf32_mma_tile(self, gpu):
+        from gpuconv.backends.kernel_backend import compile_options
+        mod = gpu.executor.load(MMA_KERNELS, compile_options() + (f"-I{MMA_KERNELS.parent}",), ())
+        for seed in range(4):
+            a, b, c = _mma_operands(seed)
+            d = np.full((16, 8), np.nan, np.float32)
+            dev = [gpu.asarray(v) for v in (a, b, c, d)]
+            gpu.launch(mod.get_function("mma_tf32_tile"), (1, 1, 1), (32, 1, 1), tuple(dev))
+            ref = _tf32(a).astype(np.float64) @ _tf32(b).astype(np.float64) + c
+            # The tensor core may add the products in another order than the twin: fp32 roundings only.
+            assert _rel_error(gpu.to_numpy(dev[3]), ref) <= 1e-6, f"seed {seed}"
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     @pytest.mark.parametrize("op,version", BACKWARD)
@@ -321,7 +445,8 @@ class TestCuda:
         cases = [_make_case(conv2d_geometry(xs, ws, 1, pd), rng) for xs, ws, pd in (
             ((8, 1, 28, 28), (6, 1, 5, 5), 2), ((8, 16, 32, 32), (32, 16, 3, 3), 1),
             ((8, 64, 8, 8), (64, 64, 3, 3), 1))]
-        for v in (1, 2, 3):
-            run_forward(gpu, v, dtype, cases)
+        for v in conv_launch.VERSIONS["conv2d_forward"]:
+            if dtype == np.float32 or ("conv2d_forward", v) not in conv_launch.FLOAT32_ONLY:
+                run_forward(gpu, v, dtype, cases)
         for op, v in BACKWARD:
             run_backward(gpu, op, v, dtype, cases)

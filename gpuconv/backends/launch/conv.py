@@ -2,7 +2,9 @@
 
 Ops and versions (see the header of conv2d.cu for what each version changes):
   * ``conv2d_forward``          1 direct, 2 tiled implicit GEMM (default), 3 direct with weights in
-                                shared memory (for 1-3 input channels)
+                                shared memory (for 1-3 input channels), 4 the implicit GEMM on TF32
+                                tensor cores (float32 only; not default, unmeasured, and of lower
+                                precision: TF32 operands give about 1e-3 relative error, see PRECISION)
   * ``conv2d_backward_data``    1 gather per input cell, 2 tiled implicit GEMM (default)
   * ``conv2d_backward_filter``  1 one thread per weight, 2 implicit GEMM with a fixed split of the
                                 N*P*Q reduction and an ordered sum of the partials (default)
@@ -22,7 +24,7 @@ from . import check_elements, ctype, grid_1d
 FILE = "conv2d.cu"
 
 VERSIONS = {
-    "conv2d_forward": (1, 2, 3),
+    "conv2d_forward": (1, 2, 3, 4),
     "conv2d_backward_data": (1, 2),
     "conv2d_backward_filter": (1, 2),
     "conv2d_backward_bias": (1, 2),
@@ -33,6 +35,12 @@ DEFAULT_VERSIONS = {
     "conv2d_backward_filter": 2,
     "conv2d_backward_bias": 2,
 }
+
+# Versions that compute with TF32 operands (10-bit mantissa) instead of FP32: tests and benchmarks
+# hold them to gpuconv.tolerances.TF32_RTOL. Every other version is full precision.
+PRECISION = {("conv2d_forward", 4): "tf32"}
+# Versions that exist for float32 only: float64 inputs are refused with a ValueError.
+FLOAT32_ONLY = {("conv2d_forward", 4)}
 
 _TYPES = ("float", "double")
 TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (tile rows = 4096 / BN)
@@ -46,6 +54,7 @@ NAME_EXPRESSIONS = tuple(
     + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("forward", "backward_data", "backward_filter")
        for t in _TYPES for bn in TILE_WIDTHS]
     + [f"conv2d_forward_v3<{t}>" for t in _TYPES]
+    + ["conv2d_forward_v4<float>"]
     + [f"conv2d_backward_bias_v2<{t}>" for t in _TYPES]
     + [f"conv2d_sum_splits<{t}>" for t in _TYPES])
 
@@ -58,6 +67,8 @@ FILTER_MIN_STEPS = 16
 BIAS_TARGET_BLOCKS = 256
 BIAS_MIN_CHUNK = 2048
 V3_CHANNELS = 8  # output channels per thread of conv2d_forward_v3 (GC_CONV_V3_KB)
+V4_TILE = 64     # rows and columns of the output tile of conv2d_forward_v4
+V4_BLOCK = 128   # threads of conv2d_forward_v4 (GC_CONV_V4_THREADS)
 
 
 def _geometry_args(g: ConvGeometry) -> Tuple[np.int32, ...]:
@@ -80,6 +91,11 @@ def _pick(be, op: str, version: Optional[int]) -> int:
     return v
 
 
+def precision(op: str, version: int) -> str:
+    """"tf32" for versions listed in PRECISION, else "fp32" (full precision of the dtype)."""
+    return PRECISION.get((op, version), "fp32")
+
+
 def _dtype_of(x, w) -> np.dtype:
     if x.dtype != w.dtype:
         raise TypeError(f"conv2d: x and weight must share a dtype, got {x.dtype} and {w.dtype}")
@@ -92,6 +108,9 @@ def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
     v = _pick(be, "conv2d_forward", version)
     dtype = _dtype_of(x, w)
     t = ctype(dtype)
+    if ("conv2d_forward", v) in FLOAT32_ONLY and dtype != np.float32:
+        raise ValueError(f"conv2d_forward v{v} (TF32 tensor cores) needs float32 x and weight, got {dtype}; "
+                         "use version 1, 2 or 3 for float64")
     x, w = be.contiguous(x), be.contiguous(w)
     has_bias = b is not None
     b = be.contiguous(b) if has_bias else w  # any array of the right type when there is no bias
@@ -107,9 +126,12 @@ def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
         bm = TILE_AREA // bn
         grid = (math.ceil(M / bm), min(g.groups * math.ceil(Kg / bn), MAX_GRID_Y), 1)
         be.launch(be.function(FILE, f"conv2d_forward_v2<{t}, {bn}>"), grid, (BLOCK, 1, 1), args)
-    else:
+    elif v == 3:
         grid = (math.ceil(M / BLOCK), min(g.groups * math.ceil(Kg / V3_CHANNELS), MAX_GRID_Y), 1)
         be.launch(be.function(FILE, f"conv2d_forward_v3<{t}>"), grid, (BLOCK, 1, 1), args)
+    else:
+        grid = (math.ceil(M / V4_TILE), min(g.groups * math.ceil(Kg / V4_TILE), MAX_GRID_Y), 1)
+        be.launch(be.function(FILE, "conv2d_forward_v4<float>"), grid, (V4_BLOCK, 1, 1), args)
     return y
 
 
