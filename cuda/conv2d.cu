@@ -18,7 +18,9 @@
 // window displacements once, so the gather needs no division per element. Padding, tails and
 // out-of-range taps are zero-filled by predicates. BN is a template parameter (16, 32, 64) the
 // host picks from the GEMM's column count, so thin layers (K = 16) do not waste 3/4 of a 64-wide
-// tile.
+// tile. The loaders (ConvLoader: one operand gathered through the table's window displacements,
+// the other read through its offsets), the table entries and the double-buffered step loop
+// (conv_gemm_steps) are written once, for these three kernels and for v4.
 //
 // Versions (llm.c dev/cuda style; the host selects with be.version(op)):
 //   conv2d_forward
@@ -197,10 +199,22 @@ struct ConvTile {
     static constexpr int TM = BM / 4;                // threads along the rows
 };
 
-// Entry of the per-step index table: the meaning of the four ints is per kernel.
+// Entry of the per-step index table. a, b, c are read by ConvLoader::gather (offset, window
+// displacements), d by ConvLoader::load_dense (offset, negative: none); each kernel fills them.
 struct alignas(16) ConvIdx {
     int a, b, c, d;
 };
+
+template <typename T>
+__device__ __forceinline__ void conv_zero(T& v) {
+    v = T(0);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void conv_zero(T (&a)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) conv_zero(a[i]);
+}
 
 // acc[i][j] += sum over kk of As[kk][4*tm + i] * Bs[kk][4*tn + j]
 template <typename T, int BK, int LDA, int LDB>
@@ -219,8 +233,20 @@ __device__ __forceinline__ void conv_tile_multiply(const T (*__restrict__ As)[LD
     }
 }
 
-// The (c, r, s) decomposition of reduction index red of a (Cg, R, S) reduction, as an x offset
-// c*H*W + r*dil_h*W + s*dil_w and the window displacements r*dil_h, s*dil_w.
+// An index-table entry that reads zero: its window row -GC_CONV_OFF_RANGE is outside every image,
+// its dense offset -1 is none.
+__device__ __forceinline__ ConvIdx conv_idx_outside() {
+    ConvIdx e;
+    e.a = 0;
+    e.b = -GC_CONV_OFF_RANGE;
+    e.c = 0;
+    e.d = -1;
+    return e;
+}
+
+// The (c, r, s) decomposition of reduction index red of a (Cg, R, S) reduction: a = the x offset
+// c*H*W + r*dil_h*W + s*dil_w, b = r*dil_h, c = s*dil_w (window displacements), d = red (the
+// weight column); -1 when red is past the end.
 __device__ __forceinline__ ConvIdx conv_crs_entry(int red, int CRS, int RS, int S, int HW, int W,
                                                   int dil_h, int dil_w) {
     ConvIdx e;
@@ -230,13 +256,156 @@ __device__ __forceinline__ ConvIdx conv_crs_entry(int red, int CRS, int RS, int 
         e.b = r * dil_h;
         e.c = s * dil_w;
         e.a = c * HW + e.b * W + e.c;
+        e.d = red;
     } else {
-        e.a = 0;
-        e.b = -GC_CONV_OFF_RANGE;
-        e.c = 0;
+        e = conv_idx_outside();
     }
-    e.d = 0;
     return e;
+}
+
+// The window of output row m = (n, p, q) of the forward GEMM when inside, else conv_idx_outside():
+// a = x offset n*C*H*W + h0*W + w0 of its origin, (b, c) = (h0, w0), d = the y offset n*K*P*Q + p*Q + q.
+__device__ __forceinline__ ConvIdx conv_out_window(bool inside, int m, int PQ, int Q, int C, int K, int HW,
+                                                   int W, int stride_h, int stride_w, int pad_h, int pad_w) {
+    ConvIdx e;
+    if (inside) {
+        const int n = m / PQ, pq = m - n * PQ;
+        const int p = pq / Q, q = pq - p * Q;
+        e.b = p * stride_h - pad_h;
+        e.c = q * stride_w - pad_w;
+        e.a = n * C * HW + e.b * W + e.c;
+        e.d = n * K * PQ + pq;
+    } else {
+        e = conv_idx_outside();
+    }
+    return e;
+}
+
+// The identity conversion of ConvLoader::store.
+struct ConvCopy {
+    template <typename T>
+    __device__ __forceinline__ T operator()(T v) const { return v; }
+};
+
+// Global -> register -> shared loaders of one reduction step of BK rows, for NT threads, driven by
+// the step's index table tbl[BK]. The two operand tiles are stored k-major (tile[kk][column]):
+//   gathered (GCOLS columns): thread t owns column t % GCOLS and reduction rows kk = t / GCOLS +
+//       j * G_STEP; element kk is src[base + e.a] (e = tbl[kk]), zero unless the window cell
+//       (h0 + e.b, w0 + e.c) lies in [0, H) x [0, W); init sets base, h0, w0. (Backward-data fills
+//       g with its own gather: dy through the stride-divisibility predicate.)
+//   dense (DCOLS columns): element idx = t + j * NT is reduction row idx % BK of column
+//       idx / BK, src[e.d + (col0 + idx / BK) * ld], zero when e.d < 0 or the column >= ncols.
+template <typename T, int NT, int BK, int GCOLS, int DCOLS>
+struct ConvLoader {
+    static constexpr int G_STEP = NT / GCOLS;                 // rows one pass of the gather covers
+    static constexpr int G_PER = BK / G_STEP;                 // gathered elements per thread
+    static constexpr int D_PER = (DCOLS * BK + NT - 1) / NT;  // dense elements per thread
+    static constexpr bool D_FULL = DCOLS * BK % NT == 0;      // every thread's last one is in the tile
+    static_assert(NT % GCOLS == 0 && BK % G_STEP == 0, "gather layout");
+
+    int t, base, h0, w0;
+    T g[G_PER], d[D_PER];
+
+    __device__ __forceinline__ explicit ConvLoader(int thread)
+        : t(thread), base(0), h0(-GC_CONV_OFF_RANGE), w0(0) {}  // gathers zeros until init
+
+    // Gathered column = the window of an index-table-like entry e (conv_out_window of the forward
+    // GEMM's output row, conv_crs_entry of backward-filter's weight column).
+    __device__ __forceinline__ void init(const ConvIdx& e) {
+        base = e.a;
+        h0 = e.b;
+        w0 = e.c;
+    }
+
+    __device__ __forceinline__ void gather(const ConvIdx* tbl, const T* __restrict__ src, int H, int W) {
+#pragma unroll
+        for (int j = 0; j < G_PER; ++j) {
+            const ConvIdx e = tbl[t / GCOLS + j * G_STEP];
+            const int h = h0 + e.b, ww = w0 + e.c;
+            g[j] = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W) ? src[base + e.a] : T(0);
+        }
+    }
+
+    __device__ __forceinline__ void load_dense(const ConvIdx* tbl, const T* __restrict__ src, int col0,
+                                               int ncols, int ld) {
+#pragma unroll
+        for (int j = 0; j < D_PER; ++j) {
+            const int idx = t + j * NT;
+            const int off = tbl[idx % BK].d, col = col0 + idx / BK;
+            d[j] = ((D_FULL || idx < DCOLS * BK) && off >= 0 && col < ncols) ? src[off + col * ld] : T(0);
+        }
+    }
+
+    // The registers to shared tiles gs[BK][>= GCOLS] and ds[BK][>= DCOLS], each value through cvt.
+    template <int LDG, int LDD, typename Cvt = ConvCopy>
+    __device__ __forceinline__ void store(T (*gs)[LDG], T (*ds)[LDD], Cvt cvt = Cvt()) const {
+#pragma unroll
+        for (int j = 0; j < G_PER; ++j) gs[t / GCOLS + j * G_STEP][t % GCOLS] = cvt(g[j]);
+#pragma unroll
+        for (int j = 0; j < D_PER; ++j) {
+            const int idx = t + j * NT;
+            if (D_FULL || idx < DCOLS * BK) ds[idx % BK][idx / BK] = cvt(d[j]);
+        }
+    }
+};
+
+// The double-buffered main loop of the implicit GEMMs, one barrier per step: the global loads of
+// step s + 1 are in flight while step s is multiplied, then stored to the other buffer, and the
+// index table of step s + 2 is filled into the table buffer step s is done with. Callbacks:
+//   entry(i)     the table entry of index i = step * BK + slot of the reduction
+//   load(buf)    global loads into registers for the step whose table is tbl[buf]
+//   store(buf)   registers to shared buffer buf;   multiply(buf): accumulate shared buffer buf
+template <int BK, typename Entry, typename Load, typename Store, typename Multiply>
+__device__ __forceinline__ void conv_gemm_steps(ConvIdx (*tbl)[BK], int n_steps, Entry entry, Load load,
+                                                Store store, Multiply multiply) {
+    const int t = threadIdx.x;
+    auto fill_table = [&](int buf, int step) {
+        if (t < BK) tbl[buf][t] = entry(step * BK + t);
+    };
+    if (n_steps > 0) {
+        fill_table(0, 0);
+        __syncthreads();
+        load(0);
+        store(0);
+        if (n_steps > 1) fill_table(1, 1);
+        __syncthreads();
+    }
+    for (int step = 0; step < n_steps; ++step) {
+        const int cur = step & 1, nxt = cur ^ 1;
+        if (step + 1 < n_steps) load(nxt);
+        multiply(cur);
+        if (step + 1 < n_steps) {
+            store(nxt);
+            if (step + 2 < n_steps) fill_table(cur, step + 2);
+        }
+        __syncthreads();
+    }
+}
+
+// The step loop of the forward GEMMs (v2, v4) over the (c, r, s) reduction of group x xg and
+// weights wg: A = im2col(x) gathered by ld for its output row, B = the weights of output channels
+// [k0, Kg), k-major; store and multiply as for conv_gemm_steps.
+template <int BK, typename Loader, typename T, typename Store, typename Multiply>
+__device__ __forceinline__ void conv_forward_steps(ConvIdx (*tbl)[BK], Loader& ld, const T* __restrict__ xg,
+                                                   const T* __restrict__ wg, int k0, int Kg, int CRS, int RS,
+                                                   int S, int H, int W, int dil_h, int dil_w, Store store,
+                                                   Multiply multiply) {
+    const int HW = H * W;
+    conv_gemm_steps<BK>(
+        tbl, (CRS + BK - 1) / BK,
+        [&](int red) { return conv_crs_entry(red, CRS, RS, S, HW, W, dil_h, dil_w); },
+        [&](int buf) {
+            ld.gather(tbl[buf], xg, H, W);
+            ld.load_dense(tbl[buf], wg, k0, Kg, CRS);
+        },
+        store, multiply);
+}
+
+// Forward epilogue: y[n][kg][pq] = v, plus bias[kg] when has_bias.
+template <typename T>
+__device__ __forceinline__ void conv_store_y(T* __restrict__ y, const T* __restrict__ bias, int has_bias,
+                                             T v, int n, int pq, int kg, int K, int PQ) {
+    y[(n * K + kg) * PQ + pq] = has_bias ? v + bias[kg] : v;
 }
 
 // ============================================================================================
@@ -251,10 +420,7 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                   int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
                   int groups) {
     using Tl = ConvTile<T, BN>;
-    constexpr int BM = Tl::BM, BK = Tl::BK, NT = Tl::THREADS;
-    constexpr int A_STEP = NT / BM;                       // reduction rows one pass of loaders covers
-    constexpr int A_PER = BK / A_STEP;                    // A elements per thread and step
-    constexpr int B_PER = (BN * BK + NT - 1) / NT;        // B elements per thread and step
+    constexpr int BM = Tl::BM, BK = Tl::BK;
     alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
     alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
@@ -266,18 +432,11 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     const int tm = t % Tl::TM, tn = t / Tl::TM;
     const int m0 = blockIdx.x * BM;
     const int n_ktiles = (Kg + BN - 1) / BN;
-    const int n_steps = (CRS + BK - 1) / BK;
 
-    // The output row this thread gathers for: its window origin and image base offset.
-    const int am = m0 + t % BM, ak = t / BM;
-    int a_h0 = -GC_CONV_OFF_RANGE, a_w0 = 0, a_base = 0;
-    if (am < M) {
-        const int n = am / PQ, pq = am - n * PQ;
-        const int p = pq / Q, q = pq - p * Q;
-        a_h0 = p * stride_h - pad_h;
-        a_w0 = q * stride_w - pad_w;
-        a_base = n * C * HW + a_h0 * W + a_w0;
-    }
+    // A: im2col(x) gathered for output row m0 + t % BM; B: the weights, k-major.
+    const int am = m0 + t % BM;
+    ConvLoader<T, Tl::THREADS, BK, BM, BN> ld(t);
+    ld.init(conv_out_window(am < M, am, PQ, Q, C, K, HW, W, stride_h, stride_w, pad_h, pad_w));
 
     for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
         const int g = yb / n_ktiles;
@@ -285,58 +444,14 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
         const T* __restrict__ xg = x + g * Cg * HW;
         const T* __restrict__ wg = w + g * Kg * CRS;
         T acc[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
-        }
-        T a_reg[A_PER], b_reg[B_PER];
+        conv_zero(acc);
 
-        auto fill_table = [&](int buf, int step) {
-            if (t < BK) tbl[buf][t] = conv_crs_entry(step * BK + t, CRS, RS, S, HW, W, dil_h, dil_w);
-        };
-        auto load_global = [&](int buf, int step) {
-#pragma unroll
-            for (int j = 0; j < A_PER; ++j) {
-                const ConvIdx e = tbl[buf][ak + j * A_STEP];
-                const int h = a_h0 + e.b, ww = a_w0 + e.c;
-                a_reg[j] = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
-                               ? xg[a_base + e.a] : T(0);
-            }
-#pragma unroll
-            for (int j = 0; j < B_PER; ++j) {
-                const int idx = t + j * NT;
-                const int kk = idx % BK, kn = idx / BK;
-                const int red = step * BK + kk, k = k0 + kn;
-                b_reg[j] = (idx < BN * BK && red < CRS && k < Kg) ? wg[k * CRS + red] : T(0);
-            }
-        };
-        auto store_shared = [&](int buf) {
-#pragma unroll
-            for (int j = 0; j < A_PER; ++j) As[buf][ak + j * A_STEP][t % BM] = a_reg[j];
-#pragma unroll
-            for (int j = 0; j < B_PER; ++j) {
-                const int idx = t + j * NT;
-                if (idx < BN * BK) Bs[buf][idx % BK][idx / BK] = b_reg[j];
-            }
-        };
-
-        fill_table(0, 0);
-        __syncthreads();
-        load_global(0, 0);
-        store_shared(0);
-        if (n_steps > 1) fill_table(1, 1);
-        __syncthreads();
-        for (int step = 0; step < n_steps; ++step) {
-            const int cur = step & 1, nxt = cur ^ 1;
-            if (step + 1 < n_steps) load_global(nxt, step + 1);
-            conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[cur], Bs[cur], acc, tm, tn);
-            if (step + 1 < n_steps) {
-                store_shared(nxt);
-                if (step + 2 < n_steps) fill_table(cur, step + 2);
-            }
-            __syncthreads();
-        }
+        conv_forward_steps<BK>(
+            tbl, ld, xg, wg, k0, Kg, CRS, RS, S, H, W, dil_h, dil_w,
+            [&](int buf) { ld.store(As[buf], Bs[buf]); },
+            [&](int buf) {
+                conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
+            });
 
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -346,9 +461,7 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int k = k0 + 4 * tn + j;
-                if (k >= Kg) continue;
-                const int kg = g * Kg + k;
-                y[(n * K + kg) * PQ + pq] = has_bias ? acc[i][j] + bias[kg] : acc[i][j];
+                if (k < Kg) conv_store_y(y, bias, has_bias, acc[i][j], n, pq, g * Kg + k, K, PQ);
             }
         }
     }
@@ -436,9 +549,7 @@ conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 #pragma unroll
             for (int j = 0; j < KB; ++j) {
                 const int k = k0 + j;
-                if (k >= Kg) continue;
-                const int kg = g * Kg + k;
-                y[(n * K + kg) * PQ + pq] = has_bias ? acc[j] + bias[kg] : acc[j];
+                if (k < Kg) conv_store_y(y, bias, has_bias, acc[j], n, pq, g * Kg + k, K, PQ);
             }
         }
     }
@@ -521,8 +632,8 @@ __device__ __forceinline__ void gc_mma_tf32_m16n8k8(float (&d)[4], const unsigne
 // owns the 32 x 32 sub-tile at rows 32 * (w % 2), columns 32 * (w / 2): 2 x 4 m16n8 fragments, 32
 // fp32 accumulators per lane. The shared tiles hold TF32-rounded values (rounded once, when
 // stored), k-major with rows padded to 72: a fragment load reads (k0 + t) * 72 + g + const, which
-// falls in 32 different banks for the 32 lanes. Loading, the index table, double buffering and
-// the epilogue are those of v2.
+// falls in 32 different banks for the 32 lanes. Loading (ConvLoader), the index table, double
+// buffering (conv_gemm_steps) and the epilogue are those of v2.
 
 #define GC_CONV_V4_THREADS 128
 #define GC_CONV_V4_MIN_BLOCKS 4
@@ -535,10 +646,7 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                   int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
                   int groups) {
     static_assert(sizeof(T) == 4, "conv2d_forward_v4 is float only (TF32 tensor cores)");
-    constexpr int BM = 64, BN = 64, BK = 16, NT = GC_CONV_V4_THREADS, LD = 64 + 8;
-    constexpr int A_STEP = NT / BM;          // reduction rows one pass of loaders covers
-    constexpr int A_PER = BK / A_STEP;       // A elements per thread and step
-    constexpr int B_PER = BN * BK / NT;      // B elements per thread and step
+    constexpr int BM = 64, BN = 64, BK = 16, LD = 64 + 8;
     __shared__ float As[2][BK][LD];
     __shared__ float Bs[2][BK][LD];
     __shared__ ConvIdx tbl[2][BK];
@@ -552,18 +660,11 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);    // the warp's sub-tile in the tile
     const int m0 = blockIdx.x * BM;
     const int n_ktiles = (Kg + BN - 1) / BN;
-    const int n_steps = (CRS + BK - 1) / BK;
 
-    // The output row this thread gathers for: its window origin and image base offset.
-    const int am = m0 + t % BM, ak = t / BM;
-    int a_h0 = -GC_CONV_OFF_RANGE, a_w0 = 0, a_base = 0;
-    if (am < M) {
-        const int n = am / PQ, pq = am - n * PQ;
-        const int p = pq / Q, q = pq - p * Q;
-        a_h0 = p * stride_h - pad_h;
-        a_w0 = q * stride_w - pad_w;
-        a_base = n * C * HW + a_h0 * W + a_w0;
-    }
+    const int am = m0 + t % BM;
+    ConvLoader<float, GC_CONV_V4_THREADS, BK, BM, BN> ld(t);
+    ld.init(conv_out_window(am < M, am, PQ, Q, C, K, HW, W, stride_h, stride_w, pad_h, pad_w));
+    const auto tf32 = [](float v) { return __uint_as_float(gc_tf32_bits(v)); };
 
     for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
         const int g = yb / n_ktiles;
@@ -571,45 +672,8 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
         const T* __restrict__ xg = x + g * Cg * HW;
         const T* __restrict__ wg = w + g * Kg * CRS;
         float acc[2][4][4];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-            }
-        }
-        float a_reg[A_PER], b_reg[B_PER];
+        conv_zero(acc);
 
-        auto fill_table = [&](int buf, int step) {
-            if (t < BK) tbl[buf][t] = conv_crs_entry(step * BK + t, CRS, RS, S, HW, W, dil_h, dil_w);
-        };
-        auto load_global = [&](int buf, int step) {
-#pragma unroll
-            for (int j = 0; j < A_PER; ++j) {
-                const ConvIdx e = tbl[buf][ak + j * A_STEP];
-                const int h = a_h0 + e.b, ww = a_w0 + e.c;
-                a_reg[j] = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
-                               ? xg[a_base + e.a] : 0.0f;
-            }
-#pragma unroll
-            for (int j = 0; j < B_PER; ++j) {
-                const int idx = t + j * NT;
-                const int kk = idx % BK, kn = idx / BK;
-                const int red = step * BK + kk, k = k0 + kn;
-                b_reg[j] = (red < CRS && k < Kg) ? wg[k * CRS + red] : 0.0f;
-            }
-        };
-        auto store_shared = [&](int buf) {
-#pragma unroll
-            for (int j = 0; j < A_PER; ++j)
-                As[buf][ak + j * A_STEP][t % BM] = __uint_as_float(gc_tf32_bits(a_reg[j]));
-#pragma unroll
-            for (int j = 0; j < B_PER; ++j) {
-                const int idx = t + j * NT;
-                Bs[buf][idx % BK][idx / BK] = __uint_as_float(gc_tf32_bits(b_reg[j]));
-            }
-        };
         auto multiply = [&](int buf) {
 #pragma unroll
             for (int k8 = 0; k8 < BK; k8 += 8) {
@@ -635,23 +699,8 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 }
             }
         };
-
-        fill_table(0, 0);
-        __syncthreads();
-        load_global(0, 0);
-        store_shared(0);
-        if (n_steps > 1) fill_table(1, 1);
-        __syncthreads();
-        for (int step = 0; step < n_steps; ++step) {
-            const int cur = step & 1, nxt = cur ^ 1;
-            if (step + 1 < n_steps) load_global(nxt, step + 1);
-            multiply(cur);
-            if (step + 1 < n_steps) {
-                store_shared(nxt);
-                if (step + 2 < n_steps) fill_table(cur, step + 2);
-            }
-            __syncthreads();
-        }
+        conv_forward_steps<BK>(tbl, ld, xg, wg, k0, Kg, CRS, RS, S, H, W, dil_h, dil_w,
+                               [&](int buf) { ld.store(As[buf], Bs[buf], tf32); }, multiply);
 
         // Epilogue: accumulator e of fragment (i, j) is row 16i + fg + 8 (e >> 1), column
         // 8j + 2 ft + (e & 1) of the warp's sub-tile.
@@ -668,9 +717,7 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                     for (int e = 0; e < 2; ++e) {
                         const int k = k0 + wn + 8 * j + 2 * ft + e;
                         if (k >= Kg) continue;
-                        const int kg = g * Kg + k;
-                        const float v = acc[i][j][2 * half + e];
-                        y[(n * K + kg) * PQ + pq] = has_bias ? v + bias[kg] : v;
+                        conv_store_y(y, bias, has_bias, acc[i][j][2 * half + e], n, pq, g * Kg + k, K, PQ);
                     }
                 }
             }
@@ -719,10 +766,7 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
                         int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
                         int groups) {
     using Tl = ConvTile<T, BN>;
-    constexpr int BM = Tl::BM, BK = Tl::BK, NT = Tl::THREADS;
-    constexpr int A_STEP = NT / BM;
-    constexpr int A_PER = BK / A_STEP;
-    constexpr int B_PER = (BN * BK + NT - 1) / NT;
+    constexpr int BM = Tl::BM, BK = Tl::BK;
     alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
     alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
@@ -736,7 +780,10 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
     const int n_ctiles = (Cg + BN - 1) / BN;
     const int n_steps = (KRS + BK - 1) / BK;
 
-    // The input cell this thread gathers for, as a position in the padded input.
+    // A: col(dy) gathered here (below) for input cell m0 + t % BM, as a position in the padded
+    // input; B: the weights, k-major.
+    using Loader = ConvLoader<T, Tl::THREADS, BK, BM, BN>;
+    Loader ld(t);
     const bool unit_stride = stride_h == 1 && stride_w == 1;
     const int am = m0 + t % BM, ak = t / BM;
     int a_hp = -GC_CONV_OFF_RANGE, a_wp = 0, a_base = 0;
@@ -754,70 +801,36 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
         const T* __restrict__ dyg = dy + g * Kg * PQ;
         const T* __restrict__ wg = w + g * Kg * CgRS;
         T acc[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
-        }
-        T a_reg[A_PER], b_reg[B_PER];
+        conv_zero(acc);
 
-        auto fill_table = [&](int buf, int step) {
-            if (t < BK) tbl[buf][t] = conv_krs_entry(step * BK + t, KRS, RS, S, PQ, CgRS, dil_h, dil_w);
-        };
-        auto load_global = [&](int buf) {
+        auto load = [&](int buf) {
             if (unit_stride) {
 #pragma unroll
-                for (int j = 0; j < A_PER; ++j) {
-                    const ConvIdx e = tbl[buf][ak + j * A_STEP];
+                for (int j = 0; j < Loader::G_PER; ++j) {
+                    const ConvIdx e = tbl[buf][ak + j * Loader::G_STEP];
                     const int p = a_hp - e.b, q = a_wp - e.c;
-                    a_reg[j] = ((unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q)
-                                   ? dyg[a_base + e.a + p * Q + q] : T(0);
+                    ld.g[j] = ((unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q)
+                                  ? dyg[a_base + e.a + p * Q + q] : T(0);
                 }
             } else {
 #pragma unroll
-                for (int j = 0; j < A_PER; ++j) {
-                    const ConvIdx e = tbl[buf][ak + j * A_STEP];
+                for (int j = 0; j < Loader::G_PER; ++j) {
+                    const ConvIdx e = tbl[buf][ak + j * Loader::G_STEP];
                     int p, q;
                     const bool ok = conv_exact_div(a_hp - e.b, stride_h, P, &p) &&
                                     conv_exact_div(a_wp - e.c, stride_w, Q, &q);
-                    a_reg[j] = ok ? dyg[a_base + e.a + p * Q + q] : T(0);
+                    ld.g[j] = ok ? dyg[a_base + e.a + p * Q + q] : T(0);
                 }
             }
-#pragma unroll
-            for (int j = 0; j < B_PER; ++j) {
-                const int idx = t + j * NT;
-                const int kk = idx % BK, cn = idx / BK;
-                const int c = c0 + cn;
-                const int woff = tbl[buf][kk].d;
-                b_reg[j] = (idx < BN * BK && woff >= 0 && c < Cg) ? wg[woff + c * RS] : T(0);
-            }
+            ld.load_dense(tbl[buf], wg, c0, Cg, RS);
         };
-        auto store_shared = [&](int buf) {
-#pragma unroll
-            for (int j = 0; j < A_PER; ++j) As[buf][ak + j * A_STEP][t % BM] = a_reg[j];
-#pragma unroll
-            for (int j = 0; j < B_PER; ++j) {
-                const int idx = t + j * NT;
-                if (idx < BN * BK) Bs[buf][idx % BK][idx / BK] = b_reg[j];
-            }
-        };
-
-        fill_table(0, 0);
-        __syncthreads();
-        load_global(0);
-        store_shared(0);
-        if (n_steps > 1) fill_table(1, 1);
-        __syncthreads();
-        for (int step = 0; step < n_steps; ++step) {
-            const int cur = step & 1, nxt = cur ^ 1;
-            if (step + 1 < n_steps) load_global(nxt);
-            conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[cur], Bs[cur], acc, tm, tn);
-            if (step + 1 < n_steps) {
-                store_shared(nxt);
-                if (step + 2 < n_steps) fill_table(cur, step + 2);
-            }
-            __syncthreads();
-        }
+        conv_gemm_steps<BK>(
+            tbl, n_steps,
+            [&](int red) { return conv_krs_entry(red, KRS, RS, S, PQ, CgRS, dil_h, dil_w); }, load,
+            [&](int buf) { ld.store(As[buf], Bs[buf]); },
+            [&](int buf) {
+                conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
+            });
 
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -850,10 +863,7 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
     // Tile: BM_ROWS output channels x BN reduction columns; ConvTile is indexed by its columns.
     constexpr int BN = 4096 / BM_ROWS;
     using Tl = ConvTile<T, BN>;
-    constexpr int BM = BM_ROWS, BK = Tl::BK, NT = Tl::THREADS;
-    constexpr int A_PER = (BM * BK + NT - 1) / NT;   // dy elements per thread and step
-    constexpr int B_STEP = NT / BN;                  // reduction rows one pass of x loaders covers
-    constexpr int B_PER = BK / B_STEP;
+    constexpr int BM = BM_ROWS, BK = Tl::BK;
     static_assert(Tl::BM == BM, "tile rows");
     alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
     alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
@@ -870,15 +880,10 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
     const int m_end = M - m_begin < chunk ? M : m_begin + chunk;
     const int n_steps = m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
 
-    // The weight column (c, r, s) this thread gathers x for.
-    const int bcol = col0 + t % BN, bk = t / BN;
-    int b_dr = -GC_CONV_OFF_RANGE, b_ds = 0, b_off = 0;
-    if (bcol < CRS) {
-        const ConvIdx e = conv_crs_entry(bcol, CRS, RS, S, HW, W, dil_h, dil_w);
-        b_off = e.a;
-        b_dr = e.b;
-        b_ds = e.c;
-    }
+    // B: x gathered for weight column (c, r, s) = col0 + t % BN, its offset and window
+    // displacements added to the window of each reduction row; A: dy, k-major.
+    ConvLoader<T, Tl::THREADS, BK, BN, BM> ld(t);
+    ld.init(conv_crs_entry(col0 + t % BN, CRS, RS, S, HW, W, dil_h, dil_w));
 
     for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
         const int g = yb / n_ktiles;
@@ -886,83 +891,25 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
         const T* __restrict__ dyg = dy + g * Kg * PQ;
         const T* __restrict__ xg = x + g * Cg * HW;
         T acc[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
-        }
-        T a_reg[A_PER], b_reg[B_PER];
+        conv_zero(acc);
 
-        // Table entry of reduction row m: a = dy offset n*K*PQ + p*Q + q (-1: none),
-        // b = x offset n*C*HW + h0*W + w0, c = h0, d = w0 (window origin).
-        auto fill_table = [&](int buf, int step) {
-            if (t < BK) {
-                // Compared as an offset into the chunk: m_begin + step * BK + t itself can pass
-                // 2^31 - 1 in the last step when N*P*Q is within BK of it.
-                const int rel = step * BK + t;
-                ConvIdx e;
-                if (rel < m_end - m_begin) {
-                    const int m = m_begin + rel;
-                    const int n = m / PQ, pq = m - n * PQ;
-                    const int p = pq / Q, q = pq - p * Q;
-                    e.c = p * stride_h - pad_h;
-                    e.d = q * stride_w - pad_w;
-                    e.a = n * K * PQ + pq;
-                    e.b = n * C * HW + e.c * W + e.d;
-                } else {
-                    e.a = -1;
-                    e.b = 0;
-                    e.c = -GC_CONV_OFF_RANGE;
-                    e.d = 0;
-                }
-                tbl[buf][t] = e;
-            }
+        // Table entry of reduction row m: the window of output row m (x offset and origin) and its
+        // dy offset. Compared as an offset into the chunk: m_begin + step * BK + t itself can pass
+        // 2^31 - 1 in the last step when N*P*Q is within BK of it.
+        auto entry = [&](int rel) {
+            return conv_out_window(rel < m_end - m_begin, m_begin + rel, PQ, Q, C, K, HW, W, stride_h,
+                                   stride_w, pad_h, pad_w);
         };
-        auto load_global = [&](int buf) {
-#pragma unroll
-            for (int j = 0; j < A_PER; ++j) {
-                const int idx = t + j * NT;
-                const int kk = idx % BK, kr = idx / BK;
-                const int k = k0 + kr;
-                const int off = tbl[buf][kk].a;
-                a_reg[j] = (idx < BM * BK && off >= 0 && k < Kg) ? dyg[off + k * PQ] : T(0);
-            }
-#pragma unroll
-            for (int j = 0; j < B_PER; ++j) {
-                const ConvIdx e = tbl[buf][bk + j * B_STEP];
-                const int h = e.c + b_dr, ww = e.d + b_ds;
-                b_reg[j] = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
-                               ? xg[e.b + b_off] : T(0);
-            }
-        };
-        auto store_shared = [&](int buf) {
-#pragma unroll
-            for (int j = 0; j < A_PER; ++j) {
-                const int idx = t + j * NT;
-                if (idx < BM * BK) As[buf][idx % BK][idx / BK] = a_reg[j];
-            }
-#pragma unroll
-            for (int j = 0; j < B_PER; ++j) Bs[buf][bk + j * B_STEP][t % BN] = b_reg[j];
-        };
-
-        if (n_steps > 0) {
-            fill_table(0, 0);
-            __syncthreads();
-            load_global(0);
-            store_shared(0);
-            if (n_steps > 1) fill_table(1, 1);
-            __syncthreads();
-        }
-        for (int step = 0; step < n_steps; ++step) {
-            const int cur = step & 1, nxt = cur ^ 1;
-            if (step + 1 < n_steps) load_global(nxt);
-            conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[cur], Bs[cur], acc, tm, tn);
-            if (step + 1 < n_steps) {
-                store_shared(nxt);
-                if (step + 2 < n_steps) fill_table(cur, step + 2);
-            }
-            __syncthreads();
-        }
+        conv_gemm_steps<BK>(
+            tbl, n_steps, entry,
+            [&](int buf) {
+                ld.load_dense(tbl[buf], dyg, k0, Kg, PQ);
+                ld.gather(tbl[buf], xg, H, W);
+            },
+            [&](int buf) { ld.store(Bs[buf], As[buf]); },
+            [&](int buf) {
+                conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
+            });
 
         T* __restrict__ out = partial + (blockIdx.z * K + g * Kg) * CRS;
 #pragma unroll
