@@ -238,13 +238,18 @@ def _unary(name: str, x):
     return backend
 
 
-def _unary_backward(dy, y):
+def _same_shape_pair(name: str, a, ref_name: str, ref) -> Backend:
+    """Both float arrays of the current backend, ``a`` of ``ref``'s shape and dtype."""
     backend = get_backend()
-    _check_float(backend, "dy", dy)
-    _check_float(backend, "y", y)
-    _check_shape_equals("dy", dy, y.shape, "the shape of y")
-    _check_same_dtype([("dy", dy), ("y", y)])
+    _check_float(backend, name, a)
+    _check_float(backend, ref_name, ref)
+    _check_shape_equals(name, a, ref.shape, f"the shape of {ref_name}")
+    _check_same_dtype([(name, a), (ref_name, ref)])
     return backend
+
+
+def _unary_backward(dy, y):
+    return _same_shape_pair("dy", dy, "y", y)
 
 
 def relu(x: Array) -> Array:
@@ -277,23 +282,14 @@ def tanh_backward(dy: Array, y: Array) -> Array:
     return _unary_backward(dy, y).tanh_backward(dy, y)
 
 
-def _binary(a, b):
-    backend = get_backend()
-    _check_float(backend, "a", a)
-    _check_float(backend, "b", b)
-    _check_shape_equals("b", b, a.shape, "the shape of a")
-    _check_same_dtype([("a", a), ("b", b)])
-    return backend
-
-
 def add(a: Array, b: Array) -> Array:
     """a + b element-wise; a and b of one shape and dtype (residual connections)."""
-    return _binary(a, b).add(a, b)
+    return _same_shape_pair("b", b, "a", a).add(a, b)
 
 
 def mul(a: Array, b: Array) -> Array:
     """a * b element-wise; a and b of one shape and dtype (dropout's backward)."""
-    return _binary(a, b).mul(a, b)
+    return _same_shape_pair("b", b, "a", a).mul(a, b)
 
 
 def dropout(x: Array, p: float, seed: int) -> Tuple[Array, Array]:
