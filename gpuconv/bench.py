@@ -389,7 +389,7 @@ def _pool_gpuconv_call(be, kind: str, g, arrs, pass_name: str) -> Callable[[], T
 
 def _pool_torch_call(T: _Torch, kind: str, g, s, pass_name: str) -> Callable[[], Tuple[Any, ...]]:
     F, torch = T.F, T.torch
-    k, st, p = (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw)
+    k, st, p = (g.R, g.S), (g.stride_h, g.stride_w), (g.pad_h, g.pad_w)
     if kind == "max":
         def fwd(x):
             return F.max_pool2d(x, k, st, p, return_indices=pass_name == "forward")
@@ -490,11 +490,7 @@ def _version_math(op: Optional[str], v: Optional[int]) -> str:
     if op is None or v is None:
         return "fp32"
     from .backends import launch
-    for mod in launch.all_families():
-        math_kind = getattr(mod, "PRECISION", {}).get((op, v))
-        if math_kind:
-            return math_kind
-    return "fp32"
+    return launch.precision(op, v)
 
 
 def _torch_candidate(T: _Torch, name: str, calls) -> Candidate:
@@ -542,7 +538,7 @@ def _pool_specs(ctx: BenchContext, case: PoolCase) -> List[PassSpec]:
             cands = _gpuconv_candidates(
                 ctx, versioned, lambda be, a, k=kind, p=pass_name: _pool_gpuconv_call(be, k, g, a, p),
                 dev_sets, chk_set)
-            torch_pool = kind != "l2" or (g.ph, g.pw) == (0, 0)   # torch's lp_pool2d has no padding
+            torch_pool = kind != "l2" or (g.pad_h, g.pad_w) == (0, 0)   # torch's lp_pool2d has no padding
             if torch_pool and ("torch" in ctx.baselines or "torch-tf32" in ctx.baselines):
                 calls = [_pool_torch_call(ctx.torch, kind, g, s, pass_name) for s in sets]
                 cands.append(_torch_candidate(ctx.torch, "torch", calls))

@@ -187,14 +187,14 @@ class PoolGeometry:
     C: int
     H: int
     W: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    ph: int
-    pw: int
-    dh: int
-    dw: int
+    R: int
+    S: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dil_h: int
+    dil_w: int
     P: int
     Q: int
     ceil_mode: bool
@@ -258,8 +258,8 @@ def avg_pool_divisor(g: PoolGeometry, oh: int, ow: int, count_include_pad: bool,
     """
     if divisor_override is not None:
         return divisor_override
-    h0, w0 = oh * g.sh - g.ph, ow * g.sw - g.pw
-    h1, w1 = min(h0 + g.kh, g.H + g.ph), min(w0 + g.kw, g.W + g.pw)
+    h0, w0 = oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w
+    h1, w1 = min(h0 + g.R, g.H + g.pad_h), min(w0 + g.S, g.W + g.pad_w)
     if count_include_pad:
         return (h1 - h0) * (w1 - w0)
     return (min(h1, g.H) - max(h0, 0)) * (min(w1, g.W) - max(w0, 0))

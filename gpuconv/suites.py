@@ -132,7 +132,7 @@ def pool_cost(g: PoolGeometry, kind: str, pass_name: str, itemsize: int = 4) -> 
     if pass_name not in POOL_PASSES:
         raise ValueError(f"pass_name must be one of {', '.join(POOL_PASSES)}, got {pass_name!r}")
     x, y = _numel(g.x_shape), _numel(g.y_shape)
-    window_ops = y * g.kh * g.kw * (2 if kind == "l2" else 1)
+    window_ops = y * g.R * g.S * (2 if kind == "l2" else 1)
     if kind == "max":
         if pass_name == "forward":
             return Cost(window_ops, (x + y) * itemsize + y * INDEX_BYTES)

@@ -52,7 +52,7 @@ def find_nvcc() -> Optional[str]:
 def expressions_by_file() -> Dict[str, List[str]]:
     """.cu file -> every name expression its launch modules declare."""
     out: Dict[str, List[str]] = {}
-    for mod in launch.all_families():
+    for mod in launch.FAMILIES:
         exprs = out.setdefault(mod.FILE, [])
         exprs.extend(e for e in mod.NAME_EXPRESSIONS if e not in exprs)
     return out
@@ -69,7 +69,7 @@ def is_default(expr: str) -> bool:
     if not m:
         return True
     base, v = m.group("base"), int(m.group("v"))
-    for mod in launch.all_families():
+    for mod in launch.FAMILIES:
         if not any(e == expr for e in mod.NAME_EXPRESSIONS):
             continue
         op = getattr(mod, "KERNEL_OPS", {}).get(base, base)

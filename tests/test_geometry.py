@@ -78,7 +78,7 @@ def test_pool_padding_at_most_half_window():
 
 def test_pool_stride_defaults_to_window():
     g = pool2d_geometry((1, 1, 9, 9), (3, 2))
-    assert (g.sh, g.sw, g.P, g.Q) == (3, 2, 3, 4)
+    assert (g.stride_h, g.stride_w, g.P, g.Q) == (3, 2, 3, 4)
 
 
 def test_avg_pool_divisor_rules():

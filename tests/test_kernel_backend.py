@@ -11,9 +11,9 @@ import pytest
 
 import gpuconv as gc
 from gpuconv import backends
-from gpuconv.backends import launch
 from gpuconv.backends.executors import CupyExecutor, EmulatorExecutor, source_hash
 from gpuconv.backends.kernel_backend import KernelBackend, compile_options
+from gpuconv.backends.launch import common
 from gpuconv.geometry import INT32_MAX, pool2d_geometry
 
 
@@ -131,8 +131,8 @@ def test_sizes_overflowing_int32_are_refused_before_any_copy(emu):
         with pytest.raises(ValueError, match="int32"):
             call()
     with pytest.raises(ValueError, match="int32"):
-        launch.check_elements("x", INT32_MAX + 1)
-    assert launch.check_elements("x", INT32_MAX) == INT32_MAX
+        common.check_elements("x", INT32_MAX + 1)
+    assert common.check_elements("x", INT32_MAX) == INT32_MAX
 
 
 def test_linear_refuses_int32_overflow_before_a_contiguous_copy(monkeypatch):
@@ -147,9 +147,9 @@ def test_linear_refuses_int32_overflow_before_a_contiguous_copy(monkeypatch):
 
 
 def test_grid_stride_grid_is_capped():
-    grid, block = launch.grid_1d(INT32_MAX, 256)
-    assert grid[0] == launch.MAX_GRID_STRIDE_BLOCKS and grid[0] * block[0] < 2**31
-    assert launch.grid_1d(0)[0] == (1, 1, 1)
+    grid, block = common.grid_1d(INT32_MAX, 256)
+    assert grid[0] == common.MAX_GRID_STRIDE_BLOCKS and grid[0] * block[0] < 2**31
+    assert common.grid_1d(0)[0] == (1, 1, 1)
 
 
 # ---- versions -------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from gpuconv import tolerances
+from gpuconv.backends import launch
 from gpuconv.backends.launch import conv as conv_launch
 from gpuconv.backends.numpy_backend import NumpyBackend
 from gpuconv.geometry import ConvGeometry, conv2d_geometry
@@ -164,7 +165,7 @@ def _dev(be, a: np.ndarray, dtype):
 
 
 def _forward_tolerance(version: int, dtype) -> float:
-    if conv_launch.precision("conv2d_forward", version) == "tf32":
+    if launch.precision("conv2d_forward", version) == "tf32":
         return tolerances.TF32_RTOL
     return TOLERANCE[dtype]
 
@@ -224,7 +225,7 @@ FORWARD = [pytest.param(v, dt, id=f"v{v}-{'f32' if dt == np.float32 else 'f64'}"
            for v in conv_launch.VERSIONS["conv2d_forward"] for dt in DTYPES
            if dt == np.float32 or ("conv2d_forward", v) not in conv_launch.FLOAT32_ONLY]
 TF32_FORWARD = [v for v in conv_launch.VERSIONS["conv2d_forward"]
-                if conv_launch.precision("conv2d_forward", v) == "tf32"]
+                if launch.precision("conv2d_forward", v) == "tf32"]
 
 
 # ---- emulator ----------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ class TestEmulator:
     @pytest.mark.parametrize("version,dtype", FORWARD)
     def test_forward_matches_reference(self, emu, version, dtype):
         worst = run_forward(emu, version, dtype)
-        if conv_launch.precision("conv2d_forward", version) == "tf32":
+        if launch.precision("conv2d_forward", version) == "tf32":
             # The emulated TF32 rounding must show: an FP32 kernel stays below 1e-5 on these cases.
             assert worst > tolerances.FLOAT32_RTOL, f"v{version}: TF32 error {worst:.3g} not above FP32's"
 
@@ -287,17 +288,17 @@ class TestEmulator:
 def _orders_args(be, kernel_call):
     """Arguments for gpuconv.emulator.check_orders collected from one launch of ``kernel_call``."""
     launches = []
-    real_launch = be.executor.launch
+    real_launch = be.launch
 
     def record(fn, grid, block, args, shared_mem=0):
         launches.append((fn, grid, block, args, shared_mem))
         real_launch(fn, grid, block, args, shared_mem=shared_mem)
 
-    be.executor.launch = record
+    be.launch = record
     try:
         kernel_call()
     finally:
-        be.executor.launch = real_launch
+        be.launch = real_launch
     return launches
 
 

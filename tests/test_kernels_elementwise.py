@@ -200,7 +200,7 @@ def test_linear_backward_is_deterministic(be):
 def test_linear_v1_grid_fits_cuda_limits_for_a_large_batch(monkeypatch):
     be = KernelBackend(EmulatorExecutor())
     grids = []
-    monkeypatch.setattr(be.executor, "launch", lambda fn, grid, block, args, shared_mem=0: grids.append(grid))
+    monkeypatch.setattr(be, "launch", lambda fn, grid, block, args, shared_mem=0: grids.append(grid))
     rows = 65535 * 16 + 1  # one more 16-row tile than grid.y allows
     with be.use_versions({"linear_gemm": 1}):
         be.linear(np.zeros((rows, 1), np.float32), np.zeros((3, 1), np.float32), None)

@@ -221,6 +221,6 @@ def test_pool_shared_memory_free_kernels_are_order_independent():
     x = np.random.default_rng(1).standard_normal(g.x_shape).astype(np.float32)
     y = np.full(g.y_shape, np.nan, np.float32)
     idx = np.full(g.y_shape, -7, np.int32)
-    geo = tuple(np.int32(v) for v in (g.N * g.C, g.H, g.W, g.P, g.Q, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
-                                      g.dh, g.dw))
+    geo = tuple(np.int32(v) for v in (g.N * g.C, g.H, g.W, g.P, g.Q, g.R, g.S, g.stride_h, g.stride_w,
+                                      g.pad_h, g.pad_w, g.dil_h, g.dil_w))
     check_orders(be.function("pool2d.cu", "max_pool2d_forward_v1<float>"), (1,), (64,), (x, y, idx) + geo)

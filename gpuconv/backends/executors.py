@@ -5,7 +5,7 @@ Both executors expose the same small interface, used only by ``KernelBackend``:
   ``name``                 "cuda" or "emulator"
   ``xp``                   the array module (cupy or numpy)
   ``load(path, options, name_expressions)`` -> module with ``get_function(name)``
-  ``launch(fn, grid, block, args, shared_mem=0)``
+  ``launch(fn, grid, block, args, shared_mem=0)``  (``KernelBackend.launch`` is this method)
   ``synchronize()``
   ``describe()``           one line for logs
 
@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any, Sequence, Tuple
 
 import numpy as np
+
+from ..cuda_limits import check_launch
+
+_SCALAR_TYPES = (np.int32, np.float32, np.float64)
 
 
 def source_hash(path: Path) -> str:
@@ -54,6 +58,17 @@ class CupyExecutor:
 
     def launch(self, fn, grid: Tuple[int, int, int], block: Tuple[int, int, int], args: tuple,
                shared_mem: int = 0) -> None:
+        """Check the configuration and the argument types (CuPy would pass a wrong scalar type
+        on silently), then launch."""
+        grid, block, shared_mem = check_launch(grid, block, shared_mem)
+        for i, a in enumerate(args):
+            if isinstance(a, self.xp.ndarray):
+                if not a.flags.c_contiguous:
+                    raise ValueError(f"kernel argument {i} (shape {a.shape}) is not C-contiguous")
+            elif type(a) not in _SCALAR_TYPES:
+                raise TypeError(
+                    f"kernel argument {i} must be a {self.xp.__name__} array or a np.int32/np.float32/"
+                    f"np.float64 scalar, got {type(a).__name__} {a!r}")
         fn(grid, block, args, shared_mem=shared_mem)
 
     def synchronize(self) -> None:
@@ -93,6 +108,10 @@ class EmulatorExecutor:
 
     def launch(self, fn, grid: Tuple[int, int, int], block: Tuple[int, int, int], args: tuple,
                shared_mem: int = 0) -> None:
+        """The GPU path's limits first (the emulator alone would allow the opt-in shared memory
+        size), then the emulated launch, which checks each argument against the kernel's
+        signature."""
+        grid, block, shared_mem = check_launch(grid, block, shared_mem)
         fn(grid, block, args, shared_mem=shared_mem, order=self.order, seed=self.seed)
 
     def synchronize(self) -> None:

@@ -68,15 +68,15 @@ class _Taps:
     S: int
     P: int
     Q: int
-    sh: int
-    sw: int
-    dh: int
-    dw: int
+    stride_h: int
+    stride_w: int
+    dil_h: int
+    dil_w: int
 
     @property
     def flat(self) -> bool:
         """Stride 1: each tap's columns are one contiguous run of the flattened padded input."""
-        return self.sh == 1 and self.sw == 1
+        return self.stride_h == 1 and self.stride_w == 1
 
 
 def _padded(x: np.ndarray, top: int, bottom: int, left: int, right: int, extra_row: bool) -> np.ndarray:
@@ -106,14 +106,14 @@ def _columns(xp: np.ndarray, t: _Taps) -> Tuple[np.ndarray, int]:
         cols = np.empty((n, C, t.R, t.S, t.P * L), dtype=xp.dtype)
         for r in range(t.R):
             for s in range(t.S):
-                start = r * t.dh * Wp + s * t.dw
+                start = r * t.dil_h * Wp + s * t.dil_w
                 cols[:, :, r, s] = flat[:, :, start:start + t.P * L]
     else:
         L = t.Q
         cols = np.empty((n, C, t.R, t.S, t.P, t.Q), dtype=xp.dtype)
         for r in range(t.R):
             for s in range(t.S):
-                cols[:, :, r, s] = _tap(xp, r * t.dh, s * t.dw, t.P, t.Q, t.sh, t.sw)
+                cols[:, :, r, s] = _tap(xp, r * t.dil_h, s * t.dil_w, t.P, t.Q, t.stride_h, t.stride_w)
     return cols.reshape(n, C * t.R * t.S, t.P * L), L
 
 
@@ -206,27 +206,27 @@ def _backward_filter(dy: np.ndarray, x: np.ndarray, g: ConvGeometry) -> np.ndarr
 
 def _pool_padded_extent(g: PoolGeometry) -> Tuple[int, int]:
     """Bottom/right padding that keeps every window (ceil_mode included) inside the buffer."""
-    hp = max(g.H + 2 * g.ph, (g.P - 1) * g.sh + (g.kh - 1) * g.dh + 1)
-    wp = max(g.W + 2 * g.pw, (g.Q - 1) * g.sw + (g.kw - 1) * g.dw + 1)
-    return hp - g.H - g.ph, wp - g.W - g.pw
+    hp = max(g.H + 2 * g.pad_h, (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1)
+    wp = max(g.W + 2 * g.pad_w, (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1)
+    return hp - g.H - g.pad_h, wp - g.W - g.pad_w
 
 
 def _pool_offsets(g: PoolGeometry) -> List[Tuple[int, int]]:
     """Window offsets (i, j) in raster order."""
-    return [(i, j) for i in range(g.kh) for j in range(g.kw)]
+    return [(i, j) for i in range(g.R) for j in range(g.S)]
 
 
 def _window_rows(g: PoolGeometry, i: int) -> np.ndarray:
     """Input row of window offset i for each output row (may lie in the padding)."""
-    return np.arange(g.P) * g.sh - g.ph + i * g.dh
+    return np.arange(g.P) * g.stride_h - g.pad_h + i * g.dil_h
 
 
 def _window_cols(g: PoolGeometry, j: int) -> np.ndarray:
-    return np.arange(g.Q) * g.sw - g.pw + j * g.dw
+    return np.arange(g.Q) * g.stride_w - g.pad_w + j * g.dil_w
 
 
 def _windows_overlap(g: PoolGeometry) -> bool:
-    return g.sh < (g.kh - 1) * g.dh + 1 or g.sw < (g.kw - 1) * g.dw + 1
+    return g.stride_h < (g.R - 1) * g.dil_h + 1 or g.stride_w < (g.S - 1) * g.dil_w + 1
 
 
 @lru_cache(maxsize=256)
@@ -243,8 +243,8 @@ def _avg_divisors(g: PoolGeometry, count_include_pad: bool,
 
 def _is_global(g: PoolGeometry) -> bool:
     """One window covering the whole unpadded input plane."""
-    return (g.P == g.Q == 1 and g.ph == g.pw == 0 and g.dh == g.dw == 1
-            and (g.kh, g.kw) == (g.H, g.W))
+    return (g.P == g.Q == 1 and g.pad_h == g.pad_w == 0 and g.dil_h == g.dil_w == 1
+            and (g.R, g.S) == (g.H, g.W))
 
 
 def _window_sum_scatter(grad: np.ndarray, g: PoolGeometry) -> np.ndarray:
@@ -253,15 +253,15 @@ def _window_sum_scatter(grad: np.ndarray, g: PoolGeometry) -> np.ndarray:
     N, C = grad.shape[:2]
     if _is_global(g):
         return np.ascontiguousarray(np.broadcast_to(grad, (N, C, g.H, g.W)))
-    if not _windows_overlap(g) and g.ph == g.pw == pb == pr == 0:
+    if not _windows_overlap(g) and g.pad_h == g.pad_w == pb == pr == 0:
         dx = np.zeros((N, C, g.H, g.W), dtype=grad.dtype)
         for i, j in _pool_offsets(g):
-            _tap(dx, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw)[...] = grad
+            _tap(dx, i * g.dil_h, j * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)[...] = grad
         return dx
-    dxp = np.zeros((N, C, g.H + g.ph + pb, g.W + g.pw + pr), dtype=grad.dtype)
+    dxp = np.zeros((N, C, g.H + g.pad_h + pb, g.W + g.pad_w + pr), dtype=grad.dtype)
     for i, j in _pool_offsets(g):
-        _tap(dxp, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw)[...] += grad
-    return np.ascontiguousarray(dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
+        _tap(dxp, i * g.dil_h, j * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)[...] += grad
+    return np.ascontiguousarray(dxp[:, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W])
 
 
 def _window_sum(x: np.ndarray, g: PoolGeometry) -> np.ndarray:
@@ -269,10 +269,10 @@ def _window_sum(x: np.ndarray, g: PoolGeometry) -> np.ndarray:
     if _is_global(g):
         return np.ascontiguousarray(x).reshape(g.N, g.C, -1).sum(axis=2).reshape(g.y_shape)
     pb, pr = _pool_padded_extent(g)
-    xp = _pad_nchw(x, g.ph, pb, g.pw, pr)
+    xp = _pad_nchw(x, g.pad_h, pb, g.pad_w, pr)
     out = None
     for i, j in _pool_offsets(g):
-        v = _tap(xp, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw)
+        v = _tap(xp, i * g.dil_h, j * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
         if out is None:
             out = v.copy()
         else:
@@ -301,10 +301,10 @@ def _max_pool_chunk(xp: np.ndarray, g: PoolGeometry) -> Tuple[np.ndarray, np.nda
     (-inf) never wins.
     """
     offsets = _pool_offsets(g)
-    deltas = [i * g.dh * g.W + j * g.dw for i, j in offsets]
+    deltas = [i * g.dil_h * g.W + j * g.dil_w for i, j in offsets]
     windows = np.empty((len(offsets),) + xp.shape[:2] + (g.P, g.Q), dtype=xp.dtype)
     for t, (i, j) in enumerate(offsets):
-        windows[t] = _tap(xp, i * g.dh, j * g.dw, g.P, g.Q, g.sh, g.sw)
+        windows[t] = _tap(xp, i * g.dil_h, j * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
     y = windows.max(axis=0)  # NaN propagates
     delta, _ = _first_hit((w == y for w in windows), deltas, y.shape)
     nan_out = np.isnan(y)
@@ -381,12 +381,13 @@ class NumpyBackend(Backend):
         y = np.empty(g.y_shape, dtype=x.dtype)
         idx = np.empty(g.y_shape, dtype=np.int32)
         empties = []
-        for sl in _chunks(g.N, g.kh * g.kw * g.C * g.P * g.Q * x.itemsize):
-            y[sl], idx[sl], empty = _max_pool_chunk(_pad_nchw(x[sl], g.ph, pb, g.pw, pr, fill=-np.inf), g)
+        for sl in _chunks(g.N, g.R * g.S * g.C * g.P * g.Q * x.itemsize):
+            xpad = _pad_nchw(x[sl], g.pad_h, pb, g.pad_w, pr, fill=-np.inf)
+            y[sl], idx[sl], empty = _max_pool_chunk(xpad, g)
             if empty is not None:
                 empties.append((sl, empty))
-        idx += ((np.arange(g.P, dtype=np.int32) * g.sh - g.ph)[:, None] * np.int32(g.W)
-                + (np.arange(g.Q, dtype=np.int32) * g.sw - g.pw)[None, :])  # window origins
+        idx += ((np.arange(g.P, dtype=np.int32) * g.stride_h - g.pad_h)[:, None] * np.int32(g.W)
+                + (np.arange(g.Q, dtype=np.int32) * g.stride_w - g.pad_w)[None, :])  # window origins
         for sl, empty in empties:
             idx[sl][empty] = -1
         return y, idx

@@ -1,10 +1,10 @@
-"""Limits shared with cuda/emu/emu_runtime.h and CUDA's launch limits."""
+"""Sizes the emulator's Python side shares with cuda/emu/emu_runtime.h (passed to every build
+as -D options, so each number is written once, here) and the thread orders of a launch."""
 from __future__ import annotations
 
-MAX_DYN_SMEM = 227 * 1024          # GPUCONV_EMU_MAX_DYN_SMEM
-CANARY_BYTES = 16 * 1024           # GPUCONV_EMU_CANARY_BYTES
+from ..cuda_limits import MAX_SHARED_OPTIN
+
+MAX_DYN_SMEM = MAX_SHARED_OPTIN    # GPUCONV_EMU_MAX_DYN_SMEM: the buffer extern __shared__ aliases
+CANARY_BYTES = 16 * 1024           # GPUCONV_EMU_CANARY_BYTES: checked bytes after the request
 DYN_SMEM_TOTAL = MAX_DYN_SMEM + CANARY_BYTES
-MAX_THREADS_PER_BLOCK = 1024
-MAX_BLOCK = (1024, 1024, 64)
-MAX_GRID = (2 ** 31 - 1, 65535, 65535)
 ORDERS = {"forward": 0, "reverse": 1, "random": 2}

@@ -8,8 +8,9 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..cuda_limits import MAX_THREADS_PER_BLOCK, check_launch
 from . import build
-from .constants import MAX_BLOCK, MAX_DYN_SMEM, MAX_GRID, MAX_THREADS_PER_BLOCK, ORDERS
+from .constants import MAX_DYN_SMEM, ORDERS
 from .errors import BY_CODE, EmulatorError, KernelNotFoundError, LaunchError, OrderDependenceError
 
 Dims = Union[int, Tuple[int, ...]]
@@ -37,23 +38,6 @@ _VECTORS = {
     "double4": (np.float64, 16), "int2": (np.int32, 8), "int4": (np.int32, 16),
     "uint2": (np.uint32, 8), "uint4": (np.uint32, 16),
 }
-
-
-def _dims(value: Any, what: str, limits: Tuple[int, int, int]) -> Tuple[int, int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        value = (value,)
-    if not isinstance(value, (tuple, list)) or not 1 <= len(value) <= 3:
-        raise LaunchError(f"{what} must be an int or a tuple of 1 to 3 ints, got {value!r}")
-    out = []
-    for i, v in enumerate(value):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
-            raise LaunchError(f"{what}[{i}] must be an int, got {type(v).__name__} {v!r}")
-        if not 1 <= int(v) <= limits[i]:
-            raise LaunchError(f"{what}[{i}] = {int(v)} is outside CUDA's limit 1..{limits[i]}")
-        out.append(int(v))
-    while len(out) < 3:
-        out.append(1)
-    return out[0], out[1], out[2]
 
 
 def _slot_of_scalar(x: np.generic) -> int:
@@ -152,13 +136,7 @@ class Kernel:
 
     def __call__(self, grid: Dims, block: Dims, args: Sequence[Any], shared_mem: int = 0,
                  order: str = "forward", seed: int = 0) -> None:
-        g = _dims(grid, "grid", MAX_GRID)
-        b = _dims(block, "block", MAX_BLOCK)
-        if b[0] * b[1] * b[2] > MAX_THREADS_PER_BLOCK:
-            raise LaunchError(f"block {b} has {b[0] * b[1] * b[2]} threads, CUDA allows at most "
-                              f"{MAX_THREADS_PER_BLOCK}")
-        if not isinstance(shared_mem, (int, np.integer)) or not 0 <= int(shared_mem) <= MAX_DYN_SMEM:
-            raise LaunchError(f"shared_mem must be an int in 0..{MAX_DYN_SMEM} (227 KiB), got {shared_mem!r}")
+        g, b, shared_mem = check_launch(grid, block, shared_mem, MAX_DYN_SMEM, LaunchError)
         if order not in ORDERS:
             raise ValueError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
         if not isinstance(args, (tuple, list)):

@@ -18,8 +18,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ...cuda_limits import MAX_GRID
 from ...geometry import ConvGeometry
-from . import check_elements, ctype, grid_1d
+from .common import check_elements, ctype, grid_1d
 
 FILE = "conv2d.cu"
 
@@ -46,7 +47,7 @@ _TYPES = ("float", "double")
 TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (tile rows = 4096 / BN)
 TILE_AREA = 4096
 BLOCK = 256
-MAX_GRID_Y = 65535  # the tiled kernels loop over blockIdx.y, so a larger count is folded
+MAX_GRID_Y = MAX_GRID[1]  # the tiled kernels loop over blockIdx.y, so a larger count is folded
 
 NAME_EXPRESSIONS = tuple(
     [f"conv2d_{k}_v1<{t}>" for k in ("forward", "backward_data", "backward_filter", "backward_bias")
@@ -89,11 +90,6 @@ def _pick(be, op: str, version: Optional[int]) -> int:
     if v not in VERSIONS[op]:
         raise ValueError(f"{op}: version must be one of {VERSIONS[op]}, got {version!r}")
     return v
-
-
-def precision(op: str, version: int) -> str:
-    """"tf32" for versions listed in PRECISION, else "fp32" (full precision of the dtype)."""
-    return PRECISION.get((op, version), "fp32")
 
 
 def _dtype_of(x, w) -> np.dtype:

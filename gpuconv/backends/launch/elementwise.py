@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...dropout_rng import dropout_params
-from . import check_elements, ctype, grid_1d, scalar
+from .common import check_elements, ctype, grid_1d, scalar
 
 FILE = "elementwise.cu"
 

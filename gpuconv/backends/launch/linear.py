@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from . import check_elements, ctype, grid_1d
+from .common import check_elements, ctype, grid_1d
 
 FILE = "linear.cu"
 

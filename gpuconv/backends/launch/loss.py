@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import check_elements, ctype, grid_1d
+from .common import check_elements, ctype, grid_1d
 
 FILE = "loss.cu"
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import check_elements, ctype, grid_1d, scalar
+from .common import check_elements, ctype, grid_1d, scalar
 
 FILE = "optim.cu"
 

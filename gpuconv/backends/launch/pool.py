@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ...geometry import PoolGeometry
-from . import check_elements, ctype, grid_1d
+from .common import check_elements, ctype, grid_1d
 
 FILE = "pool2d.cu"
 
@@ -39,8 +39,8 @@ RUN = 4  # input cells per thread in the v2 backward kernels (GC_POOL_RUN in poo
 
 
 def _geometry_args(g: PoolGeometry) -> tuple:
-    return tuple(np.int32(v) for v in (g.N * g.C, g.H, g.W, g.P, g.Q, g.kh, g.kw, g.sh, g.sw,
-                                       g.ph, g.pw, g.dh, g.dw))
+    return tuple(np.int32(v) for v in (g.N * g.C, g.H, g.W, g.P, g.Q, g.R, g.S, g.stride_h, g.stride_w,
+                                       g.pad_h, g.pad_w, g.dil_h, g.dil_w))
 
 
 def _check_sizes(g: PoolGeometry) -> None:
@@ -49,8 +49,8 @@ def _check_sizes(g: PoolGeometry) -> None:
 
 
 def _check_avg(g: PoolGeometry, divisor_override: Optional[int]) -> tuple:
-    if g.dh != 1 or g.dw != 1:
-        raise ValueError(f"average pooling takes no dilation, got dilation {(g.dh, g.dw)}")
+    if g.dil_h != 1 or g.dil_w != 1:
+        raise ValueError(f"average pooling takes no dilation, got dilation {(g.dil_h, g.dil_w)}")
     if divisor_override is not None and (isinstance(divisor_override, bool)
                                          or int(divisor_override) < 1):
         raise ValueError(f"divisor_override must be None or an int >= 1, got {divisor_override!r}")

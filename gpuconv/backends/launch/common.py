@@ -1,0 +1,44 @@
+"""What every launch module shares: 1-D grid sizing, the int32 size check, dtype -> C type."""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import numpy as np
+
+from ...geometry import INT32_MAX
+
+# Grid-stride kernels are launched with at most this many blocks: enough to fill every SM of an
+# H100/H200 many times over, and small enough that the unsigned loop counter cannot wrap.
+MAX_GRID_STRIDE_BLOCKS = 65535
+
+
+def ctype(dtype) -> str:
+    """C type name of a floating dtype: "float" or "double"."""
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return "float"
+    if dt == np.float64:
+        return "double"
+    raise TypeError(f"kernels take float32 or float64 arrays, got dtype {dt}")
+
+
+def scalar(dtype, value):
+    """A NumPy scalar of the kernel parameter's type (np.float32 / np.float64)."""
+    return np.dtype(dtype).type(value)
+
+
+def check_elements(name: str, n: int) -> int:
+    """Refuse element counts whose offsets overflow the kernels' int32 arithmetic."""
+    n = int(n)
+    if n > INT32_MAX:
+        raise ValueError(
+            f"{name} has {n} elements; kernels index with int32 offsets, so at most {INT32_MAX} "
+            f"elements are supported: split the batch")
+    return n
+
+
+def grid_1d(n: int, block: int = 256) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:
+    """(grid, block) for a grid-stride loop over ``n`` items (at least one block)."""
+    blocks = max(1, min(math.ceil(n / block), MAX_GRID_STRIDE_BLOCKS))
+    return (blocks, 1, 1), (block, 1, 1)
