@@ -30,6 +30,7 @@ def _sizes():
 
 SHAPES = _sizes()
 
+
 def _reference_rounding(op: str, dy: np.ndarray, y: np.ndarray):
     """Elementwise bound on the float64 reference's own rounding error beyond a few ulps of its
     result, or None. tanh_backward's reference is dy * (1 - y*y): rounding y*y costs up to
@@ -40,15 +41,23 @@ def _reference_rounding(op: str, dy: np.ndarray, y: np.ndarray):
     return None
 
 
+def _activation_inputs(rng):
+    """(x, dy) on every shape of SHAPES, then single saturated elements: alone in their array, each
+    sets the scale max|ref| itself, so tanh_backward's 1 - y^2 is tiny there."""
+    for shape in SHAPES:
+        yield rng.standard_normal(shape) * 4, rng.standard_normal(shape)
+    for v in (7.0, -8.0, 9.0):
+        yield np.array([v]), np.ones(1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("op", ["relu", "sigmoid", "tanh"])
 def test_activations_forward_and_backward_match_reference(be, op, version, dtype):
     rng = np.random.default_rng(zlib.crc32(op.encode()))
     with be.use_versions({"elementwise": version}):
-        for shape in SHAPES:
-            x = rng.standard_normal(shape) * 4
-            dy = rng.standard_normal(shape)
+        for x, dy in _activation_inputs(rng):
+            shape = x.shape
             y_ref = getattr(REF, op)(x)
             y = be.to_numpy(getattr(be, op)(be.asarray(x, dtype)))
             assert_close(y, y_ref, dtype, what=f"{op} {shape}")
