@@ -45,9 +45,20 @@ PRECISION = {("conv2d_forward", 4): "tf32"}
 FLOAT32_ONLY = {("conv2d_forward", 4)}
 
 _TYPES = ("float", "double")
-TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (tile rows = 4096 / BN)
-TILE_AREA = 4096
-BLOCK = 256
+# Sizes the kernels and this module share, passed to every compile as -D options: the one source.
+DEFINES = {
+    "GC_CONV_THREADS": 256,       # threads of every conv kernel but v4
+    "GC_CONV_MIN_BLOCKS": 2,      # __launch_bounds__ minimum resident blocks (128 registers at most)
+    "GC_CONV_TILE_AREA": 4096,    # BM * BN of the implicit-GEMM tiles
+    "GC_CONV_V3_KB": 8,           # output channels per thread of forward v3
+    "GC_CONV_V3_CHUNK": 256,      # reduction indices forward v3 stages in shared memory per pass
+    "GC_CONV_V4_THREADS": 128,    # threads of forward v4 (4 warps)
+    "GC_CONV_V4_MIN_BLOCKS": 4,
+    "GC_CONV_V4_TILE": 64,        # rows and columns of forward v4's output tile
+}
+TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (the template argument)
+TILE_AREA = DEFINES["GC_CONV_TILE_AREA"]
+BLOCK = DEFINES["GC_CONV_THREADS"]
 MAX_GRID_Y = MAX_GRID[1]  # the tiled kernels loop over blockIdx.y, so a larger count is folded
 
 NAME_EXPRESSIONS = tuple(
@@ -68,9 +79,9 @@ FILTER_MIN_STEPS = 16
 # Bias-gradient chunks: each block of stage 1 sums at least this many elements of one channel.
 BIAS_TARGET_BLOCKS = 256
 BIAS_MIN_CHUNK = 2048
-V3_CHANNELS = 8  # output channels per thread of conv2d_forward_v3 (GC_CONV_V3_KB)
-V4_TILE = 64     # rows and columns of the output tile of conv2d_forward_v4
-V4_BLOCK = 128   # threads of conv2d_forward_v4 (GC_CONV_V4_THREADS)
+V3_CHANNELS = DEFINES["GC_CONV_V3_KB"]
+V4_TILE = DEFINES["GC_CONV_V4_TILE"]
+V4_BLOCK = DEFINES["GC_CONV_V4_THREADS"]
 
 
 @functools.lru_cache(maxsize=1024)
