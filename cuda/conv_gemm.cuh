@@ -188,11 +188,17 @@ struct ConvLoader {
 };
 
 // The double-buffered main loop of the implicit GEMMs, one barrier per step: the global loads of
-// step s + 1 are in flight while step s is multiplied, then stored to the other buffer, and the
-// index table of step s + 2 is filled into the table buffer step s is done with. Callbacks:
-//   entry(i)     the table entry of index i = step * BK + slot of the reduction
+// step s + 1 are issued, step s is multiplied while they are in flight, then they are stored to
+// the other buffer, and the index table of step s + 2 is filled into the table buffer step s is
+// done with. Callbacks:
+//   entry(i)     the table entry of index i = step * BK + slot of the reduction; an index past the
+//                end of the reduction must give an entry that reads zero (conv_idx_outside)
 //   load(buf)    global loads into registers for the step whose table is tbl[buf]
 //   store(buf)   registers to shared buffer buf;   multiply(buf): accumulate shared buffer buf
+// Nothing in the loop is conditional on the step: past the last step the tables hold entries that
+// read zero, so the extra load, store and fill of the last iteration touch no global memory. A
+// conditional load would be sunk by ptxas below the multiply (into the conditional store), and
+// nothing would be in flight while the multiply runs.
 template <int BK, typename Entry, typename Load, typename Store, typename Multiply>
 __device__ __forceinline__ void conv_gemm_steps(ConvIdx (*tbl)[BK], int n_steps, Entry entry, Load load,
                                                 Store store, Multiply multiply) {
@@ -200,22 +206,19 @@ __device__ __forceinline__ void conv_gemm_steps(ConvIdx (*tbl)[BK], int n_steps,
     auto fill_table = [&](int buf, int step) {
         if (t < BK) tbl[buf][t] = entry(step * BK + t);
     };
-    if (n_steps > 0) {
-        fill_table(0, 0);
-        __syncthreads();
-        load(0);
-        store(0);
-        if (n_steps > 1) fill_table(1, 1);
-        __syncthreads();
-    }
+    if (n_steps <= 0) return;
+    fill_table(0, 0);
+    __syncthreads();
+    load(0);
+    store(0);
+    fill_table(1, 1);
+    __syncthreads();
     for (int step = 0; step < n_steps; ++step) {
         const int cur = step & 1, nxt = cur ^ 1;
-        if (step + 1 < n_steps) load(nxt);
+        load(nxt);
         multiply(cur);
-        if (step + 1 < n_steps) {
-            store(nxt);
-            if (step + 2 < n_steps) fill_table(cur, step + 2);
-        }
+        store(nxt);
+        fill_table(cur, step + 2);
         __syncthreads();
     }
 }
