@@ -197,7 +197,8 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
     const int M = N * PQ;
     const int t = threadIdx.x;
-    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
     const int m0 = blockIdx.x * BM;
     const int n_ktiles = (Kg + BN - 1) / BN;
 
@@ -221,15 +222,37 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
             });
 
+        const int mq = m0 + 4 * tm;  // the thread's four rows mq .. mq + 3
+        if (PQ % 4 == 0) {
+            // The four rows are consecutive positions of one image and 4-aligned: one vector store
+            // per output channel, and the 8 lanes of a warp along the rows write 128 contiguous
+            // bytes of float (a scalar store per row would put 4-element gaps between lanes).
+            if (mq < M) {
+                const int n = mq / PQ, pq = mq - n * PQ;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int m = m0 + 4 * tm + i;
-            if (m >= M) continue;
-            const int n = m / PQ, pq = m - n * PQ;
+                for (int j = 0; j < 4; ++j) {
+                    const int k = k0 + 4 * tn + j;
+                    if (k < Kg) {
+                        const int kg = g * Kg + k;
+                        const T b = has_bias ? bias[kg] : T(0);
+                        gc_vec4<T> v;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int k = k0 + 4 * tn + j;
-                if (k < Kg) conv_store_y(y, bias, has_bias, acc[i][j], n, pq, g * Kg + k, K, PQ);
+                        for (int i = 0; i < 4; ++i) v.v[i] = has_bias ? acc[i][j] + b : acc[i][j];
+                        *reinterpret_cast<gc_vec4<T>*>(&y[(n * K + kg) * PQ + pq]) = v;
+                    }
+                }
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int m = mq + i;
+                if (m >= M) continue;
+                const int n = m / PQ, pq = m - n * PQ;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int k = k0 + 4 * tn + j;
+                    if (k < Kg) conv_store_y(y, bias, has_bias, acc[i][j], n, pq, g * Kg + k, K, PQ);
+                }
             }
         }
     }
@@ -536,7 +559,8 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
     const int HW = H * W, PQ = P * Q, RS = R * S, CgRS = Cg * RS, KRS = Kg * RS;
     const int M = N * HW;
     const int t = threadIdx.x;
-    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
     const int m0 = blockIdx.x * BM;
     const int n_ctiles = (Cg + BN - 1) / BN;
     const int n_steps = (KRS + BK - 1) / BK;
@@ -632,7 +656,8 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
     const int M = N * PQ;
     const int t = threadIdx.x;
-    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
     const int col0 = blockIdx.x * BN;
     const int n_ktiles = (Kg + BM - 1) / BM;
     const int m_begin = blockIdx.z * chunk;

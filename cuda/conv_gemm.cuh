@@ -35,6 +35,21 @@ struct ConvTile {
     static constexpr int BK = 64 / (int)sizeof(T);   // reduction step: 16 floats, 8 doubles
     static constexpr int PAD = 4;                    // rows stay gc_vec4-aligned; spreads banks
     static constexpr int TM = BM / 4;                // threads along the rows
+    static constexpr int TN = BN / 4;                // threads along the columns
+    static constexpr int WM = TM < 8 ? TM : 8;       // lanes of a warp along the rows
+    static constexpr int WN = GC_WARP_SIZE / WM;     // ... and along the columns
+    static_assert(TM % WM == 0 && TN % WN == 0 && TM * TN == THREADS, "warp arrangement");
+
+    // Thread t's 4 x 4 register tile covers rows 4*tm.. and columns 4*tn.. of the output tile. The
+    // lanes of a warp form a WM x WN block of such tiles (8 x 4, or 4 x 8 for 16-row tiles), so
+    // each reduction row of conv_tile_multiply reads at most 8 distinct float4 of A and of B per
+    // warp, one shared-memory wavefront each; lanes laid 32 x 1 along the rows would read 32
+    // distinct float4 of A (four wavefronts) and one of B for the same 16 FMAs per thread.
+    __device__ __forceinline__ static void thread_tile(int t, int& tm, int& tn) {
+        const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
+        tm = (warp % (TM / WM)) * WM + lane % WM;
+        tn = (warp / (TM / WM)) * WN + lane / WM;
+    }
 };
 
 // Entry of the per-step index table. a, b, c are read by ConvLoader::gather (offset, window
