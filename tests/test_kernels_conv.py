@@ -290,7 +290,8 @@ def _mma_twin_reference(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarr
 
 @pytest.fixture(scope="module")
 def mma_module():
-    return emulator.RawModule(path=str(MMA_KERNELS), options=("-std=c++17",))
+    from gpuconv.backends.kernel_backend import compile_options
+    return emulator.RawModule(path=str(MMA_KERNELS), options=compile_options())
 
 
 class TestTf32Twin:
