@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from gpuconv import bench, bench_step, tolerances
-from gpuconv.cli import main as cli_main
-from gpuconv.report import schema_errors
+from gpuconv import tolerances
+from gpuconv.tools import bench, bench_step
+from gpuconv.tools.cli import main as cli_main
+from gpuconv.tools.report import schema_errors
 
 
 def load(path):

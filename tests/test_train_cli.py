@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from gpuconv import nn
-from gpuconv.cli import main
 from gpuconv.models import build_model
-from gpuconv.train import METRICS_SCHEMA, validate_metrics
+from gpuconv.tools.cli import main
+from gpuconv.tools.train import METRICS_SCHEMA, validate_metrics
 
 
 def test_train_end_to_end_writes_valid_metrics_and_checkpoint(tmp_path, capsys):
@@ -156,7 +156,7 @@ def test_python_dash_m_entry_point():
 def test_progress_bar_draws_and_clears_only_when_enabled():
     import io
 
-    from gpuconv.train import ProgressBar
+    from gpuconv.tools.train import ProgressBar
     stream = io.StringIO()
     bar = ProgressBar(stream, enabled=True, width=10)
     bar.update("epoch 1/2", 5, 10)

@@ -27,7 +27,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import report, suites, tolerances
+from .. import tolerances
+from . import report, suites
 from .suites import ConvCase, PoolCase
 
 __all__ = ["add_parser", "run", "run_bench", "BENCH_SCHEMA", "ROW_SCHEMA", "Timing"]
@@ -269,7 +270,7 @@ def _with_version(be, op: Optional[str], v: Optional[int], fn: Callable[[], Any]
 
 # ---- convolution -------------------------------------------------------------------------------
 def _conv_ref(g, s64: Dict[str, np.ndarray], pass_name: str) -> Tuple[np.ndarray, ...]:
-    from .backends.numpy_backend import NumpyBackend
+    from ..backends.numpy_backend import NumpyBackend
     ref = NumpyBackend()
     if pass_name == "forward":
         return (ref.conv2d(s64["x"], s64["w"], s64["b"], g),)
@@ -330,7 +331,7 @@ def _cupy_gemm_forward(g, x, w, b):
 
 # ---- pooling -----------------------------------------------------------------------------------
 def _pool_ref(kind: str, g, s64: Dict[str, np.ndarray], pass_name: str) -> Tuple[np.ndarray, ...]:
-    from .backends.numpy_backend import NumpyBackend
+    from ..backends.numpy_backend import NumpyBackend
     ref = NumpyBackend()
     x, dy = s64["x"], s64["dy"]
     if kind == "max":
@@ -348,7 +349,7 @@ def _pool_ref(kind: str, g, s64: Dict[str, np.ndarray], pass_name: str) -> Tuple
 
 def _pool_aux(kind: str, g, s: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Inputs of a backward pass taken from the reference forward on the same float32 x."""
-    from .backends.numpy_backend import NumpyBackend
+    from ..backends.numpy_backend import NumpyBackend
     ref = NumpyBackend()
     if kind == "max":
         return {"idx": ref.max_pool2d(s["x"], g)[1]}
@@ -489,7 +490,7 @@ def _version_math(op: Optional[str], v: Optional[int]) -> str:
     """"tf32" for a kernel version a launch module lists in its PRECISION table, else "fp32"."""
     if op is None or v is None:
         return "fp32"
-    from .backends import launch
+    from ..backends import launch
     return launch.precision(op, v)
 
 
@@ -649,13 +650,13 @@ def _summary(rows: List[Dict[str, Any]], backend: str) -> List[Dict[str, Any]]:
 
 def _make_backends(backend: str):
     """(timed backend, poisoned backend for the checks)."""
-    from .backends import resolve_backend
+    from ..backends import resolve_backend
     if backend == "numpy":
         be = resolve_backend("numpy")
         return be, be
     resolve_backend(backend)  # raises BackendUnavailable with the reason
-    from .backends.executors import CupyExecutor, EmulatorExecutor
-    from .backends.kernel_backend import KernelBackend
+    from ..backends.executors import CupyExecutor, EmulatorExecutor
+    from ..backends.kernel_backend import KernelBackend
     executor = CupyExecutor if backend == "cuda" else EmulatorExecutor
     return KernelBackend(executor(), poison=False), KernelBackend(executor(), poison=True)
 
@@ -857,7 +858,7 @@ def run(args) -> int:
     else:
         baselines = _csv("baseline", args.baseline)
     layers = _csv("layers", args.layers) if args.layers else None
-    from .backends import BackendUnavailable
+    from ..backends import BackendUnavailable
     try:
         doc = run_bench(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
                         layers, args.seed, args.threads)

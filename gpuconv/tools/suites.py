@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from .geometry import ConvGeometry, PoolGeometry, conv2d_geometry, pool2d_geometry
+from ..geometry import ConvGeometry, PoolGeometry, conv2d_geometry, pool2d_geometry
 
 __all__ = ["ConvCase", "PoolCase", "Cost", "Hardware", "HARDWARE", "SUITES", "CONV_PASSES",
            "POOL_PASSES", "POOL_KINDS", "get_suite", "conv_cost", "pool_cost", "hardware_for",

@@ -26,7 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import report, tolerances
+from .. import tolerances
+from . import report
 
 __all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "MODEL_INPUTS", "format_layers"]
 
@@ -115,9 +116,9 @@ def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int
     ``be``). With ``feed`` (the reference's recording) each leaf layer runs on its own, on the
     reference's input and incoming gradient, so its result measures that layer alone.
     """
-    from . import functional as F
-    from .backends import use_backend
-    from .models import build_model
+    from .. import functional as F
+    from ..backends import use_backend
+    from ..models import build_model
     in_ch, size, classes = x.shape[1], x.shape[2], 10
     with use_backend("numpy"):
         model = build_model(model_name, in_ch, size, classes, seed=seed, dtype=dtype)
@@ -149,12 +150,12 @@ def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int
 
 def make_backend(name: str):
     """The backend ``name``; kernel backends are created with poisoned outputs."""
-    from .backends import resolve_backend
+    from ..backends import resolve_backend
     if name == "numpy":
         return resolve_backend("numpy")
     resolve_backend(name)  # raises BackendUnavailable with the reason when it cannot run here
-    from .backends.executors import CupyExecutor, EmulatorExecutor
-    from .backends.kernel_backend import KernelBackend
+    from ..backends.executors import CupyExecutor, EmulatorExecutor
+    from ..backends.kernel_backend import KernelBackend
     return KernelBackend(CupyExecutor() if name == "cuda" else EmulatorExecutor(), poison=True)
 
 
@@ -169,7 +170,7 @@ def make_batch(data: str, batch: int, in_channels: int, image_size: int, seed: i
     in exact arithmetic, so which element of a max-pooling window wins would be decided by
     rounding, differently on each backend, and the routed gradients would differ for no fault.
     """
-    from .datasets import load_digits, synthetic_batch
+    from ..datasets import load_digits, synthetic_batch
     if data == "synthetic":
         return synthetic_batch(batch, in_channels, image_size, image_size, 10, seed, dtype)
     if data != "digits":

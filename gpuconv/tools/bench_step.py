@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import report, tolerances
+from .. import tolerances
+from . import report
 
 __all__ = ["run_steps", "format_steps", "to_torch", "STEP_MODELS", "STEP_SCHEMA"]
 
@@ -36,8 +37,8 @@ STEP_SCHEMA = {"model": str, "variant": str, "batch": int, "status": str, "note"
 
 def to_torch(model, torch_nn):
     """An equivalent ``torch.nn`` module with copies of ``model``'s weights, in their dtype."""
-    from . import nn
-    from .nn.module import to_host
+    from .. import nn
+    from ..nn.module import to_host
     tnn = torch_nn
 
     def conv(m):
@@ -104,7 +105,7 @@ class _GpuconvStep:
         self.first = True
 
     def __call__(self):
-        from .backends import use_backend
+        from ..backends import use_backend
         be = self.be
         with use_backend(be):
             logits = self.model.forward(self.x)
@@ -197,8 +198,8 @@ def _row(model: str, variant: str, batch: int, status: str = "ok", note: str = "
 def run_steps(backend: str, baselines: Sequence[str], batch: int, repeat: int, timer,
               log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """Time training steps of each model in STEP_MODELS; one row per (model, variant)."""
+    from ..datasets import synthetic_batch
     from .bench import CudaEventTimer, _make_backends
-    from .datasets import synthetic_batch
     be, _ = _make_backends(backend)
     on_gpu = isinstance(timer, CudaEventTimer)
     rows: List[Dict[str, Any]] = []
@@ -247,8 +248,8 @@ def run_steps(backend: str, baselines: Sequence[str], batch: int, repeat: int, t
 
 def build_model_on(name: str, in_ch: int, size: int, be):
     """build_model(name, seed 0) on the host, moved to ``be``."""
-    from .backends import use_backend
-    from .models import build_model
+    from ..backends import use_backend
+    from ..models import build_model
     with use_backend("numpy"):
         model = build_model(name, in_ch, size, 10, seed=0)
     return model.to(be)

@@ -14,7 +14,7 @@ __all__ = ["environment", "blas_threads", "format_table", "write_json", "schema_
 
 
 def _git_commit() -> Optional[str]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10)
@@ -60,7 +60,7 @@ def device_attributes() -> Dict[str, int]:
 
 
 def _gpu_environment() -> Dict[str, Any]:
-    from .backends import cuda_unavailable_reason
+    from ..backends import cuda_unavailable_reason
     reason = cuda_unavailable_reason()
     if reason:
         return {"gpu": None, "gpu_unavailable": reason}
@@ -100,7 +100,7 @@ def environment(threads: Optional[int] = None) -> Dict[str, Any]:
     CPU model, thread count, git commit and date."""
     import numpy as np
 
-    from . import __version__
+    from .. import __version__
     n_threads, how = blas_threads()
     env: Dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from . import datasets, nn, optim
-from .backends import BACKEND_NAMES, cuda_unavailable_reason, resolve_backend, use_backend
-from .models import MODEL_NAMES, build_model
+from .. import datasets, nn, optim
+from ..backends import BACKEND_NAMES, cuda_unavailable_reason, resolve_backend, use_backend
+from ..models import MODEL_NAMES, build_model
 
 __all__ = ["TrainConfig", "train", "evaluate", "add_parser", "run", "METRICS_SCHEMA", "validate_metrics",
            "DEFAULT_LR"]

@@ -16,8 +16,8 @@ import os
 import sys
 from typing import List, Optional
 
-from . import __version__
-from .backends import BackendUnavailable
+from .. import __version__
+from ..backends import BackendUnavailable
 
 __all__ = ["main", "build_parser"]
 
