@@ -116,6 +116,7 @@ printf '%s\n' "${STATUS[@]}" > "$TMP/status.txt"
 import glob, json, os, sys
 from gpuconv.tools import bench, check, report
 from gpuconv.tools.bench_step import format_steps
+from gpuconv.tools.harness import write_json
 
 out, tmp = sys.argv[1], sys.argv[2]
 checks = []
@@ -123,7 +124,8 @@ for path in sorted(glob.glob(os.path.join(tmp, "check-*.json"))):
     with open(path) as f:
         checks.append(json.load(f))
 if checks:
-    report.write_json(os.path.join(out, "check.json"), {"schema": "gpuconv-check-set/1", "runs": checks})
+    write_json(os.path.join(out, "check.json"), {"schema": "gpuconv-check-set/1", "runs": checks},
+               check.CHECK_SET_SCHEMA)
 lines = ["# gpuconv GPU check", ""]
 env = None
 for name in ("bench.json", "step.json"):

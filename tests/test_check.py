@@ -10,7 +10,7 @@ import pytest
 from gpuconv import tolerances
 from gpuconv.tools import check
 from gpuconv.tools.cli import main as cli_main
-from gpuconv.tools.report import schema_errors
+from gpuconv.tools.harness import schema_errors
 
 
 def needs_emulator():

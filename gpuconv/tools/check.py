@@ -28,8 +28,11 @@ import numpy as np
 
 from .. import tolerances
 from . import report
+from .harness import document, list_of, make_backend, record, value, write_json
+from .report import ENVIRONMENT_SCHEMA
 
-__all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "MODEL_INPUTS", "format_layers"]
+__all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "CHECK_SET_SCHEMA", "MODEL_INPUTS",
+           "format_layers"]
 
 # model -> (in_channels, image_size, num_classes)
 MODEL_INPUTS: Dict[str, Tuple[int, int, int]] = {
@@ -37,15 +40,19 @@ MODEL_INPUTS: Dict[str, Tuple[int, int, int]] = {
 EMULATOR_DEFAULT_BATCH = 2
 DEFAULT_BATCH = 8
 
-ENTRY_SCHEMA = {"layer": str, "type": str, "tensor": str, "shape": [int], "max_abs_err": (float, None),
-                "rel_err": (float, None), "tolerance": float, "passed": bool}
-CHECK_SCHEMA = {
-    "schema": str, "environment": {"date": str, "cpu": str, "numpy": str},
-    "settings": {"model": str, "backends": [str], "reference": str, "dtype": str, "batch": int,
-                 "seed": int, "data": str, "image_size": int, "in_channels": int, "weights": str,
-                 "mode": str},
-    "entries": [ENTRY_SCHEMA], "passed": bool, "failures": int, "error": (str, None),
-}
+STR, INT, NUM, BOOL = value("string"), value("integer"), value("number"), value("boolean")
+ENTRY_SCHEMA = record({"layer": STR, "type": STR, "tensor": STR, "shape": list_of(INT),
+                       "max_abs_err": value("number", "null"), "rel_err": value("number", "null"),
+                       "tolerance": NUM, "passed": BOOL})
+CHECK_SCHEMA = document("gpuconv-check/1", {
+    "environment": ENVIRONMENT_SCHEMA,
+    "settings": record({"model": STR, "backends": list_of(STR), "reference": STR, "dtype": STR,
+                        "batch": INT, "seed": INT, "data": STR, "image_size": INT, "in_channels": INT,
+                        "weights": STR, "mode": STR}),
+    "entries": list_of(ENTRY_SCHEMA), "passed": BOOL, "failures": INT, "error": value("string", "null"),
+})
+# Several check documents in one file (scripts/gpu_check.sh).
+CHECK_SET_SCHEMA = document("gpuconv-check-set/1", {"runs": list_of(CHECK_SCHEMA)})
 
 
 @dataclass
@@ -148,17 +155,6 @@ def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int
     return rec
 
 
-def make_backend(name: str):
-    """The backend ``name``; kernel backends are created with poisoned outputs."""
-    from ..backends import resolve_backend
-    if name == "numpy":
-        return resolve_backend("numpy")
-    resolve_backend(name)  # raises BackendUnavailable with the reason when it cannot run here
-    from ..backends.executors import CupyExecutor, EmulatorExecutor
-    from ..backends.kernel_backend import KernelBackend
-    return KernelBackend(CupyExecutor() if name == "cuda" else EmulatorExecutor(), poison=True)
-
-
 def make_batch(data: str, batch: int, in_channels: int, image_size: int, seed: int,
                dtype) -> Tuple[np.ndarray, np.ndarray]:
     """x (batch, in_channels, image_size, image_size) and int32 labels (batch,).
@@ -251,7 +247,7 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
     tol = tolerances.tolerance(dtype)
     x, labels = make_batch(data, batch, in_ch, size, seed, np.dtype(dtype))
     doc: Dict[str, Any] = {
-        "schema": "gpuconv-check/1", "environment": report.environment(),
+        "schema": CHECK_SCHEMA["$id"], "environment": report.environment(),
         "settings": {"model": model, "backends": list(backends), "reference": backends[0], "dtype": dtype,
                      "batch": batch, "seed": seed, "data": data, "image_size": size, "in_channels": in_ch,
                      "weights": weights, "mode": mode},
@@ -259,9 +255,9 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
     }
     name = backends[0]
     try:
-        ref = _run_model(model, make_backend(name), x, labels, seed, np.dtype(dtype), weights)
+        ref = _run_model(model, make_backend(name, poison=True), x, labels, seed, np.dtype(dtype), weights)
         name = backends[1]
-        be = make_backend(name)
+        be = make_backend(name, poison=True)
         whole = _run_model(model, be, x, labels, seed, np.dtype(dtype), weights)
         alone = _run_model(model, be, x, labels, seed, np.dtype(dtype), weights, feed=ref) \
             if mode == "layer" else None
@@ -353,13 +349,13 @@ def run(args) -> int:
     print(f"{'PASS' if doc['passed'] else 'FAIL'}: {doc['failures']} comparison(s) failed "
           f"out of {len(doc['entries'])}")
     if args.json:
-        report.write_json(args.json, doc)
+        write_json(args.json, doc, CHECK_SCHEMA)
         print(f"wrote {args.json}")
     return 0 if doc["passed"] else 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``gpuconv check`` with ``argv`` (for ``python -m gpuconv.check``)."""
+    """Run ``gpuconv check`` with ``argv`` (for ``python -m gpuconv.tools.check``)."""
     parser = argparse.ArgumentParser(prog="gpuconv")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)
