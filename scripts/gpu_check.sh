@@ -85,10 +85,10 @@ trap 'rm -rf "$TMP"' EXIT
 check_all() {
     local rc=0
     for model in lenet cifar-small resnet20; do
-        "$PY" -m gpuconv.tools.check --model "$model" --backends numpy,cuda --dtype float32 \
+        "$PY" -m gpuconv check --model "$model" --backends numpy,cuda --dtype float32 \
             --json "$TMP/check-$model-float32.json" || rc=1
     done
-    "$PY" -m gpuconv.tools.check --model lenet --backends numpy,cuda --dtype float64 \
+    "$PY" -m gpuconv check --model lenet --backends numpy,cuda --dtype float64 \
         --json "$TMP/check-lenet-float64.json" || rc=1
     return $rc
 }
@@ -105,9 +105,9 @@ if "$PY" -c "import matplotlib" >/dev/null 2>&1; then
 else
     say "matplotlib is not installed: no bench.png"
 fi
-run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv.tools.bench --suite small-cnn --ops conv,pool --backend cuda \
+run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv bench --suite small-cnn --ops conv,pool --backend cuda \
     --versions all --baseline torch,torch-tf32,cupy-gemm --json "$OUT/bench.json" ${PLOT[@]+"${PLOT[@]}"}
-run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv.tools.bench --ops step --backend cuda \
+run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv bench --ops step --backend cuda \
     --baseline torch,torch-tf32 --repeat 20 --json "$OUT/step.json"
 
 # -- summary -----------------------------------------------------------------------------------------

@@ -121,6 +121,33 @@ def test_plot_needs_matplotlib_or_writes_a_png(tmp_path):
         assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_adding_an_op_to_the_bench_is_one_entry(monkeypatch):
+    """An entry appended to the table is checked against its float64 reference, timed, compared
+    with its torch baseline and costed like every other op; nothing else has to change."""
+    pytest.importorskip("torch")
+    from gpuconv.tools import bench_kernels
+    from gpuconv.tools.bench_ops import OPS, BenchOp
+    from gpuconv.tools.suites import Cost
+
+    def cost(g):
+        n = int(np.prod(g.x_shape))
+        return Cost(n, 8 * n)
+
+    relu = BenchOp("relu_forward", "forward", "conv", ("numpy",), lambda g: {"x": g.x_shape},
+                   lambda be, g, a: (be.relu(a["x"]),), cost,
+                   torch=lambda T, g, t: lambda: (T.F.relu(t["x"]),))
+    monkeypatch.setattr(bench_kernels, "OPS", OPS + (relu,))
+    doc = bench.run_bench(backend="numpy", baselines=("torch",), ops=("conv",), layers=["L2"], batch=2,
+                          repeat=1, log=lambda s: None)
+    rows = [r for r in doc["rows"] if r["op"] == "relu_forward"]
+    assert [(r["kind"], r["version"], r["status"]) for r in rows] == [("gpuconv", "default", "ok"),
+                                                                      ("baseline", "torch", "ok")]
+    assert rows[0]["rel_err"] == 0.0
+    assert rows[0]["ratio"]["torch"] == pytest.approx(rows[0]["us"] / rows[1]["us"])
+    assert rows[0]["gflops"] * rows[0]["us"] * 1e3 == pytest.approx(2 * 6 * 14 * 14)
+    assert schema_errors(doc, bench.BENCH_SCHEMA) == []
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="cupy-gemm"):
         bench.run_bench(backend="numpy", baselines=("cupy-gemm",))

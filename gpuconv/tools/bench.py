@@ -30,7 +30,7 @@ from . import report, suites
 from .bench_kernels import ROW_SCHEMA, SUMMARY_SCHEMA, BenchContext, run_kernels, summarize
 from .bench_ops import Torch
 from .bench_step import STEP_SCHEMA, format_steps, run_steps
-from .harness import device, document, list_of, make_backend, record, timer_for, value, write_json
+from .harness import INTEGER, STRING, device, document, list_of, make_backend, record, timer_for, write_json
 from .report import ENVIRONMENT_SCHEMA
 
 __all__ = ["add_parser", "run", "run_bench", "format_rows", "format_summary", "plot", "BENCH_SCHEMA"]
@@ -40,12 +40,11 @@ DEFAULT_BATCH = {"cuda": suites.DEFAULT_BATCH, "numpy": 32, "emulator": 2}
 DEFAULT_REPEAT = {"cuda": 30, "numpy": 5, "emulator": 1}
 N_INPUT_SETS = {"cuda": 3, "numpy": 2, "emulator": 1}
 
-_STR, _INT = value("string"), value("integer")
 BENCH_SCHEMA = document("gpuconv-bench/1", {
     "environment": ENVIRONMENT_SCHEMA,
-    "settings": record({"suite": _STR, "backend": _STR, "ops": list_of(_STR), "baselines": list_of(_STR),
-                        "versions": _STR, "batch": _INT, "repeat": _INT, "timer": _STR, "input_sets": _INT,
-                        "seed": _INT}),
+    "settings": record({"suite": STRING, "backend": STRING, "ops": list_of(STRING),
+                        "baselines": list_of(STRING), "versions": STRING, "batch": INTEGER, "repeat": INTEGER,
+                        "timer": STRING, "input_sets": INTEGER, "seed": INTEGER}),
     "rows": list_of(ROW_SCHEMA), "steps": list_of(STEP_SCHEMA), "summary": list_of(SUMMARY_SCHEMA)})
 
 
@@ -258,17 +257,3 @@ def run(args) -> int:
         print(f"{len(failed)} gpuconv row(s) failed their correctness check")
         return 1
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``gpuconv bench`` with ``argv`` (for ``python -m gpuconv.tools.bench``)."""
-    parser = argparse.ArgumentParser(prog="gpuconv")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-

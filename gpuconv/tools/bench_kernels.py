@@ -20,22 +20,33 @@ from .. import tolerances
 from ..backends.launch import VERSIONS, precision
 from . import report, suites
 from .bench_ops import OPS, BenchOp, Torch, baseline_names
-from .harness import KERNEL_BACKENDS, Timing, make_backend, record, tolerance_for, value
+from .harness import (
+    BOOLEAN,
+    INTEGER,
+    KERNEL_BACKENDS,
+    NUMBER,
+    NUMBER_OR_NULL,
+    OBJECT,
+    STRING,
+    Timing,
+    make_backend,
+    record,
+    tolerance_for,
+)
 
 __all__ = ["BenchContext", "run_kernels", "summarize", "ROW_SCHEMA", "SUMMARY_SCHEMA"]
 
 CPU_TARGET_MEDIAN = 2.0
 CPU_TARGET_MAX = 4.0
 
-_STR, _INT, _NUM, _BOOL = value("string"), value("integer"), value("number"), value("boolean")
-_OPT = value("number", "null")
+_OPT = NUMBER_OR_NULL
 ROW_SCHEMA = record({
-    "op": _STR, "pass": _STR, "layer": _STR, "kind": _STR, "version": _STR, "backend": _STR, "batch": _INT,
-    "status": _STR, "note": _STR, "rel_err": _OPT, "tolerance": _NUM, "us": _OPT, "p10_us": _OPT,
-    "p90_us": _OPT, "host_us": _OPT, "gflops": _OPT, "gbs": _OPT, "floor_us": _OPT, "floor_multiple": _OPT,
-    "baseline_us": value("object"), "ratio": value("object"), "default": _BOOL})
-SUMMARY_SCHEMA = record({"what": _STR, "baseline": _STR, "layers": _INT, "median_ratio": _NUM,
-                         "max_ratio": _NUM})
+    "op": STRING, "pass": STRING, "layer": STRING, "kind": STRING, "version": STRING, "backend": STRING,
+    "batch": INTEGER, "status": STRING, "note": STRING, "rel_err": _OPT, "tolerance": NUMBER, "us": _OPT,
+    "p10_us": _OPT, "p90_us": _OPT, "host_us": _OPT, "gflops": _OPT, "gbs": _OPT, "floor_us": _OPT,
+    "floor_multiple": _OPT, "baseline_us": OBJECT, "ratio": OBJECT, "default": BOOLEAN})
+SUMMARY_SCHEMA = record({"what": STRING, "baseline": STRING, "layers": INTEGER, "median_ratio": NUMBER,
+                         "max_ratio": NUMBER})
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import tolerances
 from . import report
-from .harness import device, make_backend, record, tolerance_for, value
+from .harness import INTEGER, NUMBER_OR_NULL, STRING, device, make_backend, record, tolerance_for
 
 __all__ = ["run_steps", "format_steps", "to_torch", "STEP_MODELS", "STEP_SCHEMA"]
 
@@ -31,10 +31,10 @@ __all__ = ["run_steps", "format_steps", "to_torch", "STEP_MODELS", "STEP_SCHEMA"
 STEP_MODELS = {"lenet": (1, 28), "resnet20": (3, 32)}
 LR, MOMENTUM = 0.01, 0.9
 INNER_STEPS = 5
-_STR, _OPT = value("string"), value("number", "null")
-STEP_SCHEMA = record({"model": _STR, "variant": _STR, "batch": value("integer"), "status": _STR,
-                      "note": _STR, "us": _OPT, "p10_us": _OPT, "p90_us": _OPT, "host_us": _OPT,
-                      "rel_err": _OPT, "vs_torch": _OPT})
+_OPT = NUMBER_OR_NULL
+STEP_SCHEMA = record({"model": STRING, "variant": STRING, "batch": INTEGER, "status": STRING, "note": STRING,
+                      "us": _OPT, "p10_us": _OPT, "p90_us": _OPT, "host_us": _OPT, "rel_err": _OPT,
+                      "vs_torch": _OPT})
 
 
 def to_torch(model, torch_nn):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -28,7 +27,19 @@ import numpy as np
 
 from .. import tolerances
 from . import report
-from .harness import document, list_of, make_backend, record, value, write_json
+from .harness import (
+    BOOLEAN,
+    INTEGER,
+    NUMBER,
+    NUMBER_OR_NULL,
+    STRING,
+    STRING_OR_NULL,
+    document,
+    list_of,
+    make_backend,
+    record,
+    write_json,
+)
 from .report import ENVIRONMENT_SCHEMA
 
 __all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "CHECK_SET_SCHEMA", "MODEL_INPUTS",
@@ -40,16 +51,15 @@ MODEL_INPUTS: Dict[str, Tuple[int, int, int]] = {
 EMULATOR_DEFAULT_BATCH = 2
 DEFAULT_BATCH = 8
 
-STR, INT, NUM, BOOL = value("string"), value("integer"), value("number"), value("boolean")
-ENTRY_SCHEMA = record({"layer": STR, "type": STR, "tensor": STR, "shape": list_of(INT),
-                       "max_abs_err": value("number", "null"), "rel_err": value("number", "null"),
-                       "tolerance": NUM, "passed": BOOL})
+ENTRY_SCHEMA = record({"layer": STRING, "type": STRING, "tensor": STRING, "shape": list_of(INTEGER),
+                       "max_abs_err": NUMBER_OR_NULL, "rel_err": NUMBER_OR_NULL, "tolerance": NUMBER,
+                       "passed": BOOLEAN})
 CHECK_SCHEMA = document("gpuconv-check/1", {
     "environment": ENVIRONMENT_SCHEMA,
-    "settings": record({"model": STR, "backends": list_of(STR), "reference": STR, "dtype": STR,
-                        "batch": INT, "seed": INT, "data": STR, "image_size": INT, "in_channels": INT,
-                        "weights": STR, "mode": STR}),
-    "entries": list_of(ENTRY_SCHEMA), "passed": BOOL, "failures": INT, "error": value("string", "null"),
+    "settings": record({"model": STRING, "backends": list_of(STRING), "reference": STRING, "dtype": STRING,
+                        "batch": INTEGER, "seed": INTEGER, "data": STRING, "image_size": INTEGER,
+                        "in_channels": INTEGER, "weights": STRING, "mode": STRING}),
+    "entries": list_of(ENTRY_SCHEMA), "passed": BOOLEAN, "failures": INTEGER, "error": STRING_OR_NULL,
 })
 # Several check documents in one file (scripts/gpu_check.sh).
 CHECK_SET_SCHEMA = document("gpuconv-check-set/1", {"runs": list_of(CHECK_SCHEMA)})
@@ -352,16 +362,3 @@ def run(args) -> int:
         write_json(args.json, doc, CHECK_SCHEMA)
         print(f"wrote {args.json}")
     return 0 if doc["passed"] else 1
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``gpuconv check`` with ``argv`` (for ``python -m gpuconv.tools.check``)."""
-    parser = argparse.ArgumentParser(prog="gpuconv")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["check", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

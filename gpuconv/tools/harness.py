@@ -26,7 +26,8 @@ from ..backends import BACKEND_NAMES, Backend, resolve_backend
 
 __all__ = ["KERNEL_BACKENDS", "make_backend", "device", "timer_for", "device_attributes", "Timing",
            "WallTimer", "CudaEventTimer", "PRECISIONS", "tolerance_for", "value", "record", "document",
-           "list_of", "schema_errors", "validate", "write_json"]
+           "list_of", "STRING", "INTEGER", "NUMBER", "BOOLEAN", "OBJECT", "NUMBER_OR_NULL", "STRING_OR_NULL",
+           "schema_errors", "validate", "write_json"]
 
 # ---- backends -----------------------------------------------------------------------------------
 KERNEL_BACKENDS = ("emulator", "cuda")   # the backends that run gpuconv's CUDA kernels, in versions
@@ -245,6 +246,11 @@ def document(schema_id: str, properties: Dict[str, Schema], **keywords: Any) -> 
 def list_of(items: Schema) -> Schema:
     """An array whose every item follows ``items``."""
     return {"type": "array", "items": items}
+
+
+STRING, INTEGER, NUMBER, BOOLEAN, OBJECT = (value(t) for t in ("string", "integer", "number", "boolean",
+                                                                "object"))
+NUMBER_OR_NULL, STRING_OR_NULL = value("number", "null"), value("string", "null")
 
 
 def _is(obj: Any, kind: str) -> bool:

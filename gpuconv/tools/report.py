@@ -9,15 +9,14 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .harness import device_attributes, record, value
+from .harness import INTEGER, STRING, STRING_OR_NULL, device_attributes, record
 
 __all__ = ["environment", "ENVIRONMENT_SCHEMA", "blas_threads", "format_table", "fmt"]
 
 # The keys every environment block has; GPU keys are present only where a GPU was found.
-ENVIRONMENT_SCHEMA = record({"date": value("string"), "gpuconv": value("string"),
-                             "git_commit": value("string", "null"), "python": value("string"),
-                             "numpy": value("string"), "cpu": value("string"), "threads": value("integer"),
-                             "torch": value("string", "null")})
+ENVIRONMENT_SCHEMA = record({"date": STRING, "gpuconv": STRING, "git_commit": STRING_OR_NULL,
+                             "python": STRING, "numpy": STRING, "cpu": STRING, "threads": INTEGER,
+                             "torch": STRING_OR_NULL})
 
 
 def _git_commit() -> Optional[str]:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, TextIO, Tuple
 from .. import datasets, nn, optim
 from ..backends import BACKEND_NAMES, cuda_unavailable_reason, resolve_backend, use_backend
 from ..models import MODEL_NAMES, build_model
-from .harness import document, list_of, record, validate, value, write_json
+from .harness import INTEGER, NUMBER, STRING, document, list_of, record, validate, value, write_json
 
 __all__ = ["TrainConfig", "train", "evaluate", "add_parser", "run", "METRICS_SCHEMA", "validate_metrics",
            "DEFAULT_LR"]
@@ -27,16 +27,16 @@ DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05}
 EVAL_BATCH = 1000
 SCHEDULES = ("cosine", "constant")
 
-_NUM, _INT, _STR = value("number"), value("integer"), value("string")
 _FRACTION = value("number", minimum=0.0, maximum=1.0)
-_EPOCH = record({"epoch": _INT, "train_loss": _NUM, "train_accuracy": _FRACTION, "test_loss": _NUM,
-                 "test_accuracy": _FRACTION, "seconds": _NUM, "samples_per_second": _NUM})
+_EPOCH = record({"epoch": INTEGER, "train_loss": NUMBER, "train_accuracy": _FRACTION, "test_loss": NUMBER,
+                 "test_accuracy": _FRACTION, "seconds": NUMBER, "samples_per_second": NUMBER})
 
 METRICS_SCHEMA: Dict[str, Any] = document(SCHEMA_ID, {
-    "model": _STR, "backend": _STR, "dataset": _STR, "optimizer": _STR, "lr": _NUM, "batch_size": _INT,
-    "seed": _INT, "epochs": _INT, "num_parameters": _INT, "train_samples": _INT, "test_samples": _INT,
-    "test_accuracy": _FRACTION, "test_loss": _NUM, "train_loss": _NUM, "train_accuracy": _FRACTION,
-    "wall_seconds": _NUM, "samples_per_second": _NUM, "history": list_of(_EPOCH),
+    "model": STRING, "backend": STRING, "dataset": STRING, "optimizer": STRING, "lr": NUMBER,
+    "batch_size": INTEGER, "seed": INTEGER, "epochs": INTEGER, "num_parameters": INTEGER,
+    "train_samples": INTEGER, "test_samples": INTEGER, "test_accuracy": _FRACTION, "test_loss": NUMBER,
+    "train_loss": NUMBER, "train_accuracy": _FRACTION, "wall_seconds": NUMBER, "samples_per_second": NUMBER,
+    "history": list_of(_EPOCH),
 }, title="gpuconv train final metrics",
     description=("Accuracies are fractions in [0, 1] on the held-out test split; losses are mean "
                  "softmax cross-entropy; train_loss/train_accuracy are averaged over the last "
