@@ -1,9 +1,9 @@
 """The benchmark suites as data, with FLOP and minimal-byte counts and physical floors.
 
-A suite entry is a layer shape (``ConvCase`` or ``PoolCase``); its ``kinds`` are the ops of
-``gpuconv.tools.bench_ops`` benchmarked on it; ``conv_cost``/``pool_cost`` count
-the arithmetic and the minimal traffic of one pass over a batch, and ``floor_seconds`` turns a
-cost into the physical lower bound max(FLOPs / peak, bytes / bandwidth) on a given GPU.
+A suite entry is a layer shape (``ConvCase`` or ``PoolCase``) whose ``kinds`` select the entries
+of ``gpuconv.tools.bench_ops.OPS`` timed on it; ``conv_cost``/``pool_cost`` count the arithmetic
+and the minimal traffic of one pass over a batch, and ``floor_seconds`` turns a cost into the
+physical lower bound max(FLOPs / peak, bytes / bandwidth) on a given GPU.
 
 Counting rules (float32 storage unless ``itemsize`` says otherwise):
 
