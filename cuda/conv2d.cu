@@ -382,13 +382,17 @@ __device__ __forceinline__ void gc_mma_tf32_m16n8k8(float (&d)[4], const unsigne
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
     // Portable twin with the same fragment semantics: each lane gathers rows g and g+8 of A and
-    // columns 2t and 2t+1 of B from the lanes that own them, rounds the operands as cvt.rna does,
-    // and adds the eight products to its four accumulators in k order (a product of two TF32
-    // numbers is exact in fp32, so only the additions round).
+    // columns 2t and 2t+1 of B from the lanes that own them, reads each operand as the tensor core
+    // does (its low 13 mantissa bits ignored: an operand not rounded by cvt.rna first is
+    // truncated), and adds the eight products to its four accumulators in k order (a product of
+    // two TF32 numbers is exact in fp32, so only the additions round).
     const int lane = threadIdx.x % GC_WARP_SIZE;
     const int g = lane >> 2, t = lane & 3;
     float ar[2][8], bc[2][8];  // ar[row g / g+8][k], bc[col 2t / 2t+1][k]
-    auto op = [](unsigned v) { return __uint_as_float(gc_tf32_bits(__uint_as_float(v))); };
+    auto op = [](unsigned v) {
+        const bool nan = (v & 0x7f800000u) == 0x7f800000u && (v & 0x007fffffu);
+        return __uint_as_float(nan ? v : v & 0xffffe000u);
+    };
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
         const int a_src = g * 4 + kk;  // owns A[g][kk], A[g+8][kk], A[g][kk+4], A[g+8][kk+4]

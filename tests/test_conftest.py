@@ -1,4 +1,4 @@
-"""The shared checks of conftest can fail: assert_close, the determinism check, launch recording."""
+"""The shared checks of tests/conftest.py can fail: assert_close, the determinism check, launch recording."""
 from __future__ import annotations
 
 import numpy as np
