@@ -197,11 +197,13 @@ class RawModule:
 
     ``code`` (the source text) or ``path`` (a .cu file; its directory is searched for quoted
     includes) must be given. ``options`` are NVRTC options (-I, -D, -std honoured; GPU-only ones
-    ignored). Template kernels and namespaced names need ``name_expressions``.
+    ignored). Template kernels and namespaced names need ``name_expressions``. ``profile=True``
+    builds the module with the memory-access instrumentation ``gpuconv.emulator.profile`` reads
+    (its kernels also run normally, more slowly).
     """
 
     def __init__(self, code: Optional[str] = None, path: Optional[Union[str, Path]] = None,
-                 options: Sequence[str] = (), name_expressions: Sequence[str] = ()):
+                 options: Sequence[str] = (), name_expressions: Sequence[str] = (), profile: bool = False):
         if (code is None) == (path is None):
             raise ValueError("RawModule needs exactly one of code= or path=")
         if path is not None:
@@ -217,7 +219,9 @@ class RawModule:
             raise TypeError("name_expressions must be a sequence of strings, not a string")
         self.name_expressions = tuple(name_expressions)
         self.options = tuple(options)
-        built = build.build_module(text, p, self.options, self.name_expressions)
+        self.profile = bool(profile)
+        self._source = (text, p)
+        built = build.build_module(text, p, self.options, self.name_expressions, profile=self.profile)
         self.library_path = built.path
         self.compiled = built.compiled
         self._lib = built.lib
