@@ -22,7 +22,7 @@ from .backends import BackendUnavailable
 __all__ = ["main", "build_parser"]
 
 _REQUIRED = ("train", "info")
-_OPTIONAL = ("check", "bench")
+_OPTIONAL = ("check", "bench", "profile_cli")
 
 
 class _Parser(argparse.ArgumentParser):
