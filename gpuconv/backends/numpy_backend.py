@@ -1,7 +1,7 @@
 """The reference backend: vectorised NumPy, float32 and float64, NCHW.
 
 It is both the reference every other backend is checked against and the CPU training path, so
-every op is exact (PyTorch's semantics, DESIGN.md §4) and built around large BLAS calls on
+every op is exact (PyTorch's semantics, the rules of docs/design.md) and built around large BLAS calls on
 batch chunks small enough to stay in cache:
 
   * conv2d forward: per chunk a column matrix (n, C*R*S, P*L) and one matmul per image with the
