@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,12 @@ H100 = suites.HARDWARE["H100"]
         ("sm_80", 128, 64, 48 * 1024, 3, 12, "shared memory"),
         # 1024 threads on a 48-warp SM: one block
         ("sm_89", 1024, 32, 0, 1, 32, "warps"),
+        # 33 regs -> 1056 -> 1280 per warp: 12 warps per quarter, 48 warps, 6 blocks (7 without the units)
+        ("sm_90", 256, 33, 0, 6, 48, "registers"),
+        # 96 regs -> 3072: 5 warps per 16 K quarter, 20 in all (21 if the file were one pool)
+        ("sm_90", 32, 96, 0, 20, 20, "registers"),
+        # 57 KiB + the 1 KiB reserved = 58 KiB: 3 blocks in 228 KiB (4 without the reserve)
+        ("sm_90", 128, 32, 57 * 1024, 3, 12, "shared memory"),
         # 32-thread blocks of few registers: the 32-blocks-per-SM limit
         ("sm_90", 32, 16, 0, 32, 32, "blocks"),
     ],
@@ -119,6 +126,23 @@ def test_sass_loads_before_the_multiply():
     assert sass.load_placement(sass.hot_loop(sass.parse(_sass(mid))["_Z1kPKfPf"])) == pytest.approx(2 / 3)
 
 
+def test_sass_load_use_across_the_back_edge():
+    """The load at the bottom feeds the store at the top of the next iteration: the two FFMAs
+    before that store hide it, the one after does not."""
+    body = """
+MOV R1, c[0x0][0x28]
+FFMA R4, R8, R9, R4
+FFMA R5, R8, R9, R5
+STS [R2], R12
+FFMA R6, R8, R9, R6
+LDG.E R12, desc[UR4][R6.64]
+@P0 BRA 0x10
+EXIT
+"""
+    loop = sass.hot_loop(sass.parse(_sass(body))["_Z1kPKfPf"])
+    assert sass.load_placement(loop) == pytest.approx(2 / 3)
+
+
 def test_sass_straight_line_code_has_no_loop():
     code = sass.parse(_sass("LDG.E R2, desc[UR4][R2.64]\nFFMA R4, R2, R2, R4\nEXIT"))
     assert sass.hot_loop(code["_Z1kPKfPf"]) is None
@@ -148,6 +172,21 @@ def test_model_terms_by_hand():
     assert p.terms["issue"] == pytest.approx(share * 1e6 / (4 * 1.98e9))
     assert p.terms["compute"] == pytest.approx(share * 64e5 / (66.9e12 / 132))
     assert p.bound == "shared" and p.seconds == pytest.approx(share * 2e6 / 1.98e9 + LAUNCH_LATENCY_S)
+
+
+def test_model_last_wave():
+    """133 blocks, 2 resident per SM: one SM runs 2 blocks, so the SM-local terms take 2/133 of the work."""
+    occ = occupancy("sm_90", 256, 128, 0)
+    w = Work(
+        blocks=133,
+        threads_per_block=256,
+        dram_bytes_touched=0,
+        l2_sectors=0,
+        shared_wavefronts=0,
+        instructions=1e6,
+        fma_ops={},
+    )
+    assert predict(w, H100, occ).terms["issue"] == pytest.approx(2 / 133 * 1e6 / (4 * 1.98e9))
 
 
 def test_model_small_grid_and_dram_beyond_l2():
@@ -202,27 +241,49 @@ def test_sample_blocks():
 # ---- static facts of the real kernels and the command ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def conv_facts():
+def _needs_sass():
     from gpuconv.profiler.resources import available_compiler
     from gpuconv.profiler.toolchain import find_tool
 
     if available_compiler() is None or find_tool("cuobjdump") is None or find_tool("nvdisasm") is None:
         pytest.skip("needs NVRTC or nvcc, cuobjdump and nvdisasm (pip install '.[profile]')")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_load_placement_of_real_ptxas_output(arch):
+    """late_loads' next address depends on the multiply's result, so its load must follow the
+    FFMAs; early_loads' load is free to go first, and ptxas puts it there."""
+    _needs_sass()
+    from gpuconv.profiler.resources import compile_file
+    from gpuconv.profiler.static import facts_of
+
+    kernels = Path(__file__).parent / "emu_kernels"
+    facts = facts_of(
+        compile_file("load_placement.cu", ["late_loads", "early_loads"], arch, directory=kernels)
+    )
+    late, early = facts["late_loads"], facts["early_loads"]
+    assert late["loads_before_multiply"] is False and late["fma_before_use"] == 0.0
+    assert early["loads_before_multiply"] is True and early["fma_before_use"] == 1.0
+    assert late["loop"]["ffma"] >= 16 and early["loop"]["ffma"] >= 16
+
+
+@pytest.fixture(scope="module")
+def conv_facts():
+    _needs_sass()
     from gpuconv.profiler.static import kernel_facts
 
     return {arch: kernel_facts("conv2d.cu", arch) for arch in ("sm_80", "sm_90")}
 
 
+@pytest.mark.parametrize("kernel", ["forward", "backward_filter"])
 @pytest.mark.parametrize("bn", [16, 32, 64])
-def test_conv_forward_v2_global_loads_follow_the_multiply(conv_facts, bn):
-    """Today's conv2d_forward_v2: ptxas issues the next tile's global loads after the current tile's
-    256 FFMAs, so the double buffering hides no load latency. This documents the kernel as it is:
-    the fix (loads first) must flip it to True."""
+def test_conv_gemm_issues_the_next_tiles_loads_before_the_multiply(conv_facts, kernel, bn):
+    """The implicit-GEMM step loop of conv2d.cu: the next tile's global loads go out before the
+    current tile's 256 FFMAs (ptxas used to put them after, which this check reported as False)."""
     for arch, facts in conv_facts.items():
-        f = facts[f"conv2d_forward_v2<float, {bn}>"]
+        f = facts[f"conv2d_{kernel}_v2<float, {bn}>"]
         assert f["loop"]["ffma"] == 256, arch
-        assert f["loads_before_multiply"] is False and f["fma_after_last_load"] < 0.05, arch
+        assert f["loads_before_multiply"] is True and f["fma_before_use"] >= 0.5, arch
         assert f["spill_stores"] == 0 and 0 < f["registers"] <= 128, arch
 
 
@@ -257,8 +318,13 @@ def test_profile_command_rows_and_json(tmp_path, capsys):
         assert set(ROW_KEYS) <= set(r)
         assert r["blocks_sampled"] <= 2 and r["predicted_us"] is None  # no compiler: no estimate
     fwd = rows[0]
-    # C5: 8x8 outputs, K = 64: the epilogue writes y with lanes 4 apart (a 4x4 tile per thread)
-    assert fwd["global_store_efficiency"] == 0.25
+    s = fwd["summary_sampled"]
+    assert fwd["global_store_efficiency"] == round(
+        s["global_store_bytes_requested"] / (32 * s["global_store_sectors"]), 4
+    )
+    assert fwd["global_load_sectors_per_request"] == round(
+        s["global_load_sectors"] / s["global_load_requests"], 4
+    )
     assert fwd["floor_us"] == pytest.approx(
         suites.floor_seconds(suites.conv_cost(suites.SUITES["small-cnn"][6].geometry(128), "forward"), H100)
         * 1e6,

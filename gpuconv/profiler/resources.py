@@ -273,14 +273,23 @@ def _usage_by_expression(log: str, arch: str, symbols: Dict[str, str]) -> Dict[s
     return out
 
 
-def compile_file(filename: str, exprs: List[str], arch: str, compiler: str = "auto") -> Compiled:
-    """Compile cuda/``filename`` with every expression in ``exprs`` for ``arch`` (e.g. "sm_90")."""
+def compile_file(
+    filename: str, exprs: List[str], arch: str, compiler: str = "auto", directory: Optional[Path] = None
+) -> Compiled:
+    """Compile ``filename`` of ``directory`` (default cuda/) with every expression in ``exprs``
+    for ``arch`` (e.g. "sm_90"), with the backend's compile options."""
     which = available_compiler(compiler)
     if which is None:
         raise FileNotFoundError("neither NVRTC (pip install nvidia-cuda-nvrtc) nor nvcc was found")
-    path = cuda_dir() / filename
+    directory = Path(directory) if directory is not None else cuda_dir()
+    path = directory / filename
     if which == "nvrtc":
-        opts = list(compile_options()) + ["-ftz=true", f"--gpu-architecture={arch}", "-Xptxas=-v"]
+        opts = list(compile_options()) + [
+            f"-I{directory}",
+            "-ftz=true",
+            f"--gpu-architecture={arch}",
+            "-Xptxas=-v",
+        ]
         cubin, log, symbols = _nvrtc().compile(path.read_text(), filename, opts, list(exprs))
         return Compiled(filename, arch, cubin, _usage_by_expression(log, arch, symbols), symbols, which)
     nvcc = find_nvcc()
@@ -296,6 +305,7 @@ def compile_file(filename: str, exprs: List[str], arch: str, compiler: str = "au
                 f"-arch={arch}",
                 "-cubin",
                 "--resource-usage",
+                f"-I{directory}",
                 f"-I{cuda_dir()}",
                 str(src),
                 "-o",

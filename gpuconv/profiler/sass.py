@@ -8,11 +8,13 @@ text into one instruction list per kernel (mangled name). On a kernel's instruct
 * ``hot_loop`` finds the loops (a backward branch closes one: [target, branch]), keeps the
   innermost ones (those containing no other loop) and returns the one with the most
   multiply-adds (then the most instructions), or None for straight-line code;
-* ``load_placement`` of a loop: the fraction of its multiply-adds issued after its last global
-  load. ``loads_before_multiply`` is True when at least half of them are (the loads' latency is
-  hidden behind the multiply), False otherwise, None when the loop has no global load or no
-  multiply-add. This is the check for a double-buffered GEMM: the next tile's loads belong before
-  the current tile's multiply, and ptxas may move them after it.
+* ``load_placement`` of a loop: for each global load, the multiply-adds issued between the load
+  and the first instruction that reads its result (around the loop's back edge), as a fraction of
+  one step's multiply (the loop's multiply-adds over its barriers); the median over the loads.
+  ``loads_before_multiply`` is True when that is at least one half (the loads' latency is hidden
+  behind the multiply), False otherwise, None when the loop has no global load or no multiply-add.
+  This is the check for a double-buffered GEMM: the next tile's loads belong before the current
+  tile's multiply, and ptxas may move them after it.
 """
 
 from __future__ import annotations
@@ -168,10 +170,59 @@ def hot_loop(instrs: List[Instr]) -> Optional[List[Instr]]:
     return instrs[best[0] : best[1] + 1]
 
 
+_NO_DEST = (
+    "STS",
+    "STG",
+    "ST",
+    "STL",
+    "RED",
+    "BAR",
+    "BRA",
+    "EXIT",
+    "LDGSTS",
+    "MEMBAR",
+    "RET",
+    "CALL",
+    "DEPBAR",
+    "WARPSYNC",
+    "BSYNC",
+    "BSSY",
+    "NOP",
+)
+_REG = re.compile(r"\bR(\d+)\b")
+
+
+def _sources(i: Instr) -> set:
+    ops = i.operands if i.base in _NO_DEST else i.operands.partition(",")[2]
+    return {int(r) for r in _REG.findall(ops)}
+
+
 def load_placement(loop: List[Instr]) -> Optional[float]:
-    """Fraction of the loop's multiply-adds after its last global load; None without either."""
+    """How much of a step's multiply hides the loop's global loads; None without a load or an FMA.
+
+    For each global load: the multiply-adds issued between it and the first instruction reading its
+    destination registers (following the loop around its back edge), over the multiply-adds of one
+    step (the loop's, divided by its barriers when it has any); the median over the loads.
+    """
     fma = [k for k, i in enumerate(loop) if i.base in FMA_OPS]
-    loads = [k for k, i in enumerate(loop) if i.base in ("LDG", "LDGSTS")]
+    loads = [k for k, i in enumerate(loop) if i.base == "LDG"]
     if not fma or not loads:
         return None
-    return sum(1 for k in fma if k > loads[-1]) / len(fma)
+    per_step = len(fma) / max(1, sum(1 for i in loop if i.base == "BAR"))
+    covered = []
+    for k in loads:
+        m = _REG.search(loop[k].operands)
+        if m is None:
+            continue
+        first = int(m.group(1))
+        dest = set(range(first, first + max(1, _width(loop[k].opcode) // 32)))
+        n = 0
+        for j in list(range(k + 1, len(loop))) + list(range(0, k + 1)):
+            if dest & _sources(loop[j]):
+                break
+            n += loop[j].base in FMA_OPS
+        covered.append(min(1.0, n / per_step))
+    if not covered:
+        return None
+    covered.sort()
+    return covered[len(covered) // 2]

@@ -4,7 +4,7 @@
 CuPy's options, else nvcc), disassembles the cubin (``sass``) and returns, per name expression, a
 JSON-ready dict: ``registers``, ``stack_frame``, ``spill_stores``, ``spill_loads``, ``shared``
 (static bytes), ``mix`` (the whole kernel, ``sass.Mix.as_dict``), ``loop`` (the innermost hot
-loop's mix, or None), ``fma_after_last_load`` and ``loads_before_multiply`` (``sass``).
+loop's mix, or None), ``fma_before_use`` and ``loads_before_multiply`` (``sass``).
 
 Results are cached under ``$GPUCONV_CACHE_DIR/profile`` (default ``~/.cache/gpuconv/profile``),
 keyed by the .cu and every header beside it, the expressions, the architecture and the compiler
@@ -26,9 +26,9 @@ from ..backends.executors import source_hash
 from . import sass
 from .resources import available_compiler, compile_file, compiler_version
 
-__all__ = ["kernel_facts", "cache_dir"]
+__all__ = ["kernel_facts", "facts_of", "cache_dir"]
 
-FORMAT = "1"
+FORMAT = "2"
 
 
 def cache_dir() -> Path:
@@ -53,8 +53,17 @@ def _facts(compiled, expr: str, code: Dict[str, Any]) -> Dict[str, Any]:
         "shared": shared,
         "mix": sass.mix(instrs).as_dict(),
         "loop": sass.mix(loop).as_dict() if loop else None,
-        "fma_after_last_load": None if placement is None else round(placement, 4),
+        "fma_before_use": None if placement is None else round(placement, 4),
         "loads_before_multiply": None if placement is None else placement >= 0.5,
+    }
+
+
+def facts_of(compiled) -> Dict[str, Dict[str, Any]]:
+    """Name expression -> static facts of every kernel of a ``resources.Compiled``."""
+    code = sass.parse(sass.disassemble(compiled.cubin))
+    return {
+        e: {"arch": compiled.arch, "compiler": compiled.compiler, **_facts(compiled, e, code)}
+        for e in compiled.symbols
     }
 
 
@@ -73,9 +82,7 @@ def kernel_facts(filename: str, arch: str, compiler: str = "auto") -> Dict[str, 
     cached = _read(path)
     if cached is not None:
         return cached
-    compiled = compile_file(filename, exprs, arch, which)
-    code = sass.parse(sass.disassemble(compiled.cubin))
-    out = {e: {"arch": arch, "compiler": which, **_facts(compiled, e, code)} for e in exprs}
+    out = facts_of(compile_file(filename, exprs, arch, which))
     fd, tmp = tempfile.mkstemp(dir=cache_dir(), prefix="tmp-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(out, f)
