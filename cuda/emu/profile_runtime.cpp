@@ -18,8 +18,8 @@
 //   shared: wavefronts by the 32-bank, 4-byte rule, 8-byte accesses in half-warp phases and
 //           16-byte accesses in quarter-warp phases; a word read by several lanes of a phase is
 //           read once, and a phase that only reads words of earlier phases costs nothing
-//           (broadcasts are free); ideal = the distinct 4-byte words / 32, rounded up (for
-//           lanes reading distinct data: ceil(active lanes * width / 128)).
+//           (broadcasts are free); ideal = ceil(active lanes * width / 128), the minimum for that
+//           width and number of lanes (a broadcast can cost less).
 // Blocks run one after another (the launcher uses the forward order), so a new block index at a
 // thread's entry means the previous block has finished.
 #ifndef _GNU_SOURCE
@@ -189,12 +189,13 @@ GlobalCost global_cost(const Request& q, bool load) {
 struct SharedCost { uint64_t wavefronts, ideal, bytes; };
 
 SharedCost shared_cost(const Request& q) {
-  int width = 0;
+  int width = 0, active = 0;
   uint64_t bytes = 0;
   for (int l = 0; l < 32; ++l)
     if ((q.mask >> l) & 1u) {
       width = std::max(width, (int)q.size[l]);
       bytes += q.size[l];
+      ++active;
     }
   const int phase_lanes = width > 8 ? 8 : width > 4 ? 16 : 32;
   uint64_t served[32 * 5];  // distinct words of the phases so far, sorted
@@ -221,7 +222,7 @@ SharedCost shared_cost(const Request& q) {
     std::copy(merged, merged + std::min(nm, 32 * 5), served);
     nserved = std::min(nm, 32 * 5);
   }
-  const uint64_t ideal = ((uint64_t)nserved + 31) / 32;
+  const uint64_t ideal = ((uint64_t)active * (uint64_t)width + 127) / 128;
   return {wavefronts, ideal ? ideal : 1, bytes};
 }
 

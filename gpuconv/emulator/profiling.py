@@ -10,8 +10,8 @@ the active lanes of a warp is one request) and evaluates each request as Nsight 
 * global: the number of distinct 32-byte sectors, each array argument's base taken as 256-byte
   aligned (as ``cudaMalloc`` returns it; host arrays are not), and the bytes the lanes asked for;
 * shared: wavefronts by the 32-bank, 4-byte rule (8-byte accesses in two half-warp phases, 16-byte
-  accesses in four quarter-warp phases; lanes reading the same word share it), against the ideal
-  ceil(active lanes * width / 128).
+  accesses in four quarter-warp phases; lanes reading the same word share it, and a phase reading
+  only words of earlier phases is free), against the ideal ceil(active lanes * width / 128).
 
 Accesses wider than 16 bytes (a 32-byte struct copy) count as 16-byte pieces, each a request, as
 the GPU issues them as several 128-bit instructions. Per access site and warp of a block, the first
