@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from gpuconv import suites
-from gpuconv.cli import main
-from gpuconv.profile_cli import ROW_KEYS, sample_blocks
 from gpuconv.profiler import sass
 from gpuconv.profiler.model import LAUNCH_LATENCY_S, Work, instruction_estimate, predict
 from gpuconv.profiler.occupancy import occupancy
+from gpuconv.tools import suites
+from gpuconv.tools.cli import main
+from gpuconv.tools.profile import ROW_KEYS, sample_blocks
 
 H100 = suites.HARDWARE["H100"]
 

@@ -15,7 +15,7 @@ from .errors import BY_CODE, EmulatorError, KernelNotFoundError, LaunchError, Or
 
 Dims = Union[int, Tuple[int, ...]]
 
-_launch_lock = threading.Lock()
+launch_lock = threading.Lock()
 
 # Scalar codes of the kernel signature -> (accepted NumPy scalar types, C spelling).
 _SCALARS = {
@@ -149,7 +149,7 @@ class Kernel:
         grid_c = (ctypes.c_uint * 3)(*g)
         block_c = (ctypes.c_uint * 3)(*b)
         rt = build.runtime()
-        with _launch_lock:
+        with launch_lock:
             rc = rt.gpuconv_emu_launch(self._entry, slots, n, grid_c, block_c, int(shared_mem), ORDERS[order],
                                        int(seed) & 0xFFFFFFFFFFFFFFFF, self._name_bytes, self._smem)
             if rc:
@@ -220,7 +220,7 @@ class RawModule:
         self.name_expressions = tuple(name_expressions)
         self.options = tuple(options)
         self.profile = bool(profile)
-        self._source = (text, p)
+        self.code, self.path = text, p  # the source text; its file (None for code=)
         built = build.build_module(text, p, self.options, self.name_expressions, profile=self.profile)
         self.library_path = built.path
         self.compiled = built.compiled

@@ -36,7 +36,7 @@ from ..cuda_limits import check_launch
 from . import build
 from .constants import MAX_DYN_SMEM
 from .errors import BY_CODE, EmulatorError, LaunchError
-from .module import Dims, Kernel, RawModule, _launch_lock
+from .module import Dims, Kernel, RawModule, launch_lock
 
 __all__ = ["profile", "Report", "SUMMARY_KEYS"]
 
@@ -99,8 +99,7 @@ def _profiled(kernel: Kernel) -> Kernel:
         return kernel
     twin = getattr(mod, "_profile_twin", None)
     if twin is None:
-        text, path = mod._source
-        twin = RawModule(code=text if path is None else None, path=path, options=mod.options,
+        twin = RawModule(code=mod.code if mod.path is None else None, path=mod.path, options=mod.options,
                          name_expressions=mod.name_expressions, profile=True)
         mod._profile_twin = twin
     return twin.get_function(kernel.name)
@@ -219,7 +218,7 @@ def profile(kernel: Kernel, grid: Dims, block: Dims, args: Sequence[Any], shared
     rt, prt = build.runtime(), _prt()
     nthreads = b[0] * b[1] * b[2]
     entry = ctypes.cast(prt.gpuconv_prof_entry, ctypes.c_void_p).value
-    with _launch_lock:
+    with launch_lock:
         rc = prt.gpuconv_prof_begin(reg_c, len(regions), blk_c, len(selected or ()), pk._entry, pk._smem,
                                     nthreads)
         if rc:

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
-from ..suites import Hardware
 from .occupancy import Occupancy
 
 __all__ = ["Work", "Prediction", "predict", "LAUNCH_LATENCY_S", "LOCAL_WARPS", "MEMORY_WARPS"]
@@ -56,7 +55,7 @@ class Prediction:
     terms: Dict[str, float]  # seconds of each term, before the launch latency
 
 
-def _dram_bytes(w: Work, hw: Hardware) -> float:
+def _dram_bytes(w: Work, hw: Any) -> float:
     touched = w.dram_bytes_touched
     traffic = w.l2_sectors * 32.0
     if touched <= hw.l2_bytes or traffic <= touched:
@@ -64,8 +63,11 @@ def _dram_bytes(w: Work, hw: Hardware) -> float:
     return touched + (traffic - touched) * (1.0 - hw.l2_bytes / touched)
 
 
-def predict(w: Work, hw: Hardware, occ: Occupancy) -> Prediction:
-    """The estimate for ``w`` on ``hw`` at occupancy ``occ`` (see the module docstring)."""
+def predict(w: Work, hw: Any, occ: Occupancy) -> Prediction:
+    """The estimate for ``w`` on ``hw`` at occupancy ``occ`` (see the module docstring). ``hw`` has
+    the fields of ``gpuconv.tools.suites.Hardware``: ``name``, ``sms``, ``clock_hz``, ``fp32_flops``,
+    ``tf32_flops``, ``dram_bandwidth``, ``l2_bytes``, ``l2_bytes_per_clock``, ``smem_bytes_per_clock``,
+    ``issue_per_clock``."""
     if occ.blocks_per_sm < 1:
         raise ValueError(f"the kernel cannot run on {hw.name}: no block fits on an SM ({occ.limiter})")
     if w.blocks < 1:

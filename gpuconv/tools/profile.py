@@ -6,7 +6,7 @@ a sample of each launch's blocks (``--blocks``, evenly spaced, first and last in
 global and shared access recorded, and the counts are scaled to the whole grid. The kernels are
 compiled for the chosen GPU's architecture (NVRTC with CuPy's options, else nvcc) for registers,
 spills, occupancy and the SASS of the hot loop, and ``gpuconv.profiler.model`` turns it all into
-a predicted time, next to the physical floor of ``gpuconv.suites``.
+a predicted time, next to the physical floor of ``gpuconv.tools.suites``.
 """
 
 from __future__ import annotations
@@ -21,17 +21,18 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import report, suites
-from .backends import launch
-from .backends.executors import EmulatorExecutor
-from .backends.kernel_backend import KernelBackend
-from .backends.numpy_backend import NumpyBackend
-from .cuda_limits import check_launch
+from ..backends import launch
+from ..backends.executors import EmulatorExecutor
+from ..backends.kernel_backend import KernelBackend
+from ..backends.numpy_backend import NumpyBackend
+from ..cuda_limits import check_launch
+from . import harness, suites
 from .suites import ConvCase, PoolCase
 
 __all__ = ["add_parser", "run", "profile_suite", "ROW_KEYS", "SAMPLE_BLOCKS"]
 
 SAMPLE_BLOCKS = 4
+PROFILE_SCHEMA = {"schema": str, "settings": dict, "rows": [dict]}
 ROW_KEYS = (
     "layer",
     "op",
@@ -72,14 +73,14 @@ class _Recorder(EmulatorExecutor):
         self.launches: List[Tuple[Any, Any, int]] = []
 
     def load(self, path: Path, options, name_expressions):
-        from . import emulator
+        from .. import emulator
 
         return emulator.RawModule(
             path=str(path), options=tuple(options), name_expressions=tuple(name_expressions), profile=True
         )
 
     def launch(self, fn, grid, block, args, shared_mem=0) -> None:
-        from .emulator import profile
+        from ..emulator import profile
 
         grid, block, shared_mem = check_launch(grid, block, shared_mem)
         blocks = sample_blocks(grid[0] * grid[1] * grid[2], self.sample)
@@ -147,8 +148,8 @@ def _ratio(a: float, b: float) -> Optional[float]:
 
 
 def _row(fn, rep, shared_mem: int, hw: suites.Hardware, facts: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    from .profiler.model import Work, instruction_estimate, predict
-    from .profiler.occupancy import occupancy
+    from ..profiler.model import Work, instruction_estimate, predict
+    from ..profiler.occupancy import occupancy
 
     s = rep.summary
     scale = rep.blocks_total / rep.blocks_run
@@ -214,7 +215,7 @@ def _static(file: str, arch: str, compiler: str, cache: Dict) -> Optional[Dict[s
     if compiler == "none":
         return None
     if (file, arch) not in cache:
-        from .profiler.static import kernel_facts
+        from ..profiler.static import kernel_facts
 
         cache[(file, arch)] = kernel_facts(file, arch, compiler)
     return cache[(file, arch)]
@@ -249,7 +250,7 @@ def profile_suite(
             raise ValueError(f"layers: unknown layer {layer!r}; the suite has {', '.join(ids)}")
     wanted = expand_ops(ops)
     if compiler != "none":
-        from .profiler.resources import available_compiler
+        from ..profiler.resources import available_compiler
 
         if available_compiler(compiler) is None:
             raise FileNotFoundError(
@@ -277,7 +278,7 @@ def profile_suite(
                     fn(be, v)
                 floor = _floor(case, op, batch, hw, v)
                 for kfn, rep, smem in rec.launches:
-                    file = Path(kfn.module._source[1]).name
+                    file = Path(kfn.module.path).name
                     facts = _static(file, hw.arch, compiler, static_cache)
                     row = {
                         "layer": case.id,
@@ -289,9 +290,7 @@ def profile_suite(
                         "arch": hw.arch,
                     }
                     if sites:
-                        row["sites"] = [
-                            dict(x, file=os.path.relpath(x["file"])) for x in rep.sites[:sites]
-                        ]
+                        row["sites"] = [dict(x, file=os.path.relpath(x["file"])) for x in rep.sites[:sites]]
                     rows.append(row)
     return rows
 
@@ -425,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
             },
             "rows": rows,
         }
-        report.write_json(args.json, doc)
+        harness.write_json(args.json, doc, PROFILE_SCHEMA)
     return 0
 
 
