@@ -166,3 +166,9 @@ def test_normal_builds_are_not_instrumented(mod):
     prof = emu.RawModule(path=str(PATTERNS), profile=True)
     assert "__tsan_read4" in undefined_symbols(prof.library_path)
     assert prof.library_path != emu.RawModule(path=str(PATTERNS)).library_path
+
+
+def test_profile_mode_refuses_asan(monkeypatch):
+    monkeypatch.setenv("GPUCONV_EMU_ASAN", "1")
+    with pytest.raises(emu.CompileError, match="GPUCONV_EMU_ASAN"):
+        emu.RawModule(path=str(PATTERNS), profile=True)

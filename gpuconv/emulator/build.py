@@ -252,18 +252,18 @@ def build_module(text: str, path: Optional[Path], options: Sequence[str],
     """Build (or fetch from the cache) and load the library for one kernel source
     (``profile``: the profile mode described in the module docstring)."""
     opts = source.parse_options(options)
+    asan = asan_enabled()
+    if profile and asan:
+        raise CompileError("the profile mode cannot be combined with GPUCONV_EMU_ASAN=1 (GCC's thread "
+                           "and address sanitizers exclude each other): unset it to profile")
     rt = runtime()
     del rt
     cxx = compiler()
-    asan = asan_enabled()
     includes = source.included_files(path, text, opts.include_dirs)
     kflags = _KERNEL_FLAGS + (_ASAN_FLAGS if asan else [])
     if asan:
         kflags = [f for f in kflags if f != "-O2"] + ["-O1"]
     if profile:
-        if asan:
-            raise CompileError("the profile mode cannot be combined with GPUCONV_EMU_ASAN=1 (GCC's thread "
-                               "and address sanitizers exclude each other): unset it to profile")
         profile_runtime()
         kflags = kflags + _PROFILE_FLAGS
     header = emu_dir() / "cuda_emu.h"
