@@ -122,8 +122,10 @@ run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv bench --ops step --backend cuda
     --baseline torch,torch-tf32 --repeat 20 --json "$OUT/step.json"
 
 # -- summary -----------------------------------------------------------------------------------------
+# The model's predictions are informational: a failed profile (no NVRTC/cuobjdump/nvdisasm here, say)
+# is reported in the stage table without failing the check.
 if wait "$PROFILE_PID"; then STATUS+=("profile (CPU, background)|ok|-"); else
-    STATUS+=("profile (CPU, background)|FAILED|-"); FAILED=1; fi
+    STATUS+=("profile (CPU, background)|FAILED, not counted (see log.txt)|-"); fi
 cat "$TMP/profile.txt" >> "$LOG"
 printf '%s\n' "${STATUS[@]}" > "$TMP/status.txt"
 "$PY" - "$OUT" "$TMP" >> "$LOG" 2>&1 <<'EOF'

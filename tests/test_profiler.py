@@ -346,3 +346,30 @@ def test_profile_command_rows_and_json(tmp_path, capsys):
 def test_profile_command_refuses_bad_input(argv, word, capsys):
     assert main(["profile", "--compiler", "none"] + argv) == 2
     assert word in capsys.readouterr().err
+
+
+def test_predicted_beside_measured():
+    from gpuconv.tools.profile import compare_with_bench, format_comparison
+
+    prof = [
+        {"layer": "C2", "op": "conv2d_backward_filter", "version": 2, "predicted_us": 30.0},
+        {"layer": "C2", "op": "conv2d_backward_filter", "version": 2, "predicted_us": 10.0},
+        {"layer": "C3", "op": "conv2d_forward", "version": 2, "predicted_us": None},
+    ]
+    bench = [
+        {"layer": "C2", "op": "conv2d_backward_filter", "version": "v2", "kind": "gpuconv", "us": 20.0},
+        {"layer": "C2", "op": "conv2d_backward_filter", "version": "torch", "kind": "baseline", "us": 5.0},
+        {"layer": "C3", "op": "conv2d_forward", "version": "v2", "kind": "gpuconv", "us": 7.0},
+    ]
+    rows = compare_with_bench(prof, bench)
+    assert rows == [
+        {
+            "layer": "C2",
+            "op": "conv2d_backward_filter",
+            "version": "v2",
+            "predicted_us": 40.0,
+            "measured_us": 20.0,
+            "ratio": 2.0,
+        }
+    ]
+    assert "median 2.00, worst 2.00 over 1 entries" in format_comparison(rows)
