@@ -66,6 +66,7 @@ CONV_CASES = [  # (N, C, H, W, K, R, S, stride, padding, dilation, groups)
     (1, 2, 11, 11, 3, 5, 5, 2, "same", 1, 1),
     (2, 4, 8, 8, 4, 3, 3, 1, "valid", 2, 4),
     (1, 3, 7, 10, 2, 4, 3, 3, 2, 1, 1),
+    (2, 3, 7, 6, 4, 4, 2, 1, "same", 1, 1),      # even kernel at stride 1: padding bottom/right only
 ]
 
 
@@ -89,7 +90,7 @@ def test_conv2d_random_direction(case):
 
 
 @pytest.mark.parametrize("stride,padding,dilation,groups", [
-    (1, 1, 1, 1), (2, "same", 1, 1), ((1, 2), (0, 1), (2, 1), 2)])
+    (1, 1, 1, 1), (2, "same", 1, 1), ((1, 2), (0, 1), (2, 1), 2), (1, "same", 1, 1)])
 def test_conv2d_full_jacobian(stride, padding, dilation, groups):
     rng = np.random.default_rng(3)
     inputs = dict(x=tie_free(rng, (1, 2, 5, 4)), weight=tie_free(rng, (2, 2 // groups, 2, 3)),
