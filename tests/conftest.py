@@ -17,10 +17,26 @@ Determinism
     ``assert_deterministic`` runs a call twice and compares the bits. On a GPU the hardware
     schedules the second run differently; the emulator runs threads and blocks in the same order
     every time, so there the second run goes through a fresh backend in a seeded random order.
+
+The AddressSanitizer tier
+    tests/test_emulator_asan.py runs the kernel tests again in a process with libasan preloaded
+    and ``GPUCONV_EMU_ASAN=1``, where every launch is several times slower; there ``sample`` keeps
+    the first few of each list of random cases (the hand-picked ones are kept by every test).
+    With ``GPUCONV_TESTS_LAUNCH_LOG=<file>`` the names of the kernels launched on the emulator are
+    written to that file at the end of the session, so the tier can show that it ran every kernel.
+
+The PyTorch tier
+    Tests that compare with PyTorch skip when it is absent. ``GPUCONV_TESTS_NO_TORCH=1`` hides an
+    installed torch from the test process (``import torch`` fails as if it were not installed), so
+    the suite can be run as a machine without it runs it: scripts/mutants.py measures the kill rate
+    both ways. ``GPUCONV_TESTS_REQUIRE_TORCH=1`` (set by .ci/run) makes a torch that cannot be
+    imported a usage error instead of a tier that silently skips.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
@@ -28,6 +44,16 @@ import pytest
 
 from gpuconv import tolerances, use_backend
 from gpuconv.backends import cuda_unavailable_reason
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
+if _flag("GPUCONV_TESTS_NO_TORCH"):
+    sys.modules["torch"] = None  # type: ignore[assignment]  # import torch raises ImportError
+
+ASAN = _flag("GPUCONV_EMU_ASAN")
 
 BACKENDS = ("numpy", "emulator", "cuda")
 KERNEL_BACKENDS = ("emulator", "cuda")
@@ -82,6 +108,33 @@ def gpu():
 def numpy_default():
     with use_backend("numpy") as be:
         yield be
+
+
+def sample(cases: list, n: int) -> list:
+    """``cases`` (random test cases), or only the first ``n`` of them in the AddressSanitizer tier."""
+    return list(cases)[:n] if ASAN else list(cases)
+
+
+def pytest_configure(config):
+    if _flag("GPUCONV_TESTS_REQUIRE_TORCH"):
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise pytest.UsageError(f"GPUCONV_TESTS_REQUIRE_TORCH=1 but torch cannot be imported ({exc}): "
+                                    "the PyTorch tier would be skipped") from None
+    log = os.environ.get("GPUCONV_TESTS_LAUNCH_LOG")
+    if not log:
+        return
+    from gpuconv.backends.executors import EmulatorExecutor
+    launched: set = set()
+    real = EmulatorExecutor.launch
+
+    def logged(self, fn, grid, block, args, shared_mem=0):
+        launched.add(fn.name)
+        return real(self, fn, grid, block, args, shared_mem=shared_mem)
+
+    EmulatorExecutor.launch = logged
+    config.add_cleanup(lambda: open(log, "w").write("".join(f"{n}\n" for n in sorted(launched))))
 
 
 # ---- agreement ----------------------------------------------------------------------------------
