@@ -162,6 +162,7 @@ def test_bad_arguments_are_refused():
 # ---- emulator -------------------------------------------------------------------------------------------
 def test_bench_emulator_checks_every_version(tmp_path, capsys):
     pytest.importorskip("gpuconv.backends.kernel_backend")
+    from gpuconv.backends.executors import EmulatorExecutor
     from gpuconv.backends.kernel_backend import KernelBackend
     path = tmp_path / "bench.json"
     rc = cli_main(["bench", "--backend", "emulator", "--baseline", "none", "--batch", "1", "--repeat", "1",
@@ -186,7 +187,7 @@ def test_bench_emulator_checks_every_version(tmp_path, capsys):
         tf32 = v.startswith("v") and conv.PRECISION.get((r["op"], int(v[1:]))) == "tf32"
         assert r["tolerance"] == (tolerances.TF32_RTOL if tf32 else tolerances.FLOAT32_RTOL), r
     assert any(r["op"] == "conv2d_forward" and r["tolerance"] == tolerances.TF32_RTOL for r in rows)
-    defaults = KernelBackend.default_versions()
+    defaults = KernelBackend(EmulatorExecutor()).default_versions()
     assert {(r["op"], r["version"]) for r in rows if r["default"]} == {
         (op, f"v{defaults[op]}") for op in {r["op"] for r in rows}}
 

@@ -8,10 +8,11 @@ import types
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, recording_launches
 
 import gpuconv as gc
-from gpuconv import backends
+from gpuconv import backends, nn
+from gpuconv.backends import launch
 from gpuconv.backends.executors import CupyExecutor, EmulatorExecutor, source_hash
 from gpuconv.backends.kernel_backend import KernelBackend, compile_options
 from gpuconv.backends.launch import common
@@ -150,7 +151,7 @@ def test_grid_stride_grid_is_capped():
 # ---- versions -------------------------------------------------------------------------------------
 
 def test_versions_default_override_and_context(emu):
-    defaults = KernelBackend.default_versions()
+    defaults = emu.default_versions()
     for op in ("conv2d_forward", "max_pool2d_backward", "avg_pool2d_backward", "l2_pool2d_backward",
                "elementwise", "softmax_cross_entropy", "linear_gemm", "sgd_step", "adam_step"):
         assert op in defaults
@@ -169,6 +170,26 @@ def test_versions_default_override_and_context(emu):
         KernelBackend(EmulatorExecutor(), versions={"max_pool2d_backward": 7})
     with pytest.raises(ValueError, match="unknown op"):
         emu.version("nope")
+
+
+def test_no_op_defaults_to_the_array_library_on_the_emulator(monkeypatch):
+    """On a GPU linear defaults to cuBLAS (v2); on the emulator v2 would be NumPy's matmul checked
+    against NumPy, so there the default is the GEMM kernel, and a training step launches it."""
+    assert launch.LIBRARY_VERSIONS == {("linear_gemm", 2)}
+    assert launch.default_versions("cuda")["linear_gemm"] == 2
+    emu_defaults = KernelBackend(EmulatorExecutor()).default_versions()
+    assert emu_defaults == dict(launch.DEFAULT_VERSIONS, linear_gemm=1)
+    assert not {(op, v) for op, v in emu_defaults.items()} & launch.LIBRARY_VERSIONS
+    fake = types.SimpleNamespace(name="cuda", xp=np, launch=None)
+    assert KernelBackend(fake).version("linear_gemm") == 2
+    be = KernelBackend(EmulatorExecutor())
+    with gc.use_backend(be), recording_launches(be) as launches:
+        model = nn.Sequential(nn.Linear(5, 3, rng=0))
+        loss = nn.SoftmaxCrossEntropy()
+        loss(model.forward(be.asarray(np.ones((4, 5), np.float32))), be.asarray(np.arange(4) % 3))
+        model.backward(loss.backward())
+    gemms = [fn.name for fn, *_ in launches if fn.name.startswith("gemm_v1")]
+    assert len(gemms) == 3, [fn.name for fn, *_ in launches]  # forward, dx, dweight
 
 
 def test_selected_version_is_the_one_launched(monkeypatch):

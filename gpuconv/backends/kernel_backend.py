@@ -9,7 +9,9 @@ the executor's own ``launch``; *how* a launch happens is the executor's business
 packing of the GPU path run in every CPU test run too. Both executors check the launch
 configuration against ``gpuconv.cuda_limits``.
 
-Kernel versions: each launch module declares ``VERSIONS`` and ``DEFAULT_VERSIONS`` per op;
+Kernel versions: each launch module declares ``VERSIONS`` and ``DEFAULT_VERSIONS`` per op; the
+defaults in force depend on the executor (``launch.default_versions``: on the emulator no op
+defaults to a version that calls the array library);
 ``KernelBackend(executor, versions={"max_pool2d_backward": 1})`` or
 ``with backend.use_versions({...}):`` selects others (used by tests and benchmarks).
 
@@ -128,10 +130,9 @@ class KernelBackend(Backend):
         """op -> available versions, over every launch module."""
         return dict(launch.VERSIONS)
 
-    @staticmethod
-    def default_versions() -> Dict[str, int]:
-        """op -> default version, over every launch module."""
-        return dict(launch.DEFAULT_VERSIONS)
+    def default_versions(self) -> Dict[str, int]:
+        """op -> default version on this backend's executor, over every launch module."""
+        return launch.default_versions(self.executor.name)
 
     @staticmethod
     def _check_versions(versions: Dict[str, int]) -> Dict[str, int]:
@@ -146,7 +147,7 @@ class KernelBackend(Backend):
         return {op: int(v) for op, v in versions.items()}
 
     def _merged(self) -> Dict[str, int]:
-        active = dict(launch.DEFAULT_VERSIONS)
+        active = self.default_versions()
         for layer in self._overrides:
             active.update(layer)
         return active

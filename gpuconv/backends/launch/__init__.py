@@ -3,7 +3,8 @@
 Every family module defines ``FILE`` (the .cu file), ``NAME_EXPRESSIONS`` (every kernel name of
 every version and dtype in that file it launches), ``VERSIONS`` (op -> available versions),
 ``DEFAULT_VERSIONS`` (op -> default) and launch functions taking the backend first; a family
-whose versions compute with reduced precision also lists them in ``PRECISION``, and a family
+whose versions compute with reduced precision also lists them in ``PRECISION``, one whose
+versions call the array library instead of a kernel lists them in ``LIBRARY_VERSIONS``, and a family
 whose kernels share sizes with its launch code defines them once in ``DEFINES``, which reach the
 ``.cu`` files as ``-D`` options (``defines()``).
 
@@ -17,8 +18,9 @@ from typing import Dict, Tuple
 
 from . import conv, elementwise, linear, loss, optim, pool
 
-__all__ = ["FAMILIES", "VERSIONS", "DEFAULT_VERSIONS", "PRECISION", "precision", "defines",
-           "name_expressions", "conv", "elementwise", "linear", "loss", "optim", "pool"]
+__all__ = ["FAMILIES", "VERSIONS", "DEFAULT_VERSIONS", "PRECISION", "LIBRARY_VERSIONS", "precision",
+           "default_versions", "defines", "name_expressions", "conv", "elementwise", "linear", "loss",
+           "optim", "pool"]
 
 FAMILIES = (conv, pool, elementwise, linear, loss, optim)
 
@@ -27,6 +29,22 @@ DEFAULT_VERSIONS: Dict[str, int] = {op: v for mod in FAMILIES for op, v in mod.D
 # (op, version) -> "tf32" for versions that compute with TF32 operands; every other is full precision.
 PRECISION: Dict[Tuple[str, int], str] = {key: p for mod in FAMILIES
                                          for key, p in getattr(mod, "PRECISION", {}).items()}
+# (op, version) of versions that call the array library (cupy.matmul: cuBLAS) instead of a kernel.
+LIBRARY_VERSIONS = frozenset(key for mod in FAMILIES for key in getattr(mod, "LIBRARY_VERSIONS", ()))
+
+
+def default_versions(executor: str) -> Dict[str, int]:
+    """op -> default version on ``executor`` ("cuda" or "emulator").
+
+    On a GPU these are DEFAULT_VERSIONS. On the emulator the array library is NumPy, the reference
+    itself, so a library version would check NumPy against NumPy: there an op whose default is a
+    library version gets its highest kernel version instead, and every op runs a kernel of cuda/.
+    """
+    if executor != "emulator":
+        return dict(DEFAULT_VERSIONS)
+    return {op: v if (op, v) not in LIBRARY_VERSIONS
+            else max(k for k in VERSIONS[op] if (op, k) not in LIBRARY_VERSIONS)
+            for op, v in DEFAULT_VERSIONS.items()}
 
 
 def defines() -> Tuple[str, ...]:

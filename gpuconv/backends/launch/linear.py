@@ -1,9 +1,11 @@
 """Launches of ``cuda/linear.cu``: the dense layer y = x @ weight^T + bias and its backward.
 
-Op ``linear_gemm``: v1 runs the tiled GEMM kernel of linear.cu (bias fused); v2 (default) runs the
-array library's matmul — cuBLAS through CuPy on a GPU, NumPy on the CPU — because cuBLAS beats a
-simple tiled kernel at every size, then adds the bias with bias_add_rows. The bias gradient is
-always the column_sum kernel (deterministic, fixed order).
+Op ``linear_gemm``: v1 runs the tiled GEMM kernel of linear.cu (bias fused); v2 runs the array
+library's matmul — cuBLAS through CuPy on a GPU, NumPy on the CPU — then adds the bias with
+bias_add_rows. v2 is the default on a GPU (cuBLAS is a tuned library; expected faster than a
+simple tiled kernel, not yet measured here); on the emulator v1 is (``launch.default_versions``:
+there v2 would be NumPy's matmul checked against NumPy). The bias gradient is always the
+column_sum kernel (deterministic, fixed order).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ FILE = "linear.cu"
 VERSIONS = {"linear_gemm": (1, 2)}
 KERNEL_OPS = {"gemm": "linear_gemm"}  # bias_add_rows and column_sum are unversioned helpers
 DEFAULT_VERSIONS = {"linear_gemm": 2}
+LIBRARY_VERSIONS = {("linear_gemm", 2)}  # the array library's matmul, not a kernel of linear.cu
 _TYPES = ("float", "double")
 NAME_EXPRESSIONS = tuple(f"{k}_v1<{t}>" for k in ("gemm", "bias_add_rows", "column_sum") for t in _TYPES)
 
