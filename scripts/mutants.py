@@ -235,6 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--list-file", type=Path, default=DEFAULT_LIST,
                     help="the mutant list (default tests/mutants.txt)")
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="the tree to copy and mutate (default: this checkout)")
     ap.add_argument("--only", default="", help="comma-separated ids to run")
     ap.add_argument("--no-torch", action="store_true",
                     help="hide PyTorch from the tests (GPUCONV_TESTS_NO_TORCH=1): the torch tier skips")
@@ -251,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         mutants = parse(args.list_file.read_text(), str(args.list_file))
-        check_all(mutants, ROOT)
+        check_all(mutants, args.root)
     except (OSError, ListError) as exc:
         print(f"mutants: {exc}", file=sys.stderr)
         return 2
@@ -274,10 +276,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "without PyTorch (not installed)"
     print(f"mutants: {len(mutants)} from {args.list_file}, {label}, {args.jobs} at a time", flush=True)
     t_start = time.monotonic()
-    files = tree_files(ROOT)
+    files = tree_files(args.root)
     scratches: List[Path] = []
     try:
-        scratches = [make_scratch(ROOT, files) for _ in range(args.jobs)]
+        scratches = [make_scratch(args.root, files) for _ in range(args.jobs)]
         if not args.no_baseline:
             for tests in sorted({m.tests for m in mutants}):
                 rc, seconds, tail = run_tests(scratches[0], tests, args.no_torch, args.timeout)

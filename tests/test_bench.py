@@ -327,13 +327,25 @@ def _numpy_lenet_step():
     return step
 
 
-def test_graph_capture_is_verified_against_an_eager_step_then_timed(monkeypatch):
+def test_graph_replay_is_compared_with_an_eager_step_from_the_same_state_then_timed(monkeypatch):
+    """Without a GPU the stand-in graph replays a step of the NumPy model, so this checks the control
+    flow around a real graph, not a graph: the eager step runs from the state the replay started
+    from (from the replayed state the two would differ by a whole step), the reported error is
+    measured between the two results (a replay off by one float32 rounding reports about that and
+    passes; test_graph_replay_that_differs_from_eager_is_reported fails one off by 1e-2), and the
+    replays are timed. On a GPU the bench makes this comparison with the captured graph itself and
+    reports a replay that differs as a failed row (scripts/gpu_check.sh runs it)."""
     import sys
     step = _numpy_lenet_step()
-    fake = _FakeCupy(replay=step)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
+
+    def replay_off_by_one_rounding():
+        step()
+        step.params[0].data *= np.float32(1 + 2**-23)
+
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(replay=replay_off_by_one_rounding))
     info = bench_step._capture(step, CudaEventTimer(), repeat=2)
-    assert info["status"] == "ok" and info["rel_err"] == 0.0
+    assert info["status"] == "ok", info
+    assert 2**-25 < info["rel_err"] <= 2**-22
     assert len(info["timing"].times_us) == 2
 
 

@@ -23,15 +23,16 @@ def test_conv_output_size_hand_cases():
 
 @pytest.mark.parametrize("size,k,s,d", list(itertools.product([5, 6, 7, 8], [1, 2, 3, 4], [1, 2, 3], [1, 2])))
 def test_same_padding_keeps_ceil_size_and_puts_extra_bottom_right(size, k, s, d):
+    """TensorFlow's SAME, stated as properties: ceil(size / stride) outputs, the least total padding
+    with which their windows fit, split evenly with the odd pixel at the bottom/right."""
     keff = (k - 1) * d + 1
-    if keff > size + keff - 1:
-        pytest.skip("window cannot fit")
     g = conv2d_geometry((1, 1, size, size + 1), (1, 1, k, k), stride=s, padding="same", dilation=d)
-    assert g.P == -(-size // s) and g.Q == -(-(size + 1) // s)
-    total = g.pad_h + g.pad_bottom
-    assert g.pad_bottom - g.pad_h in (0, 1)
-    # the last window ends exactly inside the padded input
-    assert (g.P - 1) * s + keff <= size + total
+    for n, out, before, after in ((size, g.P, g.pad_h, g.pad_bottom), (size + 1, g.Q, g.pad_w, g.pad_right)):
+        assert out == -(-n // s)
+        total = before + after
+        assert (out - 1) * s + keff <= n + total                      # the last window fits
+        assert total == 0 or (out - 1) * s + keff > n + total - 1     # with one pixel less it would not
+        assert after - before in (0, 1)
 
 
 def test_flops_of_lenet_conv1():

@@ -37,9 +37,11 @@ def test_source_hash_changes_when_an_included_header_changes(tmp_path):
     assert source_hash(cu) != h1
 
 
-def test_cupy_executor_compiles_source_with_hash_option_through_nvrtc(monkeypatch):
-    """With a stand-in cupy module: the executor passes code=, the standard options plus the
-    source hash, the name expressions and backend='nvrtc' (CuPy's path= would expect a cubin)."""
+def test_cupy_executor_hands_cupy_the_source_options_hash_and_nvrtc_backend(monkeypatch):
+    """With a stand-in cupy module (nothing is compiled here): the executor passes code=, the
+    standard options plus the source hash, the name expressions and backend='nvrtc' (CuPy's path=
+    would expect a cubin). That these sources and options compile under NVRTC is
+    test_kernels_compile.py's test, which runs the compiler."""
     calls = {}
 
     class FakeRawModule:

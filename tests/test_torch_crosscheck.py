@@ -1,8 +1,12 @@
 """Cross-check of the NumPy backend against PyTorch CPU (an independent implementation).
 
-For every op, at least 200 random geometries (seeded, small shapes), forward and gradients, all in
-float64. Inputs are tie-free (random permutations of evenly spaced values), so max-pool indices
-are unambiguous.
+Forward values and gradients, in float64 unless said: convolution and max/average/L2 pooling on
+200 random geometries each (seeded, small shapes), convolution also on 50 in float32; relu,
+sigmoid, tanh, the dense layer and the loss on 20 random shapes; add, mul and the dense layer
+without bias gradient on 10; SGD in 3 configurations and Adam in 1 (test_optim.py adds 4 and 2x2
+through the optimizer classes). Dropout has no counterpart here (torch draws its own masks); its
+rule is checked in test_reference_definitions.py. Inputs are tie-free (random permutations of
+evenly spaced values), so max-pool indices are unambiguous.
 """
 import numpy as np
 import pytest
@@ -40,9 +44,12 @@ def torch_leaf(a):
 # ---- convolution -----------------------------------------------------------------------------
 
 def same_pads(size, k_eff, stride):
-    """TensorFlow's SAME rule: output ceil(size/stride), extra padding at the end."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k_eff - size, 0)
+    """TensorFlow's SAME padding as its documentation ("Notes on padding", tf.nn) writes it, from the
+    remainder of size / stride (gpuconv.geometry derives it from the output size instead):
+    max(k - stride, 0) when the stride divides the size, else max(k - size % stride, 0); the odd
+    pixel at the end."""
+    rem = size % stride
+    total = max(k_eff - (stride if rem == 0 else rem), 0)
     return total // 2, total - total // 2
 
 
@@ -92,6 +99,27 @@ def test_conv2d_matches_torch():
         assert_close(dw, tw.grad, np.float64, what=f"dweight {c}")
         assert_close(db, tb.grad, np.float64, what=f"dbias {c}")
     assert len(kinds) == 4
+
+
+def test_conv2d_float32_matches_torch():
+    rng = np.random.default_rng(2025)
+    for _ in range(50):
+        c = random_conv_case(rng)
+        if c["padding"] == "same" and c["stride"] != (1, 1):
+            continue  # torch refuses strided 'same'; the float64 test covers it through explicit pads
+        x = tie_free(rng, (c["N"], c["C"], c["H"], c["W"])).astype(np.float32)
+        w = tie_free(rng, (c["K"], c["C"] // c["groups"], c["R"], c["S"])).astype(np.float32)
+        args = (c["stride"], c["padding"], c["dilation"], c["groups"])
+        tx, tw = torch_leaf(x), torch_leaf(w)
+        ty = TF.conv2d(tx, tw, None, *args)
+        y = F.conv2d(x, w, None, *args)
+        assert y.dtype == np.float32
+        assert_close(y, ty, np.float32, what=f"float32 y {c}")
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        ty.backward(torch.tensor(dy))
+        dx, dw, _ = F.conv2d_backward(dy, x, w, *args)
+        assert_close(dx, tx.grad, np.float32, what=f"float32 dx {c}")
+        assert_close(dw, tw.grad, np.float32, what=f"float32 dweight {c}")
 
 
 # ---- pooling ---------------------------------------------------------------------------------
@@ -204,6 +232,28 @@ def test_activations_linear_and_loss_match_torch():
         loss, d = F.softmax_cross_entropy(logits, labels)
         assert_close(loss, tloss, np.float64, what="loss cross entropy")
         assert_close(d, tl.grad, np.float64, what="dlogits cross entropy")
+
+
+def test_add_mul_and_linear_without_bias_gradient_match_torch():
+    rng = np.random.default_rng(11)
+    for _ in range(10):
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 9)))
+        a, b, dy = (rng.standard_normal(shape) for _ in range(3))
+        ta, tb = torch_leaf(a), torch_leaf(b)
+        assert_close(F.add(a, b), ta + tb, np.float64, what="add")
+        tm = ta * tb
+        tm.backward(torch.tensor(dy))
+        assert_close(F.mul(a, b), tm, np.float64, what="mul")
+        assert_close(F.mul(dy, b), ta.grad, np.float64, what="mul backward (dy * b)")
+        w = rng.standard_normal((3, shape[1]))
+        tx, tw = torch_leaf(a), torch_leaf(w)
+        ty = TF.linear(tx, tw)
+        gy = rng.standard_normal(ty.shape)
+        ty.backward(torch.tensor(gy))
+        dx, dw, db = F.linear_backward(gy, a, w, need_db=False)
+        assert db is None
+        assert_close(dx, tx.grad, np.float64, what="linear dx without bias")
+        assert_close(dw, tw.grad, np.float64, what="linear dweight without bias")
 
 
 def test_optimizer_steps_match_torch():
