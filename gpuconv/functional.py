@@ -170,7 +170,10 @@ def max_pool2d_backward(dy: Array, indices: Array, x_shape: Sequence[int], kerne
     """Gradient of max_pool2d: dy and indices (N, C, P, Q) -> dx (N, C, H, W) with x_shape.
 
     Each dy element goes to the input element its index names (accumulated where windows
-    overlap); index -1 contributes nothing.
+    overlap) when that element is a cell of the output's own window, as every index
+    ``max_pool2d`` returns is. Any other index (-1 for an empty window, a value outside the
+    input plane, a cell of another window) contributes nothing, on every backend: the kernels
+    apply this rule as they gather, so the device needs no check and no host synchronisation.
     """
     backend = get_backend()
     g = geometry.pool2d_geometry(_check_x_shape(x_shape), kernel_size, stride, padding, dilation,
@@ -299,7 +302,7 @@ def dropout(x: Array, p: float, seed: int) -> Tuple[Array, Array]:
     """
     backend = _unary("x", x)
     p = geometry.check_real("p", p, 0.0, 1.0)
-    seed = geometry.check_int("seed", seed, 0)
+    seed = geometry.check_int("seed", seed, 0, maximum=None)
     return backend.dropout(x, p, seed)
 
 
@@ -400,7 +403,7 @@ def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: f
     """One Adam update of ``param`` in place (PyTorch's rule, L2 weight decay); ``m`` and ``v``
     (param's shape) are the moment estimates, ``step`` counts updates from 1."""
     backend = get_backend()
-    step = geometry.check_int("step", step, 1)
+    step = geometry.check_int("step", step, 1, maximum=2**63 - 1)
     lr = geometry.check_real("lr", lr, 0.0)
     beta1 = geometry.check_real("beta1", beta1, 0.0, 1.0, hi_open=True)
     beta2 = geometry.check_real("beta2", beta2, 0.0, 1.0, hi_open=True)

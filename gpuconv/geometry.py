@@ -18,6 +18,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
+import numpy as np
+
 IntPair = Union[int, Tuple[int, int]]
 Padding = Union[int, Tuple[int, int], str]
 
@@ -27,14 +29,17 @@ INT32_MAX = 2**31 - 1
 COORD_LIMIT = 2**29
 
 
-def check_int(name: str, value, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``: Python and NumPy integers pass; bools (NumPy's are not
-    Integral either) and floats do not."""
+def check_int(name: str, value, minimum: int, maximum: Optional[int] = INT32_MAX) -> int:
+    """``value`` as an int in [``minimum``, ``maximum``]: Python and NumPy integers pass; bools
+    (NumPy's are not Integral either) and floats do not. The default maximum is the int32 limit
+    of the kernels' arguments; ``maximum=None`` means unbounded."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -238,6 +243,15 @@ def pool2d_geometry(x_shape, kernel_size: IntPair, stride: Optional[IntPair] = N
         raise ValueError(
             f"padding {(ph, pw)} must be at most half the effective window {(eh, ew)}, "
             f"i.e. at most {(eh // 2, ew // 2)}")
+    for axis, size, pad, eff in (("height", H, ph, eh), ("width", W, pw, ew)):
+        if size + pad + eff > INT32_MAX:
+            raise ValueError(
+                f"input {axis} {size} plus padding {pad} plus effective window {eff} exceeds "
+                f"{INT32_MAX}, the limit of the kernels' int32 coordinates: reduce padding, "
+                f"kernel_size or dilation")
+    if kh * kw > INT32_MAX:
+        raise ValueError(f"kernel_size {(kh, kw)} covers {kh * kw} cells, more than {INT32_MAX} "
+                         f"(the kernels count window cells in int32)")
     P = pool_output_size(H, kh, sh, ph, dh, bool(ceil_mode))
     Q = pool_output_size(W, kw, sw, pw, dw, bool(ceil_mode))
     if P < 1 or Q < 1:
@@ -251,7 +265,8 @@ def pool2d_geometry(x_shape, kernel_size: IntPair, stride: Optional[IntPair] = N
 
 def avg_pool_divisor(g: PoolGeometry, oh: int, ow: int, count_include_pad: bool,
                      divisor_override: Optional[int]) -> int:
-    """PyTorch's average-pooling divisor for output cell (oh, ow) (dilation must be 1).
+    """PyTorch's average-pooling divisor for output cell (oh, ow) (dilation must be 1); ``oh``
+    and ``ow`` may be integer arrays, which broadcast.
 
     The window is clipped to the padded input; ``count_include_pad`` counts the padded cells
     inside that, otherwise only the real input cells count.
@@ -259,10 +274,10 @@ def avg_pool_divisor(g: PoolGeometry, oh: int, ow: int, count_include_pad: bool,
     if divisor_override is not None:
         return divisor_override
     h0, w0 = oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w
-    h1, w1 = min(h0 + g.R, g.H + g.pad_h), min(w0 + g.S, g.W + g.pad_w)
+    h1, w1 = np.minimum(h0 + g.R, g.H + g.pad_h), np.minimum(w0 + g.S, g.W + g.pad_w)
     if count_include_pad:
         return (h1 - h0) * (w1 - w0)
-    return (min(h1, g.H) - max(h0, 0)) * (min(w1, g.W) - max(w0, 0))
+    return (np.minimum(h1, g.H) - np.maximum(h0, 0)) * (np.minimum(w1, g.W) - np.maximum(w0, 0))
 
 
 def check_divisor_override(divisor_override) -> Optional[int]:

@@ -123,8 +123,8 @@ def test_pool_backward_checks_dy_indices_and_x_shape():
         F.max_pool2d_backward(y, idx.astype(np.int64), X.shape, 2)
     with pytest.raises(ValueError, match="indices must have shape"):
         F.max_pool2d_backward(y, idx[:, :, :3], X.shape, 2)
-    with pytest.raises(ValueError, match="indices must lie in"):
-        F.max_pool2d_backward(y, idx + 64, X.shape, 2)
+    # indices outside their own window route nothing (the rule every backend applies)
+    assert not F.max_pool2d_backward(y, idx + 64, X.shape, 2).any()
     with pytest.raises(ValueError, match="x_shape"):
         F.max_pool2d_backward(y, idx, (2, 4, 8), 2)
     with pytest.raises(TypeError, match=r"x_shape\[2\]"):
