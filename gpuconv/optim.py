@@ -13,7 +13,7 @@ pickling): ``"optimizer"`` (the class name), ``"hyper.<name>"`` (hyper-parameter
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -25,6 +25,20 @@ from .nn.module import Parameter, to_host
 __all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZER_NAMES"]
 
 OPTIMIZER_NAMES = ("sgd", "adam")
+_MAX_STEP = 2**63 - 1  # "step" entries are stored as int64
+
+
+def _hyper_values(state: Mapping[str, np.ndarray], names: Tuple[str, ...]) -> Dict[str, float]:
+    """The ``hyper.<name>`` entries of ``state`` as floats; ValueError naming the key unless each
+    is a 0-d real number."""
+    out = {}
+    for h in names:
+        key, value = f"hyper.{h}", np.asarray(state[f"hyper.{h}"])
+        if value.shape != () or value.dtype.kind not in "biuf":
+            raise ValueError(f"optimizer state {key!r} must be a 0-d real number, got shape "
+                             f"{value.shape} dtype {value.dtype}")
+        out[h] = float(value)
+    return out
 
 
 class Optimizer:
@@ -98,40 +112,50 @@ class Optimizer:
         missing = [f"hyper.{h}" for h in self._hyper_names if f"hyper.{h}" not in state]
         if missing:
             raise ValueError(f"optimizer state is missing keys {missing}")
-        self._validate_hyper({h: float(np.asarray(state[f"hyper.{h}"])) for h in self._hyper_names})
+        self._validate_hyper(_hyper_values(state, self._hyper_names))
         per_param: Dict[int, set] = {}
         for key in state:
-            if key == "optimizer" or key.startswith("hyper."):
-                if key.startswith("hyper.") and key[6:] not in self._hyper_names:
-                    raise ValueError(f"unexpected optimizer state key {key!r}")
+            shape, dtype = self.entry_spec(key)
+            value = np.asarray(state[key])
+            if value.shape != shape:
+                raise ValueError(f"optimizer state {key!r} has shape {value.shape}, expected {shape}")
+            if dtype is not None and value.dtype != dtype:
+                raise ValueError(f"optimizer state {key!r} has dtype {value.dtype}, the parameter has "
+                                 f"dtype {dtype}")
+            if not key.startswith("state."):
                 continue
-            parts = key.split(".")
-            if (len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit()
-                    or parts[2] not in self._state_keys):
-                raise ValueError(f"unexpected optimizer state key {key!r}")
-            i = int(parts[1])
-            if i >= len(self.params):
-                raise ValueError(f"optimizer state key {key!r} refers to parameter {i}, but the "
-                                 f"optimizer has {len(self.params)} parameters")
-            value = state[key]
-            if parts[2] == "step":
-                if np.shape(value) != () or np.asarray(value).dtype.kind not in "iu":
-                    raise ValueError(f"optimizer state {key!r} must be a 0-d integer, got shape "
-                                     f"{np.shape(value)} dtype {np.asarray(value).dtype}")
-            else:
-                p = self.params[i]
-                if tuple(np.shape(value)) != p.shape:
-                    raise ValueError(f"optimizer state {key!r} has shape {tuple(np.shape(value))}, "
-                                     f"the parameter has shape {p.shape}")
-                if np.asarray(value).dtype != p.dtype:
-                    raise ValueError(f"optimizer state {key!r} has dtype {np.asarray(value).dtype}, "
-                                     f"the parameter has dtype {p.dtype}")
-            per_param.setdefault(i, set()).add(parts[2])
+            _, i, name = key.split(".")
+            if name == "step":
+                if value.dtype.kind not in "iu":
+                    raise ValueError(f"optimizer state {key!r} must be a 0-d integer, got dtype "
+                                     f"{value.dtype}")
+                if not 1 <= int(value) <= _MAX_STEP:
+                    raise ValueError(f"optimizer state {key!r} counts updates and must lie in "
+                                     f"[1, {_MAX_STEP}], got {int(value)}")
+            per_param.setdefault(int(i), set()).add(name)
         for i, keys in per_param.items():
             required = self._required_keys()
             if not required <= keys:
                 raise ValueError(f"optimizer state of parameter {i} is missing "
                                  f"{sorted(f'state.{i}.{k}' for k in required - keys)}")
+
+    def entry_spec(self, key: str) -> Tuple[Tuple[int, ...], Optional[np.dtype]]:
+        """(shape, dtype) that the state_dict entry ``key`` must have; dtype None for the 0-d
+        entries (name, hyper-parameters, step counts) whose type ``check_state_dict`` checks.
+        ValueError naming ``key`` when this optimizer has no such entry."""
+        if key == "optimizer" or (key.startswith("hyper.") and key[6:] in self._hyper_names):
+            return (), None
+        parts = key.split(".")
+        if (len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit()
+                or parts[2] not in self._state_keys):
+            raise ValueError(f"unexpected optimizer state key {key!r}")
+        i = int(parts[1])
+        if i >= len(self.params):
+            raise ValueError(f"optimizer state key {key!r} refers to parameter {i}, but the "
+                             f"optimizer has {len(self.params)} parameters")
+        if parts[2] == "step":
+            return (), None
+        return self.params[i].shape, self.params[i].dtype
 
     def _required_keys(self) -> set:
         return set(self._state_keys)
@@ -140,7 +164,7 @@ class Optimizer:
         """Restore hyper-parameters and state (validated first; unchanged on error). Buffers stay
         on the host until the next ``step()`` moves them to the current backend."""
         self.check_state_dict(state)
-        self._set_hyper({h: float(np.asarray(state[f"hyper.{h}"])) for h in self._hyper_names})
+        self._set_hyper(_hyper_values(state, self._hyper_names))
         self.state = [dict() for _ in self.params]
         for key, value in state.items():
             if key.startswith("state."):

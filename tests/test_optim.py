@@ -113,6 +113,34 @@ def test_state_dict_validation():
         opt.load_state_dict(bad)
 
 
+@pytest.mark.parametrize("key, value, match", [
+    ("state.0.step", np.array(-5), r"'state\.0\.step'.*\[1, .*got -5"),
+    ("state.1.step", np.array(0), r"'state\.1\.step'.*got 0"),
+    ("state.1.step", np.array(2**64 - 1, np.uint64), r"'state\.1\.step'.*got 18446744073709551615"),
+    ("state.1.step", np.array([3]), r"'state\.1\.step' has shape \(1,\)"),
+    ("state.0.step", np.array(1.0), r"'state\.0\.step' must be a 0-d integer"),
+    ("hyper.lr", np.array([1e-3, 2e-3]), r"'hyper\.lr' must be a 0-d real number.*\(2,\)"),
+    ("hyper.beta1", np.array("0.9"), r"'hyper\.beta1' must be a 0-d real number.*<U3"),
+    ("hyper.eps", np.zeros((1, 1)), r"'hyper\.eps'"),
+    ("optimizer", np.array(["Adam"]), r"'optimizer' has shape \(1,\)|optimizer state is for"),
+])
+def test_bad_state_entries_are_refused_at_load_naming_their_key(key, value, match):
+    """A state that would only fail at the next step() (step <= 0) or whose entry has the wrong
+    shape or type is refused by load_state_dict, naming the key; the optimizer is unchanged."""
+    ps = _params(np.random.default_rng(4), [(4,), (2, 3)])
+    opt = optim.Adam(ps, lr=1e-2)
+    for p in ps:
+        p.grad = np.ones(p.shape)
+    opt.step()
+    before = opt.state_dict()
+    bad = dict(before, **{key: value})
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert all(np.array_equal(after[k], v) for k, v in before.items())
+    opt.step()  # still usable
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda ps: optim.SGD(ps, lr=-1), "lr"),
     (lambda ps: optim.SGD(ps, lr=float("inf")), "lr"),
