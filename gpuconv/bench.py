@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import report, suites, tolerances
+from . import fileio, report, suites, tolerances
 from .suites import ConvCase, PoolCase
 
 __all__ = ["add_parser", "run", "run_bench", "BENCH_SCHEMA", "ROW_SCHEMA", "Timing"]
@@ -802,7 +802,7 @@ def plot(doc: Dict[str, Any], path: str) -> None:
                  f"batch {doc['settings']['batch']})", fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fileio.save_figure(fig, path, "--plot", dpi=120)
     plt.close(fig)
 
 
@@ -859,6 +859,11 @@ def run(args) -> int:
     layers = _csv("layers", args.layers) if args.layers else None
     from .backends import BackendUnavailable
     try:
+        for flag, path in (("--json", args.json), ("--plot", args.plot)):
+            if path:
+                fileio.check_writable(path, flag)
+        if args.plot:
+            fileio.figure_format(args.plot, "--plot")
         doc = run_bench(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
                         layers, args.seed, args.threads)
     except (ValueError, BackendUnavailable) as exc:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import report, tolerances
+from . import fileio, report, tolerances
 
 __all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "MODEL_INPUTS", "format_layers"]
 
@@ -338,6 +338,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     """CLI entry: print the table; exit 1 when any comparison fails or a backend cannot run."""
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.json:
+        fileio.check_writable(args.json, "--json")
     doc = run_check(args.model, backends, args.dtype, args.batch, args.seed, args.data, args.image_size,
                     args.weights, args.mode)
     s = doc["settings"]

@@ -3,10 +3,11 @@
 Each subcommand module exposes ``add_parser(subparsers)``, which sets ``func`` (``args -> int``).
 ``check`` and ``bench`` are optional: the command works without them.
 
-Bad input (ValueError, TypeError, a missing file, an unavailable backend, a learning rate that makes
-training diverge) prints
-``gpuconv: error: ...`` and exits with status 2, without a traceback; set ``GPUCONV_DEBUG=1``
-to see the traceback.
+Bad input (ValueError, TypeError, an unavailable backend, a learning rate that makes training
+diverge), any OS error (a missing or unreadable file, an unwritable directory, a full disk), a
+missing compiler for the emulator and running out of memory print ``gpuconv: error: ...`` and
+exit with status 2, without a traceback; set ``GPUCONV_DEBUG=1`` to see the traceback. Status 1
+is left to a command's own verdict (a failed ``gpuconv check`` comparison).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import List, Optional
 
 from . import __version__
 from .backends import BackendUnavailable
+from .emulator.errors import CompileError
 
 __all__ = ["main", "build_parser"]
 
@@ -59,11 +61,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, BackendUnavailable, FloatingPointError) as exc:
+    except (ValueError, TypeError, OSError, BackendUnavailable, FloatingPointError, CompileError,
+            MemoryError) as exc:
         if os.environ.get("GPUCONV_DEBUG"):
             raise
         sys.stdout.flush()
-        sys.stderr.write(f"gpuconv: error: {exc}\n")
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            text = f"out of memory ({text}): use a smaller --batch-size, smaller images or a smaller model"
+        sys.stderr.write(f"gpuconv: error: {text}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("gpuconv: interrupted\n")

@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from . import fileio
+
 __all__ = ["environment", "blas_threads", "format_table", "write_json", "schema_errors", "fmt"]
 
 
@@ -171,15 +173,9 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_json(path: str, obj: Dict[str, Any]) -> None:
-    """Write ``obj`` as JSON atomically (NaN becomes null, NumPy scalars become numbers)."""
-    target = Path(path)
-    if target.parent and not target.parent.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(obj), f, indent=1, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, target)
+    """Write ``obj`` as JSON atomically (``gpuconv.fileio``; NaN becomes null, NumPy scalars
+    become numbers)."""
+    fileio.write_text(path, json.dumps(_json_safe(obj), indent=1, allow_nan=False) + "\n", "--json")
 
 
 def schema_errors(obj: Any, schema: Any, path: str = "$") -> List[str]:

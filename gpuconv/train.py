@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from . import datasets, nn, optim
+from . import datasets, fileio, nn, optim
 from .backends import BACKEND_NAMES, cuda_unavailable_reason, resolve_backend, use_backend
 from .models import MODEL_NAMES, build_model
 
@@ -133,15 +132,9 @@ class TrainConfig:
             raise ValueError(f"--seed must be >= 0, got {self.seed}")
         for flag, path in (("--save", self.save), ("--json", self.json), ("--plot", self.plot)):
             if path is not None:
-                parent = os.path.dirname(os.path.abspath(path))
-                if not os.path.isdir(parent):
-                    raise ValueError(f"{flag}: directory {parent!r} does not exist")
+                fileio.check_writable(path, flag)
         if self.plot is not None:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                raise ValueError("--plot needs matplotlib, which is not installed "
-                                 "(pip install matplotlib, or pip install gpuconv[plot])") from None
+            fileio.figure_format(self.plot, "--plot")
 
 
 class ProgressBar:
@@ -273,9 +266,7 @@ def train(cfg: TrainConfig, out: Optional[TextIO] = None, err: Optional[TextIO] 
                 "metrics": summary})
     validate_metrics(metrics)
     if cfg.json is not None:
-        with open(cfg.json, "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
-            f.write("\n")
+        fileio.write_text(cfg.json, json.dumps(metrics, indent=2) + "\n", "--json")
     if cfg.plot is not None:
         plot_history(history, cfg.plot, title=f"{cfg.model} on {dataset.name} ({backend.name})")
     if not cfg.quiet:
@@ -304,7 +295,7 @@ def plot_history(history: List[Dict[str, Any]], path: str, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    fileio.save_figure(fig, path, "--plot")
     plt.close(fig)
 
 

@@ -2,21 +2,21 @@
 
 Layout: ``"format"`` (``"gpuconv-checkpoint/1"``), ``"model/<param name>"`` for each parameter,
 ``"optimizer/<key>"`` for the optimizer's flat state (see ``gpuconv.optim``), and ``"meta"``, a
-JSON document as a 0-d unicode array. Files are written to a temporary file in the target
-directory and renamed over the target, so a failure never leaves a partial file (and an older
-checkpoint at that path stays intact). Loading validates everything before changing the model or
+JSON document as a 0-d unicode array. Files are written with ``gpuconv.fileio.atomic_open``
+(temporary file renamed over the target), so a failure never leaves a partial file and an older
+checkpoint at that path stays intact. Loading validates everything before changing the model or
 the optimizer.
 """
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import zipfile
 from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .. import fileio
 from .module import Module
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "FORMAT"]
@@ -26,7 +26,9 @@ FORMAT = "gpuconv-checkpoint/1"
 
 def save_checkpoint(path: os.PathLike[str] | str, model: Module, optimizer=None,
                     meta: Optional[Dict[str, Any]] = None) -> None:
-    """Write ``model`` (and ``optimizer``, and the JSON-serialisable ``meta``) to ``path`` atomically."""
+    """Write ``model`` (and ``optimizer``, and the JSON-serialisable ``meta``) to ``path``
+    atomically, following ``gpuconv.fileio``'s rule (a symbolic link is followed; a directory or
+    a device is refused with ValueError)."""
     if not isinstance(model, Module):
         raise TypeError(f"model must be a gpuconv.nn.Module, got {type(model).__name__}")
     try:
@@ -37,24 +39,8 @@ def save_checkpoint(path: os.PathLike[str] | str, model: Module, optimizer=None,
     arrays.update((f"model/{k}", v) for k, v in model.state_dict().items())
     if optimizer is not None:
         arrays.update((f"optimizer/{k}", v) for k, v in optimizer.state_dict().items())
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
-    # os.open applies the umask to 0o666, so the checkpoint gets a regular file's permissions
-    # (tempfile.mkstemp would leave it readable by its owner only).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with fileio.atomic_open(path, "wb", what="checkpoint path") as f:
+        np.savez(f, **arrays)
 
 
 def read_checkpoint(path: os.PathLike[str] | str) -> Dict[str, Any]:
