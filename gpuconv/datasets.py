@@ -23,6 +23,7 @@ __all__ = ["Split", "Dataset", "DATASET_NAMES", "load_digits", "load_idx_dataset
            "load_dataset", "synthetic_batch", "iterate_batches", "stratified_split"]
 
 DATASET_NAMES = ("digits",)
+_CONSTANT_RTOL = 1e-12  # std at or below this fraction of the largest |value|: constant images
 _DIGITS_PATH = Path(__file__).resolve().parent / "_data" / "digits.npz"
 
 # IDX type codes -> big-endian NumPy dtypes.
@@ -86,13 +87,22 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> Tup
 
 def _standardise(train_x: np.ndarray, test_x: np.ndarray, scale: float, dtype: np.dtype,
                  name: str, labels: Tuple[np.ndarray, np.ndarray], num_classes: int) -> Dataset:
-    tr = train_x.astype(np.float64) / scale
-    te = test_x.astype(np.float64) / scale
+    tr = train_x.astype(np.float64)
+    tr /= scale
     mean, std = float(tr.mean()), float(tr.std())
-    if std == 0.0:
-        raise ValueError(f"dataset {name!r}: the training images are constant (std 0)")
-    tr = ((tr - mean) / std).astype(dtype)[:, None]
-    te = ((te - mean) / std).astype(dtype)[:, None]
+    # Rounding alone gives constant data a std of about 1e-16 of its magnitude; real variation
+    # (one 8-bit step among 10^9 pixels: 1e-7 of the range) is far above this threshold.
+    magnitude = float(np.abs(tr).max())
+    if not std > _CONSTANT_RTOL * magnitude:
+        raise ValueError(f"dataset {name!r}: the training images are constant (std {std:.3g} for "
+                         f"values of magnitude {magnitude:.3g}); nothing can be learnt from them")
+    tr -= mean
+    tr /= std
+    te = test_x.astype(np.float64)
+    te /= scale
+    te -= mean
+    te /= std
+    tr, te = tr.astype(dtype, copy=False)[:, None], te.astype(dtype, copy=False)[:, None]
     return Dataset(name, Split(np.ascontiguousarray(tr), labels[0].astype(np.int32)),
                    Split(np.ascontiguousarray(te), labels[1].astype(np.int32)),
                    num_classes, mean, std)
@@ -108,44 +118,87 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0, dtype=np.float32) -> 
     return _standardise(images[tr], images[te], 16.0, dt, "digits", (labels[tr], labels[te]), 10)
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read one IDX file (MNIST format; gzip-compressed or not, detected from the content).
+_DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this
+_READ_CHUNK = 1 << 20
 
-    Raises FileNotFoundError for a missing file and ValueError, naming the file, for a wrong
-    magic number, an unknown type code, or a size that disagrees with the header.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"IDX file {str(path)!r} does not exist")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"{path}: corrupt or truncated gzip data ({exc})") from None
-    if len(raw) < 4:
-        raise ValueError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
-    if raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()}, expected "
+
+def _read_into(f, out: np.ndarray) -> int:
+    """Fill ``out``'s bytes from the stream ``f`` in chunks; return how many bytes arrived."""
+    view = memoryview(out).cast("B") if out.nbytes else memoryview(b"")
+    pos = 0
+    while pos < out.nbytes:
+        chunk = f.read(min(_READ_CHUNK, out.nbytes - pos))
+        if not chunk:
+            break
+        view[pos:pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return pos
+
+
+def _parse_idx(f, path: Path, stored_bytes: int, gz: bool) -> np.ndarray:
+    """Read an IDX stream: the header first, then exactly the data it declares (never more)."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise ValueError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+    if head[0] != 0 or head[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (magic bytes {head.hex()}, expected "
                          f"00 00 <type> <ndim>)")
-    code, ndim = raw[2], raw[3]
+    code, ndim = head[2], head[3]
     if code not in _IDX_DTYPES:
         raise ValueError(f"{path}: unknown IDX type code 0x{code:02x}")
     if ndim < 1:
         raise ValueError(f"{path}: IDX header declares {ndim} dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header ({4 + len(raw_dims)} bytes, need {4 + 4 * ndim})")
+    dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
     dtype = _IDX_DTYPES[code]
+    header = 4 + 4 * ndim
     expected = math.prod(dims) * dtype.itemsize
-    got = len(raw) - header
+    # What the file can hold at most: its own size, or what deflate can expand it to.
+    can_hold = stored_bytes * _DEFLATE_MAX_RATIO if gz else stored_bytes - header
+    if expected > can_hold:
+        held = "" if gz else f", file holds {stored_bytes - header}"
+        raise ValueError(f"{path}: truncated: header declares shape {dims} ({expected} data bytes)"
+                         f"{held}" + (f", more than its {stored_bytes} compressed bytes can expand to"
+                                      if gz else ""))
+    try:
+        out = np.empty(math.prod(dims), dtype=dtype)
+    except MemoryError:
+        raise ValueError(f"{path}: header declares shape {dims} ({expected} data bytes), more than "
+                         f"fits in memory") from None
+    got = _read_into(f, out)
     if got < expected:
         raise ValueError(f"{path}: truncated: header declares shape {dims} ({expected} data bytes), "
                          f"file holds {got}")
-    if got > expected:
-        raise ValueError(f"{path}: {got - expected} unexpected bytes after the data of shape {dims}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    if f.read(1):
+        count = "" if gz else f" ({stored_bytes - header - expected} bytes)"
+        raise ValueError(f"{path}: unexpected bytes after the data of shape {dims}{count}")
+    return out.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one IDX file (MNIST format; gzip-compressed or not, detected from the content).
+
+    The header is read first and no more data than it declares is read or decompressed, so
+    memory stays proportional to the declared array. Raises FileNotFoundError for a missing file
+    and ValueError, naming the file, for a wrong magic number, an unknown type code, or a size
+    that disagrees with the header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file {str(path)!r} does not exist")
+    with open(path, "rb") as raw:
+        stored = os.fstat(raw.fileno()).st_size
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        if not gz:
+            return _parse_idx(raw, path, stored, gz=False)
+        try:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                return _parse_idx(f, path, stored, gz=True)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"{path}: corrupt or truncated gzip data ({exc})") from None
 
 
 def _find_idx(directory: Path, stem: str) -> Path:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -165,3 +167,80 @@ def test_iterate_batches_covers_everything_reproducibly():
     np.testing.assert_array_equal(plain, y)
     with pytest.raises(ValueError, match="batch_size"):
         next(datasets.iterate_batches(x, y, 0))
+
+
+# ---- memory follows the header; constant data is refused -------------------------------------
+
+def _gzip_of(head: bytes, zeros: int) -> bytes:
+    """A gzip member of ``head`` followed by ``zeros`` zero bytes, built by repeating one fully
+    flushed deflate block (64 MiB of zeros cost ~64 KB and no time)."""
+    chunk = bytes(1 << 20)
+    assert zeros % len(chunk) == 0
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    body += (c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)) * (zeros // len(chunk)) + c.flush()
+    crc = zlib.crc32(head)
+    for _ in range(zeros // len(chunk)):
+        crc = zlib.crc32(chunk, crc)
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + body
+            + struct.pack("<II", crc, (len(head) + zeros) & 0xFFFFFFFF))
+
+
+def _peak(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_gzip_stream_longer_than_its_header_is_refused_without_inflating_it(tmp_path):
+    """64 MiB of zeros after an 18-byte array: the old reader inflated all of it (a 4 MB file
+    expanding to 4 GiB took 8.4 GB) before comparing sizes; now reading stops after the declared
+    data and one chunk more."""
+    path = tmp_path / "bomb.gz"
+    good = _idx_bytes(np.zeros((2, 3, 3), np.uint8))
+    path.write_bytes(_gzip_of(good, 64 << 20))
+    assert gzip.decompress(path.read_bytes())[:len(good)] == good  # a valid gzip stream
+
+    def read():
+        with pytest.raises(ValueError, match=r"unexpected bytes after the data of shape \(2, 3, 3\)"):
+            datasets.read_idx(path)
+
+    assert _peak(read) < 4 << 20
+
+
+def test_headers_declaring_more_than_the_file_can_hold_are_refused_before_reading(tmp_path):
+    head = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", 65536, 256, 256)  # 4 GiB
+    for name, data, match in (("plain", head + bytes(100), "file holds 100"),
+                              ("gz", gzip.compress(head + bytes(100)), "compressed bytes can expand to")):
+        (tmp_path / name).write_bytes(data)
+
+        def read(name=name, match=match):
+            with pytest.raises(ValueError, match=match):
+                datasets.read_idx(tmp_path / name)
+
+        assert _peak(read) < 1 << 20
+
+
+def test_constant_training_images_are_refused(tmp_path):
+    """Every pixel 7: float64 rounding gave a std of 1e-17, which passed 'std == 0', and training
+    'succeeded' with a test loss of 1.2e17."""
+    files = _write_mnist(tmp_path, n_train=50)
+    path, images = files[("train", "images-idx3-ubyte")]
+    path.write_bytes(_idx_bytes(np.full_like(images, 7)))
+    with pytest.raises(ValueError, match="training images are constant"):
+        datasets.load_idx_dataset(tmp_path)
+    path.write_bytes(_idx_bytes(np.zeros_like(images)))
+    with pytest.raises(ValueError, match="training images are constant"):
+        datasets.load_idx_dataset(tmp_path)
+    # One 8-bit step in one pixel is real variation, however large the set.
+    nearly = np.full((2000, 28, 28), 200, np.uint8)
+    nearly[0, 0, 0] = 201
+    path.write_bytes(_idx_bytes(nearly))
+    files[("train", "labels-idx1-ubyte")][0].write_bytes(_idx_bytes(np.zeros(2000, np.uint8)))
+    files[("t10k", "images-idx3-ubyte")][0].write_bytes(_idx_bytes(np.zeros((5, 28, 28), np.uint8)))
+    d = datasets.load_idx_dataset(tmp_path)
+    assert np.isfinite(d.train.images).all() and abs(float(d.train.images.std()) - 1) < 1e-3
