@@ -7,7 +7,12 @@ import numpy as np
 
 from . import nn
 
-__all__ = ["MODEL_NAMES", "build_model", "lenet", "cifar_small", "resnet20"]
+__all__ = ["MODEL_NAMES", "build_model", "lenet", "cifar_small", "resnet20", "MAX_DENSE_WEIGHTS"]
+
+# LeNet flattens its last feature map into a dense layer, whose weights grow with the image
+# area (120 x 3,968,064 for 2000x2000 images: 1.8 GiB, several times that while training).
+# The zoo refuses such a layer before allocating anything.
+MAX_DENSE_WEIGHTS = 2**25
 
 
 def _check_sizes(name: str, in_channels: int, image_size: int, num_classes: int, min_size: int) -> None:
@@ -32,15 +37,23 @@ def lenet(in_channels: int, image_size: int, num_classes: int, rng: np.random.Ge
     _check_sizes("lenet", in_channels, image_size, num_classes, 4)
     classic = image_size >= 20
     c1, c2 = (6, 16) if classic else (32, 64)
-    conv1 = nn.Conv2d(in_channels, c1, 5, padding=2, rng=rng, dtype=dtype)
     s1 = image_size // 2
+    s2 = (s1 - 4) // 2 if classic else s1 // 2
+    features = c2 * s2 * s2
+    if features * 120 > MAX_DENSE_WEIGHTS:
+        raise ValueError(
+            f"model 'lenet' on {image_size}x{image_size} images would flatten {features} features "
+            f"into a dense layer of {features * 120} weights (more than {MAX_DENSE_WEIGHTS}): "
+            f"LeNet is for small images; use cifar-small or resnet20 (global pooling) or smaller "
+            f"images")
+    conv1 = nn.Conv2d(in_channels, c1, 5, padding=2, rng=rng, dtype=dtype)
     if classic:
-        conv2, s2 = nn.Conv2d(c1, c2, 5, rng=rng, dtype=dtype), (s1 - 4) // 2
+        conv2 = nn.Conv2d(c1, c2, 5, rng=rng, dtype=dtype)
     else:
-        conv2, s2 = nn.Conv2d(c1, c2, 3, padding=1, rng=rng, dtype=dtype), s1 // 2
+        conv2 = nn.Conv2d(c1, c2, 3, padding=1, rng=rng, dtype=dtype)
     return nn.Sequential(
         conv1, nn.ReLU(), nn.MaxPool2d(2), conv2, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(c2 * s2 * s2, 120, rng=rng, dtype=dtype), nn.ReLU(),
+        nn.Linear(features, 120, rng=rng, dtype=dtype), nn.ReLU(),
         nn.Linear(120, 84, rng=rng, dtype=dtype), nn.ReLU(),
         nn.Linear(84, num_classes, init="glorot", rng=rng, dtype=dtype))
 

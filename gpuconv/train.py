@@ -25,6 +25,7 @@ __all__ = ["TrainConfig", "train", "evaluate", "add_parser", "run", "METRICS_SCH
 SCHEMA_ID = "gpuconv.train.metrics/1"
 DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05}
 EVAL_BATCH = 1000
+EVAL_PIXELS = EVAL_BATCH * 28 * 28  # evaluation batches hold at most this many input values...
 SCHEDULES = ("cosine", "constant")
 
 _EPOCH_FIELDS = {"epoch": "integer", "train_loss": "number", "train_accuracy": "number",
@@ -237,7 +238,9 @@ def train(cfg: TrainConfig, out: Optional[TextIO] = None, err: Optional[TextIO] 
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); "
                                          f"try a smaller --lr")
-            test_loss, test_acc = evaluate(model, dataset.test, backend)
+            # ...or --batch-size images, when larger ones would not fit that many.
+            eval_batch = min(EVAL_BATCH, max(cfg.batch_size, EVAL_PIXELS // dataset.train.images[0].size))
+            test_loss, test_acc = evaluate(model, dataset.test, backend, eval_batch)
             rec = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct / n_train,
                    "test_loss": test_loss, "test_accuracy": test_acc, "seconds": seconds,
                    "samples_per_second": n_train / seconds}
