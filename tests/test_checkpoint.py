@@ -1,14 +1,21 @@
 """Checkpoints: round trip, atomic writes, and validation of what is loaded."""
 from __future__ import annotations
 
+import io
 import os
 import stat
+import struct
+import tracemalloc
+import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gpuconv import nn, optim
 from gpuconv.models import build_model
+from gpuconv.nn.checkpoint import read_checkpoint
 
 
 def _trained(seed: int = 0):
@@ -145,3 +152,101 @@ def test_checkpoint_file_gets_the_umask_permissions_of_a_regular_file(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "m.npz").st_mode) == 0o644
     assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
+
+
+# ---- memory bounded by the model: headers are checked before any data is read -----------------
+
+def _npy_header(shape, dtype) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue()
+
+
+def _npy(value) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _write_zip(path, members) -> None:
+    """A zip of deflated members written by hand, so that a member may be a header followed by
+    ``zeros`` zero bytes (deflated by repeating one fully flushed block: 256 MiB cost ~0.3 MB and
+    no time to build), with honest sizes and CRC-32."""
+    chunk = bytes(1 << 20)
+    out, central = bytearray(), bytearray()
+    for name, head, zeros in members:
+        assert zeros % len(chunk) == 0
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+        block = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)  # the same bytes for every chunk
+        data += block * (zeros // len(chunk)) + c.flush()
+        crc = zlib.crc32(head)
+        for _ in range(zeros // len(chunk)):
+            crc = zlib.crc32(chunk, crc)
+        size, raw = len(head) + zeros, name.encode()
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(data), size,
+                               len(raw), 0, 0, 0, 0, 0, len(out)) + raw
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(data), size, len(raw), 0)
+        out += raw + data
+    n = len(members)
+    out += central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(central), len(out), 0)
+    Path(path).write_bytes(bytes(out))
+
+
+def _members_of(model, **override):
+    """The members of a valid checkpoint of ``model``, with some replaced: name -> (header, zeros)."""
+    members = {"format.npy": (_npy("gpuconv-checkpoint/1"), 0), "meta.npy": (_npy("{}"), 0)}
+    members.update((f"model/{k}.npy", (_npy(v), 0)) for k, v in model.state_dict().items())
+    members.update(override)
+    return [(name, head, zeros) for name, (head, zeros) in members.items()]
+
+
+def _peak(fn):
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_large_entry_of_the_wrong_shape_is_refused_from_its_header(tmp_path):
+    """256 MiB declared (0.3 MB of file): the old reader decompressed all of it before the shape
+    check; now the declared shape is compared with the model's before any data is read."""
+    model, _ = _trained(0)
+    path = tmp_path / "big.npz"
+    big = 1 << 28
+    _write_zip(path, _members_of(model, **{"model/0.weight.npy": (_npy_header((big // 4,), "<f4"), big)}))
+    assert path.stat().st_size < 1 << 20
+    with zipfile.ZipFile(path) as zf:  # a well-formed zip: every CRC checks out
+        assert zf.testzip() is None
+    before = model.state_dict()
+
+    def load():
+        with pytest.raises(ValueError, match=r"0\.weight.*\(67108864,\).*\(32, 1, 5, 5\)"):
+            nn.load_checkpoint(path, model)
+
+    assert _peak(load) < 8 << 20
+    assert all(np.array_equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("key, head, match", [
+    # 373 GiB declared by the header, a few bytes held: a raw MemoryError before
+    ("model/0.weight.npy", _npy_header((100_000_000_000,), "<f4"), "declares shape"),
+    ("optimizer/state.0.exp_avg.npy", _npy_header((10**6, 10**6), "<f8"), "declares shape"),
+    # a 0-d string entry of 400 MB declared
+    ("meta.npy", _npy_header((), "<U100000000"), "declares shape|0-d"),
+    ("model/0.weight.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|O'}   \n", "corrupt"),
+])
+def test_entries_declaring_more_than_their_member_holds_are_refused_without_reading(tmp_path, key, head,
+                                                                                       match):
+    model, opt = _trained(0)
+    path = tmp_path / "lie.npz"
+    _write_zip(path, _members_of(model, **{key: (head, 0)}))
+    for read in (lambda: read_checkpoint(path), lambda: nn.load_checkpoint(path, model, opt)):
+        def run(read=read):
+            with pytest.raises(ValueError, match=match):
+                read()
+        assert _peak(run) < 4 << 20
