@@ -479,16 +479,21 @@ class NumpyBackend(Backend):
         return a + b
 
     # ---- dense layers and loss ----------------------------------------------------------
+    # Dense ops and the loss take C-contiguous copies first: BLAS and NumPy's reductions sum in an
+    # order that depends on the strides, and the reference gives the same bits for any layout.
     def linear(self, x, weight, bias):
+        x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
         y = x @ weight.T
         if bias is not None:
             y += bias
         return y
 
     def linear_backward(self, dy, x, weight, need_db=True):
+        dy, x, weight = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(weight)
         return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_db else None)
 
     def softmax_cross_entropy(self, logits, labels):
+        logits = np.ascontiguousarray(logits)
         N = logits.shape[0]
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(shifted)
