@@ -18,6 +18,7 @@ import json
 import math
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -36,9 +37,11 @@ _DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this
 _READ_CHUNK = 1 << 20
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
-# What a damaged zip or .npy can raise while being parsed.
+# What a damaged zip or .npy can raise while being parsed (NumPy parses a .npy header as a Python
+# literal: SyntaxError, tokenize.TokenError, RecursionError for deep nesting).
 _CORRUPT = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,
-            NotImplementedError, zlib.error, struct.error, UnicodeDecodeError, OverflowError)
+            NotImplementedError, zlib.error, struct.error, UnicodeDecodeError, OverflowError,
+            SyntaxError, tokenize.TokenError, RecursionError)
 
 
 def save_checkpoint(path: os.PathLike[str] | str, model: Module, optimizer=None,
