@@ -99,16 +99,13 @@ def assert_close(out, ref, dtype=None, rtol: Optional[float] = None, precision: 
     """Assert that ``out`` agrees with the reference ``ref``; return the scaled error.
 
     The error is ``tolerances.scaled_error``: max|out - ref| / max|ref|. The tolerance is ``rtol``
-    when given, else ``TF32_RTOL`` for ``precision="tf32"``, else ``tolerances.tolerance(dtype)``
+    when given, else ``tolerances.tolerance_for(precision, dtype)``
     (``dtype`` defaults to out's). NaN never passes; equal infinities (an empty max-pool window)
     count as agreement.
     """
     out, ref = _host(out), _host(ref)
-    if precision not in ("fp32", "tf32"):
-        raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
     dt = np.dtype(dtype if dtype is not None else out.dtype)
-    tol = rtol if rtol is not None else (tolerances.TF32_RTOL if precision == "tf32"
-                                         else tolerances.tolerance(dt))
+    tol = rtol if rtol is not None else tolerances.tolerance_for(precision, dt)
     label = f"{what} ({dt.name}{', tf32' if precision == 'tf32' else ''})"
     assert out.shape == ref.shape, f"{label}: shape {out.shape} != reference shape {ref.shape}"
     same_inf = np.isinf(ref) & (out == ref)
