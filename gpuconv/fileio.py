@@ -9,6 +9,8 @@
   renamed over the target (``os.replace``): a reader sees the old file or the new one, never a
   partial one, and a failure (a full disk, an exception while producing the data, Ctrl-C) removes
   the temporary file and leaves the old file intact.
+* The target's directory must exist, unless the writer asks for missing directories to be
+  created (``make_parents``; the JSON reports of the command-line tools do).
 * A new file gets the permissions ``open()`` would give it (0o666 minus the umask); a replaced
   file keeps its permission bits.
 * Temporary files are named ``.<name>.gpuconv-tmp-<pid>-<8 hex digits>``, with ``<name>`` cut to
@@ -42,9 +44,21 @@ def _describe(mode: int) -> str:
     return next((text for test, text in kinds if test(mode)), "not a regular file")
 
 
-def _resolve(path, what: str) -> str:
+def _nearest_directory(directory: str, what: str) -> str:
+    """``directory`` or, when it does not exist yet, its nearest existing ancestor, which must
+    be a directory (ValueError naming ``what`` otherwise)."""
+    probe = directory
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{what}: cannot create directory {directory!r}: {probe!r} is not a directory")
+    return probe
+
+
+def _resolve(path, what: str, make_parents: bool = False) -> str:
     """The absolute path that a write to ``path`` replaces, symbolic links followed; ValueError
-    naming ``what`` unless that is a writable regular file or a new name in an existing directory."""
+    naming ``what`` unless that is a writable regular file or a new name in an existing directory
+    (or, with ``make_parents``, in a directory that can be created)."""
     try:
         raw = os.fspath(path)
     except TypeError:
@@ -67,7 +81,9 @@ def _resolve(path, what: str) -> str:
         if not os.access(target, os.W_OK):
             raise ValueError(f"{what}: {raw!r} exists and is read-only")
     directory = os.path.dirname(target)
-    if not os.path.isdir(directory):
+    if make_parents:
+        _nearest_directory(directory, what)
+    elif not os.path.isdir(directory):
         raise ValueError(f"{what}: directory {directory!r} does not exist")
     return target
 
@@ -111,17 +127,19 @@ def remove_stale_temporaries(directory: str) -> int:
     return removed
 
 
-def check_writable(path, what: str = "path") -> str:
+def check_writable(path, what: str = "path", make_parents: bool = False) -> str:
     """Refuse ``path`` (ValueError naming ``what``, e.g. the command-line option) unless gpuconv
     could write it: the rule above, plus a probe that a file can be created in its directory
-    (a read-only directory or file system fails here, even for root). Returns the resolved path.
-    Writes nothing that stays."""
-    target = _resolve(path, what)
-    probe = _temporary_name(target)
+    (a read-only directory or file system fails here, even for root). With ``make_parents`` (a
+    writer that creates missing directories) the probe goes to the nearest existing ancestor.
+    Returns the resolved path. Writes nothing that stays."""
+    target = _resolve(path, what, make_parents)
+    directory = _nearest_directory(os.path.dirname(target), what)
+    probe = _temporary_name(os.path.join(directory, os.path.basename(target)))
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
-        raise ValueError(f"{what}: cannot create files in {os.path.dirname(target)!r}: "
+        raise ValueError(f"{what}: cannot create files in {directory!r}: "
                          f"{exc.strerror or exc}") from None
     os.close(fd)
     os.unlink(probe)
@@ -142,15 +160,18 @@ def _fsync_directory(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode: str = "wb", what: str = "path", encoding: Optional[str] = None
-                ) -> Iterator[IO]:
+def atomic_open(path, mode: str = "wb", what: str = "path", encoding: Optional[str] = None,
+                make_parents: bool = False) -> Iterator[IO]:
     """Open a temporary file for writing; when the block ends without an exception it replaces
     ``path`` (the rule above), otherwise it is removed and ``path`` is left as it was.
-    ``mode`` is ``"wb"`` or ``"w"`` (text, ``encoding`` default UTF-8)."""
+    ``mode`` is ``"wb"`` or ``"w"`` (text, ``encoding`` default UTF-8); ``make_parents`` creates
+    missing directories first."""
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    target = _resolve(path, what)
+    target = _resolve(path, what, make_parents)
     directory = os.path.dirname(target)
+    if make_parents:
+        os.makedirs(directory, exist_ok=True)
     remove_stale_temporaries(directory)
     try:
         keep_mode = stat.S_IMODE(os.stat(target).st_mode)
@@ -184,9 +205,9 @@ def write_bytes(path, data: bytes, what: str = "path") -> None:
         f.write(data)
 
 
-def write_text(path, text: str, what: str = "path") -> None:
+def write_text(path, text: str, what: str = "path", make_parents: bool = False) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (the rule above)."""
-    with atomic_open(path, "w", what) as f:
+    with atomic_open(path, "w", what, make_parents=make_parents) as f:
         f.write(text)
 
 

@@ -12,7 +12,8 @@ the forward function's arguments.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+import functools
+from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -32,6 +33,7 @@ __all__ = [
 
 Array = Any
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT_TYPES = frozenset(dt.type for dt in FLOAT_DTYPES)  # dtype.type: a cheaper test than dtype ==
 INDEX_DTYPE = np.dtype(np.int32)
 
 
@@ -56,20 +58,21 @@ def _check_array(backend: Backend, name: str, a) -> None:
 
 def _check_float(backend: Backend, name: str, a) -> None:
     _check_array(backend, name, a)
-    if a.dtype not in FLOAT_DTYPES:
+    if a.dtype.type not in _FLOAT_TYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
 
 
 def _check_same_dtype(named: Sequence[Tuple[str, Any]]) -> None:
     (first_name, first), *rest = [(n, a) for n, a in named if a is not None]
     for name, a in rest:
-        if a.dtype != first.dtype:
+        if a.dtype is not first.dtype and a.dtype != first.dtype:
             raise TypeError(f"{name} has dtype {a.dtype} but {first_name} has dtype {first.dtype}: "
                             f"all floating arrays of one call must share a dtype")
 
 
 def _check_rank(name: str, a, rank: int) -> None:
-    geometry.check_shape(name, a.shape, rank)
+    if a.ndim != rank:
+        geometry.check_shape(name, a.shape, rank)  # raises, naming the expected layout
 
 
 def _check_shape_equals(name: str, a, expected, what: str) -> None:
@@ -96,6 +99,61 @@ def _check_indices(backend: Backend, indices, y_shape) -> None:
     _check_shape_equals("indices", indices, y_shape, "the max_pool2d output shape")
 
 
+# ---- remembered checks ---------------------------------------------------------------------
+
+_R = TypeVar("_R")
+_PLAIN = frozenset((int, bool, float, str, type(None)))
+_INT = frozenset((int,))
+_REMEMBERED = 4096  # signatures per op before the memory is cleared
+
+
+def _signature(backend: Backend, args: tuple) -> Optional[tuple]:
+    """What a check's outcome depends on: each array's type, shape and dtype, and each other
+    argument's type and value. None (not remembered) for arguments other than this backend's
+    arrays, plain Python scalars, strings, None and tuples of ints."""
+    key = [backend]
+    is_array = backend.is_array
+    for a in args:
+        t = type(a)
+        if t in _PLAIN:
+            key += (t, a)
+        elif t is tuple:
+            if not set(map(type, a)) <= _INT:
+                return None
+            key.append(a)
+        elif is_array(a):
+            key += (t, a.shape, a.dtype)
+        else:
+            return None
+    return tuple(key)
+
+
+def _remembered(check: Callable[..., _R]) -> Callable[..., _R]:
+    """Run ``check(backend, *args)`` once per signature and return its result after that.
+
+    A training step validates the same few call signatures thousands of times, and a full check
+    (shapes, dtypes, geometry) costs more than launching the kernel. The outcome depends only on
+    the signature (``_signature``: the types are part of it, so ``stride=True`` never reuses the
+    outcome of ``stride=1``); calls that raise are not remembered and raise again.
+    """
+    memory: dict = {}
+
+    @functools.wraps(check)
+    def checked(backend: Backend, *args) -> _R:
+        key = _signature(backend, args)
+        if key is None:
+            return check(backend, *args)
+        out = memory.get(key)
+        if out is None:
+            out = check(backend, *args)
+            if len(memory) >= _REMEMBERED:
+                memory.clear()
+            memory[key] = out
+        return out
+
+    return checked
+
+
 # ---- convolution ---------------------------------------------------------------------------
 
 def _conv_geometry(backend: Backend, x, weight, stride, padding, dilation, groups):
@@ -106,6 +164,25 @@ def _conv_geometry(backend: Backend, x, weight, stride, padding, dilation, group
     return geometry.conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
 
 
+@_remembered
+def _conv2d_checks(backend: Backend, x, weight, bias, stride, padding, dilation, groups):
+    g = _conv_geometry(backend, x, weight, stride, padding, dilation, groups)
+    if bias is not None:
+        _check_float(backend, "bias", bias)
+        _check_shape_equals("bias", bias, (g.K,), "one value per output channel")
+    _check_same_dtype([("x", x), ("weight", weight), ("bias", bias)])
+    return g
+
+
+@_remembered
+def _conv2d_backward_checks(backend: Backend, dy, x, weight, stride, padding, dilation, groups):
+    g = _conv_geometry(backend, x, weight, stride, padding, dilation, groups)
+    _check_float(backend, "dy", dy)
+    _check_shape_equals("dy", dy, g.y_shape, "the conv2d output shape (N, K, P, Q)")
+    _check_same_dtype([("dy", dy), ("x", x), ("weight", weight)])
+    return g
+
+
 def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPair = 1,
            padding: Padding = 0, dilation: IntPair = 1, groups: int = 1) -> Array:
     """2-D cross-correlation: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q).
@@ -114,11 +191,7 @@ def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPai
     ceil(W/stride); an odd total padding puts the extra pixel at the bottom/right).
     """
     backend = get_backend()
-    g = _conv_geometry(backend, x, weight, stride, padding, dilation, groups)
-    if bias is not None:
-        _check_float(backend, "bias", bias)
-        _check_shape_equals("bias", bias, (g.K,), "one value per output channel")
-    _check_same_dtype([("x", x), ("weight", weight), ("bias", bias)])
+    g = _conv2d_checks(backend, x, weight, bias, stride, padding, dilation, groups)
     return backend.conv2d(x, weight, bias, g)
 
 
@@ -129,10 +202,7 @@ def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, pad
     """Gradients of conv2d: dy (N, K, P, Q) -> (dx (N, C, H, W), dweight (K, C/groups, R, S),
     dbias (K,)); an entry whose ``need_*`` flag is False is None."""
     backend = get_backend()
-    g = _conv_geometry(backend, x, weight, stride, padding, dilation, groups)
-    _check_float(backend, "dy", dy)
-    _check_shape_equals("dy", dy, g.y_shape, "the conv2d output shape (N, K, P, Q)")
-    _check_same_dtype([("dy", dy), ("x", x), ("weight", weight)])
+    g = _conv2d_backward_checks(backend, dy, x, weight, stride, padding, dilation, groups)
     return backend.conv2d_backward(dy, x, weight, g, _check_bool("need_dx", need_dx),
                                    _check_bool("need_dw", need_dw),
                                    _check_bool("need_db", need_db))

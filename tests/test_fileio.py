@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuconv import fileio, nn, report
-from gpuconv.cli import main
+from gpuconv import fileio, nn
+from gpuconv.tools import harness
+from gpuconv.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def _figure(path):
 
 WRITERS = {
     "checkpoint": lambda path: nn.save_checkpoint(path, _model()),
-    "json": lambda path: report.write_json(str(path), {"a": 1}),
+    "json": lambda path: harness.write_json(str(path), {"a": 1}, harness.record({"a": harness.INTEGER})),
     "text": lambda path: fileio.write_text(path, "new\n"),
     "figure": _figure,
 }
@@ -248,11 +249,18 @@ def test_save_onto_dev_null_leaves_the_device_node(tmp_path, capsys):
 
 
 def test_bench_and_check_check_their_outputs_first(tmp_path, capsys):
+    """Their JSON writer creates missing directories, so only what cannot become one is refused."""
+    (tmp_path / "file").write_text("")
     rc, _, err = _run(["check", "--model", "lenet", "--backends", "numpy,numpy", "--json", str(tmp_path)],
                       capsys)
     assert rc == 2 and "--json" in err and "a directory" in err
-    rc, _, err = _run(["bench", "--backend", "numpy", "--json", str(tmp_path / "no" / "b.json")], capsys)
-    assert rc == 2 and "--json: directory" in err
+    rc, _, err = _run(["check", "--model", "lenet", "--backends", "numpy,numpy", "--json",
+                       str(tmp_path / "file" / "sub" / "c.json")], capsys)
+    assert rc == 2 and "--json" in err and "not a directory" in err.lower()
+    rc, _, err = _run(["bench", "--backend", "numpy", "--json", str(tmp_path / "file" / "b.json")], capsys)
+    assert rc == 2 and "--json" in err and "not a directory" in err.lower()
+    rc, _, err = _run(["bench", "--backend", "numpy", "--plot", str(tmp_path / "no" / "b.png")], capsys)
+    assert rc == 2 and "--plot: directory" in err
 
 
 def test_os_errors_while_running_are_reported_with_status_2(tmp_path, capsys, monkeypatch):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gpuconv import datasets
-from gpuconv.cli import main
 from gpuconv.models import MAX_DENSE_WEIGHTS, build_model
+from gpuconv.tools.cli import main
 
 
 def _write_idx(directory, n_train: int, n_test: int, size: int, seed: int = 0) -> None:
