@@ -63,7 +63,7 @@ else
 fi
 say "python: $("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)')"
 
-GC=("$PY" -c 'import sys; from gpuconv.cli import main; sys.exit(main(sys.argv[1:]))')
+GC=("$PY" -c 'import sys; from gpuconv.tools.cli import main; sys.exit(main(sys.argv[1:]))')
 
 # -- info --------------------------------------------------------------------------------------------
 INFO="$OUT/info.txt"
@@ -85,10 +85,10 @@ trap 'rm -rf "$TMP"' EXIT
 check_all() {
     local rc=0
     for model in lenet cifar-small resnet20; do
-        "$PY" -m gpuconv.check --model "$model" --backends numpy,cuda --dtype float32 \
+        "$PY" -m gpuconv check --model "$model" --backends numpy,cuda --dtype float32 \
             --json "$TMP/check-$model-float32.json" || rc=1
     done
-    "$PY" -m gpuconv.check --model lenet --backends numpy,cuda --dtype float64 \
+    "$PY" -m gpuconv check --model lenet --backends numpy,cuda --dtype float64 \
         --json "$TMP/check-lenet-float64.json" || rc=1
     return $rc
 }
@@ -105,17 +105,18 @@ if "$PY" -c "import matplotlib" >/dev/null 2>&1; then
 else
     say "matplotlib is not installed: no bench.png"
 fi
-run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv.bench --suite small-cnn --ops conv,pool --backend cuda \
+run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv bench --suite small-cnn --ops conv,pool --backend cuda \
     --versions all --baseline torch,torch-tf32,cupy-gemm --json "$OUT/bench.json" ${PLOT[@]+"${PLOT[@]}"}
-run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv.bench --ops step --backend cuda \
+run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv bench --ops step --backend cuda \
     --baseline torch,torch-tf32 --repeat 20 --json "$OUT/step.json"
 
 # -- summary -----------------------------------------------------------------------------------------
 printf '%s\n' "${STATUS[@]}" > "$TMP/status.txt"
 "$PY" - "$OUT" "$TMP" >> "$LOG" 2>&1 <<'EOF'
 import glob, json, os, sys
-from gpuconv import bench, check, report
-from gpuconv.bench_step import format_steps
+from gpuconv.tools import bench, check, report
+from gpuconv.tools.bench_step import format_steps
+from gpuconv.tools.harness import write_json
 
 out, tmp = sys.argv[1], sys.argv[2]
 checks = []
@@ -123,7 +124,8 @@ for path in sorted(glob.glob(os.path.join(tmp, "check-*.json"))):
     with open(path) as f:
         checks.append(json.load(f))
 if checks:
-    report.write_json(os.path.join(out, "check.json"), {"schema": "gpuconv-check-set/1", "runs": checks})
+    write_json(os.path.join(out, "check.json"), {"schema": "gpuconv-check-set/1", "runs": checks},
+               check.CHECK_SET_SCHEMA)
 lines = ["# gpuconv GPU check", ""]
 env = None
 for name in ("bench.json", "step.json"):

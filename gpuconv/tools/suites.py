@@ -1,8 +1,9 @@
-"""The benchmark suites of PERF.md as data, with FLOP and minimal-byte counts and physical floors.
+"""The benchmark suites as data, with FLOP and minimal-byte counts and physical floors.
 
-A suite entry is a layer shape (``ConvCase`` or ``PoolCase``); ``conv_cost``/``pool_cost`` count
-the arithmetic and the minimal traffic of one pass over a batch, and ``floor_seconds`` turns a
-cost into the physical lower bound max(FLOPs / peak, bytes / bandwidth) on a given GPU.
+A suite entry is a layer shape (``ConvCase`` or ``PoolCase``) whose ``kinds`` select the entries
+of ``gpuconv.tools.bench_ops.OPS`` timed on it; ``conv_cost``/``pool_cost`` count the arithmetic
+and the minimal traffic of one pass over a batch, and ``floor_seconds`` turns a cost into the
+physical lower bound max(FLOPs / peak, bytes / bandwidth) on a given GPU.
 
 Counting rules (float32 storage unless ``itemsize`` says otherwise):
 
@@ -17,9 +18,9 @@ Counting rules (float32 storage unless ``itemsize`` says otherwise):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
-from .geometry import ConvGeometry, PoolGeometry, conv2d_geometry, pool2d_geometry
+from ..geometry import ConvGeometry, PoolGeometry, conv2d_geometry, pool2d_geometry
 
 __all__ = ["ConvCase", "PoolCase", "Cost", "Hardware", "HARDWARE", "SUITES", "CONV_PASSES",
            "POOL_PASSES", "POOL_KINDS", "get_suite", "conv_cost", "pool_cost", "hardware_for",
@@ -36,6 +37,8 @@ INDEX_BYTES = 4  # max-pooling indices are int32
 class ConvCase:
     """One convolution layer of a suite: x (N, C, H, W) * w (K, C, R, S), square kernel."""
 
+    family: ClassVar[str] = "conv"                 # what ``gpuconv bench --ops`` calls it
+    kinds: ClassVar[Tuple[str, ...]] = ("conv",)   # the kinds of op benchmarked on it
     id: str
     layer: str
     C: int
@@ -56,6 +59,7 @@ class ConvCase:
 class PoolCase:
     """One pooling layer of a suite; ``kinds`` are the pooling flavours benchmarked on it."""
 
+    family: ClassVar[str] = "pool"
     id: str
     layer: str
     C: int

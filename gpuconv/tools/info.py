@@ -33,7 +33,7 @@ def _compiler() -> Dict[str, Any]:
 
 
 def _cuda() -> Dict[str, Any]:
-    from .backends import cuda_unavailable_reason
+    from ..backends import cuda_unavailable_reason
     reason = cuda_unavailable_reason()
     info: Dict[str, Any] = {"available": not reason, "reason": reason, "gpus": []}
     if reason:
@@ -59,7 +59,7 @@ def _cuda() -> Dict[str, Any]:
 
 def collect_info() -> Dict[str, Any]:
     """Everything ``gpuconv info`` reports, as a JSON-serialisable dict."""
-    from . import __version__
+    from .. import __version__
     torch_version = _version("torch")
     torch_cuda = None
     if torch_version is not None:

@@ -2,13 +2,11 @@
 
 Prints one line per epoch (loss, train/test accuracy, samples/s) to stdout and a progress bar to
 stderr (only on a terminal, and not with ``--quiet``). ``--json FILE`` writes the final metrics as
-a document following ``METRICS_SCHEMA`` (a JSON Schema; ``validate_metrics`` checks it without
-extra dependencies).
+a document following ``METRICS_SCHEMA`` (a JSON Schema, checked by ``validate_metrics``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -16,9 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from . import datasets, nn, optim
-from .backends import BACKEND_NAMES, cuda_unavailable_reason, resolve_backend, use_backend
-from .models import MODEL_NAMES, build_model
+from .. import datasets, nn, optim
+from ..backends import BACKEND_NAMES, cuda_unavailable_reason, resolve_backend, use_backend
+from ..models import MODEL_NAMES, build_model
+from .harness import INTEGER, NUMBER, STRING, document, list_of, record, validate, value, write_json
 
 __all__ = ["TrainConfig", "train", "evaluate", "add_parser", "run", "METRICS_SCHEMA", "validate_metrics",
            "DEFAULT_LR"]
@@ -28,63 +27,27 @@ DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05}
 EVAL_BATCH = 1000
 SCHEDULES = ("cosine", "constant")
 
-_EPOCH_FIELDS = {"epoch": "integer", "train_loss": "number", "train_accuracy": "number",
-                 "test_loss": "number", "test_accuracy": "number", "seconds": "number",
-                 "samples_per_second": "number"}
-_TOP_FIELDS = {"schema": "string", "model": "string", "backend": "string", "dataset": "string",
-               "optimizer": "string", "lr": "number", "batch_size": "integer", "seed": "integer",
-               "epochs": "integer", "num_parameters": "integer", "train_samples": "integer",
-               "test_samples": "integer", "test_accuracy": "number", "test_loss": "number",
-               "train_loss": "number", "train_accuracy": "number", "wall_seconds": "number",
-               "samples_per_second": "number", "history": "array"}
+_FRACTION = value("number", minimum=0.0, maximum=1.0)
+_EPOCH = record({"epoch": INTEGER, "train_loss": NUMBER, "train_accuracy": _FRACTION, "test_loss": NUMBER,
+                 "test_accuracy": _FRACTION, "seconds": NUMBER, "samples_per_second": NUMBER})
 
-METRICS_SCHEMA: Dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": SCHEMA_ID,
-    "title": "gpuconv train final metrics",
-    "description": ("Accuracies are fractions in [0, 1] on the held-out test split; losses are mean "
-                    "softmax cross-entropy; train_loss/train_accuracy are averaged over the last "
-                    "epoch's training batches (weights changing during the epoch); wall_seconds "
-                    "covers data loading, model building, training and evaluation; samples_per_second counts "
-                    "training samples over training time only."),
-    "type": "object",
-    "required": list(_TOP_FIELDS),
-    "properties": {
-        **{k: {"type": t} for k, t in _TOP_FIELDS.items()},
-        "schema": {"const": SCHEMA_ID},
-        "history": {"type": "array", "items": {
-            "type": "object", "required": list(_EPOCH_FIELDS),
-            "properties": {k: {"type": t} for k, t in _EPOCH_FIELDS.items()}}},
-    },
-}
-
-
-def _type_ok(value, kind: str) -> bool:
-    if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, {"string": str, "array": list}[kind])
+METRICS_SCHEMA: Dict[str, Any] = document(SCHEMA_ID, {
+    "model": STRING, "backend": STRING, "dataset": STRING, "optimizer": STRING, "lr": NUMBER,
+    "batch_size": INTEGER, "seed": INTEGER, "epochs": INTEGER, "num_parameters": INTEGER,
+    "train_samples": INTEGER, "test_samples": INTEGER, "test_accuracy": _FRACTION, "test_loss": NUMBER,
+    "train_loss": NUMBER, "train_accuracy": _FRACTION, "wall_seconds": NUMBER, "samples_per_second": NUMBER,
+    "history": list_of(_EPOCH),
+}, title="gpuconv train final metrics",
+    description=("Accuracies are fractions in [0, 1] on the held-out test split; losses are mean "
+                 "softmax cross-entropy; train_loss/train_accuracy are averaged over the last "
+                 "epoch's training batches (weights changing during the epoch); wall_seconds "
+                 "covers data loading, model building, training and evaluation; samples_per_second "
+                 "counts training samples over training time only; history has one entry per epoch."))
 
 
 def validate_metrics(doc: Dict[str, Any]) -> None:
-    """Raise ValueError unless ``doc`` follows METRICS_SCHEMA (required keys, types, ranges)."""
-    if not isinstance(doc, dict):
-        raise ValueError(f"metrics must be a JSON object, got {type(doc).__name__}")
-    for fields, obj, where in [(_TOP_FIELDS, doc, "metrics")] + [
-            (_EPOCH_FIELDS, h, f"history[{i}]") for i, h in enumerate(doc.get("history", []))]:
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where} must be an object")
-        for key, kind in fields.items():
-            if key not in obj:
-                raise ValueError(f"{where} is missing {key!r}")
-            if not _type_ok(obj[key], kind):
-                raise ValueError(f"{where}[{key!r}] must be a finite {kind}, got {obj[key]!r}")
-        for key in ("train_accuracy", "test_accuracy"):
-            if not 0.0 <= obj[key] <= 1.0:
-                raise ValueError(f"{where}[{key!r}] must lie in [0, 1], got {obj[key]}")
-    if doc["schema"] != SCHEMA_ID:
-        raise ValueError(f"metrics['schema'] must be {SCHEMA_ID!r}, got {doc['schema']!r}")
+    """Raise ValueError unless ``doc`` follows METRICS_SCHEMA and has one history entry per epoch."""
+    validate(doc, METRICS_SCHEMA, "metrics")
     if len(doc["history"]) != doc["epochs"]:
         raise ValueError(f"metrics has {len(doc['history'])} history entries for {doc['epochs']} epochs")
 
@@ -273,9 +236,7 @@ def train(cfg: TrainConfig, out: Optional[TextIO] = None, err: Optional[TextIO] 
                 "metrics": summary})
     validate_metrics(metrics)
     if cfg.json is not None:
-        with open(cfg.json, "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
-            f.write("\n")
+        write_json(cfg.json, metrics, METRICS_SCHEMA)
     if cfg.plot is not None:
         plot_history(history, cfg.plot, title=f"{cfg.model} on {dataset.name} ({backend.name})")
     if not cfg.quiet:
