@@ -44,7 +44,8 @@ class Schedule:
 
     def __init__(self, optimizer, base_lr: Optional[float] = None) -> None:
         if not hasattr(optimizer, "lr"):
-            raise TypeError(f"optimizer must be a gpuconv optimizer (with an lr), got {type(optimizer).__name__}")
+            raise TypeError(f"optimizer must be a gpuconv optimizer (with an lr), got "
+                            f"{type(optimizer).__name__}")
         self.optimizer = optimizer
         self.base_lr = check_real("base_lr", optimizer.lr if base_lr is None else base_lr, 0.0)
         self.last_step = 0  # optimizer steps taken so far; the next update uses lr_at(last_step)
@@ -140,7 +141,8 @@ class StepDecay(Schedule):
 
     kind = "step"
 
-    def __init__(self, optimizer, step_size: int, gamma: float = 0.1, base_lr: Optional[float] = None) -> None:
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1,
+                 base_lr: Optional[float] = None) -> None:
         super().__init__(optimizer, base_lr)
         self.step_size = check_int("step_size", step_size, 1)
         self.gamma = check_real("gamma", gamma, 0.0, 1.0, lo_open=True)
@@ -158,7 +160,8 @@ class Cosine(Schedule):
 
     kind = "cosine"
 
-    def __init__(self, optimizer, total_steps: int, min_lr: float = 0.0, base_lr: Optional[float] = None) -> None:
+    def __init__(self, optimizer, total_steps: int, min_lr: float = 0.0,
+                 base_lr: Optional[float] = None) -> None:
         super().__init__(optimizer, base_lr)
         self.total_steps = check_int("total_steps", total_steps, 1)
         self.min_lr = check_real("min_lr", min_lr, 0.0, self.base_lr)
@@ -231,7 +234,8 @@ def _build(optimizer, config: Dict[str, Any], where: str) -> Schedule:
     try:
         return _KINDS[kind](optimizer, **kwargs)
     except TypeError as exc:
-        raise ValueError(f"{where}: parameters {sorted(kwargs)} do not fit schedule {kind!r} ({exc})") from None
+        raise ValueError(f"{where}: parameters {sorted(kwargs)} do not fit schedule {kind!r} "
+                         f"({exc})") from None
 
 
 def from_state_dict(optimizer, state: Dict[str, Any]) -> Schedule:
