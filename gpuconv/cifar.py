@@ -1,4 +1,5 @@
 """CIFAR-10 and CIFAR-100 from the files their authors distribute, without unpickling objects.
+(``gpuconv.datasets.load_cifar_dataset`` makes a training ``Dataset`` of them.)
 
 Formats (https://www.cs.toronto.edu/~kriz/cifar.html), each image 3x32x32 uint8 stored channel
 by channel (1,024 red, 1,024 green, 1,024 blue bytes, rows top to bottom):
@@ -33,14 +34,14 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["CIFAR_FORMATS", "detect_cifar", "read_cifar", "load_cifar", "read_python_batch",
+__all__ = ["CIFAR_FORMATS", "ARCHIVE_DIRS", "detect_cifar", "read_cifar", "read_python_batch",
            "read_binary_batch"]
 
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_BYTES = 3 * 32 * 32
 MAX_FILE_BYTES = 1 << 31  # far above the largest real file (CIFAR-100 train, 155 MB)
 
-# format -> (train files, test file, meta file or None, classes per label kind)
+# format -> (training files, test file, meta file or None)
 _LAYOUTS: Dict[str, Tuple[Tuple[str, ...], str, Optional[str]]] = {
     "cifar10-python": (tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
     "cifar10-binary": (tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin", None),
@@ -248,31 +249,3 @@ def read_cifar(directory: str | os.PathLike[str], fmt: str, labels: str = "fine"
         key = "label_names" if family == "cifar10" else f"{labels}_label_names"
         names = _label_names(directory / meta_file, key, classes)
     return train, test, classes, names
-
-
-def load_cifar(directory: str | os.PathLike[str], fmt: Optional[str] = None, labels: str = "fine",
-               dtype=np.float32, num_classes: Optional[int] = None):
-    """A ``gpuconv.datasets.Dataset`` from CIFAR files in ``directory`` (``fmt`` None: detected,
-    see ``detect_cifar``). Images (N, 3, 32, 32) scaled by 1/255 and standardised with the
-    training split's mean and std; ``num_classes`` (default: the format's) may only widen the
-    output layer."""
-    from .datasets import _check_dtype, _standardise, check_num_classes
-
-    dt = _check_dtype(dtype)
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"data directory {str(directory)!r} does not exist")
-    if fmt is None:
-        found = detect_cifar(directory)
-        if not found:
-            raise FileNotFoundError(f"{directory}: no CIFAR files (looked for data_batch_1, "
-                                    f"data_batch_1.bin, train, train.bin here and in "
-                                    f"{', '.join(sorted(set(ARCHIVE_DIRS.values())))})")
-        if len(found) > 1:
-            raise ValueError(f"{directory}: holds several CIFAR layouts ({', '.join(f for f, _ in found)}); "
-                             f"pass the directory of one")
-        fmt, directory = found[0]
-    train, test, classes, _ = read_cifar(directory, fmt, labels)
-    classes = check_num_classes(num_classes, classes, directory)
-    name = f"{fmt.split('-')[0]}{'-coarse' if labels == 'coarse' else ''}"
-    return _standardise(train[0], test[0], 255.0, dt, name, (train[1], test[1]), classes)

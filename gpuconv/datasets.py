@@ -20,8 +20,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from . import cifar
+
 __all__ = ["Split", "Dataset", "DATASET_NAMES", "load_digits", "load_idx_dataset", "read_idx",
-           "find_idx_files", "idx_directories", "detect_format", "check_num_classes",
+           "find_idx_files", "idx_directories", "load_cifar_dataset", "detect_format", "check_num_classes",
            "load_dataset", "synthetic_batch", "iterate_batches", "stratified_split"]
 
 DATASET_NAMES = ("digits",)
@@ -256,15 +258,39 @@ def load_idx_dataset(directory: str | os.PathLike[str], dtype=np.float32,
     return _standardise(tr_x, te_x, 255.0, dt, f"idx:{name}", (tr_y, te_y), classes)
 
 
-def detect_format(directory: str | os.PathLike[str]) -> str:
-    """Which data set ``directory`` holds: ``"idx"`` or one of ``gpuconv.cifar.CIFAR_FORMATS``
-    (FileNotFoundError when none, ValueError when several)."""
-    from .cifar import detect_cifar
-
+def load_cifar_dataset(directory: str | os.PathLike[str], fmt: Optional[str] = None, labels: str = "fine",
+                       dtype=np.float32, num_classes: Optional[int] = None) -> Dataset:
+    """CIFAR-10 or CIFAR-100 from ``directory`` (``fmt`` None: the one layout
+    ``gpuconv.cifar.detect_cifar`` finds there; ``labels`` "fine" or "coarse" for CIFAR-100).
+    Images (N, 3, 32, 32) scaled by 1/255 then standardised with the training split's mean and
+    std; ``num_classes`` (default: the format's) may only be larger."""
+    dt = _check_dtype(dtype)
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"data directory {str(directory)!r} does not exist")
-    found = [fmt for fmt, _ in detect_cifar(directory)]
+    if fmt is None:
+        found = cifar.detect_cifar(directory)
+        if not found:
+            raise FileNotFoundError(f"{directory}: no CIFAR files (looked for data_batch_1, "
+                                    f"data_batch_1.bin, train, train.bin here and in "
+                                    f"{', '.join(sorted(set(cifar.ARCHIVE_DIRS.values())))})")
+        if len(found) > 1:
+            raise ValueError(f"{directory}: holds several CIFAR layouts "
+                             f"({', '.join(f for f, _ in found)}); pass the directory of one")
+        fmt, directory = found[0]
+    (tr_x, tr_y), (te_x, te_y), classes, _ = cifar.read_cifar(directory, fmt, labels)
+    classes = check_num_classes(num_classes, classes, directory)
+    name = fmt.split("-")[0] + ("-coarse" if labels == "coarse" else "")
+    return _standardise(tr_x, te_x, 255.0, dt, name, (tr_y, te_y), classes)
+
+
+def detect_format(directory: str | os.PathLike[str]) -> str:
+    """Which data set ``directory`` holds: ``"idx"`` or one of ``gpuconv.cifar.CIFAR_FORMATS``
+    (FileNotFoundError when none, ValueError when several)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"data directory {str(directory)!r} does not exist")
+    found = [fmt for fmt, _ in cifar.detect_cifar(directory)]
     if idx_directories(directory):
         found.insert(0, "idx")
     if not found:
@@ -291,8 +317,7 @@ def load_dataset(data_dir: Optional[str] = None, dtype=np.float32,
     fmt = detect_format(data_dir)
     if fmt == "idx":
         return load_idx_dataset(data_dir, dtype=dtype, num_classes=num_classes)
-    from .cifar import load_cifar
-    return load_cifar(data_dir, fmt=None, dtype=dtype, num_classes=num_classes)
+    return load_cifar_dataset(data_dir, dtype=dtype, num_classes=num_classes)
 
 
 def synthetic_batch(n: int, c: int, h: int, w: int, num_classes: int, seed: int,

@@ -44,7 +44,7 @@ def test_cifar100_fine_and_coarse_labels(tmp_path, binary):
     assert fine.num_classes == 100 and fine.name == "cifar100"
     np.testing.assert_array_equal(fine.train.labels, ref["train_fine"])
     np.testing.assert_array_equal(_pixels(fine.test, fine), ref["test_x"])
-    coarse = cifar.load_cifar(tmp_path, labels="coarse")
+    coarse = datasets.load_cifar_dataset(tmp_path, labels="coarse")
     assert coarse.num_classes == 20 and coarse.name == "cifar100-coarse"
     np.testing.assert_array_equal(coarse.test.labels, ref["test_coarse"])
 
