@@ -47,7 +47,8 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test pair plus what a model needs to know about it."""
+    """A train/test pair plus what a model needs to know about it: images are
+    ``(raw / scale - mean) / std`` of the raw pixel values in the files."""
 
     name: str
     train: Split
@@ -55,6 +56,7 @@ class Dataset:
     num_classes: int
     mean: float
     std: float
+    scale: float = 1.0
 
     @property
     def in_channels(self) -> int:
@@ -116,7 +118,7 @@ def _standardise(train_x: np.ndarray, test_x: np.ndarray, scale: float, dtype: n
     te = _with_channels(((te - mean) / std).astype(dtype))
     return Dataset(name, Split(np.ascontiguousarray(tr), labels[0].astype(np.int32)),
                    Split(np.ascontiguousarray(te), labels[1].astype(np.int32)),
-                   num_classes, mean, std)
+                   num_classes, mean, std, scale)
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0, dtype=np.float32) -> Dataset:

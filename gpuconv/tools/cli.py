@@ -16,11 +16,11 @@ from typing import List, Optional
 
 from .. import __version__
 from ..backends import BackendUnavailable
-from . import bench, check, info, train
+from . import bench, check, evaluate, info, predict, train
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (train, info, check, bench)
+COMMANDS = (train, evaluate, predict, info, check, bench)
 
 
 class _Parser(argparse.ArgumentParser):
