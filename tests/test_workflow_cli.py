@@ -64,6 +64,16 @@ def test_resumed_run_ends_with_the_weights_of_a_straight_run_bit_for_bit(tmp_pat
     assert [h["epoch"] for h in r["history"]] == [1, 2, 3, 4]
 
 
+def test_resume_on_the_emulator_is_bit_exact_too(tmp_path, capsys):
+    data = _write_idx(tmp_path / "idx", n_train=32, n_test=8)
+    args = ["--data", str(data), "--backend", "emulator", "--batch-size", "16", "--quiet", "--epochs", "2"]
+    straight, half = tmp_path / "straight.npz", tmp_path / "half.npz"
+    assert main(["train", "--save", str(straight)] + args) == 0
+    assert main(["train", "--stop-after", "1", "--save", str(half)] + args) == 0
+    assert main(["train", "--resume", str(half), "--backend", "emulator", "--quiet"]) == 0
+    _same_arrays(_arrays(straight), _arrays(half))
+
+
 def test_a_constant_rate_run_can_be_extended_by_more_epochs(tmp_path, capsys, tiny):
     straight, short = tmp_path / "straight.npz", tmp_path / "short.npz"
     assert main(["train", "--epochs", "4", "--schedule", "constant", "--save", str(straight)] + tiny) == 0
