@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from gpuconv import interop, nn, use_backend
 from gpuconv.models import build_model
@@ -46,8 +47,8 @@ def _both(model, x, dy):
     return (ours_y, ours_dx, ours_g), (ty.detach().numpy(), tx.grad.numpy(), theirs_g)
 
 
-def _close(a, b):
-    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+def _close(a, b, what=""):
+    assert_close(a, b, what=what)        # float64 models: gpuconv.tolerances' float64 bound
 
 
 @pytest.mark.parametrize("name, c, size", [("lenet", 1, 8), ("lenet", 1, 28), ("cifar-small", 3, 12),
@@ -57,11 +58,11 @@ def test_zoo_models_compute_the_same_in_both_frameworks(name, c, size):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, c, size, size))
     (y, dx, g), (ty, tdx, tg) = _both(model, x, rng.standard_normal((2, 10)))
-    _close(y, ty)
-    _close(dx, tdx)
+    _close(y, ty, "output")
+    _close(dx, tdx, "input gradient")
     assert g.keys() == tg.keys()
     for k in g:
-        _close(g[k], tg[k])
+        _close(g[k], tg[k], f"gradient of {k}")
 
 
 def test_every_layer_type_computes_the_same_in_both_frameworks():
@@ -70,11 +71,11 @@ def test_every_layer_type_computes_the_same_in_both_frameworks():
     x = rng.standard_normal((3, 2, 11, 9))
     y = model.forward(x)
     (y, dx, g), (ty, tdx, tg) = _both(model, x, rng.standard_normal(y.shape))
-    _close(y, ty)
-    _close(dx, tdx)
+    _close(y, ty, "output")
+    _close(dx, tdx, "input gradient")
     assert g.keys() == tg.keys()
     for k in g:
-        _close(g[k], tg[k])
+        _close(g[k], tg[k], f"gradient of {k}")
     assert not interop.to_torch(model).training and interop.to_torch(model.train()).training
 
 

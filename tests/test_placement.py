@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import gpuconv as gc
 from gpuconv import backends, nn, optim
@@ -67,9 +68,9 @@ def test_moved_model_runs_forward_backward_and_updates_on_its_backend(emulator_l
 
     again = _model().to("emulator")
     logits, _ = _step(again, optim.Adam(again.parameters(), lr=0.01))
-    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
-    for a, b in zip(again.parameters(), reference.parameters()):
-        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
+    assert_close(logits, ref_logits, what="logits, emulator against numpy")
+    for (name, a), b in zip(again.named_parameters(), reference.parameters()):
+        assert_close(a.data, b.data, what=f"{name} after one Adam step")
 
 
 def test_an_explicit_use_backend_around_the_call_wins(emulator_launches):
