@@ -74,10 +74,12 @@ def test_resume_on_the_emulator_is_bit_exact_too(tmp_path, capsys):
     _same_arrays(_arrays(straight), _arrays(half))
 
 
-def test_a_constant_rate_run_can_be_extended_by_more_epochs(tmp_path, capsys, tiny):
+@pytest.mark.parametrize("schedule", [["--schedule", "constant"],
+                                      ["--schedule", "step", "--lr-step-epochs", "3"]])
+def test_a_run_without_a_fixed_length_can_be_extended_by_more_epochs(tmp_path, capsys, tiny, schedule):
     straight, short = tmp_path / "straight.npz", tmp_path / "short.npz"
-    assert main(["train", "--epochs", "4", "--schedule", "constant", "--save", str(straight)] + tiny) == 0
-    assert main(["train", "--epochs", "2", "--schedule", "constant", "--save", str(short)] + tiny) == 0
+    assert main(["train", "--epochs", "4", "--save", str(straight)] + schedule + tiny) == 0
+    assert main(["train", "--epochs", "2", "--save", str(short)] + schedule + tiny) == 0
     assert main(["train", "--resume", str(short), "--epochs", "4", "--quiet", "--backend", "numpy"]) == 0
     _same_arrays(_arrays(straight), _arrays(short))
 

@@ -131,7 +131,8 @@ def _training(path: str, doc) -> Dict[str, Any]:
 def read_checkpoint(path: os.PathLike[str] | str) -> Dict[str, Any]:
     """Read and check a checkpoint file. Returns a dict with ``"version"`` (1 or 2), ``"model"``
     and ``"optimizer"`` (name -> array; optimizer None when not saved), ``"epoch"``,
-    ``"data_seed"``, ``"schedule"`` (None when not saved), ``"rng"`` (None in format 1) and ``"meta"``.
+    ``"data_seed"``, ``"schedule"`` (None when not saved), ``"rng"`` (None in format 1), ``"meta"``
+    and ``"path"``.
 
     Raises FileNotFoundError for a missing file and ValueError for one that is truncated,
     corrupt, of an unknown format version or not a gpuconv checkpoint.

@@ -202,11 +202,14 @@ def make_schedule(cfg: TrainConfig, opt: optim.Optimizer, steps_per_epoch: int) 
     if cfg.schedule == "cosine":
         after: schedules.Schedule = schedules.Cosine(opt, total_steps=cfg.epochs * steps_per_epoch - warmup)
     elif cfg.schedule == "step":
-        every = cfg.lr_step_epochs or max(1, cfg.epochs // 3)
-        after = schedules.StepDecay(opt, step_size=every * steps_per_epoch, gamma=cfg.lr_gamma)
+        after = schedules.StepDecay(opt, step_size=_step_epochs(cfg) * steps_per_epoch, gamma=cfg.lr_gamma)
     else:
         after = schedules.Constant(opt)
     return schedules.LinearWarmup(opt, warmup, then=after) if warmup else after
+
+
+def _step_epochs(cfg: TrainConfig) -> int:
+    return cfg.lr_step_epochs or max(1, cfg.epochs // 3)
 
 
 # The settings that define a run (a checkpoint keeps them; --resume takes them from it).
@@ -352,7 +355,8 @@ def _checkpoint_meta(cfg: TrainConfig, dataset: datasets.Dataset, history: List[
     (shape, classes, the standardisation of raw pixels), the run's settings and its history."""
     settings = {k: getattr(cfg, k) for k in RUN_SETTINGS}
     settings["data"] = None if cfg.data is None else os.path.abspath(cfg.data)
-    settings["lr"] = DEFAULT_LR[cfg.optimizer] if cfg.lr is None else cfg.lr
+    settings["lr"] = DEFAULT_LR[cfg.optimizer] if cfg.lr is None else cfg.lr     # defaults resolved,
+    settings["lr_step_epochs"] = _step_epochs(cfg)                                 # so --epochs may grow
     return {"model": cfg.model, "in_channels": dataset.in_channels, "image_size": dataset.image_size,
             "num_classes": dataset.num_classes, "pixel_scale": dataset.scale, "mean": dataset.mean,
             "std": dataset.std, "dataset": dataset.name, "backend": backend, "settings": settings,
@@ -405,7 +409,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"learning-rate schedule after the warm-up: cosine decay to 0 over the run, "
                         f"constant, or step decay (default {d.schedule})")
     p.add_argument("--warmup-epochs", type=int, default=None, metavar="N",
-                   help=f"raise the rate linearly from lr/steps to lr over the first N epochs "
+                   help=f"linear warm-up: the rate rises in equal steps to lr over the first N epochs "
                         f"(default {d.warmup_epochs})")
     p.add_argument("--lr-step-epochs", type=int, default=None, metavar="N",
                    help="step schedule: multiply the rate by --lr-gamma every N epochs (default a third "
