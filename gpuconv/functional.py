@@ -13,6 +13,7 @@ the forward function's arguments.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
@@ -40,20 +41,93 @@ INDEX_DTYPE = np.dtype(np.int32)
 # ---- shared validators ---------------------------------------------------------------------
 
 def _array_origin(a) -> str:
-    """Which backend an array of this type belongs to, for error messages."""
-    module = type(a).__module__.split(".")[0]
-    return {"numpy": "numpy", "cupy": "cuda"}.get(module, f"{module}.{type(a).__qualname__}")
+    """Which backend an array of this type belongs to ("numpy", "cuda"), or "" for a foreign type."""
+    return {"numpy": "numpy", "cupy": "cuda"}.get(type(a).__module__.split(".")[0], "")
+
+
+# DLPack device types (dlpack.h): host memory, CUDA device memory.
+_DL_CPU, _DL_CUDA = 1, 2
+
+
+def _foreign_device(a) -> Optional[str]:
+    """"cpu" or "cuda" for an array of another library that exports DLPack or the CUDA array
+    interface (a torch tensor, a CuPy array seen from the CPU backends); None otherwise."""
+    if isinstance(a, np.ndarray):
+        return None
+    if hasattr(a, "__cuda_array_interface__"):
+        return "cuda"
+    device = getattr(a, "__dlpack_device__", None)
+    if device is None or not hasattr(a, "__dlpack__"):
+        return None
+    try:
+        kind = int(device()[0])
+    except Exception:  # an object that cannot say where it lives is not one we can take
+        return None
+    return {_DL_CPU: "cpu", _DL_CUDA: "cuda"}.get(kind, f"DLPack device type {kind}")
+
+
+def _describe_type(a) -> str:
+    return f"{type(a).__module__}.{type(a).__qualname__}"
+
+
+def _adopt(backend: Backend, name: str, a):
+    """``a`` as an array of ``backend`` when it is another library's array in the backend's memory
+    (DLPack or CUDA array interface, zero-copy); anything else is returned unchanged."""
+    where = _foreign_device(a)
+    if where is None:
+        return a
+    home = "cpu" if backend.xp is np else "cuda"
+    if where != home:
+        fix = ("move it to the host first (torch: x.cpu(); CuPy: x.get()) or run on the cuda backend"
+               if home == "cpu" else "move it to the GPU first (torch: x.cuda()) or run on a CPU backend")
+        raise TypeError(f"{name} is a {_describe_type(a)} in {where} memory but the active backend "
+                        f"{backend.name!r} works on {home} memory: {fix}")
+    try:
+        if hasattr(a, "__dlpack__"):
+            return backend.xp.from_dlpack(a)
+        return backend.xp.asarray(a)
+    except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+        raise TypeError(f"{name}: cannot take the {_describe_type(a)} through DLPack ({exc}); "
+                        f"convert it to an array of backend {backend.name!r} first") from None
+
+
+class _Foreign(Exception):
+    """Raised by the checks when an argument is another library's array, so ``_accepts_foreign``
+    converts the arguments and calls the op again."""
+
+
+def _accepts_foreign(op: Callable[..., _R]) -> Callable[..., _R]:
+    """Let ``op`` take other libraries' arrays that live where the backend computes (see
+    ``_adopt``). Costs nothing until a check meets one: then every argument is converted and the
+    op runs again (checks come before any work, so nothing ran twice)."""
+    @functools.wraps(op)
+    def call(*args, **kwargs):
+        try:
+            return op(*args, **kwargs)
+        except _Foreign:
+            backend = get_backend()
+            names = list(inspect.signature(op).parameters)
+            args = tuple(_adopt(backend, names[i], a) for i, a in enumerate(args))
+            kwargs = {k: _adopt(backend, k, v) for k, v in kwargs.items()}
+            return op(*args, **kwargs)
+    return call
 
 
 def _check_array(backend: Backend, name: str, a) -> None:
     if not backend.is_array(a):
+        if _foreign_device(a) is not None:
+            raise _Foreign(name)
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"{name} must be an array of the active backend {backend.name!r}, "
                             f"got {type(a).__name__}")
+        origin = _array_origin(a)
+        if not origin:
+            raise TypeError(f"{name} is a {_describe_type(a)}, not an array of the active backend "
+                            f"{backend.name!r}: convert it with get_backend().asarray()")
         raise TypeError(
-            f"{name} is an array of backend {_array_origin(a)!r} ({type(a).__module__}."
-            f"{type(a).__qualname__}) but the active backend is {backend.name!r} (mixed backends): "
-            f"convert it with get_backend().asarray() or run under use_backend({_array_origin(a)!r})")
+            f"{name} is an array of backend {origin!r} ({_describe_type(a)}) but the active backend "
+            f"is {backend.name!r} (mixed backends): convert it with get_backend().asarray() or run "
+            f"under use_backend({origin!r})")
 
 
 def _check_float(backend: Backend, name: str, a) -> None:
@@ -478,3 +552,9 @@ def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: f
     weight_decay = geometry.check_real("weight_decay", weight_decay, 0.0)
     _check_state(backend, param, [("grad", grad), ("m", m), ("v", v)])
     backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
+
+
+# Every public op takes other libraries' arrays in the backend's memory (see _accepts_foreign).
+for _name in __all__:
+    globals()[_name] = _accepts_foreign(globals()[_name])
+del _name
