@@ -257,6 +257,7 @@ def _conv2d_backward_checks(backend: Backend, dy, x, weight, stride, padding, di
     return g
 
 
+@_accepts_foreign
 def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPair = 1,
            padding: Padding = 0, dilation: IntPair = 1, groups: int = 1) -> Array:
     """2-D cross-correlation: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q).
@@ -269,6 +270,7 @@ def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPai
     return backend.conv2d(x, weight, bias, g)
 
 
+@_accepts_foreign
 def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: Padding = 0,
                     dilation: IntPair = 1, groups: int = 1, *, need_dx: bool = True,
                     need_dw: bool = True, need_db: bool = True
@@ -294,6 +296,7 @@ def _pool_dy(backend: Backend, dy, g: geometry.PoolGeometry) -> None:
     _check_shape_equals("dy", dy, g.y_shape, "the pooling output shape (N, C, P, Q)")
 
 
+@_accepts_foreign
 def max_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                dilation: IntPair = 1, ceil_mode: bool = False) -> Tuple[Array, Array]:
     """Max pooling: x (N, C, H, W) -> (y (N, C, P, Q), indices int32 (N, C, P, Q)).
@@ -308,6 +311,7 @@ def max_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None,
     return backend.max_pool2d(x, g)
 
 
+@_accepts_foreign
 def max_pool2d_backward(dy: Array, indices: Array, x_shape: Sequence[int], kernel_size: IntPair,
                         stride: Optional[IntPair] = None, padding: IntPair = 0, dilation: IntPair = 1,
                         ceil_mode: bool = False) -> Array:
@@ -329,6 +333,7 @@ def _avg_options(count_include_pad, divisor_override) -> Tuple[bool, Optional[in
             geometry.check_divisor_override(divisor_override))
 
 
+@_accepts_foreign
 def avg_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                ceil_mode: bool = False, count_include_pad: bool = True,
                divisor_override: Optional[int] = None) -> Array:
@@ -340,6 +345,7 @@ def avg_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None,
     return backend.avg_pool2d(x, g, cip, div)
 
 
+@_accepts_foreign
 def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair,
                         stride: Optional[IntPair] = None, padding: IntPair = 0, ceil_mode: bool = False,
                         count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Array:
@@ -351,6 +357,7 @@ def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair,
     return backend.avg_pool2d_backward(dy, g, cip, div, dy.dtype)
 
 
+@_accepts_foreign
 def l2_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
               ceil_mode: bool = False) -> Array:
     """L2-norm pooling: y = sqrt(sum of x^2 over the zero-padded window); (N, C, H, W) -> (N, C, P, Q)."""
@@ -360,6 +367,7 @@ def l2_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, 
     return backend.l2_pool2d(x, g)
 
 
+@_accepts_foreign
 def l2_pool2d_backward(dy: Array, x: Array, y: Array, kernel_size: IntPair,
                        stride: Optional[IntPair] = None, padding: IntPair = 0,
                        ceil_mode: bool = False) -> Array:
@@ -396,46 +404,55 @@ def _unary_backward(dy, y):
     return _same_shape_pair("dy", dy, "y", y)
 
 
+@_accepts_foreign
 def relu(x: Array) -> Array:
     """max(x, 0), any shape."""
     return _unary("x", x).relu(x)
 
 
+@_accepts_foreign
 def relu_backward(dy: Array, y: Array) -> Array:
     """dy where y > 0 else 0; dy and y (relu's output) of one shape."""
     return _unary_backward(dy, y).relu_backward(dy, y)
 
 
+@_accepts_foreign
 def sigmoid(x: Array) -> Array:
     """1 / (1 + exp(-x)), any shape, without overflow."""
     return _unary("x", x).sigmoid(x)
 
 
+@_accepts_foreign
 def sigmoid_backward(dy: Array, y: Array) -> Array:
     """dy * y * (1 - y); y is sigmoid's output, same shape as dy."""
     return _unary_backward(dy, y).sigmoid_backward(dy, y)
 
 
+@_accepts_foreign
 def tanh(x: Array) -> Array:
     """tanh(x), any shape."""
     return _unary("x", x).tanh(x)
 
 
+@_accepts_foreign
 def tanh_backward(dy: Array, y: Array) -> Array:
     """dy * (1 - y^2); y is tanh's output, same shape as dy."""
     return _unary_backward(dy, y).tanh_backward(dy, y)
 
 
+@_accepts_foreign
 def add(a: Array, b: Array) -> Array:
     """a + b element-wise; a and b of one shape and dtype (residual connections)."""
     return _same_shape_pair("b", b, "a", a).add(a, b)
 
 
+@_accepts_foreign
 def mul(a: Array, b: Array) -> Array:
     """a * b element-wise; a and b of one shape and dtype (dropout's backward)."""
     return _same_shape_pair("b", b, "a", a).mul(a, b)
 
 
+@_accepts_foreign
 def dropout(x: Array, p: float, seed: int) -> Tuple[Array, Array]:
     """Inverted dropout: (y, mask), mask in {0, 1/(1-p)} of x's shape and dtype, y = x * mask.
 
@@ -459,6 +476,7 @@ def _linear_args(backend: Backend, x, weight) -> None:
                          f"{tuple(x.shape)}, got {tuple(weight.shape)}")
 
 
+@_accepts_foreign
 def linear(x: Array, weight: Array, bias: Optional[Array] = None) -> Array:
     """x (N, I) @ weight (O, I)^T + bias (O,) -> (N, O)."""
     backend = get_backend()
@@ -470,6 +488,7 @@ def linear(x: Array, weight: Array, bias: Optional[Array] = None) -> Array:
     return backend.linear(x, weight, bias)
 
 
+@_accepts_foreign
 def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
                     ) -> Tuple[Array, Array, Optional[Array]]:
     """Gradients of linear: dy (N, O) -> (dx (N, I), dweight (O, I), dbias (O,) or None)."""
@@ -481,6 +500,7 @@ def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
     return backend.linear_backward(dy, x, weight, _check_bool("need_db", need_db))
 
 
+@_accepts_foreign
 def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[Array, Array]:
     """Mean cross-entropy of softmax(logits): logits (N, classes), labels integer (N,) in
     [0, classes) -> (loss as a 0-d array, dlogits (N, classes)); numerically stable."""
@@ -514,6 +534,7 @@ def _check_state(backend: Backend, param, named: Sequence[Tuple[str, Any]]) -> N
     _check_same_dtype([("param", param), *named])
 
 
+@_accepts_foreign
 def sgd_step(param: Array, grad: Array, buf: Optional[Array] = None, *, lr: float,
              momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
              nesterov: bool = False, first_step: bool = False) -> None:
@@ -538,6 +559,7 @@ def sgd_step(param: Array, grad: Array, buf: Optional[Array] = None, *, lr: floa
                      nesterov, first_step)
 
 
+@_accepts_foreign
 def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: float = 1e-3,
               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
               weight_decay: float = 0.0) -> None:
@@ -553,8 +575,3 @@ def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: f
     _check_state(backend, param, [("grad", grad), ("m", m), ("v", v)])
     backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
 
-
-# Every public op takes other libraries' arrays in the backend's memory (see _accepts_foreign).
-for _name in __all__:
-    globals()[_name] = _accepts_foreign(globals()[_name])
-del _name
