@@ -31,7 +31,18 @@ from . import report, suites
 from .bench_kernels import ROW_SCHEMA, SUMMARY_SCHEMA, BenchContext, run_kernels, summarize
 from .bench_ops import Torch
 from .bench_step import STEP_SCHEMA, format_steps, run_steps
-from .harness import INTEGER, STRING, device, document, list_of, make_backend, record, timer_for, write_json
+from .harness import (
+    INTEGER,
+    STRING,
+    check_json_path,
+    device,
+    document,
+    list_of,
+    make_backend,
+    record,
+    timer_for,
+    write_json,
+)
 from .report import ENVIRONMENT_SCHEMA
 
 __all__ = ["add_parser", "run", "run_bench", "format_rows", "format_summary", "plot", "BENCH_SCHEMA"]
@@ -227,8 +238,7 @@ def run(args) -> int:
         baselines = _csv("baseline", args.baseline)
     layers = _csv("layers", args.layers) if args.layers else None
     try:
-        if args.json:
-            fileio.check_writable(args.json, "--json", make_parents=True)
+        check_json_path(args.json)
         if args.plot:
             fileio.check_writable(args.plot, "--plot")
             fileio.figure_format(args.plot, "--plot")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import fileio, tolerances
+from .. import tolerances
 from . import report
 from .harness import (
     BOOLEAN,
@@ -34,6 +34,7 @@ from .harness import (
     NUMBER_OR_NULL,
     STRING,
     STRING_OR_NULL,
+    check_json_path,
     document,
     list_of,
     make_backend,
@@ -345,8 +346,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     """CLI entry: print the table; exit 1 when any comparison fails or a backend cannot run."""
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if args.json:
-        fileio.check_writable(args.json, "--json", make_parents=True)
+    check_json_path(args.json)
     doc = run_check(args.model, backends, args.dtype, args.batch, args.seed, args.data, args.image_size,
                     args.weights, args.mode)
     s = doc["settings"]

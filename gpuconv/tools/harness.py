@@ -24,7 +24,7 @@ from ..backends import BACKEND_NAMES, Backend, resolve_backend
 __all__ = ["KERNEL_BACKENDS", "make_backend", "device", "timer_for", "device_attributes", "Timing",
            "WallTimer", "CudaEventTimer", "value", "record", "document",
            "list_of", "STRING", "INTEGER", "NUMBER", "BOOLEAN", "OBJECT", "NUMBER_OR_NULL", "STRING_OR_NULL",
-           "schema_errors", "validate", "write_json"]
+           "schema_errors", "validate", "check_json_path", "write_json"]
 
 # ---- backends -----------------------------------------------------------------------------------
 KERNEL_BACKENDS = ("emulator", "cuda")   # the backends that run gpuconv's CUDA kernels, in versions
@@ -296,6 +296,13 @@ def _json_safe(obj: Any) -> Any:
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         return _json_safe(obj.item())
     return obj
+
+
+def check_json_path(path: Optional[str]) -> None:
+    """Refuse, before any work, a ``--json`` path that ``write_json`` could not write
+    (``gpuconv.fileio``'s rule; a missing directory is fine, ``write_json`` creates it)."""
+    if path is not None:
+        fileio.check_writable(path, "--json", make_parents=True)
 
 
 def write_json(path: str, doc: Dict[str, Any], schema: Schema) -> None:

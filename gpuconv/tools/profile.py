@@ -21,7 +21,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .. import fileio
 from ..backends import launch
 from ..backends.executors import EmulatorExecutor
 from ..backends.kernel_backend import KernelBackend
@@ -389,8 +388,7 @@ def run(args: argparse.Namespace) -> int:
     def split(s: Optional[str]) -> Optional[List[str]]:
         return [t.strip() for t in s.split(",") if t.strip()] if s else None
 
-    if args.json:
-        fileio.check_writable(args.json, "--json", make_parents=True)
+    harness.check_json_path(args.json)
     t0 = time.perf_counter()
     hw = hardware(args.gpu)
     rows = profile_suite(
