@@ -72,10 +72,16 @@ _NDARRAY = _Name("numpy.ndarray")
 
 
 def _reconstruct(cls, shape, typecode):
-    """numpy's ``_reconstruct`` for plain ndarrays only (the state comes next, through BUILD)."""
+    """numpy's ``_reconstruct`` for plain ndarrays only. NumPy pickles an empty array here and
+    gives it its shape and data through BUILD, which checks them against the bytes in the stream;
+    any other shape would be memory of the stream's choosing, left uninitialised."""
     if cls is not _NDARRAY:
         raise pickle.UnpicklingError(f"refusing to reconstruct {cls!r}: only numpy.ndarray is allowed")
-    return np.ndarray.__new__(np.ndarray, tuple(shape), _dtype(typecode))
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape) \
+            or 0 not in shape:
+        raise pickle.UnpicklingError(f"refusing to reconstruct an array of shape {shape!r}: NumPy "
+                                     f"pickles start from an empty one")
+    return np.ndarray.__new__(np.ndarray, shape, _dtype(typecode))
 
 
 def _dtype(spec, align=False, copy=False):

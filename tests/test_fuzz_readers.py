@@ -1,13 +1,14 @@
-"""Bounded fuzzing of every file reader (IDX images and labels, checkpoints) with Hypothesis: any
-byte string, and mutations of valid files (bytes flipped, cut, inserted; header fields and .npy
-headers rewritten with consistent zip CRCs), gives a valid result or a ValueError, within a time
-limit (the deadline) and a memory limit (peak traced allocations), and a refused checkpoint
-leaves the model and optimizer unchanged.
+"""Bounded fuzzing of every file reader (IDX images and labels, CIFAR batches, checkpoints) with
+Hypothesis: any byte string, and mutations of valid files (bytes flipped, cut, inserted; header
+fields and .npy headers rewritten with consistent zip CRCs), gives a valid result or a ValueError,
+within a time limit (the deadline) and a memory limit (peak traced allocations), and a refused
+checkpoint leaves the model and optimizer unchanged.
 """
 from __future__ import annotations
 
 import gzip
 import io
+import pickle
 import struct
 import tempfile
 import tracemalloc
@@ -20,8 +21,9 @@ import pytest
 pytest.importorskip("hypothesis")
 from hypothesis import event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis.control import currently_in_test_context  # noqa: E402
 
-from gpuconv import datasets, nn, optim  # noqa: E402
+from gpuconv import cifar, datasets, nn, optim  # noqa: E402
 from gpuconv.nn.checkpoint import read_checkpoint  # noqa: E402
 
 SETTINGS = settings(max_examples=200, deadline=2000)
@@ -38,7 +40,8 @@ def _bounded(fn):
         except ValueError as exc:
             out = exc
         peak = tracemalloc.get_traced_memory()[1]
-        event("refused" if isinstance(out, ValueError) else "read")  # --hypothesis-show-statistics
+        if currently_in_test_context():
+            event("refused" if isinstance(out, ValueError) else "read")  # --hypothesis-show-statistics
     finally:
         tracemalloc.stop()
     assert peak < MEMORY_LIMIT, f"peak {peak} bytes"
@@ -203,3 +206,47 @@ def test_checkpoint_readers_give_a_checkpoint_or_a_value_error(data):
     else:
         assert isinstance(meta, dict)
         opt.step()  # a loaded state is usable
+
+
+# ---- CIFAR batches ----------------------------------------------------------------------------------
+
+def _python_batch(n: int = 2) -> bytes:
+    data = (np.arange(n * cifar.IMAGE_BYTES) % 251).astype(np.uint8).reshape(n, cifar.IMAGE_BYTES)
+    return pickle.dumps({b"data": data, b"labels": list(range(n)), b"batch_label": b"x"}, protocol=2)
+
+
+VALID_CIFAR = {"python": _python_batch(), "binary": bytes(range(256)) * 24 + bytes(range(1 + 2 * 1))}
+VALID_CIFAR["binary"] = VALID_CIFAR["binary"][:2 * (1 + cifar.IMAGE_BYTES)]
+
+
+@SETTINGS
+@given(kind=st.sampled_from(["python", "binary"]), how=st.sampled_from(["random", "mutated", "mutated"]),
+       data=st.data())
+def test_cifar_batches_give_images_or_a_value_error(kind, how, data):
+    raw = data.draw(st.binary(max_size=400) if how == "random" else mutations(VALID_CIFAR[kind]))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "batch"
+        path.write_bytes(raw)
+        read = cifar.read_python_batch if kind == "python" else cifar.read_binary_batch
+        out = _bounded(lambda: read(path))
+    if not isinstance(out, ValueError):
+        images = out[0]
+        assert images.dtype == np.uint8 and images.shape[1:] == cifar.IMAGE_SHAPE
+
+
+def _reconstruct_pickle(shape, labels: int) -> bytes:
+    """A CIFAR-like dict whose 'data' comes from numpy's _reconstruct with ``shape`` and no state
+    (no BUILD): an array the stream sized but never filled."""
+    dims = b"".join(b"J" + struct.pack("<i", d) for d in shape)
+    return (b"\x80\x02}(C\x04datacnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n(" + dims + b"t"
+            + b"C\x01B\x87R" + b"C\x06labels" + pickle.dumps(list(range(labels)), protocol=2)[2:-1] + b"u.")
+
+
+@pytest.mark.parametrize("shape, labels", [((2, 3072), 2), ((2**31 - 1,), 0), ((1, 2**31 - 1), 1)])
+def test_a_cifar_pickle_cannot_size_an_array_without_its_data(tmp_path, shape, labels):
+    """A 100-byte pickle asking numpy's reconstructor for a (2, 3072) uint8 array and no state gave
+    two images of uninitialised memory; one asking for 2 GiB got them (virtual, but reserved)."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(_reconstruct_pickle(shape, labels))
+    out = _bounded(lambda: cifar.read_python_batch(path))
+    assert isinstance(out, ValueError) and "empty" in str(out)
