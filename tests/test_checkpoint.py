@@ -232,6 +232,32 @@ def test_a_large_entry_of_the_wrong_shape_is_refused_from_its_header(tmp_path):
     assert all(np.array_equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_documents_first_then_arrays_checked_against_the_model_built_from_them(tmp_path):
+    """What train --resume, eval and predict do: read the documents only (to learn the model),
+    build the model, then load the arrays, each checked against it before its data is read."""
+    model, _ = _trained(0)
+    path = tmp_path / "big.npz"
+    big = 1 << 28
+    _write_zip(path, _members_of(model, **{"meta.npy": (_npy('{"model": "lenet"}'), 0),
+                                           "model/0.weight.npy": (_npy_header((big // 4,), "<f4"), big)}))
+    seen = {}
+
+    def documents():
+        seen["ckpt"] = read_checkpoint(path, arrays=False)
+
+    assert _peak(documents) < 8 << 20
+    ckpt = seen["ckpt"]
+    assert ckpt["meta"] == {"model": "lenet"} and ckpt["model"] is None and ckpt["version"] == 1
+    with pytest.raises(ValueError, match="without its arrays"):
+        nn.restore_checkpoint(ckpt, model)
+
+    def arrays():
+        with pytest.raises(ValueError, match=r"0\.weight.*\(67108864,\)"):
+            read_checkpoint(path, model)
+
+    assert _peak(arrays) < 8 << 20
+
+
 @pytest.mark.parametrize("key, head, match", [
     # 373 GiB declared by the header, a few bytes held: a raw MemoryError before
     ("model/0.weight.npy", _npy_header((100_000_000_000,), "<f4"), "declares shape"),
