@@ -21,7 +21,7 @@ import pytest
 
 import gpuconv.emulator as emu
 from gpuconv.emulator import build, settings
-from gpuconv.emulator.constants import MAX_DYN_SMEM
+from gpuconv.emulator.constants import MAX_DYN_SMEM, STACK_KB_MIN
 
 KERNELS = Path(__file__).parent / "emu_kernels"
 FAULTS = KERNELS / "faults.cu"
@@ -115,7 +115,7 @@ def test_memory_fault_names_its_source_line():
 
 # ---- the stack setting ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kib", [settings.STACK_KB_MIN, 17, 31, 32, 33, 64])
+@pytest.mark.parametrize("kib", [STACK_KB_MIN, 17, 31, 32, 33, 64])
 def test_every_accepted_stack_size_runs_a_kernel_that_uses_it(faults, monkeypatch, capfd, kib):
     monkeypatch.setenv("GPUCONV_EMU_STACK_KB", str(kib))
     out = np.zeros(64)
@@ -235,9 +235,10 @@ def test_a_launch_stops_on_sigint_with_keyboard_interrupt_and_the_next_one_runs(
     assert "after [1, 1, 1, 1]" in out
 
 
-def test_keyboard_interrupt_in_process(faults):
+def test_keyboard_interrupt_in_process(faults, monkeypatch):
     """signal.pthread_kill from a timer thread, as Ctrl-C would arrive, inside this test process."""
     import threading
+    monkeypatch.setenv("GPUCONV_EMU_TIMEOUT", "20")  # were SIGINT ignored, the launch would still end
     main = threading.main_thread().ident
     timer = threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT))
     timer.start()
@@ -262,6 +263,13 @@ def test_local_array_overrun_is_reported(faults):
     with pytest.raises(emu.OutOfBoundsError, match=rf"index -1 out of bounds for type 'float \[8\]' at "
                                                    rf"{at('local_array')}"):
         faults.get_function("local_array_overrun")(1, 4, (np.zeros(4, np.float32), np.int32(-1)))
+
+
+def test_a_shared_memory_write_in_the_canary_names_the_block(faults):
+    pattern = r"block \(0,0,0\): a thread wrote past the end of the 256 bytes .* at byte offset 656"
+    with pytest.raises(emu.SharedMemoryOverrunError, match=pattern):
+        faults.get_function("dynamic_shared_access")(1, 1, (np.zeros(1, np.float32), np.int32(164),
+                                                            np.int32(1)), shared_mem=256)
 
 
 @pytest.mark.parametrize("smem,index,write,tag", [
@@ -303,6 +311,23 @@ def test_reading_one_element_past_an_argument_is_reported_with_thread_and_line(f
     assert np.array_equal(y[:n - 1], x[1:])  # what the threads before it wrote reached the caller
 
 
+def test_reading_far_before_the_start_is_reported(faults):
+    x, y = np.arange(256, dtype=np.float32), np.zeros(256, np.float32)
+    pattern = (rf"block \(0,0,0\) thread \(0,0,0\): read before the start of argument 0 \(1024 bytes\), "
+               rf"at byte offset -12000 \(element -3000\) \(at {at('copy_read')}\)")
+    with pytest.raises(emu.OutOfBoundsError, match=pattern):
+        faults.get_function("copy_offset")(4, 64, (x, y, np.int32(256), np.int32(-3000)))
+
+
+def test_a_write_into_the_alignment_gap_names_the_block(faults):
+    buf = np.zeros(1027 + 4, np.float32)
+    first = (-buf.ctypes.data % 16) // 4
+    y = buf[first:first + 1027]  # 16-byte aligned, 4108 bytes: 4 bytes of gap up to the next 16
+    gap = r"block \(16,0,0\): a thread wrote past the end of argument 0 \(4108 bytes\), at byte offset 4108"
+    with pytest.raises(emu.OutOfBoundsError, match=gap):
+        faults.get_function("store_offset")(17, 64, (y, np.int32(1027), np.int32(1)))
+
+
 def test_writing_past_the_end_and_before_the_start_are_reported(faults):
     y = np.zeros(256, np.float32)
     k = faults.get_function("store_offset")
@@ -314,7 +339,8 @@ def test_writing_past_the_end_and_before_the_start_are_reported(faults):
     with pytest.raises(emu.OutOfBoundsError, match=before):
         k(4, 64, (y, np.int32(256), np.int32(-5000)))
     # a write into the slack before the start misses the guard page: the canary names the block
-    slack = r"block \(0,0,0\): a thread wrote 4 bytes before the start of argument 0"
+    slack = r"block \(0,0,0\): a thread wrote before the start of argument 0 \(1024 bytes\), at byte " \
+            r"offset -4 "
     with pytest.raises(emu.OutOfBoundsError, match=slack):
         k(4, 64, (y, np.int32(256), np.int32(-1)))
 

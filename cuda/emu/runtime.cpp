@@ -115,13 +115,9 @@ unsigned g_nthreads = 0;
 uint64_t g_blocks_done = 0, g_nblocks = 0;
 size_t g_page = 4096;
 
-// Settings (gpuconv_emu_configure).
-#ifdef GPUCONV_EMU_ASAN
-size_t g_stack_size = 1024 * 1024;
-#else
-size_t g_stack_size = 256 * 1024;
-#endif
-double g_timeout_s = 0;
+// Settings of the launch (read_settings), and whether SIGINT stops it.
+size_t g_stack_size = 0;
+double g_timeout_s = 0;  // <= 0: no limit
 int g_stop_on_sigint = 0;
 
 #ifdef GPUCONV_EMU_ASAN
@@ -148,11 +144,18 @@ const char* const kWarpNames[] = {"__syncwarp",      "__shfl_sync",   "__shfl_up
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-unsigned char g_canary_block[4096];
+// memset that never touches memory for n == 0: the C library's vector memset/memcmp use masked
+// accesses for short lengths, which are very slow (a microcode assist) when they reach into a
+// PROT_NONE guard page, as the end of a staged array or of the requested shared memory does.
+inline void fill(void* p, int c, size_t n) {
+  if (n) memset(p, c, n);
+}
 
-// Offset of the first byte in [from, to) that is not the canary, or -1.
-long damaged(const char* from, const char* to) {
-  if (g_canary_block[0] != kCanary) memset(g_canary_block, kCanary, sizeof g_canary_block);
+unsigned char g_canary_block[4096];  // filled with kCanary by the first launch
+
+static_assert(kCanary == 0xCB, "damaged() compares words of the canary byte");
+
+long damaged_at(const char* from, const char* to) {
   for (const char* p = from; p < to; p += sizeof g_canary_block) {
     const size_t n = (size_t)(to - p) < sizeof g_canary_block ? (size_t)(to - p) : sizeof g_canary_block;
     if (memcmp(p, g_canary_block, n) == 0) continue;
@@ -162,9 +165,79 @@ long damaged(const char* from, const char* to) {
   return -1;
 }
 
+// Offset of the first byte in [from, to) that is not the canary, or -1. Short ranges (the checks
+// after every fiber switch and block, often just before a guard page) are compared word by word,
+// not by memcmp (see fill).
+inline long damaged(const char* from, const char* to) {
+  if (to - from > 64) return damaged_at(from, to);
+  const char* p = from;
+  for (; p + 8 <= to; p += 8) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    if (w != 0xCBCBCBCBCBCBCBCBull) return damaged_at(p, to) + (p - from);
+  }
+  for (; p < to; ++p)
+    if ((unsigned char)*p != kCanary) return (long)(p - from);
+  return -1;
+}
+
 bool on_launch_thread() { return pthread_equal(pthread_self(), g_launch_thread); }
 bool in_kernel() { return g_in_fiber && g_cur && on_launch_thread(); }
 bool in_module(uintptr_t pc) { return pc >= g_mod_lo && pc < g_mod_hi; }
+
+// ---- settings from the environment --------------------------------------------------------------
+
+// The value of `name` as last parsed (a copy), so that it is parsed again only when it changes.
+struct Setting {
+  const char* name;
+  char last[64];
+  bool parsed;
+};
+Setting g_stack_setting = {"GPUCONV_EMU_STACK_KB", "", false};
+Setting g_timeout_setting = {"GPUCONV_EMU_TIMEOUT", "", false};
+
+// The variable's value ("" when unset) when it differs from the last one parsed, else null.
+const char* changed(Setting* s) {
+  const char* v = getenv(s->name);
+  if (!v) v = "";
+  if (s->parsed && strlen(v) < sizeof s->last && strcmp(v, s->last) == 0) return nullptr;
+  snprintf(s->last, sizeof s->last, "%s", v);
+  s->parsed = false;
+  return v;
+}
+
+// Reads GPUCONV_EMU_STACK_KB and GPUCONV_EMU_TIMEOUT; false (message in g_err) when one is malformed.
+bool read_settings() {
+  if (const char* v = changed(&g_stack_setting)) {
+#ifdef GPUCONV_EMU_ASAN
+    long kib = GPUCONV_EMU_STACK_KB_DEFAULT_ASAN;
+#else
+    long kib = GPUCONV_EMU_STACK_KB_DEFAULT;
+#endif
+    char* end = nullptr;
+    if (*v) kib = strtol(v, &end, 10);
+    if (*v && (end == v || *end || kib < (long)GPUCONV_EMU_STACK_KB_MIN || kib > (long)GPUCONV_EMU_STACK_KB_MAX)) {
+      snprintf(g_err, sizeof g_err, "GPUCONV_EMU_STACK_KB must be an integer number of KiB in %u..%u, got '%s'",
+               GPUCONV_EMU_STACK_KB_MIN, GPUCONV_EMU_STACK_KB_MAX, v);
+      return false;
+    }
+    g_stack_size = (size_t)kib * 1024;
+    g_stack_setting.parsed = true;
+  }
+  if (const char* v = changed(&g_timeout_setting)) {
+    double t = GPUCONV_EMU_TIMEOUT_DEFAULT_S;
+    char* end = nullptr;
+    if (*v) t = strtod(v, &end);
+    if (*v && (end == v || *end || !(t > 0))) {  // !(t > 0) also refuses nan
+      snprintf(g_err, sizeof g_err, "GPUCONV_EMU_TIMEOUT must be a positive number of seconds (or inf for no "
+               "limit), got '%s'", v);
+      return false;
+    }
+    g_timeout_s = t;
+    g_timeout_setting.parsed = true;
+  }
+  return true;
+}
 
 // ---- where the kernel was -----------------------------------------------------------------------
 
@@ -331,7 +404,8 @@ void on_tick(int sig, siginfo_t* si, void* ucv) {
   if (!g_stop) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    const long long left = (long long)(g_deadline.tv_sec - now.tv_sec) * 1000000000LL + (g_deadline.tv_nsec - now.tv_nsec);
+    const long long left =
+        (long long)(g_deadline.tv_sec - now.tv_sec) * 1000000000LL + (g_deadline.tv_nsec - now.tv_nsec);
     if (left > 0) {
       arm_timer(left);
       return;
@@ -450,9 +524,9 @@ bool fiber_prepare(Fiber* f) {
 //
 // Each array argument (arguments whose bytes overlap form one group) is copied into its own
 // mapping: guard | slack | data | gap | guard, the guards kArgGuard bytes of PROT_NONE pages, the
-// data end-aligned so that the first byte past it lies on the back guard (the gap, < kArgAlign bytes, keeps the array's
-// alignment up to kArgAlign). A read or write past the end or before the slack faults at its
-// instruction. Slack and gap hold a canary, checked near the data after every block and whole at
+// data end-aligned so that the first byte past it lies on the back guard (the gap, < kArgAlign
+// bytes, keeps the array's alignment up to kArgAlign). A read or write past the end or before the
+// slack faults at its instruction. Slack and gap hold a canary, checked near the data after every block and whole at
 // the end of the launch. Groups of const pointers only are compared with the caller's memory at
 // the end (a write through a const pointer is an error); the others are copied back to the
 // caller's memory, whatever the outcome.
@@ -552,9 +626,9 @@ bool stage_args(int nargs) {
     g->end = r->base + r->size - arg_guard();
     g->open = r->open;
     g->data = g->end - placed;
-    memset(g->open, kCanary, g->data - g->open);
-    memcpy(g->data, (const void*)g->lo, span);
-    memset(g->data + span, kCanary, g->end - (g->data + span));
+    fill(g->open, kCanary, g->data - g->open);
+    if (span) memcpy(g->data, (const void*)g->lo, span);
+    fill(g->data + span, kCanary, g->end - (g->data + span));
   }
   for (int j = 0; j < n; ++j) {
     const int i = g_order[j];
@@ -578,11 +652,13 @@ void check_arg_canaries(bool whole) {
     n += snprintf(g_err + n, sizeof g_err - n, ": a thread");
     long bad = damaged(end, g->end);
     if (bad >= 0) {
-      snprintf(g_err + n, sizeof g_err - n, " wrote %ld bytes past the end of argument %d (%llu bytes) %s", bad + 1,
-               g->last, g_arg_bytes[g->last], unknown);
+      const char* arg = (const char*)(uintptr_t)g_slots[g->last];
+      snprintf(g_err + n, sizeof g_err - n, " wrote past the end of argument %d (%llu bytes), at byte offset %lld %s",
+               g->last, g_arg_bytes[g->last], (long long)(end + bad - arg), unknown);
     } else if ((bad = damaged(front, g->data)) >= 0) {
-      snprintf(g_err + n, sizeof g_err - n, " wrote %ld bytes before the start of argument %d (%llu bytes) %s",
-               (long)(g->data - front) - bad, g->first, g_arg_bytes[g->first], unknown);
+      const char* arg = (const char*)(uintptr_t)g_slots[g->first];
+      snprintf(g_err + n, sizeof g_err - n, " wrote before the start of argument %d (%llu bytes), at byte offset "
+               "%lld %s", g->first, g_arg_bytes[g->first], (long long)(front + bad - arg), unknown);
     } else if (whole && !g->writable && memcmp(g->data, (const void*)g->lo, g->hi - g->lo) != 0) {
       size_t at = 0;
       while (g->data[at] == ((const char*)g->lo)[at]) ++at;
@@ -756,8 +832,8 @@ void poison_shared() {
     memset(g_tls_base, kPoison, dyn - g_tls_base);
     memset(dyn + dyn_total, kPoison, (g_tls_base + g_tls_size) - (dyn + dyn_total));
   }
-  memset(dyn, kPoison, g_dyn_bytes);
-  memset(dyn + g_dyn_bytes, kCanary, g_canary_len);
+  fill(dyn, kPoison, g_dyn_bytes);
+  fill(dyn + g_dyn_bytes, kCanary, g_canary_len);
 }
 
 long canary_damage(size_t limit) {
@@ -1249,20 +1325,17 @@ size_t gpuconv_emu_symbol_size(void* address) {
   return sym->st_size;
 }
 
-void gpuconv_emu_configure(size_t stack_bytes, double timeout_s, int stop_on_sigint) {
-  if (stack_bytes) g_stack_size = stack_bytes;
-  g_timeout_s = timeout_s;
-  g_stop_on_sigint = stop_on_sigint;
-}
-
 int gpuconv_emu_launch(gpuconv_emu_entry_fn entry, unsigned long long* slots, const unsigned long long* arg_bytes,
                        const unsigned int* arg_kinds, int nargs, const unsigned int* grid, const unsigned int* block,
                        size_t shared_mem, int order, unsigned long long seed, const char* kernel_name,
-                       gpuconv_emu_smem_fn smem) {
+                       gpuconv_emu_smem_fn smem, int stop_on_sigint) {
   g_err[0] = 0;
   g_err_code = 0;
   g_err_pc = 0;
   g_kernel = kernel_name;
+  if (!read_settings()) return GPUCONV_EMU_ERR_SETTING;
+  g_stop_on_sigint = stop_on_sigint;
+  if (g_canary_block[0] != kCanary) memset(g_canary_block, kCanary, sizeof g_canary_block);
   g_page = (size_t)sysconf(_SC_PAGESIZE);
   const uint64_t nthreads = (uint64_t)block[0] * block[1] * block[2];
   if (nthreads == 0 || nthreads > kMaxThreads || shared_mem > GPUCONV_EMU_MAX_DYN_SMEM || nargs < 0 ||

@@ -88,7 +88,6 @@ def _run(cmd: List[str], what: str) -> subprocess.CompletedProcess:
 # ---- runtime ------------------------------------------------------------------------------------
 
 _runtime: Optional[ctypes.CDLL] = None
-ABI_VERSION = 2  # GPUCONV_EMU_ABI of emu_runtime.h
 
 
 def _runtime_sources() -> List[Path]:
@@ -114,16 +113,11 @@ def runtime() -> ctypes.CDLL:
                 stats["runtime_compiles"] += 1
             entry = cache_dir() / name
         lib = ctypes.CDLL(str(entry / "runtime.so"), mode=ctypes.RTLD_GLOBAL)
-        if lib.gpuconv_emu_abi_version() != ABI_VERSION:
-            raise CompileError(f"the emulator runtime {entry} has ABI {lib.gpuconv_emu_abi_version()}, "
-                               f"gpuconv expects {ABI_VERSION}")
         lib.gpuconv_emu_launch.restype = ctypes.c_int
         lib.gpuconv_emu_launch.argtypes = [
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
             ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_ulonglong, ctypes.c_char_p,
-            ctypes.c_void_p]
-        lib.gpuconv_emu_configure.restype = None
-        lib.gpuconv_emu_configure.argtypes = [ctypes.c_size_t, ctypes.c_double, ctypes.c_int]
+            ctypes.c_void_p, ctypes.c_int]
         lib.gpuconv_emu_error_message.restype = ctypes.c_char_p
         lib.gpuconv_emu_error_pc.restype = ctypes.c_ulonglong
         lib.gpuconv_emu_symbol_size.restype = ctypes.c_size_t

@@ -95,4 +95,5 @@ BY_CODE = {
     12: IntegerDivisionError,
     13: LaunchTimeoutError,
     14: KeyboardInterrupt,  # SIGINT stopped the launch
+    15: ValueError,  # GPUCONV_EMU_STACK_KB or GPUCONV_EMU_TIMEOUT is malformed
 }
