@@ -54,14 +54,12 @@
 //         per-warp sums in warp order), conv2d_sum_splits adds the chunks in order. DEFAULT.
 // No kernel uses float atomics: every result is the same bits on every run.
 #include "common.cuh"
+#include "conv_gemm.cuh"
 
-#define GC_CONV_THREADS 256
-// Minimum resident blocks per SM promised to ptxas (caps registers at 128 per thread). Naming it
-// also matters: with a bare __launch_bounds__(256) ptxas 13 picks a 32-register budget and spills.
-#define GC_CONV_MIN_BLOCKS 2
-// Marks an index-table entry or a loader row that must read zero: added to a window coordinate it
-// drives it far out of [0, H) without overflowing int32.
-#define GC_CONV_OFF_RANGE 0x20000000
+// The geometry every conv kernel takes, in this order (the host packs it once per geometry).
+#define GC_CONV_GEOMETRY_PARAMS                                                                \
+    int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, \
+        int pad_h, int pad_w, int dil_h, int dil_w, int groups
 
 // ============================================================================================
 // v1 kernels: one thread per output element
@@ -71,9 +69,7 @@ template <typename T>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_forward_v1(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                   T* __restrict__ y, int has_bias,
-                  int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                  int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-                  int groups) {
+                  GC_CONV_GEOMETRY_PARAMS) {
     const int Cg = C / groups, Kg = K / groups;
     const int total = N * K * P * Q;
     GC_GRID_STRIDE_LOOP(idx, total) {
@@ -105,9 +101,7 @@ conv2d_forward_v1(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 template <typename T>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_backward_data_v1(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
-                        int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-                        int groups) {
+                        GC_CONV_GEOMETRY_PARAMS) {
     const int Cg = C / groups, Kg = K / groups;
     const int total = N * C * H * W;
     GC_GRID_STRIDE_LOOP(idx, total) {
@@ -143,9 +137,7 @@ conv2d_backward_data_v1(const T* __restrict__ dy, const T* __restrict__ w, T* __
 template <typename T>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_backward_filter_v1(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dw,
-                          int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                          int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-                          int groups) {
+                          GC_CONV_GEOMETRY_PARAMS) {
     const int Cg = C / groups, Kg = K / groups;
     const int total = K * Cg * R * S;
     GC_GRID_STRIDE_LOOP(idx, total) {
@@ -187,228 +179,6 @@ conv2d_backward_bias_v1(const T* __restrict__ dy, T* __restrict__ db, int N, int
 }
 
 // ============================================================================================
-// Shared pieces of the tiled implicit-GEMM kernels
-// ============================================================================================
-
-template <typename T, int BN>
-struct ConvTile {
-    static constexpr int THREADS = GC_CONV_THREADS;
-    static constexpr int BM = 4096 / BN;             // rows of the output tile
-    static constexpr int BK = 64 / (int)sizeof(T);   // reduction step: 16 floats, 8 doubles
-    static constexpr int PAD = 4;                    // rows stay gc_vec4-aligned; spreads banks
-    static constexpr int TM = BM / 4;                // threads along the rows
-};
-
-// Entry of the per-step index table. a, b, c are read by ConvLoader::gather (offset, window
-// displacements), d by ConvLoader::load_dense (offset, negative: none); each kernel fills them.
-struct alignas(16) ConvIdx {
-    int a, b, c, d;
-};
-
-template <typename T>
-__device__ __forceinline__ void conv_zero(T& v) {
-    v = T(0);
-}
-
-template <typename T, int N>
-__device__ __forceinline__ void conv_zero(T (&a)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) conv_zero(a[i]);
-}
-
-// acc[i][j] += sum over kk of As[kk][4*tm + i] * Bs[kk][4*tn + j]
-template <typename T, int BK, int LDA, int LDB>
-__device__ __forceinline__ void conv_tile_multiply(const T (*__restrict__ As)[LDA],
-                                                   const T (*__restrict__ Bs)[LDB],
-                                                   T (&acc)[4][4], int tm, int tn) {
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-        const gc_vec4<T> a = *reinterpret_cast<const gc_vec4<T>*>(&As[kk][4 * tm]);
-        const gc_vec4<T> b = *reinterpret_cast<const gc_vec4<T>*>(&Bs[kk][4 * tn]);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) acc[i][j] += a.v[i] * b.v[j];
-        }
-    }
-}
-
-// An index-table entry that reads zero: its window row -GC_CONV_OFF_RANGE is outside every image,
-// its dense offset -1 is none.
-__device__ __forceinline__ ConvIdx conv_idx_outside() {
-    ConvIdx e;
-    e.a = 0;
-    e.b = -GC_CONV_OFF_RANGE;
-    e.c = 0;
-    e.d = -1;
-    return e;
-}
-
-// The (c, r, s) decomposition of reduction index red of a (Cg, R, S) reduction: a = the x offset
-// c*H*W + r*dil_h*W + s*dil_w, b = r*dil_h, c = s*dil_w (window displacements), d = red (the
-// weight column); -1 when red is past the end.
-__device__ __forceinline__ ConvIdx conv_crs_entry(int red, int CRS, int RS, int S, int HW, int W,
-                                                  int dil_h, int dil_w) {
-    ConvIdx e;
-    if (red < CRS) {
-        const int c = red / RS, rs = red - c * RS;
-        const int r = rs / S, s = rs - r * S;
-        e.b = r * dil_h;
-        e.c = s * dil_w;
-        e.a = c * HW + e.b * W + e.c;
-        e.d = red;
-    } else {
-        e = conv_idx_outside();
-    }
-    return e;
-}
-
-// The window of output row m = (n, p, q) of the forward GEMM when inside, else conv_idx_outside():
-// a = x offset n*C*H*W + h0*W + w0 of its origin, (b, c) = (h0, w0), d = the y offset n*K*P*Q + p*Q + q.
-__device__ __forceinline__ ConvIdx conv_out_window(bool inside, int m, int PQ, int Q, int C, int K, int HW,
-                                                   int W, int stride_h, int stride_w, int pad_h, int pad_w) {
-    ConvIdx e;
-    if (inside) {
-        const int n = m / PQ, pq = m - n * PQ;
-        const int p = pq / Q, q = pq - p * Q;
-        e.b = p * stride_h - pad_h;
-        e.c = q * stride_w - pad_w;
-        e.a = n * C * HW + e.b * W + e.c;
-        e.d = n * K * PQ + pq;
-    } else {
-        e = conv_idx_outside();
-    }
-    return e;
-}
-
-// The identity conversion of ConvLoader::store.
-struct ConvCopy {
-    template <typename T>
-    __device__ __forceinline__ T operator()(T v) const { return v; }
-};
-
-// Global -> register -> shared loaders of one reduction step of BK rows, for NT threads, driven by
-// the step's index table tbl[BK]. The two operand tiles are stored k-major (tile[kk][column]):
-//   gathered (GCOLS columns): thread t owns column t % GCOLS and reduction rows kk = t / GCOLS +
-//       j * G_STEP; element kk is src[base + e.a] (e = tbl[kk]), zero unless the window cell
-//       (h0 + e.b, w0 + e.c) lies in [0, H) x [0, W); init sets base, h0, w0. (Backward-data fills
-//       g with its own gather: dy through the stride-divisibility predicate.)
-//   dense (DCOLS columns): element idx = t + j * NT is reduction row idx % BK of column
-//       idx / BK, src[e.d + (col0 + idx / BK) * ld], zero when e.d < 0 or the column >= ncols.
-template <typename T, int NT, int BK, int GCOLS, int DCOLS>
-struct ConvLoader {
-    static constexpr int G_STEP = NT / GCOLS;                 // rows one pass of the gather covers
-    static constexpr int G_PER = BK / G_STEP;                 // gathered elements per thread
-    static constexpr int D_PER = (DCOLS * BK + NT - 1) / NT;  // dense elements per thread
-    static constexpr bool D_FULL = DCOLS * BK % NT == 0;      // every thread's last one is in the tile
-    static_assert(NT % GCOLS == 0 && BK % G_STEP == 0, "gather layout");
-
-    int t, base, h0, w0;
-    T g[G_PER], d[D_PER];
-
-    __device__ __forceinline__ explicit ConvLoader(int thread)
-        : t(thread), base(0), h0(-GC_CONV_OFF_RANGE), w0(0) {}  // gathers zeros until init
-
-    // Gathered column = the window of an index-table-like entry e (conv_out_window of the forward
-    // GEMM's output row, conv_crs_entry of backward-filter's weight column).
-    __device__ __forceinline__ void init(const ConvIdx& e) {
-        base = e.a;
-        h0 = e.b;
-        w0 = e.c;
-    }
-
-    __device__ __forceinline__ void gather(const ConvIdx* tbl, const T* __restrict__ src, int H, int W) {
-#pragma unroll
-        for (int j = 0; j < G_PER; ++j) {
-            const ConvIdx e = tbl[t / GCOLS + j * G_STEP];
-            const int h = h0 + e.b, ww = w0 + e.c;
-            g[j] = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W) ? src[base + e.a] : T(0);
-        }
-    }
-
-    __device__ __forceinline__ void load_dense(const ConvIdx* tbl, const T* __restrict__ src, int col0,
-                                               int ncols, int ld) {
-#pragma unroll
-        for (int j = 0; j < D_PER; ++j) {
-            const int idx = t + j * NT;
-            const int off = tbl[idx % BK].d, col = col0 + idx / BK;
-            d[j] = ((D_FULL || idx < DCOLS * BK) && off >= 0 && col < ncols) ? src[off + col * ld] : T(0);
-        }
-    }
-
-    // The registers to shared tiles gs[BK][>= GCOLS] and ds[BK][>= DCOLS], each value through cvt.
-    template <int LDG, int LDD, typename Cvt = ConvCopy>
-    __device__ __forceinline__ void store(T (*gs)[LDG], T (*ds)[LDD], Cvt cvt = Cvt()) const {
-#pragma unroll
-        for (int j = 0; j < G_PER; ++j) gs[t / GCOLS + j * G_STEP][t % GCOLS] = cvt(g[j]);
-#pragma unroll
-        for (int j = 0; j < D_PER; ++j) {
-            const int idx = t + j * NT;
-            if (D_FULL || idx < DCOLS * BK) ds[idx % BK][idx / BK] = cvt(d[j]);
-        }
-    }
-};
-
-// The double-buffered main loop of the implicit GEMMs, one barrier per step: the global loads of
-// step s + 1 are in flight while step s is multiplied, then stored to the other buffer, and the
-// index table of step s + 2 is filled into the table buffer step s is done with. Callbacks:
-//   entry(i)     the table entry of index i = step * BK + slot of the reduction
-//   load(buf)    global loads into registers for the step whose table is tbl[buf]
-//   store(buf)   registers to shared buffer buf;   multiply(buf): accumulate shared buffer buf
-template <int BK, typename Entry, typename Load, typename Store, typename Multiply>
-__device__ __forceinline__ void conv_gemm_steps(ConvIdx (*tbl)[BK], int n_steps, Entry entry, Load load,
-                                                Store store, Multiply multiply) {
-    const int t = threadIdx.x;
-    auto fill_table = [&](int buf, int step) {
-        if (t < BK) tbl[buf][t] = entry(step * BK + t);
-    };
-    if (n_steps > 0) {
-        fill_table(0, 0);
-        __syncthreads();
-        load(0);
-        store(0);
-        if (n_steps > 1) fill_table(1, 1);
-        __syncthreads();
-    }
-    for (int step = 0; step < n_steps; ++step) {
-        const int cur = step & 1, nxt = cur ^ 1;
-        if (step + 1 < n_steps) load(nxt);
-        multiply(cur);
-        if (step + 1 < n_steps) {
-            store(nxt);
-            if (step + 2 < n_steps) fill_table(cur, step + 2);
-        }
-        __syncthreads();
-    }
-}
-
-// The step loop of the forward GEMMs (v2, v4) over the (c, r, s) reduction of group x xg and
-// weights wg: A = im2col(x) gathered by ld for its output row, B = the weights of output channels
-// [k0, Kg), k-major; store and multiply as for conv_gemm_steps.
-template <int BK, typename Loader, typename T, typename Store, typename Multiply>
-__device__ __forceinline__ void conv_forward_steps(ConvIdx (*tbl)[BK], Loader& ld, const T* __restrict__ xg,
-                                                   const T* __restrict__ wg, int k0, int Kg, int CRS, int RS,
-                                                   int S, int H, int W, int dil_h, int dil_w, Store store,
-                                                   Multiply multiply) {
-    const int HW = H * W;
-    conv_gemm_steps<BK>(
-        tbl, (CRS + BK - 1) / BK,
-        [&](int red) { return conv_crs_entry(red, CRS, RS, S, HW, W, dil_h, dil_w); },
-        [&](int buf) {
-            ld.gather(tbl[buf], xg, H, W);
-            ld.load_dense(tbl[buf], wg, k0, Kg, CRS);
-        },
-        store, multiply);
-}
-
-// Forward epilogue: y[n][kg][pq] = v, plus bias[kg] when has_bias.
-template <typename T>
-__device__ __forceinline__ void conv_store_y(T* __restrict__ y, const T* __restrict__ bias, int has_bias,
-                                             T v, int n, int pq, int kg, int K, int PQ) {
-    y[(n * K + kg) * PQ + pq] = has_bias ? v + bias[kg] : v;
-}
-
-// ============================================================================================
 // conv2d_forward_v2: implicit GEMM, rows m = (n, p, q), columns k of the group, reduction (c, r, s)
 // ============================================================================================
 
@@ -416,9 +186,7 @@ template <typename T, int BN>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                   T* __restrict__ y, int has_bias,
-                  int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                  int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-                  int groups) {
+                  GC_CONV_GEOMETRY_PARAMS) {
     using Tl = ConvTile<T, BN>;
     constexpr int BM = Tl::BM, BK = Tl::BK;
     alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
@@ -429,7 +197,8 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
     const int M = N * PQ;
     const int t = threadIdx.x;
-    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
     const int m0 = blockIdx.x * BM;
     const int n_ktiles = (Kg + BN - 1) / BN;
 
@@ -453,15 +222,37 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
             });
 
+        const int mq = m0 + 4 * tm;  // the thread's four rows mq .. mq + 3
+        if (PQ % 4 == 0) {
+            // The four rows are consecutive positions of one image and 4-aligned: one vector store
+            // per output channel, and the 8 lanes of a warp along the rows write 128 contiguous
+            // bytes of float (a scalar store per row would put 4-element gaps between lanes).
+            if (mq < M) {
+                const int n = mq / PQ, pq = mq - n * PQ;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int m = m0 + 4 * tm + i;
-            if (m >= M) continue;
-            const int n = m / PQ, pq = m - n * PQ;
+                for (int j = 0; j < 4; ++j) {
+                    const int k = k0 + 4 * tn + j;
+                    if (k < Kg) {
+                        const int kg = g * Kg + k;
+                        const T b = has_bias ? bias[kg] : T(0);
+                        gc_vec4<T> v;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int k = k0 + 4 * tn + j;
-                if (k < Kg) conv_store_y(y, bias, has_bias, acc[i][j], n, pq, g * Kg + k, K, PQ);
+                        for (int i = 0; i < 4; ++i) v.v[i] = has_bias ? acc[i][j] + b : acc[i][j];
+                        *reinterpret_cast<gc_vec4<T>*>(&y[(n * K + kg) * PQ + pq]) = v;
+                    }
+                }
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int m = mq + i;
+                if (m >= M) continue;
+                const int n = m / PQ, pq = m - n * PQ;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int k = k0 + 4 * tn + j;
+                    if (k < Kg) conv_store_y(y, bias, has_bias, acc[i][j], n, pq, g * Kg + k, K, PQ);
+                }
             }
         }
     }
@@ -471,16 +262,14 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 // conv2d_forward_v3: direct, one output pixel x 8 output channels per thread, weights in smem
 // ============================================================================================
 
-#define GC_CONV_V3_KB 8      // output channels per thread
-#define GC_CONV_V3_CHUNK 256 // reduction indices (c, r, s) staged in shared memory per pass
+// GC_CONV_V3_KB: output channels per thread; GC_CONV_V3_CHUNK: reduction indices (c, r, s)
+// staged in shared memory per pass (both from the host's compile options).
 
 template <typename T>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                   T* __restrict__ y, int has_bias,
-                  int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                  int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-                  int groups) {
+                  GC_CONV_GEOMETRY_PARAMS) {
     constexpr int KB = GC_CONV_V3_KB, CH = GC_CONV_V3_CHUNK, NT = GC_CONV_THREADS;
     alignas(gc_vec4<T>) __shared__ T Ws[CH][KB];
 
@@ -593,13 +382,17 @@ __device__ __forceinline__ void gc_mma_tf32_m16n8k8(float (&d)[4], const unsigne
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
     // Portable twin with the same fragment semantics: each lane gathers rows g and g+8 of A and
-    // columns 2t and 2t+1 of B from the lanes that own them, rounds the operands as cvt.rna does,
-    // and adds the eight products to its four accumulators in k order (a product of two TF32
-    // numbers is exact in fp32, so only the additions round).
+    // columns 2t and 2t+1 of B from the lanes that own them, reads each operand as the tensor core
+    // does (its low 13 mantissa bits ignored: an operand not rounded by cvt.rna first is
+    // truncated), and adds the eight products to its four accumulators in k order (a product of
+    // two TF32 numbers is exact in fp32, so only the additions round).
     const int lane = threadIdx.x % GC_WARP_SIZE;
     const int g = lane >> 2, t = lane & 3;
     float ar[2][8], bc[2][8];  // ar[row g / g+8][k], bc[col 2t / 2t+1][k]
-    auto op = [](unsigned v) { return __uint_as_float(gc_tf32_bits(__uint_as_float(v))); };
+    auto op = [](unsigned v) {
+        const bool nan = (v & 0x7f800000u) == 0x7f800000u && (v & 0x007fffffu);
+        return __uint_as_float(nan ? v : v & 0xffffe000u);
+    };
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
         const int a_src = g * 4 + kk;  // owns A[g][kk], A[g+8][kk], A[g][kk+4], A[g+8][kk+4]
@@ -635,18 +428,15 @@ __device__ __forceinline__ void gc_mma_tf32_m16n8k8(float (&d)[4], const unsigne
 // falls in 32 different banks for the 32 lanes. Loading (ConvLoader), the index table, double
 // buffering (conv_gemm_steps) and the epilogue are those of v2.
 
-#define GC_CONV_V4_THREADS 128
-#define GC_CONV_V4_MIN_BLOCKS 4
+// GC_CONV_V4_THREADS, GC_CONV_V4_MIN_BLOCKS and GC_CONV_V4_TILE come from the host's compile options.
 
 template <typename T>
 __global__ void __launch_bounds__(GC_CONV_V4_THREADS, GC_CONV_V4_MIN_BLOCKS)
 conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                   T* __restrict__ y, int has_bias,
-                  int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                  int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-                  int groups) {
+                  GC_CONV_GEOMETRY_PARAMS) {
     static_assert(sizeof(T) == 4, "conv2d_forward_v4 is float only (TF32 tensor cores)");
-    constexpr int BM = 64, BN = 64, BK = 16, LD = 64 + 8;
+    constexpr int BM = GC_CONV_V4_TILE, BN = GC_CONV_V4_TILE, BK = 16, LD = GC_CONV_V4_TILE + 8;
     __shared__ float As[2][BK][LD];
     __shared__ float Bs[2][BK][LD];
     __shared__ ConvIdx tbl[2][BK];
@@ -762,9 +552,7 @@ __device__ __forceinline__ bool conv_exact_div(int i, int stride, int O, int* o)
 template <typename T, int BN>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
-                        int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-                        int groups) {
+                        GC_CONV_GEOMETRY_PARAMS) {
     using Tl = ConvTile<T, BN>;
     constexpr int BM = Tl::BM, BK = Tl::BK;
     alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
@@ -775,7 +563,8 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
     const int HW = H * W, PQ = P * Q, RS = R * S, CgRS = Cg * RS, KRS = Kg * RS;
     const int M = N * HW;
     const int t = threadIdx.x;
-    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
     const int m0 = blockIdx.x * BM;
     const int n_ctiles = (Cg + BN - 1) / BN;
     const int n_steps = (KRS + BK - 1) / BK;
@@ -857,11 +646,9 @@ template <typename T, int BM_ROWS>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ partial,
                           int chunk,
-                          int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                          int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-                          int groups) {
+                          GC_CONV_GEOMETRY_PARAMS) {
     // Tile: BM_ROWS output channels x BN reduction columns; ConvTile is indexed by its columns.
-    constexpr int BN = 4096 / BM_ROWS;
+    constexpr int BN = GC_CONV_TILE_AREA / BM_ROWS;
     using Tl = ConvTile<T, BN>;
     constexpr int BM = BM_ROWS, BK = Tl::BK;
     static_assert(Tl::BM == BM, "tile rows");
@@ -873,7 +660,8 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
     const int M = N * PQ;
     const int t = threadIdx.x;
-    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
     const int col0 = blockIdx.x * BN;
     const int n_ktiles = (Kg + BM - 1) / BM;
     const int m_begin = blockIdx.z * chunk;

@@ -16,7 +16,9 @@
 //   (adjacent threads read adjacent columns: coalesced; deterministic).
 #include "common.cuh"
 
-#define GC_GEMM_TILE 16
+#ifndef GC_GEMM_TILE
+#error "compile with gpuconv's options: GC_GEMM_TILE comes from gpuconv/backends/launch/linear.py"
+#endif
 
 template <typename T>
 __global__ void gemm_v1(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias,

@@ -19,8 +19,9 @@
 // argmax_rows_v1 (the only version): one thread per row; first maximum wins, first NaN wins.
 #include "common.cuh"
 
-#define GC_LOSS_BLOCK 128
-#define GC_REDUCE_BLOCK 256
+#if !defined(GC_LOSS_BLOCK) || !defined(GC_REDUCE_BLOCK)
+#error "compile with gpuconv's options: GC_LOSS_BLOCK, GC_REDUCE_BLOCK come from launch/loss.py"
+#endif
 
 // Shared-memory tree reduction over blockDim.x == BLOCK threads; every thread gets the result.
 template <typename T, int BLOCK, bool IS_MAX>

@@ -2,8 +2,9 @@
 // and L2 (sqrt of the sum of squares). Templates on T (float, double).
 //
 // Geometry arguments, in this order everywhere: NC = N*C planes, H, W (input), P, Q (output),
-// kh, kw (window), sh, sw (stride), ph, pw (top/left padding), dh, dw (dilation). Windows may
-// reach past the bottom/right edge (ceil_mode); cells outside the input are padding.
+// R, S (window), stride_h, stride_w (stride), pad_h, pad_w (top/left padding), dil_h, dil_w
+// (dilation), as in the conv kernels. Windows may reach past the bottom/right edge (ceil_mode);
+// cells outside the input are padding.
 //
 // Rules (shared with the NumPy reference, gpuconv/backends/numpy_backend.py):
 //   max  y = max over the real cells of the window; index = h*W + w inside the input plane of the
@@ -30,11 +31,13 @@
 // measured on a GPU).
 #include "common.cuh"
 
-#define GC_POOL_GEOMETRY_PARAMS                                                                  \
-    int NC, int H, int W, int P, int Q, int kh, int kw, int sh, int sw, int ph, int pw, int dh,  \
-        int dw
+#define GC_POOL_GEOMETRY_PARAMS                                                                \
+    int NC, int H, int W, int P, int Q, int R, int S, int stride_h, int stride_w, int pad_h,     \
+        int pad_w, int dil_h, int dil_w
 
-#define GC_POOL_RUN 4  // input cells per thread in the v2 backward kernels
+#ifndef GC_POOL_RUN  // input cells per thread in the v2 backward kernels
+#error "compile with gpuconv's options: GC_POOL_RUN comes from gpuconv/backends/launch/pool.py"
+#endif
 
 // ---- forward --------------------------------------------------------------------------------------
 
@@ -48,11 +51,11 @@ __global__ void max_pool2d_forward_v1(const T* __restrict__ x, T* __restrict__ y
         const T* plane = x + (long long)nc * H * W;
         T best = -gc_inf<T>();
         int best_idx = -1;
-        for (int i = 0; i < kh; ++i) {
-            const int h = p * sh - ph + i * dh;
+        for (int i = 0; i < R; ++i) {
+            const int h = p * stride_h - pad_h + i * dil_h;
             if (h < 0 || h >= H) continue;
-            for (int j = 0; j < kw; ++j) {
-                const int w = q * sw - pw + j * dw;
+            for (int j = 0; j < S; ++j) {
+                const int w = q * stride_w - pad_w + j * dil_w;
                 if (w < 0 || w >= W) continue;
                 const T v = plane[h * W + w];
                 // First real cell always taken; later ones only if strictly larger or a first NaN.
@@ -68,11 +71,11 @@ __global__ void max_pool2d_forward_v1(const T* __restrict__ x, T* __restrict__ y
 }
 
 // PyTorch's average-pooling divisor of output cell (p, q) (dilation 1).
-__device__ inline int gc_avg_divisor(int p, int q, int H, int W, int kh, int kw, int sh, int sw,
-                                     int ph, int pw, int count_include_pad, int divisor_override) {
+__device__ inline int gc_avg_divisor(int p, int q, int H, int W, int R, int S, int stride_h, int stride_w,
+                                     int pad_h, int pad_w, int count_include_pad, int divisor_override) {
     if (divisor_override > 0) return divisor_override;
-    int h0 = p * sh - ph, w0 = q * sw - pw;
-    int h1 = gc_min(h0 + kh, H + ph), w1 = gc_min(w0 + kw, W + pw);
+    int h0 = p * stride_h - pad_h, w0 = q * stride_w - pad_w;
+    int h1 = gc_min(h0 + R, H + pad_h), w1 = gc_min(w0 + S, W + pad_w);
     if (count_include_pad) return (h1 - h0) * (w1 - w0);
     return (gc_min(h1, H) - gc_max(h0, 0)) * (gc_min(w1, W) - gc_max(w0, 0));
 }
@@ -81,19 +84,19 @@ template <typename T>
 __global__ void avg_pool2d_forward_v1(const T* __restrict__ x, T* __restrict__ y,
                                       GC_POOL_GEOMETRY_PARAMS, int count_include_pad,
                                       int divisor_override) {
-    (void)dh;
-    (void)dw;
+    (void)dil_h;
+    (void)dil_w;
     GC_GRID_STRIDE_LOOP(o, NC * P * Q) {
         const int q = (int)o % Q;
         const int p = ((int)o / Q) % P;
         const int nc = (int)o / (P * Q);
         const T* plane = x + (long long)nc * H * W;
-        const int h0 = gc_max(p * sh - ph, 0), h1 = gc_min(p * sh - ph + kh, H);
-        const int w0 = gc_max(q * sw - pw, 0), w1 = gc_min(q * sw - pw + kw, W);
+        const int h0 = gc_max(p * stride_h - pad_h, 0), h1 = gc_min(p * stride_h - pad_h + R, H);
+        const int w0 = gc_max(q * stride_w - pad_w, 0), w1 = gc_min(q * stride_w - pad_w + S, W);
         T s = T(0);
         for (int h = h0; h < h1; ++h)
             for (int w = w0; w < w1; ++w) s += plane[h * W + w];
-        y[o] = s / T(gc_avg_divisor(p, q, H, W, kh, kw, sh, sw, ph, pw, count_include_pad,
+        y[o] = s / T(gc_avg_divisor(p, q, H, W, R, S, stride_h, stride_w, pad_h, pad_w, count_include_pad,
                                     divisor_override));
     }
 }
@@ -107,11 +110,11 @@ __global__ void l2_pool2d_forward_v1(const T* __restrict__ x, T* __restrict__ y,
         const int nc = (int)o / (P * Q);
         const T* plane = x + (long long)nc * H * W;
         T s = T(0);
-        for (int i = 0; i < kh; ++i) {
-            const int h = p * sh - ph + i * dh;
+        for (int i = 0; i < R; ++i) {
+            const int h = p * stride_h - pad_h + i * dil_h;
             if (h < 0 || h >= H) continue;
-            for (int j = 0; j < kw; ++j) {
-                const int w = q * sw - pw + j * dw;
+            for (int j = 0; j < S; ++j) {
+                const int w = q * stride_w - pad_w + j * dil_w;
                 if (w < 0 || w >= W) continue;
                 const T v = plane[h * W + w];
                 s += v * v;
@@ -131,8 +134,8 @@ __global__ void max_pool2d_backward_v1(const T* __restrict__ dy, const int* __re
         const int h = ((int)e / W) % H;
         const int nc = (int)e / (H * W);
         int p_lo, p_hi, q_lo, q_hi;
-        gc_covering_range(h, kh, sh, ph, dh, P, &p_lo, &p_hi);
-        gc_covering_range(w, kw, sw, pw, dw, Q, &q_lo, &q_hi);
+        gc_covering_range(h, R, stride_h, pad_h, dil_h, P, &p_lo, &p_hi);
+        gc_covering_range(w, S, stride_w, pad_w, dil_w, Q, &q_lo, &q_hi);
         const int target = h * W + w;
         const long long base = (long long)nc * P * Q;
         T s = T(0);
@@ -154,13 +157,13 @@ __global__ void avg_pool2d_backward_v1(const T* __restrict__ dy, T* __restrict__
         const int h = ((int)e / W) % H;
         const int nc = (int)e / (H * W);
         int p_lo, p_hi, q_lo, q_hi;
-        gc_covering_range(h, kh, sh, ph, dh, P, &p_lo, &p_hi);
-        gc_covering_range(w, kw, sw, pw, dw, Q, &q_lo, &q_hi);
+        gc_covering_range(h, R, stride_h, pad_h, dil_h, P, &p_lo, &p_hi);
+        gc_covering_range(w, S, stride_w, pad_w, dil_w, Q, &q_lo, &q_hi);
         const T* g = dy + (long long)nc * P * Q;
         T s = T(0);
         for (int p = p_lo; p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q)
-                s += g[p * Q + q] / T(gc_avg_divisor(p, q, H, W, kh, kw, sh, sw, ph, pw,
+                s += g[p * Q + q] / T(gc_avg_divisor(p, q, H, W, R, S, stride_h, stride_w, pad_h, pad_w,
                                                      count_include_pad, divisor_override));
         dx[e] = s;
     }
@@ -175,14 +178,14 @@ __global__ void l2_pool2d_backward_v1(const T* __restrict__ dy, const T* __restr
         const int h = ((int)e / W) % H;
         const int nc = (int)e / (H * W);
         int p_lo, p_hi, q_lo, q_hi;
-        gc_covering_range(h, kh, sh, ph, dh, P, &p_lo, &p_hi);
-        gc_covering_range(w, kw, sw, pw, dw, Q, &q_lo, &q_hi);
+        gc_covering_range(h, R, stride_h, pad_h, dil_h, P, &p_lo, &p_hi);
+        gc_covering_range(w, S, stride_w, pad_w, dil_w, Q, &q_lo, &q_hi);
         const long long base = (long long)nc * P * Q;
         T s = T(0);
         for (int p = p_lo; p <= p_hi; ++p) {
-            if ((h + ph - p * sh) % dh) continue;
+            if ((h + pad_h - p * stride_h) % dil_h) continue;
             for (int q = q_lo; q <= q_hi; ++q) {
-                if ((w + pw - q * sw) % dw) continue;
+                if ((w + pad_w - q * stride_w) % dil_w) continue;
                 const T yo = y[base + p * Q + q];
                 if (yo > T(0)) s += dy[base + p * Q + q] / yo;
             }
@@ -204,9 +207,9 @@ __global__ void l2_pool2d_backward_v1(const T* __restrict__ dy, const T* __restr
     const int nc = (int)r / (runs * H);                                                          \
     const int n = gc_min(GC_POOL_RUN, W - w0);                                                   \
     int p_lo, p_hi, q_lo, q_hi, q_lo_last, q_hi_first;                                           \
-    gc_covering_range(h, kh, sh, ph, dh, P, &p_lo, &p_hi);                                       \
-    gc_covering_range(w0, kw, sw, pw, dw, Q, &q_lo, &q_hi_first);                                \
-    gc_covering_range(w0 + n - 1, kw, sw, pw, dw, Q, &q_lo_last, &q_hi);                         \
+    gc_covering_range(h, R, stride_h, pad_h, dil_h, P, &p_lo, &p_hi);                                       \
+    gc_covering_range(w0, S, stride_w, pad_w, dil_w, Q, &q_lo, &q_hi_first);                                \
+    gc_covering_range(w0 + n - 1, S, stride_w, pad_w, dil_w, Q, &q_lo_last, &q_hi);                         \
     (void)q_hi_first;                                                                            \
     (void)q_lo_last;                                                                             \
     const long long base = (long long)nc * P * Q;                                                \
@@ -246,12 +249,13 @@ __global__ void avg_pool2d_backward_v2(const T* __restrict__ dy, T* __restrict__
         for (int p = p_lo; p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q) {
                 const T g = dy[base + p * Q + q] /
-                            T(gc_avg_divisor(p, q, H, W, kh, kw, sh, sw, ph, pw, count_include_pad,
-                                             divisor_override));
-                const int start = q * sw - pw - w0;  // window columns [start, start + kw) (dw == 1)
+                            T(gc_avg_divisor(p, q, H, W, R, S, stride_h, stride_w, pad_h, pad_w,
+                                             count_include_pad, divisor_override));
+                // window columns [start, start + S) (dil_w == 1)
+                const int start = q * stride_w - pad_w - w0;
 #pragma unroll
                 for (int k = 0; k < GC_POOL_RUN; ++k)
-                    if (k < n && k >= start && k < start + kw) acc[k] += g;
+                    if (k < n && k >= start && k < start + S) acc[k] += g;
             }
 #pragma unroll
         for (int k = 0; k < GC_POOL_RUN; ++k)
@@ -266,16 +270,16 @@ __global__ void l2_pool2d_backward_v2(const T* __restrict__ dy, const T* __restr
     GC_GRID_STRIDE_LOOP(r, NC * H * ((W + GC_POOL_RUN - 1) / GC_POOL_RUN)) {
         GC_POOL_RUN_PROLOGUE
         for (int p = p_lo; p <= p_hi; ++p) {
-            if ((h + ph - p * sh) % dh) continue;
+            if ((h + pad_h - p * stride_h) % dil_h) continue;
             for (int q = q_lo; q <= q_hi; ++q) {
                 const T yo = y[base + p * Q + q];
                 if (!(yo > T(0))) continue;
                 const T g = dy[base + p * Q + q] / yo;
-                const int start = q * sw - pw - w0;  // taps at start + j*dw, j in [0, kw)
+                const int start = q * stride_w - pad_w - w0;  // taps at start + j*dil_w, j in [0, S)
 #pragma unroll
                 for (int k = 0; k < GC_POOL_RUN; ++k) {
                     const int off = k - start;
-                    if (k < n && off >= 0 && off <= (kw - 1) * dw && off % dw == 0) acc[k] += g;
+                    if (k < n && off >= 0 && off <= (S - 1) * dil_w && off % dil_w == 0) acc[k] += g;
                 }
             }
         }

@@ -40,9 +40,10 @@ INT_POISON = -7
 def compile_options() -> Tuple[str, ...]:
     """Options every .cu is compiled with (NVRTC on the GPU, g++ in the emulator).
 
-    IEEE semantics: no fast math, so NaN tests, exp/log and division behave as on the CPU.
+    IEEE semantics: no fast math, so NaN tests, exp/log and division behave as on the CPU. The
+    ``-D`` options carry the sizes the launch modules share with the kernels (``DEFINES``).
     """
-    return ("-std=c++17", f"-I{cuda_dir()}")
+    return ("-std=c++17", f"-I{cuda_dir()}") + launch.defines()
 
 
 class KernelBackend(Backend):

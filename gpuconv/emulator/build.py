@@ -13,7 +13,17 @@ Kernel modules are compiled with line tables (``-g1``), so that a fault is repor
 line (``source_line``), and with ``-fsanitize=bounds``, whose out-of-bounds hook the runtime
 provides: an index past a fixed-size array (``__shared__`` or local) is reported, not followed.
 Calls of ``exit``/``abort``/``__assert_fail`` in kernel code are linked to the runtime's versions
-(``--wrap``), which end the launch with an error instead of the process.
+(``--wrap``), which end the launch with an error instead of the process. ``-gdwarf-4`` because
+binutils 2.40's addr2line names the wrong file from GCC 12's DWARF 5 line tables.
+
+Profile mode (``build_module(..., profile=True)``, used by ``gpuconv.emulator.profile``): the
+kernel code is compiled with GCC's thread-sanitizer instrumentation, whose per-access hooks are
+served by cuda/emu/profile_runtime.cpp (loaded before the module) instead of libtsan, with debug
+line information and without the optimisations that would split or merge accesses (scalar
+replacement of aggregates, vectorisation, store merging), so each load and store of the source is
+one instrumented access of its own width. ``-fno-gnu-unique`` keeps the static ``__shared__``
+arrays of template kernels in the module's own TLS block (as STB_GNU_UNIQUE symbols they would
+bind to the normal build's copy when both are loaded).
 """
 from __future__ import annotations
 
@@ -46,9 +56,13 @@ _RUNTIME_FLAGS = ["-O2", "-fPIC", "-shared", "-std=c++17", "-U_FORTIFY_SOURCE", 
 _ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-DGPUCONV_EMU_ASAN=1"]
 # Process-ending calls in kernel code, redirected to the runtime's __wrap_<name>.
 _WRAPPED = ("exit", "_exit", "_Exit", "quick_exit", "abort", "pthread_exit", "__assert_fail")
+_PROFILE_FLAGS = ["-g", "-fsanitize=thread", "--param", "tsan-instrument-func-entry-exit=0",
+                  "--param", "tsan-distinguish-volatile=0", "-fno-tree-sra", "-fno-tree-vectorize",
+                  "-fno-tree-slp-vectorize", "-fno-store-merging", "-fno-gnu-unique",
+                  "-DGPUCONV_EMU_PROFILE=1"]
 
 # Counters of compiler runs in this process (tests use them to prove cache hits).
-stats: Dict[str, int] = {"kernel_compiles": 0, "runtime_compiles": 0}
+stats: Dict[str, int] = {"kernel_compiles": 0, "runtime_compiles": 0, "profile_runtime_compiles": 0}
 _lock = threading.Lock()
 
 
@@ -124,6 +138,34 @@ def runtime() -> ctypes.CDLL:
         lib.gpuconv_emu_symbol_size.argtypes = [ctypes.c_void_p]
         _runtime = lib
         return lib
+
+
+_profile_runtime: Optional[ctypes.CDLL] = None
+
+
+def profile_runtime() -> ctypes.CDLL:
+    """The memory-access hooks of profile-mode modules (cuda/emu/profile_runtime.cpp), built on
+    first use and loaded RTLD_GLOBAL after the runtime, before any profile-mode module."""
+    global _profile_runtime
+    rt = runtime()
+    with _lock:
+        if _profile_runtime is not None:
+            return _profile_runtime
+        cxx = compiler()
+        src = emu_dir() / "profile_runtime.cpp"
+        flags = _RUNTIME_FLAGS + defines()
+        name = "profile-runtime-" + _hash([BUILD_VERSION.encode(), compiler_version(cxx).encode(),
+                                           " ".join(flags).encode(), src.read_bytes(),
+                                           (emu_dir() / "emu_runtime.h").read_bytes()])
+        if cache.lookup(name) is None:
+            with cache.building(name) as tmp:
+                _run([cxx, *flags, str(src), "-o", str(tmp / "profile_runtime.so"), "-ldl"],
+                     "building the emulator's profile runtime")
+                stats["profile_runtime_compiles"] += 1
+        del rt
+        _profile_runtime = ctypes.CDLL(str(cache_dir() / name / "profile_runtime.so"),
+                                       mode=ctypes.RTLD_GLOBAL)
+        return _profile_runtime
 
 
 # ---- precompiled emulator header --------------------------------------------------------------
@@ -207,13 +249,20 @@ def _kernel_flags() -> List[str]:
 
 
 def build_module(text: str, path: Optional[Path], options: Sequence[str],
-                 name_expressions: Sequence[str]) -> Built:
-    """Build (or fetch from the cache) and load the library for one kernel source."""
+                 name_expressions: Sequence[str], profile: bool = False) -> Built:
+    """Build (or fetch from the cache) and load the library for one kernel source
+    (``profile``: the profile mode described in the module docstring)."""
     opts = source.parse_options(options)
+    if profile and asan_enabled():
+        raise CompileError("the profile mode cannot be combined with GPUCONV_EMU_ASAN=1 (GCC's thread "
+                           "and address sanitizers exclude each other): unset it to profile")
     runtime()
     cxx = compiler()
     includes = source.included_files(path, text, opts.include_dirs)
     kflags = _kernel_flags()
+    if profile:
+        profile_runtime()
+        kflags = kflags + _PROFILE_FLAGS
     header = emu_dir() / "cuda_emu.h"
     parts = [BUILD_VERSION.encode(), compiler_version(cxx).encode(), text.encode(),
              str(path).encode(), " ".join(kflags + opts.gxx_flags()).encode(),

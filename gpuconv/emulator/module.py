@@ -17,7 +17,7 @@ from .errors import BY_CODE, EmulatorError, KernelNotFoundError, LaunchError, Or
 
 Dims = Union[int, Tuple[int, ...]]
 
-_launch_lock = threading.Lock()
+launch_lock = threading.Lock()
 
 # emu_runtime.h's gpuconv_emu_arg_kind.
 _ARG_VALUE, _ARG_CONST_ARRAY, _ARG_ARRAY = 0, 1, 2
@@ -121,7 +121,7 @@ class _Param:
         return _slot_of_scalar(a), 0, _ARG_VALUE
 
 
-def _stop_on_sigint() -> bool:
+def stop_on_sigint() -> bool:
     """Whether SIGINT should stop a launch: where Python would raise KeyboardInterrupt (the main
     thread, the default handler). Another handler runs when the launch has ended."""
     return (threading.get_ident() == threading.main_thread().ident
@@ -172,8 +172,8 @@ class Kernel:
         block_c = (ctypes.c_uint * 3)(*b)
         rt = build.runtime()
         slots, sizes, kinds = self._slots, self._sizes, self._kinds
-        sigint = _stop_on_sigint()
-        with _launch_lock:
+        sigint = stop_on_sigint()
+        with launch_lock:
             for i, (v, nbytes, kind) in enumerate(packed):
                 slots[i], sizes[i], kinds[i] = v, nbytes, kind
             rc = rt.gpuconv_emu_launch(self._entry, slots, sizes, kinds, n, grid_c, block_c, int(shared_mem),
@@ -229,11 +229,13 @@ class RawModule:
 
     ``code`` (the source text) or ``path`` (a .cu file; its directory is searched for quoted
     includes) must be given. ``options`` are NVRTC options (-I, -D, -std honoured; GPU-only ones
-    ignored). Template kernels and namespaced names need ``name_expressions``.
+    ignored). Template kernels and namespaced names need ``name_expressions``. ``profile=True``
+    builds the module with the memory-access instrumentation ``gpuconv.emulator.profile`` reads
+    (its kernels also run normally, more slowly).
     """
 
     def __init__(self, code: Optional[str] = None, path: Optional[Union[str, Path]] = None,
-                 options: Sequence[str] = (), name_expressions: Sequence[str] = ()):
+                 options: Sequence[str] = (), name_expressions: Sequence[str] = (), profile: bool = False):
         if (code is None) == (path is None):
             raise ValueError("RawModule needs exactly one of code= or path=")
         if path is not None:
@@ -249,7 +251,9 @@ class RawModule:
             raise TypeError("name_expressions must be a sequence of strings, not a string")
         self.name_expressions = tuple(name_expressions)
         self.options = tuple(options)
-        built = build.build_module(text, p, self.options, self.name_expressions)
+        self.profile = bool(profile)
+        self.code, self.path = text, p  # the source text; its file (None for code=)
+        built = build.build_module(text, p, self.options, self.name_expressions, profile=self.profile)
         self.library_path = built.path
         self.compiled = built.compiled
         self._lib = built.lib

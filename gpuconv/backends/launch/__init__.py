@@ -3,7 +3,9 @@
 Every family module defines ``FILE`` (the .cu file), ``NAME_EXPRESSIONS`` (every kernel name of
 every version and dtype in that file it launches), ``VERSIONS`` (op -> available versions),
 ``DEFAULT_VERSIONS`` (op -> default) and launch functions taking the backend first; a family
-whose versions compute with reduced precision also lists them in ``PRECISION``.
+whose versions compute with reduced precision also lists them in ``PRECISION``, and a family
+whose kernels share sizes with its launch code defines them once in ``DEFINES``, which reach the
+``.cu`` files as ``-D`` options (``defines()``).
 
 This package imports every family statically and merges their tables, so version lookups,
 precision and name expressions have one source each. The helpers the families share
@@ -15,7 +17,7 @@ from typing import Dict, Tuple
 
 from . import conv, elementwise, linear, loss, optim, pool
 
-__all__ = ["FAMILIES", "VERSIONS", "DEFAULT_VERSIONS", "PRECISION", "precision",
+__all__ = ["FAMILIES", "VERSIONS", "DEFAULT_VERSIONS", "PRECISION", "precision", "defines",
            "name_expressions", "conv", "elementwise", "linear", "loss", "optim", "pool"]
 
 FAMILIES = (conv, pool, elementwise, linear, loss, optim)
@@ -25,6 +27,13 @@ DEFAULT_VERSIONS: Dict[str, int] = {op: v for mod in FAMILIES for op, v in mod.D
 # (op, version) -> "tf32" for versions that compute with TF32 operands; every other is full precision.
 PRECISION: Dict[Tuple[str, int], str] = {key: p for mod in FAMILIES
                                          for key, p in getattr(mod, "PRECISION", {}).items()}
+
+
+def defines() -> Tuple[str, ...]:
+    """``-D`` options for every size a family shares with its kernels (all families: the names are
+    prefixed per file, and one option set keeps one compile-cache key per file)."""
+    return tuple(f"-D{name}={value}" for mod in FAMILIES
+                 for name, value in sorted(getattr(mod, "DEFINES", {}).items()))
 
 
 def precision(op: str, version: int) -> str:

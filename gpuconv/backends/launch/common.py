@@ -13,14 +13,17 @@ from ...geometry import INT32_MAX
 MAX_GRID_STRIDE_BLOCKS = 65535
 
 
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
 def ctype(dtype) -> str:
     """C type name of a floating dtype: "float" or "double"."""
-    dt = np.dtype(dtype)
-    if dt == np.float32:
-        return "float"
-    if dt == np.float64:
-        return "double"
-    raise TypeError(f"kernels take float32 or float64 arrays, got dtype {dt}")
+    t = _CTYPES.get(dtype)  # an array's dtype: one dict lookup on every launch
+    if t is None:
+        t = _CTYPES.get(np.dtype(dtype))
+        if t is None:
+            raise TypeError(f"kernels take float32 or float64 arrays, got dtype {np.dtype(dtype)}")
+    return t
 
 
 def scalar(dtype, value):

@@ -13,6 +13,7 @@ Every backward result is bitwise reproducible: split counts depend on the sizes 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -44,9 +45,20 @@ PRECISION = {("conv2d_forward", 4): "tf32"}
 FLOAT32_ONLY = {("conv2d_forward", 4)}
 
 _TYPES = ("float", "double")
-TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (tile rows = 4096 / BN)
-TILE_AREA = 4096
-BLOCK = 256
+# Sizes the kernels and this module share, passed to every compile as -D options: the one source.
+DEFINES = {
+    "GC_CONV_THREADS": 256,       # threads of every conv kernel but v4
+    "GC_CONV_MIN_BLOCKS": 2,      # __launch_bounds__ minimum resident blocks (128 registers at most)
+    "GC_CONV_TILE_AREA": 4096,    # BM * BN of the implicit-GEMM tiles
+    "GC_CONV_V3_KB": 8,           # output channels per thread of forward v3
+    "GC_CONV_V3_CHUNK": 256,      # reduction indices forward v3 stages in shared memory per pass
+    "GC_CONV_V4_THREADS": 128,    # threads of forward v4 (4 warps)
+    "GC_CONV_V4_MIN_BLOCKS": 4,
+    "GC_CONV_V4_TILE": 64,        # rows and columns of forward v4's output tile
+}
+TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (the template argument)
+TILE_AREA = DEFINES["GC_CONV_TILE_AREA"]
+BLOCK = DEFINES["GC_CONV_THREADS"]
 MAX_GRID_Y = MAX_GRID[1]  # the tiled kernels loop over blockIdx.y, so a larger count is folded
 
 NAME_EXPRESSIONS = tuple(
@@ -67,14 +79,19 @@ FILTER_MIN_STEPS = 16
 # Bias-gradient chunks: each block of stage 1 sums at least this many elements of one channel.
 BIAS_TARGET_BLOCKS = 256
 BIAS_MIN_CHUNK = 2048
-V3_CHANNELS = 8  # output channels per thread of conv2d_forward_v3 (GC_CONV_V3_KB)
-V4_TILE = 64     # rows and columns of the output tile of conv2d_forward_v4
-V4_BLOCK = 128   # threads of conv2d_forward_v4 (GC_CONV_V4_THREADS)
+V3_CHANNELS = DEFINES["GC_CONV_V3_KB"]
+V4_TILE = DEFINES["GC_CONV_V4_TILE"]
+V4_BLOCK = DEFINES["GC_CONV_V4_THREADS"]
 
 
+@functools.lru_cache(maxsize=1024)
 def _geometry_args(g: ConvGeometry) -> Tuple[np.int32, ...]:
+    """The 16 int32 geometry parameters every conv kernel takes (GC_CONV_GEOMETRY_PARAMS)."""
     return tuple(np.int32(v) for v in (g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h,
                                        g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w, g.groups))
+
+
+_INT32 = {False: np.int32(0), True: np.int32(1)}
 
 
 def _tile_width(cols: int) -> int:
@@ -86,17 +103,37 @@ def _tile_width(cols: int) -> int:
 
 
 def _pick(be, op: str, version: Optional[int]) -> int:
-    v = be.version(op) if version is None else int(version)
-    if v not in VERSIONS[op]:
+    if version is None:
+        return be.version(op)  # checked when it was selected
+    if version not in VERSIONS[op]:
         raise ValueError(f"{op}: version must be one of {VERSIONS[op]}, got {version!r}")
-    return v
+    return int(version)
 
 
 def _dtype_of(x, w) -> np.dtype:
-    if x.dtype != w.dtype:
+    if x.dtype is not w.dtype and x.dtype != w.dtype:
         raise TypeError(f"conv2d: x and weight must share a dtype, got {x.dtype} and {w.dtype}")
     ctype(x.dtype)
     return x.dtype
+
+
+@functools.lru_cache(maxsize=1024)
+def _forward_plan(g: ConvGeometry, v: int, t: str):
+    """(kernel, grid, block) of forward version ``v`` for geometry ``g`` and C type ``t``."""
+    Kg = g.K // g.groups
+    M = g.N * g.P * g.Q
+    if v == 1:
+        grid, block = grid_1d(check_elements("output", M * g.K), BLOCK)
+        return f"conv2d_forward_v1<{t}>", grid, block
+    if v == 2:
+        bn = _tile_width(Kg)
+        grid = (math.ceil(M / (TILE_AREA // bn)), min(g.groups * math.ceil(Kg / bn), MAX_GRID_Y), 1)
+        return f"conv2d_forward_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
+    if v == 3:
+        grid = (math.ceil(M / BLOCK), min(g.groups * math.ceil(Kg / V3_CHANNELS), MAX_GRID_Y), 1)
+        return f"conv2d_forward_v3<{t}>", grid, (BLOCK, 1, 1)
+    grid = (math.ceil(M / V4_TILE), min(g.groups * math.ceil(Kg / V4_TILE), MAX_GRID_Y), 1)
+    return "conv2d_forward_v4<float>", grid, (V4_BLOCK, 1, 1)
 
 
 def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
@@ -111,46 +148,36 @@ def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
     has_bias = b is not None
     b = be.contiguous(b) if has_bias else w  # any array of the right type when there is no bias
     y = be.empty(g.y_shape, dtype)
-    args = (x, w, b, y, np.int32(has_bias)) + _geometry_args(g)
-    Kg = g.K // g.groups
-    M = g.N * g.P * g.Q
-    if v == 1:
-        grid, block = grid_1d(check_elements("output", y.size), BLOCK)
-        be.launch(be.function(FILE, f"conv2d_forward_v1<{t}>"), grid, block, args)
-    elif v == 2:
-        bn = _tile_width(Kg)
-        bm = TILE_AREA // bn
-        grid = (math.ceil(M / bm), min(g.groups * math.ceil(Kg / bn), MAX_GRID_Y), 1)
-        be.launch(be.function(FILE, f"conv2d_forward_v2<{t}, {bn}>"), grid, (BLOCK, 1, 1), args)
-    elif v == 3:
-        grid = (math.ceil(M / BLOCK), min(g.groups * math.ceil(Kg / V3_CHANNELS), MAX_GRID_Y), 1)
-        be.launch(be.function(FILE, f"conv2d_forward_v3<{t}>"), grid, (BLOCK, 1, 1), args)
-    else:
-        grid = (math.ceil(M / V4_TILE), min(g.groups * math.ceil(Kg / V4_TILE), MAX_GRID_Y), 1)
-        be.launch(be.function(FILE, "conv2d_forward_v4<float>"), grid, (V4_BLOCK, 1, 1), args)
+    name, grid, block = _forward_plan(g, v, t)
+    be.launch(be.function(FILE, name), grid, block,
+              (x, w, b, y, _INT32[has_bias]) + _geometry_args(g))
     return y
+
+
+@functools.lru_cache(maxsize=1024)
+def _backward_data_plan(g: ConvGeometry, v: int, t: str):
+    """(kernel, grid, block) of backward-data version ``v``."""
+    if v == 1:
+        grid, block = grid_1d(check_elements("x", g.N * g.C * g.H * g.W), BLOCK)
+        return f"conv2d_backward_data_v1<{t}>", grid, block
+    Cg = g.C // g.groups
+    bn = _tile_width(Cg)
+    grid = (math.ceil(g.N * g.H * g.W / (TILE_AREA // bn)), min(g.groups * math.ceil(Cg / bn), MAX_GRID_Y), 1)
+    return f"conv2d_backward_data_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
 
 
 def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None):
     """dx (N, C, H, W) from dy (N, K, P, Q) and w (K, C/groups, R, S)."""
     v = _pick(be, "conv2d_backward_data", version)
     dtype = _dtype_of(dy, w)
-    t = ctype(dtype)
     dy, w = be.contiguous(dy), be.contiguous(w)
     dx = be.empty(g.x_shape, dtype)
-    args = (dy, w, dx) + _geometry_args(g)
-    if v == 1:
-        grid, block = grid_1d(check_elements("x", dx.size), BLOCK)
-        be.launch(be.function(FILE, f"conv2d_backward_data_v1<{t}>"), grid, block, args)
-    else:
-        Cg = g.C // g.groups
-        bn = _tile_width(Cg)
-        bm = TILE_AREA // bn
-        grid = (math.ceil(g.N * g.H * g.W / bm), min(g.groups * math.ceil(Cg / bn), MAX_GRID_Y), 1)
-        be.launch(be.function(FILE, f"conv2d_backward_data_v2<{t}, {bn}>"), grid, (BLOCK, 1, 1), args)
+    name, grid, block = _backward_data_plan(g, v, ctype(dtype))
+    be.launch(be.function(FILE, name), grid, block, (dy, w, dx) + _geometry_args(g))
     return dx
 
 
+@functools.lru_cache(maxsize=1024)
 def filter_splits(g: ConvGeometry, dtype) -> Tuple[int, int, int]:
     """(tile rows, splits, chunk) of conv2d_backward_filter_v2 for geometry ``g``.
 
@@ -170,33 +197,42 @@ def filter_splits(g: ConvGeometry, dtype) -> Tuple[int, int, int]:
     return rows, splits, chunk
 
 
+@functools.lru_cache(maxsize=1024)
+def _backward_filter_plan(g: ConvGeometry, v: int, dtype: np.dtype):
+    """Launches of backward-filter version ``v``: (kernel, grid, block, extra args, splits) and,
+    when the reduction is split, the launch that sums the partial results in a fixed order."""
+    t = ctype(dtype)
+    if v == 1:
+        grid, block = grid_1d(check_elements("weight", math.prod(g.w_shape)), BLOCK)
+        return (f"conv2d_backward_filter_v1<{t}>", grid, block, (), 1), None
+    rows, splits, chunk = filter_splits(g, dtype)
+    Kg, CRS = g.K // g.groups, (g.C // g.groups) * g.R * g.S
+    grid = (math.ceil(CRS / (TILE_AREA // rows)), min(g.groups * math.ceil(Kg / rows), MAX_GRID_Y), splits)
+    main = (f"conv2d_backward_filter_v2<{t}, {rows}>", grid, (BLOCK, 1, 1), (np.int32(chunk),), splits)
+    if splits == 1:
+        return main, None
+    n = math.prod(g.w_shape)
+    grid, block = grid_1d(n, BLOCK)
+    return main, (f"conv2d_sum_splits<{t}>", grid, block,
+                  (np.int32(n), np.int32(splits), np.int32(n), np.int32(1)))
+
+
 def backward_filter(be, dy, x, g: ConvGeometry, version: Optional[int] = None):
     """dw (K, C/groups, R, S) from dy (N, K, P, Q) and x (N, C, H, W)."""
     v = _pick(be, "conv2d_backward_filter", version)
     dtype = _dtype_of(dy, x)
-    t = ctype(dtype)
     dy, x = be.contiguous(dy), be.contiguous(x)
     dw = be.empty(g.w_shape, dtype)
-    geo = _geometry_args(g)
-    if v == 1:
-        grid, block = grid_1d(check_elements("weight", dw.size), BLOCK)
-        be.launch(be.function(FILE, f"conv2d_backward_filter_v1<{t}>"), grid, block, (dy, x, dw) + geo)
-        return dw
-    rows, splits, chunk = filter_splits(g, dtype)
-    Kg, CRS = g.K // g.groups, (g.C // g.groups) * g.R * g.S
-    cols = TILE_AREA // rows
+    (name, grid, block, extra, splits), sum_splits = _backward_filter_plan(g, v, dtype)
     partial = dw if splits == 1 else be.empty((splits,) + g.w_shape, dtype)
-    grid = (math.ceil(CRS / cols), min(g.groups * math.ceil(Kg / rows), MAX_GRID_Y), splits)
-    be.launch(be.function(FILE, f"conv2d_backward_filter_v2<{t}, {rows}>"), grid, (BLOCK, 1, 1),
-              (dy, x, partial, np.int32(chunk)) + geo)
-    if splits > 1:
-        n = dw.size
-        grid, block = grid_1d(n, BLOCK)
-        be.launch(be.function(FILE, f"conv2d_sum_splits<{t}>"), grid, block,
-                  (partial, dw, np.int32(n), np.int32(splits), np.int32(n), np.int32(1)))
+    be.launch(be.function(FILE, name), grid, block, (dy, x, partial) + extra + _geometry_args(g))
+    if sum_splits is not None:
+        name, grid, block, extra = sum_splits
+        be.launch(be.function(FILE, name), grid, block, (partial, dw) + extra)
     return dw
 
 
+@functools.lru_cache(maxsize=1024)
 def bias_chunks(g: ConvGeometry) -> Tuple[int, int]:
     """(chunks, chunk length) of conv2d_backward_bias_v2: sizes only, hence reproducible."""
     total = g.N * g.P * g.Q
@@ -205,26 +241,35 @@ def bias_chunks(g: ConvGeometry) -> Tuple[int, int]:
     return math.ceil(total / chunk), chunk
 
 
+@functools.lru_cache(maxsize=1024)
+def _backward_bias_plan(g: ConvGeometry, v: int, t: str):
+    """Launches of bias-gradient version ``v``: (kernel, grid, block, size args, chunks) and, when
+    the sum is chunked, the launch that adds the chunks in a fixed order."""
+    sizes = (np.int32(g.N), np.int32(g.K), np.int32(g.P * g.Q))
+    if v == 1:
+        grid, block = grid_1d(g.K, BLOCK)
+        return (f"conv2d_backward_bias_v1<{t}>", grid, block, sizes, 1), None
+    chunks, chunk = bias_chunks(g)
+    main = (f"conv2d_backward_bias_v2<{t}>", (chunks, min(g.K, MAX_GRID_Y), 1), (BLOCK, 1, 1),
+            sizes + (np.int32(chunk),), chunks)
+    if chunks == 1:
+        return main, None
+    grid, block = grid_1d(g.K, BLOCK)
+    return main, (f"conv2d_sum_splits<{t}>", grid, block,
+                  (np.int32(g.K), np.int32(chunks), np.int32(1), np.int32(chunks)))
+
+
 def backward_bias(be, dy, g: ConvGeometry, version: Optional[int] = None):
     """db (K,) = dy (N, K, P, Q) summed over N, P, Q."""
     v = _pick(be, "conv2d_backward_bias", version)
-    t = ctype(dy.dtype)
+    (name, grid, block, extra, chunks), sum_chunks = _backward_bias_plan(g, v, ctype(dy.dtype))
     dy = be.contiguous(dy)
     db = be.empty((g.K,), dy.dtype)
-    pq = np.int32(g.P * g.Q)
-    if v == 1:
-        grid, block = grid_1d(g.K, BLOCK)
-        be.launch(be.function(FILE, f"conv2d_backward_bias_v1<{t}>"), grid, block,
-                  (dy, db, np.int32(g.N), np.int32(g.K), pq))
-        return db
-    chunks, chunk = bias_chunks(g)
     partial = db if chunks == 1 else be.empty((g.K, chunks), dy.dtype)
-    be.launch(be.function(FILE, f"conv2d_backward_bias_v2<{t}>"), (chunks, min(g.K, MAX_GRID_Y), 1),
-              (BLOCK, 1, 1), (dy, partial, np.int32(g.N), np.int32(g.K), pq, np.int32(chunk)))
-    if chunks > 1:
-        grid, block = grid_1d(g.K, BLOCK)
-        be.launch(be.function(FILE, f"conv2d_sum_splits<{t}>"), grid, block,
-                  (partial, db, np.int32(g.K), np.int32(chunks), np.int32(1), np.int32(chunks)))
+    be.launch(be.function(FILE, name), grid, block, (dy, partial) + extra)
+    if sum_chunks is not None:
+        name, grid, block, extra = sum_chunks
+        be.launch(be.function(FILE, name), grid, block, (partial, db) + extra)
     return db
 
 

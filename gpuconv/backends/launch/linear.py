@@ -21,7 +21,8 @@ DEFAULT_VERSIONS = {"linear_gemm": 2}
 _TYPES = ("float", "double")
 NAME_EXPRESSIONS = tuple(f"{k}_v1<{t}>" for k in ("gemm", "bias_add_rows", "column_sum") for t in _TYPES)
 
-TILE = 16  # GC_GEMM_TILE in linear.cu
+DEFINES = {"GC_GEMM_TILE": 16}  # rows and columns of gemm_v1's tile and block (-D option)
+TILE = DEFINES["GC_GEMM_TILE"]
 
 
 def _check_sizes(**sizes: int) -> None:

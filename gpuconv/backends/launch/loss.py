@@ -14,9 +14,11 @@ NAME_EXPRESSIONS = (tuple(f"softmax_cross_entropy_v{v}<{t}>" for v in (1, 2) for
                     + tuple(f"mean_reduce_v1<{t}>" for t in _TYPES)
                     + tuple(f"argmax_rows_v1<{t}>" for t in _TYPES))
 
-LOSS_BLOCK = 128       # GC_LOSS_BLOCK in loss.cu (v1 block size)
-ROWS_PER_BLOCK = 4     # v2: warps (rows) per block
-REDUCE_BLOCK = 256     # GC_REDUCE_BLOCK in loss.cu
+# Block sizes of the v1 loss kernel and of the batch-mean reduction (-D options to every compile).
+DEFINES = {"GC_LOSS_BLOCK": 128, "GC_REDUCE_BLOCK": 256}
+LOSS_BLOCK = DEFINES["GC_LOSS_BLOCK"]
+REDUCE_BLOCK = DEFINES["GC_REDUCE_BLOCK"]
+ROWS_PER_BLOCK = 4     # v2: warps (rows) per block, read by the kernel from blockDim.y
 
 
 def _check_logits(logits) -> None:

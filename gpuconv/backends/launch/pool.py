@@ -35,7 +35,8 @@ NAME_EXPRESSIONS = tuple(f"{op}_v{v}<{t}>" for op, vs in VERSIONS.items() for v 
                          for t in ("float", "double"))
 
 BLOCK = 256
-RUN = 4  # input cells per thread in the v2 backward kernels (GC_POOL_RUN in pool2d.cu)
+DEFINES = {"GC_POOL_RUN": 4}  # input cells per thread of the v2 backward kernels (-D option)
+RUN = DEFINES["GC_POOL_RUN"]
 
 
 def _geometry_args(g: PoolGeometry) -> tuple:

@@ -1,0 +1,265 @@
+// gpuconv implicit-GEMM machinery shared by the tiled conv kernels of conv2d.cu (forward v2 and
+// v4, backward-data v2, backward-filter v2): the tile shape, the per-step index table and its
+// entries, the global -> register -> shared loaders, the double-buffered step loop and the
+// forward epilogue. See the header of conv2d.cu for the design.
+//
+// Sizes that the host's launch code also uses are not defined here: they come as -D options from
+// DEFINES in gpuconv/backends/launch/conv.py (KernelBackend's compile options), so each number is
+// written once.
+#pragma once
+
+#include "common.cuh"
+
+#if !defined(GC_CONV_THREADS) || !defined(GC_CONV_MIN_BLOCKS) || !defined(GC_CONV_TILE_AREA) ||    \
+    !defined(GC_CONV_V3_KB) || !defined(GC_CONV_V3_CHUNK) || !defined(GC_CONV_V4_THREADS) ||      \
+    !defined(GC_CONV_V4_MIN_BLOCKS) || !defined(GC_CONV_V4_TILE)
+#error "compile with gpuconv's options: the GC_CONV_* sizes come from gpuconv/backends/launch/conv.py"
+#endif
+
+// GC_CONV_THREADS: threads of the tiled kernels. GC_CONV_MIN_BLOCKS: minimum resident blocks per
+// SM promised to ptxas (caps registers at 128 per thread). Naming it also matters: with a bare
+// __launch_bounds__(256) ptxas 13 picks a 32-register budget and spills. GC_CONV_TILE_AREA: BM * BN.
+
+// Marks an index-table entry or a loader row that must read zero: added to a window coordinate it
+// drives it far out of [0, H) without overflowing int32.
+#define GC_CONV_OFF_RANGE 0x20000000
+
+// ============================================================================================
+// Shared pieces of the tiled implicit-GEMM kernels
+// ============================================================================================
+
+template <typename T, int BN>
+struct ConvTile {
+    static constexpr int THREADS = GC_CONV_THREADS;
+    static constexpr int BM = GC_CONV_TILE_AREA / BN; // rows of the output tile
+    static constexpr int BK = 64 / (int)sizeof(T);   // reduction step: 16 floats, 8 doubles
+    static constexpr int PAD = 4;                    // rows stay gc_vec4-aligned; spreads banks
+    static constexpr int TM = BM / 4;                // threads along the rows
+    static constexpr int TN = BN / 4;                // threads along the columns
+    static constexpr int WM = TM < 8 ? TM : 8;       // lanes of a warp along the rows
+    static constexpr int WN = GC_WARP_SIZE / WM;     // ... and along the columns
+    static_assert(TM % WM == 0 && TN % WN == 0 && TM * TN == THREADS, "warp arrangement");
+
+    // Thread t's 4 x 4 register tile covers rows 4*tm.. and columns 4*tn.. of the output tile. The
+    // lanes of a warp form a WM x WN block of such tiles (8 x 4, or 4 x 8 for 16-row tiles), so
+    // each reduction row of conv_tile_multiply reads at most 8 distinct float4 of A and of B per
+    // warp, one shared-memory wavefront each; lanes laid 32 x 1 along the rows would read 32
+    // distinct float4 of A (four wavefronts) and one of B for the same 16 FMAs per thread.
+    __device__ __forceinline__ static void thread_tile(int t, int& tm, int& tn) {
+        const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
+        tm = (warp % (TM / WM)) * WM + lane % WM;
+        tn = (warp / (TM / WM)) * WN + lane / WM;
+    }
+};
+
+// Entry of the per-step index table. a, b, c are read by ConvLoader::gather (offset, window
+// displacements), d by ConvLoader::load_dense (offset, negative: none); each kernel fills them.
+struct alignas(16) ConvIdx {
+    int a, b, c, d;
+};
+
+template <typename T>
+__device__ __forceinline__ void conv_zero(T& v) {
+    v = T(0);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void conv_zero(T (&a)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) conv_zero(a[i]);
+}
+
+// acc[i][j] += sum over kk of As[kk][4*tm + i] * Bs[kk][4*tn + j]
+template <typename T, int BK, int LDA, int LDB>
+__device__ __forceinline__ void conv_tile_multiply(const T (*__restrict__ As)[LDA],
+                                                   const T (*__restrict__ Bs)[LDB],
+                                                   T (&acc)[4][4], int tm, int tn) {
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+        const gc_vec4<T> a = *reinterpret_cast<const gc_vec4<T>*>(&As[kk][4 * tm]);
+        const gc_vec4<T> b = *reinterpret_cast<const gc_vec4<T>*>(&Bs[kk][4 * tn]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] += a.v[i] * b.v[j];
+        }
+    }
+}
+
+// An index-table entry that reads zero: its window row -GC_CONV_OFF_RANGE is outside every image,
+// its dense offset -1 is none.
+__device__ __forceinline__ ConvIdx conv_idx_outside() {
+    ConvIdx e;
+    e.a = 0;
+    e.b = -GC_CONV_OFF_RANGE;
+    e.c = 0;
+    e.d = -1;
+    return e;
+}
+
+// The (c, r, s) decomposition of reduction index red of a (Cg, R, S) reduction: a = the x offset
+// c*H*W + r*dil_h*W + s*dil_w, b = r*dil_h, c = s*dil_w (window displacements), d = red (the
+// weight column); -1 when red is past the end.
+__device__ __forceinline__ ConvIdx conv_crs_entry(int red, int CRS, int RS, int S, int HW, int W,
+                                                  int dil_h, int dil_w) {
+    ConvIdx e;
+    if (red < CRS) {
+        const int c = red / RS, rs = red - c * RS;
+        const int r = rs / S, s = rs - r * S;
+        e.b = r * dil_h;
+        e.c = s * dil_w;
+        e.a = c * HW + e.b * W + e.c;
+        e.d = red;
+    } else {
+        e = conv_idx_outside();
+    }
+    return e;
+}
+
+// The window of output row m = (n, p, q) of the forward GEMM when inside, else conv_idx_outside():
+// a = x offset n*C*H*W + h0*W + w0 of its origin, (b, c) = (h0, w0), d = the y offset n*K*P*Q + p*Q + q.
+__device__ __forceinline__ ConvIdx conv_out_window(bool inside, int m, int PQ, int Q, int C, int K, int HW,
+                                                   int W, int stride_h, int stride_w, int pad_h, int pad_w) {
+    ConvIdx e;
+    if (inside) {
+        const int n = m / PQ, pq = m - n * PQ;
+        const int p = pq / Q, q = pq - p * Q;
+        e.b = p * stride_h - pad_h;
+        e.c = q * stride_w - pad_w;
+        e.a = n * C * HW + e.b * W + e.c;
+        e.d = n * K * PQ + pq;
+    } else {
+        e = conv_idx_outside();
+    }
+    return e;
+}
+
+// The identity conversion of ConvLoader::store.
+struct ConvCopy {
+    template <typename T>
+    __device__ __forceinline__ T operator()(T v) const { return v; }
+};
+
+// Global -> register -> shared loaders of one reduction step of BK rows, for NT threads, driven by
+// the step's index table tbl[BK]. The two operand tiles are stored k-major (tile[kk][column]):
+//   gathered (GCOLS columns): thread t owns column t % GCOLS and reduction rows kk = t / GCOLS +
+//       j * G_STEP; element kk is src[base + e.a] (e = tbl[kk]), zero unless the window cell
+//       (h0 + e.b, w0 + e.c) lies in [0, H) x [0, W); init sets base, h0, w0. (Backward-data fills
+//       g with its own gather: dy through the stride-divisibility predicate.)
+//   dense (DCOLS columns): element idx = t + j * NT is reduction row idx % BK of column
+//       idx / BK, src[e.d + (col0 + idx / BK) * ld], zero when e.d < 0 or the column >= ncols.
+template <typename T, int NT, int BK, int GCOLS, int DCOLS>
+struct ConvLoader {
+    static constexpr int G_STEP = NT / GCOLS;                 // rows one pass of the gather covers
+    static constexpr int G_PER = BK / G_STEP;                 // gathered elements per thread
+    static constexpr int D_PER = (DCOLS * BK + NT - 1) / NT;  // dense elements per thread
+    static constexpr bool D_FULL = DCOLS * BK % NT == 0;      // every thread's last one is in the tile
+    static_assert(NT % GCOLS == 0 && BK % G_STEP == 0, "gather layout");
+
+    int t, base, h0, w0;
+    T g[G_PER], d[D_PER];
+
+    __device__ __forceinline__ explicit ConvLoader(int thread)
+        : t(thread), base(0), h0(-GC_CONV_OFF_RANGE), w0(0) {}  // gathers zeros until init
+
+    // Gathered column = the window of an index-table-like entry e (conv_out_window of the forward
+    // GEMM's output row, conv_crs_entry of backward-filter's weight column).
+    __device__ __forceinline__ void init(const ConvIdx& e) {
+        base = e.a;
+        h0 = e.b;
+        w0 = e.c;
+    }
+
+    __device__ __forceinline__ void gather(const ConvIdx* tbl, const T* __restrict__ src, int H, int W) {
+#pragma unroll
+        for (int j = 0; j < G_PER; ++j) {
+            const ConvIdx e = tbl[t / GCOLS + j * G_STEP];
+            const int h = h0 + e.b, ww = w0 + e.c;
+            g[j] = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W) ? src[base + e.a] : T(0);
+        }
+    }
+
+    __device__ __forceinline__ void load_dense(const ConvIdx* tbl, const T* __restrict__ src, int col0,
+                                               int ncols, int ld) {
+#pragma unroll
+        for (int j = 0; j < D_PER; ++j) {
+            const int idx = t + j * NT;
+            const int off = tbl[idx % BK].d, col = col0 + idx / BK;
+            d[j] = ((D_FULL || idx < DCOLS * BK) && off >= 0 && col < ncols) ? src[off + col * ld] : T(0);
+        }
+    }
+
+    // The registers to shared tiles gs[BK][>= GCOLS] and ds[BK][>= DCOLS], each value through cvt.
+    template <int LDG, int LDD, typename Cvt = ConvCopy>
+    __device__ __forceinline__ void store(T (*gs)[LDG], T (*ds)[LDD], Cvt cvt = Cvt()) const {
+#pragma unroll
+        for (int j = 0; j < G_PER; ++j) gs[t / GCOLS + j * G_STEP][t % GCOLS] = cvt(g[j]);
+#pragma unroll
+        for (int j = 0; j < D_PER; ++j) {
+            const int idx = t + j * NT;
+            if (D_FULL || idx < DCOLS * BK) ds[idx % BK][idx / BK] = cvt(d[j]);
+        }
+    }
+};
+
+// The double-buffered main loop of the implicit GEMMs, one barrier per step: the global loads of
+// step s + 1 are issued, step s is multiplied while they are in flight, then they are stored to
+// the other buffer, and the index table of step s + 2 is filled into the table buffer step s is
+// done with. Callbacks:
+//   entry(i)     the table entry of index i = step * BK + slot of the reduction; an index past the
+//                end of the reduction must give an entry that reads zero (conv_idx_outside)
+//   load(buf)    global loads into registers for the step whose table is tbl[buf]
+//   store(buf)   registers to shared buffer buf;   multiply(buf): accumulate shared buffer buf
+// Nothing in the loop is conditional on the step: past the last step the tables hold entries that
+// read zero, so the extra load, store and fill of the last iteration touch no global memory. A
+// conditional load would be sunk by ptxas below the multiply (into the conditional store), and
+// nothing would be in flight while the multiply runs.
+template <int BK, typename Entry, typename Load, typename Store, typename Multiply>
+__device__ __forceinline__ void conv_gemm_steps(ConvIdx (*tbl)[BK], int n_steps, Entry entry, Load load,
+                                                Store store, Multiply multiply) {
+    const int t = threadIdx.x;
+    auto fill_table = [&](int buf, int step) {
+        if (t < BK) tbl[buf][t] = entry(step * BK + t);
+    };
+    if (n_steps <= 0) return;
+    fill_table(0, 0);
+    __syncthreads();
+    load(0);
+    store(0);
+    fill_table(1, 1);
+    __syncthreads();
+    for (int step = 0; step < n_steps; ++step) {
+        const int cur = step & 1, nxt = cur ^ 1;
+        load(nxt);
+        multiply(cur);
+        store(nxt);
+        fill_table(cur, step + 2);
+        __syncthreads();
+    }
+}
+
+// The step loop of the forward GEMMs (v2, v4) over the (c, r, s) reduction of group x xg and
+// weights wg: A = im2col(x) gathered by ld for its output row, B = the weights of output channels
+// [k0, Kg), k-major; store and multiply as for conv_gemm_steps.
+template <int BK, typename Loader, typename T, typename Store, typename Multiply>
+__device__ __forceinline__ void conv_forward_steps(ConvIdx (*tbl)[BK], Loader& ld, const T* __restrict__ xg,
+                                                   const T* __restrict__ wg, int k0, int Kg, int CRS, int RS,
+                                                   int S, int H, int W, int dil_h, int dil_w, Store store,
+                                                   Multiply multiply) {
+    const int HW = H * W;
+    conv_gemm_steps<BK>(
+        tbl, (CRS + BK - 1) / BK,
+        [&](int red) { return conv_crs_entry(red, CRS, RS, S, HW, W, dil_h, dil_w); },
+        [&](int buf) {
+            ld.gather(tbl[buf], xg, H, W);
+            ld.load_dense(tbl[buf], wg, k0, Kg, CRS);
+        },
+        store, multiply);
+}
+
+// Forward epilogue: y[n][kg][pq] = v, plus bias[kg] when has_bias.
+template <typename T>
+__device__ __forceinline__ void conv_store_y(T* __restrict__ y, const T* __restrict__ bias, int has_bias,
+                                             T v, int n, int pq, int kg, int K, int PQ) {
+    y[(n * K + kg) * PQ + pq] = has_bias ? v + bias[kg] : v;
+}
