@@ -12,7 +12,8 @@ trap 'rm -rf "$WORK"' EXIT
 # Build from a copy of the files git knows (tracked, or untracked and not ignored), so that no
 # leftover build/ directory of the checkout slips stale modules into the wheel.
 mkdir "$WORK/src"
-git -C "$ROOT" ls-files -z --cached --others --exclude-standard | (cd "$ROOT" && xargs -0 tar -cf - 2>/dev/null) | tar -xf - -C "$WORK/src"
+git -C "$ROOT" ls-files -z --cached --others --exclude-standard \
+    | tar -C "$ROOT" --null --ignore-failed-read -T - -cf - | tar -xf - -C "$WORK/src"
 "$PYTHON" -m pip wheel -q --no-deps -w "$WORK/dist" "$WORK/src"
 "$PYTHON" -m venv "$WORK/venv"
 PIP="$WORK/venv/bin/python -m pip"
