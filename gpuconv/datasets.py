@@ -197,10 +197,11 @@ def load_idx_dataset(directory: str | os.PathLike[str], dtype=np.float32, num_cl
                         num_classes)
 
 
-def load_dataset(data_dir: Optional[str] = None, dtype=np.float32) -> Dataset:
-    """The bundled digits (fixed split) when ``data_dir`` is None, else the IDX files in ``data_dir``."""
+def load_dataset(data_dir: Optional[str] = None, dtype=np.float32, seed: int = 0) -> Dataset:
+    """The bundled digits when ``data_dir`` is None, split into train and test by ``seed``
+    (``load_digits``), else the IDX files in ``data_dir``, which come split (``seed`` unused)."""
     if data_dir is None:
-        return load_digits(dtype=dtype)
+        return load_digits(seed=seed, dtype=dtype)
     return load_idx_dataset(data_dir, dtype=dtype)
 
 
