@@ -31,7 +31,6 @@ from .harness import (
     Timing,
     make_backend,
     record,
-    tolerance_for,
 )
 
 __all__ = ["BenchContext", "plan", "run_kernels", "summarize", "ROW_SCHEMA", "SUMMARY_SCHEMA"]
@@ -219,7 +218,7 @@ def _row(ctx: BenchContext, spec: PassSpec, cand: Candidate, tol: float, status:
 
 
 def _bench_spec(ctx: BenchContext, spec: PassSpec, timer, repeat: int, hw, log) -> List[Dict[str, Any]]:
-    tols = {id(c): tolerance_for(c.math, np.float32) for c in spec.candidates}
+    tols = {id(c): tolerances.tolerance_for(c.math, np.float32) for c in spec.candidates}
     checked = [(c, *_check(spec, c, tols[id(c)])) for c in spec.candidates]
     # a failing gpuconv version is not timed; a baseline outside its tolerance still is
     timed = [c for c, status, _, _ in checked

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import tolerances
 from . import report
-from .harness import INTEGER, NUMBER_OR_NULL, STRING, device, make_backend, record, tolerance_for
+from .harness import INTEGER, NUMBER_OR_NULL, STRING, device, make_backend, record
 
 __all__ = ["run_steps", "format_steps", "to_torch", "STEP_MODELS", "STEP_SCHEMA"]
 
@@ -180,7 +180,7 @@ def _verify_and_time(step: _GpuconvStep, graph, stream, timer, repeat: int) -> D
         step()
     stream.synchronize()
     rel = _max_rel(replayed, step.state())
-    if not tolerances.passes(rel, tolerance_for("fp32", np.float32)):
+    if not tolerances.passes(rel, tolerances.tolerance_for("fp32", np.float32)):
         return {"status": "failed", "rel_err": rel,
                 "note": f"graph replay differs from an eager step: rel err {rel:.3g}"}
     t = timer.throughput(lambda: graph.launch(stream), repeat, INNER_STEPS, stream=stream)
@@ -233,7 +233,7 @@ def run_steps(backend: str, baselines: Sequence[str], batch: int, repeat: int, t
             status = "ok" if math.isfinite(first_loss) else "failed"
             if k in torch_loss:
                 rel = abs(torch_loss[k] - first_loss) / abs(torch_loss[k])
-                ok = rel <= tolerance_for("tf32" if k == "torch-tf32" else "fp32", np.float32)
+                ok = rel <= tolerances.tolerance_for("tf32" if k == "torch-tf32" else "fp32", np.float32)
                 status = "ok" if ok else "mismatch"
             note = "first loss vs gpuconv's" if k in torch_loss else f"first loss {first_loss:.6g}"
             rows.append(_row(name, k, batch, status, note, t, rel))

@@ -23,11 +23,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .. import tolerances
 from ..backends import BACKEND_NAMES, Backend, resolve_backend
 
 __all__ = ["KERNEL_BACKENDS", "make_backend", "device", "timer_for", "device_attributes", "Timing",
-           "WallTimer", "CudaEventTimer", "PRECISIONS", "tolerance_for", "value", "record", "document",
+           "WallTimer", "CudaEventTimer", "value", "record", "document",
            "list_of", "STRING", "INTEGER", "NUMBER", "BOOLEAN", "OBJECT", "NUMBER_OR_NULL", "STRING_OR_NULL",
            "schema_errors", "validate", "write_json"]
 
@@ -203,21 +202,6 @@ class CudaEventTimer:
 
 
 # ---- tolerances ---------------------------------------------------------------------------------
-PRECISIONS = ("fp32", "tf32")
-
-
-def tolerance_for(precision: str, dtype=np.float32) -> float:
-    """The relative tolerance of a result computed at ``precision`` in ``dtype``: "tf32" for
-    operands rounded to TF32 (kernel versions a launch module lists in its PRECISION table, the
-    torch-tf32 baseline), "fp32" for the dtype's own precision. The numbers are those of
-    ``gpuconv.tolerances``."""
-    if precision == "tf32":
-        return tolerances.TF32_RTOL
-    if precision == "fp32":
-        return tolerances.tolerance(dtype)
-    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-
-
 # ---- JSON documents -----------------------------------------------------------------------------
 Schema = Dict[str, Any]
 _TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list,

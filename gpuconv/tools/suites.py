@@ -150,17 +150,44 @@ def pool_cost(g: PoolGeometry, kind: str, pass_name: str, itemsize: int = 4) -> 
 
 @dataclass(frozen=True)
 class Hardware:
-    """Peak rates of one GPU: FP32 (FFMA) and TF32 tensor-core FLOP/s, copy bandwidth in bytes/s."""
+    """Peak rates of one GPU: FP32 (FFMA) and TF32 tensor-core FLOP/s, copy bandwidth in bytes/s.
+
+    The fields after ``bandwidth`` describe the chip for the time model of ``gpuconv profile``
+    (``gpuconv.profiler.model``; sources and assumptions in docs/profiling.md): ``arch`` (the
+    SASS it runs), ``sms``, ``clock_hz`` (the boost clock of the FP32 peak), ``dram_bandwidth``
+    (published peak, bytes/s), ``l2_bytes``, ``l2_bytes_per_clock`` (L2 read bandwidth per clock;
+    ``l2_published`` False where NVIDIA publishes none and the A100's figure is assumed),
+    ``smem_bytes_per_clock`` (per SM: 32 banks of 4 bytes) and ``issue_per_clock`` (warp
+    instructions per SM per clock: four schedulers, one each).
+    """
 
     name: str
     fp32_flops: float
     tf32_flops: float
     bandwidth: float
+    arch: str = "sm_90"
+    sms: int = 0
+    clock_hz: float = 0.0
+    dram_bandwidth: float = 0.0
+    l2_bytes: int = 0
+    l2_bytes_per_clock: int = 0
+    l2_published: bool = False
+    smem_bytes_per_clock: int = 128
+    issue_per_clock: int = 4
 
 
+# bandwidth: the floor's copy rate, about 90 % of the published DRAM bandwidth (dram_bandwidth).
 HARDWARE: Dict[str, Hardware] = {
-    "H100": Hardware("NVIDIA H100 SXM", 66.9e12, 494.7e12, 3.0e12),
-    "H200": Hardware("NVIDIA H200", 66.9e12, 494.7e12, 4.3e12),
+    "H100": Hardware("NVIDIA H100 SXM", 66.9e12, 494.7e12, 3.0e12, arch="sm_90", sms=132, clock_hz=1.98e9,
+                     dram_bandwidth=3.35e12, l2_bytes=50 * 2**20, l2_bytes_per_clock=5120),
+    "H200": Hardware("NVIDIA H200", 66.9e12, 494.7e12, 4.3e12, arch="sm_90", sms=132, clock_hz=1.98e9,
+                     dram_bandwidth=4.8e12, l2_bytes=50 * 2**20, l2_bytes_per_clock=5120),
+    "A100": Hardware("NVIDIA A100 SXM 80GB", 19.5e12, 156e12, 0.9 * 2.039e12, arch="sm_80", sms=108,
+                     clock_hz=1.41e9, dram_bandwidth=2.039e12, l2_bytes=40 * 2**20, l2_bytes_per_clock=5120,
+                     l2_published=True),
+    "RTX4090": Hardware("NVIDIA GeForce RTX 4090", 82.6e12, 82.6e12, 0.9 * 1.008e12, arch="sm_89", sms=128,
+                        clock_hz=2.52e9, dram_bandwidth=1.008e12, l2_bytes=72 * 2**20,
+                        l2_bytes_per_clock=5120),
 }
 
 
