@@ -189,20 +189,6 @@ def test_bench_emulator_checks_every_version(tmp_path, capsys):
 
 
 # ---- training steps -------------------------------------------------------------------------------------
-def test_torch_conversion_matches_the_model(monkeypatch):
-    torch = pytest.importorskip("torch")
-    from gpuconv.backends import use_backend
-    from gpuconv.models import build_model
-    rng = np.random.default_rng(0)
-    for name, (c, size) in (("lenet", (1, 8)), ("resnet20", (3, 8))):
-        with use_backend("numpy"):
-            model = build_model(name, c, size, 10, seed=3, dtype=np.float64)
-            x = rng.standard_normal((2, c, size, size))
-            ours = model.forward(x)
-        theirs = bench_step.to_torch(model, torch.nn)(torch.from_numpy(x)).detach().numpy()
-        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
-
-
 def test_step_bench_on_numpy_runs_eager_and_torch(monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.setattr(bench_step, "STEP_MODELS", {"lenet": (1, 28)})

@@ -14,13 +14,16 @@ from gpuconv import datasets
 from gpuconv.tools import bench, check, cli, train
 
 REPO = Path(cli.__file__).resolve().parents[2]
-COMMANDS = [c.add_parser.__module__.rsplit(".", 1)[1] for c in cli.COMMANDS]
 
 
 def subparsers() -> dict:
+    """Command name -> its parser."""
     parser = cli.build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(action.choices)
+
+
+COMMANDS = sorted(subparsers())
 
 
 def help_text(capsys, *argv: str) -> str:
@@ -41,8 +44,8 @@ def test_help_is_plain_words(command, capsys):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_option_shows_its_default(command):
     for action in subparsers()[command]._actions:
-        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
-            continue
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)) or not action.option_strings:
+            continue                                              # positionals have no default
         assert action.help and "default" in action.help, f"{command} {action.option_strings}: {action.help!r}"
 
 
@@ -90,6 +93,10 @@ REFUSED = [
     (["check", "--batch", "0"], "batch must be >= 1"),
     (["check", "--backends", "numpy,numpy"], "two different backends"),
     (["train", "--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
+    (["train", "--lr-gamma", "0.5"], "--lr-gamma applies to --schedule step only"),
+    (["train", "--lr-step-epochs", "2", "--schedule", "constant"],
+     "--lr-step-epochs applies to --schedule step"),
+    (["train", "--epochs", "3", "--stop-after", "1"], "--stop-after ends a run early"),
     (["train", "--optimizer", "sgd", "--momentum", "1.5"], "--momentum must lie in [0, 1)"),
     (["train", "--json", "out", "--plot", "out"], "--json and --plot name the same file"),
     (["train", "--log", "/nonexistent/dir/run.log"], "--log: directory"),
@@ -152,9 +159,9 @@ def test_train_seed_reaches_the_split(monkeypatch):
     seen = []
     real = datasets.load_dataset
 
-    def spy(data_dir=None, dtype=np.float32, seed=0):
+    def spy(data_dir=None, seed=0, **kwargs):
         seen.append(seed)
-        return real(data_dir, dtype=dtype, seed=seed)
+        return real(data_dir, seed=seed, **kwargs)
 
     monkeypatch.setattr(datasets, "load_dataset", spy)
     cfg = train.TrainConfig(backend="numpy", epochs=1, batch_size=512, seed=3, quiet=True)

@@ -15,11 +15,12 @@ import jsonschema
 import pytest
 from documents import check_document
 
-from gpuconv.tools import bench, bench_kernels, bench_step, check, profile, report, train
+from gpuconv.tools import bench, bench_kernels, bench_step, check, evaluate, predict, profile, report, train
 from gpuconv.tools.harness import schema_errors
 
 DOCUMENTS = {"train": train.METRICS_SCHEMA, "check": check.CHECK_SCHEMA, "bench": bench.BENCH_SCHEMA,
-             "profile": profile.PROFILE_SCHEMA}
+             "profile": profile.PROFILE_SCHEMA, "eval": evaluate.EVAL_SCHEMA,
+             "predict": predict.PREDICT_SCHEMA}
 SCHEMAS = {**DOCUMENTS, "check-set": check.CHECK_SET_SCHEMA, "bench row": bench_kernels.ROW_SCHEMA,
            "bench step": bench_step.STEP_SCHEMA, "profile row": profile.ROW_SCHEMA,
            "environment": report.ENVIRONMENT_SCHEMA}

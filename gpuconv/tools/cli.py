@@ -16,11 +16,11 @@ from typing import List, Optional
 
 from .. import __version__
 from ..backends import BackendUnavailable
-from . import bench, check, info, profile, train
+from . import bench, check, evaluate, info, predict, profile, train
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (train, info, check, bench, profile)
+COMMANDS = (train, evaluate, predict, info, check, bench, profile)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,10 +1,18 @@
-"""``gpuconv train``: train a model from the zoo on the bundled digits or on MNIST-style IDX files.
+"""``gpuconv train``: train a model from the zoo on the bundled digits, MNIST-style IDX files or
+CIFAR-10/100 (``gpuconv.datasets.load_dataset`` detects which a ``--data`` directory holds).
 
 Prints one line per epoch (loss, train/test accuracy, samples/s) to stdout and the progress of
 the epoch to stderr (``gpuconv.tools.progress``: a live bar on a terminal, a plain line now and
 then elsewhere, nothing with ``--quiet``); ``--log FILE`` appends the same lines to a file.
 ``--json FILE`` writes the final metrics as a document following ``METRICS_SCHEMA`` (a JSON
 Schema, checked by ``validate_metrics``).
+
+``--save CKPT`` writes a checkpoint at the end of every epoch (``gpuconv.nn.save_checkpoint``:
+model, optimizer, learning-rate schedule, epochs done, data-order seed, dropout generators, and
+the run's settings and history in ``meta``). ``--resume CKPT`` continues that run where it stopped,
+so training 2 epochs and resuming for 2 more gives the weights of 4 epochs straight, bit for bit;
+``--stop-after N`` ends an invocation after epoch N of a longer run (the schedule still spans
+``--epochs``).
 """
 from __future__ import annotations
 
@@ -14,24 +22,23 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from .. import datasets, nn, optim
-from ..backends import BACKEND_NAMES, cuda_unavailable_reason, resolve_backend, use_backend
+from .. import datasets, nn, optim, schedules
+from ..backends import BACKEND_NAMES, auto_choice, resolve_backend, use_backend
 from ..models import MODEL_NAMES, build_model
 from . import plots, report
 from .harness import INTEGER, NUMBER, STRING, document, list_of, record, validate, value, write_json
 from .progress import Reporter
 
-__all__ = ["TrainConfig", "train", "evaluate", "add_parser", "run", "METRICS_SCHEMA", "validate_metrics",
-           "DEFAULT_LR", "DEFAULT_MOMENTUM"]
+__all__ = ["TrainConfig", "train", "evaluate", "make_schedule", "add_parser", "run", "METRICS_SCHEMA",
+           "validate_metrics", "DEFAULT_LR", "RUN_SETTINGS"]
 
 SCHEMA_ID = "gpuconv-train/1"
 DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05}
-DEFAULT_MOMENTUM = 0.9      # SGD's; Adam has no momentum setting
 EVAL_BATCH = 1000
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "step")
 
 _FRACTION = value("number", minimum=0.0, maximum=1.0)
 _EPOCH = record({"epoch": INTEGER, "train_loss": NUMBER, "train_accuracy": _FRACTION, "test_loss": NUMBER,
@@ -69,16 +76,36 @@ class TrainConfig:
     batch_size: int = 32
     lr: Optional[float] = None
     optimizer: str = "adam"
-    momentum: Optional[float] = None      # SGD only; None: DEFAULT_MOMENTUM
+    momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    warmup_epochs: int = 0
+    lr_step_epochs: Optional[int] = None
+    lr_gamma: float = 0.1
     seed: int = 0
     data: Optional[str] = None
+    num_classes: Optional[int] = None
     save: Optional[str] = None
     json: Optional[str] = None
     plot: Optional[str] = None
     log: Optional[str] = None
     quiet: bool = False
+    resume: Optional[str] = None
+    stop_after: Optional[int] = None
+
+    @classmethod
+    def resuming(cls, path: str, **overrides: Any) -> TrainConfig:
+        """The settings of the run checkpointed at ``path``, continuing it: ``overrides`` may set
+        where and how it runs (backend, data directory, outputs, ``stop_after``, and ``epochs``
+        when the schedule has no fixed length), and must equal the checkpoint's other settings."""
+        saved = _saved_settings(nn.read_checkpoint(path))
+        for key, given in overrides.items():
+            if key in RUN_SETTINGS and key not in ("epochs", "data") and given != saved[key]:
+                raise ValueError(f"--{key.replace('_', '-')} cannot change on --resume: the run in "
+                                 f"{path} uses {saved[key]!r}, not {given!r}")
+        settings = dict(saved, save=path)
+        settings.update(overrides)
+        return cls(**settings, resume=path)
 
     def validate(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -94,13 +121,24 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"--warmup-epochs must lie in [0, --epochs={self.epochs}), got "
+                             f"{self.warmup_epochs}")
+        if self.lr_step_epochs is not None and self.lr_step_epochs < 1:
+            raise ValueError(f"--lr-step-epochs must be >= 1, got {self.lr_step_epochs}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"--num-classes must be >= 2, got {self.num_classes}")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.epochs:
+            raise ValueError(f"--stop-after must lie in [1, --epochs={self.epochs}], got {self.stop_after}")
+        if self.stop_after is not None and self.save is None:
+            raise ValueError("--stop-after ends a run early to continue it with --resume, which needs the "
+                             "checkpoint that --save CKPT writes")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
-        if self.momentum is not None:
-            if self.optimizer != "sgd":
-                raise ValueError(f"--momentum applies to --optimizer sgd only, not {self.optimizer}")
-            if not 0 <= self.momentum < 1:
-                raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if not self.weight_decay >= 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.seed < 0:
@@ -139,14 +177,76 @@ def evaluate(model: nn.Module, split: datasets.Split, backend, batch_size: int =
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> optim.Optimizer:
     lr = DEFAULT_LR[cfg.optimizer] if cfg.lr is None else cfg.lr
     if cfg.optimizer == "sgd":
-        momentum = DEFAULT_MOMENTUM if cfg.momentum is None else cfg.momentum
-        return optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=cfg.weight_decay)
+        return optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
 
+def make_schedule(cfg: TrainConfig, opt: optim.Optimizer, steps_per_epoch: int) -> schedules.Schedule:
+    """The learning-rate schedule of ``cfg`` in optimizer steps: ``--warmup-epochs`` of linear
+    warm-up, then cosine decay to 0 over the remaining epochs, a constant rate, or the rate times
+    ``--lr-gamma`` every ``--lr-step-epochs`` (default a third of ``--epochs``)."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if cfg.schedule == "cosine":
+        after: schedules.Schedule = schedules.Cosine(opt, total_steps=cfg.epochs * steps_per_epoch - warmup)
+    elif cfg.schedule == "step":
+        after = schedules.StepDecay(opt, step_size=_step_epochs(cfg) * steps_per_epoch, gamma=cfg.lr_gamma)
+    else:
+        after = schedules.Constant(opt)
+    return schedules.LinearWarmup(opt, warmup, then=after) if warmup else after
+
+
+def _step_epochs(cfg: TrainConfig) -> int:
+    return cfg.lr_step_epochs or max(1, cfg.epochs // 3)
+
+
+# The settings that define a run (a checkpoint keeps them; --resume takes them from it).
+RUN_SETTINGS = ("model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule",
+                "warmup_epochs", "lr_step_epochs", "lr_gamma", "seed", "data", "num_classes")
+
+
+def _saved_settings(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    settings = ckpt["meta"].get("settings")
+    if ckpt["epoch"] is None or not isinstance(settings, dict) or set(settings) != set(RUN_SETTINGS):
+        raise ValueError(f"checkpoint {ckpt['path']} holds no resumable training run (write one with "
+                         f"gpuconv train --save)")
+    return settings
+
+
+def _check_resumable(cfg: TrainConfig, ckpt: Dict[str, Any], schedule: schedules.Schedule) -> None:
+    saved = _saved_settings(ckpt)
+    for key in RUN_SETTINGS:
+        if key not in ("epochs", "data") and getattr(cfg, key) != saved[key]:
+            raise ValueError(f"--{key.replace('_', '-')} is {getattr(cfg, key)!r} but the run in "
+                             f"{cfg.resume} uses {saved[key]!r}")
+    if cfg.epochs != saved["epochs"] and schedule.horizon is not None:
+        raise ValueError(f"--epochs cannot change on --resume with the {cfg.schedule} schedule: it spans "
+                         f"the run's {saved['epochs']} epochs (use --stop-after to end a run early)")
+    done = ckpt["epoch"]
+    if done >= (cfg.stop_after or cfg.epochs):
+        raise ValueError(f"the run in {cfg.resume} has already done {done} of {cfg.epochs} epochs; "
+                         f"nothing to resume" + ("" if schedule.horizon is not None else
+                                                 " (pass a larger --epochs to train on)"))
+
+
+def _check_data_fits(meta: Dict[str, Any], dataset: datasets.Dataset, where: str) -> None:
+    mine = {"in_channels": dataset.in_channels, "image_size": dataset.image_size,
+            "num_classes": dataset.num_classes}
+    theirs = {k: meta.get(k) for k in mine}
+    if mine != theirs:
+        raise ValueError(f"the data ({dataset.name}: {mine}) does not fit the model in {where} ({theirs})")
+
+
+def _announce_backend(cfg: TrainConfig, rep: Reporter) -> None:
+    if cfg.backend == "auto":
+        name, why = auto_choice()
+        if name != "cuda":
+            rep.note(f"gpuconv: backend auto -> {name} ({why})")
+
+
 def train(cfg: TrainConfig, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> Dict[str, Any]:
-    """Run one training; return the final metrics (METRICS_SCHEMA) and write --json/--save/--plot.
-    Reports go to ``out`` and ``err`` (default: sys.stdout and sys.stderr) and to the --log file."""
+    """Run one training (or continue one: ``cfg.resume``); return the final metrics
+    (METRICS_SCHEMA) and write --json/--save/--plot. Reports go to ``out`` and ``err`` (default:
+    sys.stdout and sys.stderr) and to the --log file."""
     cfg.validate()
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(open(cfg.log, "a", encoding="utf-8")) if cfg.log is not None else None
@@ -158,11 +258,9 @@ def train(cfg: TrainConfig, out: Optional[TextIO] = None, err: Optional[TextIO] 
 def _train(cfg: TrainConfig, rep: Reporter) -> Dict[str, Any]:
     t_start = time.perf_counter()
     env = report.environment()
-    if cfg.backend == "auto":
-        reason = cuda_unavailable_reason()
-        if reason:
-            rep.note(f"gpuconv: backend auto -> numpy ({reason})")
-    dataset = datasets.load_dataset(cfg.data, seed=cfg.seed)
+    ckpt = None if cfg.resume is None else nn.read_checkpoint(cfg.resume)
+    _announce_backend(cfg, rep)
+    dataset = datasets.load_dataset(cfg.data, num_classes=cfg.num_classes, seed=cfg.seed)
     backend = resolve_backend(cfg.backend)
     history: List[Dict[str, Any]] = []
     with use_backend(backend):
@@ -173,10 +271,18 @@ def _train(cfg: TrainConfig, rep: Reporter) -> Dict[str, Any]:
         train_time = 0.0
         n_train = len(dataset.train)
         n_batches = -(-n_train // cfg.batch_size)
-        base_lr, total_steps, step = opt.lr, cfg.epochs * n_batches, 0
-        rep.say(f"training {cfg.model} ({model.num_parameters()} parameters) on {dataset.name} "
-                f"({n_train} train / {len(dataset.test)} test) with backend {backend.describe()}")
-        for epoch in range(1, cfg.epochs + 1):
+        schedule = make_schedule(cfg, opt, n_batches)
+        base_lr, first = schedule.base_lr, 1
+        if ckpt is not None:
+            _check_resumable(cfg, ckpt, schedule)
+            _check_data_fits(ckpt["meta"], dataset, cfg.resume)
+            nn.restore_checkpoint(ckpt, model, opt, schedule)
+            history, first = list(ckpt["meta"]["history"]), ckpt["epoch"] + 1
+        last_epoch = cfg.stop_after or cfg.epochs
+        rep.say(f"{'resuming' if ckpt else 'training'} {cfg.model} ({model.num_parameters()} "
+                f"parameters) on {dataset.name} ({n_train} train / {len(dataset.test)} test) with "
+                f"backend {backend.describe()}" + (f" at epoch {first}" if ckpt else ""))
+        for epoch in range(first, last_epoch + 1):
             model.train()
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
@@ -184,13 +290,11 @@ def _train(cfg: TrainConfig, rep: Reporter) -> Dict[str, Any]:
                 for xb, yb in datasets.iterate_batches(dataset.train.images, dataset.train.labels,
                                                        cfg.batch_size, shuffle=True, seed=cfg.seed,
                                                        epoch=epoch):
-                    if cfg.schedule == "cosine":
-                        opt.lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-                    step += 1
                     logits = model.forward(backend.asarray(xb))
                     loss = loss_fn.forward(logits, backend.asarray(yb))
                     model.backward(loss_fn.backward())
                     opt.step()
+                    schedule.step()
                     loss_sum += float(backend.to_numpy(loss)) * len(yb)
                     correct += int((backend.to_numpy(logits).argmax(axis=1) == yb).sum())
                     seen += len(yb)
@@ -211,23 +315,20 @@ def _train(cfg: TrainConfig, rep: Reporter) -> Dict[str, Any]:
                     f"train acc {100 * rec['train_accuracy']:6.2f}%  "
                     f"test acc {100 * test_acc:6.2f}%  test loss {test_loss:.4f}  "
                     f"{rec['samples_per_second']:8.0f} samples/s")
+            if cfg.save is not None:
+                nn.save_checkpoint(cfg.save, model, opt, schedule, epoch=epoch, data_seed=cfg.seed,
+                                   meta=_checkpoint_meta(cfg, dataset, history, backend.name))
         last = history[-1]
         metrics: Dict[str, Any] = {
             "schema": SCHEMA_ID, "environment": env, "model": cfg.model, "backend": backend.name,
             "dataset": dataset.name,
             "optimizer": cfg.optimizer, "lr": base_lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "epochs": cfg.epochs, "num_parameters": model.num_parameters(), "train_samples": n_train,
+            "epochs": len(history), "num_parameters": model.num_parameters(), "train_samples": n_train,
             "test_samples": len(dataset.test), "test_accuracy": last["test_accuracy"],
             "test_loss": last["test_loss"], "train_loss": last["train_loss"],
             "train_accuracy": last["train_accuracy"],
             "wall_seconds": time.perf_counter() - t_start,
-            "samples_per_second": n_train * cfg.epochs / train_time, "history": history}
-        if cfg.save is not None:
-            summary = {k: v for k, v in metrics.items() if k not in ("history", "environment")}
-            nn.save_checkpoint(cfg.save, model, opt, meta={
-                "model": cfg.model, "in_channels": dataset.in_channels, "image_size": dataset.image_size,
-                "num_classes": dataset.num_classes, "mean": dataset.mean, "std": dataset.std,
-                "metrics": summary})
+            "samples_per_second": n_train * (last_epoch - first + 1) / train_time, "history": history}
     validate_metrics(metrics)
     if cfg.json is not None:
         write_json(cfg.json, metrics, METRICS_SCHEMA)
@@ -239,46 +340,78 @@ def _train(cfg: TrainConfig, rep: Reporter) -> Dict[str, Any]:
     return metrics
 
 
+def _checkpoint_meta(cfg: TrainConfig, dataset: datasets.Dataset, history: List[Dict[str, Any]],
+                     backend: str) -> Dict[str, Any]:
+    """What ``eval``, ``predict`` and ``--resume`` need besides the arrays: the model's input
+    (shape, classes, the standardisation of raw pixels), the run's settings and its history."""
+    settings = {k: getattr(cfg, k) for k in RUN_SETTINGS}
+    settings["data"] = None if cfg.data is None else os.path.abspath(cfg.data)
+    settings["lr"] = DEFAULT_LR[cfg.optimizer] if cfg.lr is None else cfg.lr     # defaults resolved,
+    settings["lr_step_epochs"] = _step_epochs(cfg)                                 # so --epochs may grow
+    return {"model": cfg.model, "in_channels": dataset.in_channels, "image_size": dataset.image_size,
+            "num_classes": dataset.num_classes, "pixel_scale": dataset.scale, "mean": dataset.mean,
+            "std": dataset.std, "dataset": dataset.name, "backend": backend, "settings": settings,
+            "history": history, "metrics": history[-1]}
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``train`` on an argparse subparsers object."""
     d = TrainConfig()
     p = subparsers.add_parser(
         "train", help="train a CNN (default: LeNet on the bundled 8x8 digits)",
-        description="Train a model from the zoo on the bundled 8x8 digits (default) or on MNIST-style "
-                    "IDX files. Prints one line per epoch, and the progress of the epoch: a live bar "
-                    "with rate, time left and running loss on a terminal, a plain line at most every "
-                    "10 s and 10% of an epoch when standard error is not a terminal.")
-    p.add_argument("--model", choices=MODEL_NAMES, default=d.model, help="architecture (default %(default)s)")
+        description="Train a model from the zoo on the bundled 8x8 digits (default), MNIST-style IDX "
+                    "files or CIFAR-10/100, or continue a run with --resume. Prints one line per epoch, "
+                    "and the progress of the epoch: a live bar with rate, time left and running loss "
+                    "on a terminal, a plain line at most every 10 s and 10% of an epoch when standard "
+                    "error is not a terminal.")
+    # Run settings default to None here so that --resume can tell which ones were given.
+    p.add_argument("--model", choices=MODEL_NAMES, default=None, help=f"architecture (default {d.model})")
     p.add_argument("--backend", choices=BACKEND_NAMES + ("auto",), default=d.backend,
-                   help="where to run; auto = cuda when a GPU is usable, else numpy (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs,
-                   help="passes over the training set (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="images per training step (default %(default)s)")
-    p.add_argument("--optimizer", choices=optim.OPTIMIZER_NAMES, default=d.optimizer,
-                   help="how the weights are updated: sgd (with momentum) or adam (default %(default)s)")
+                   help="where to run; auto = $GPUCONV_BACKEND when set, else cuda when a GPU is usable, "
+                        "else numpy (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"length of the run in passes over the training set (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per training step (default {d.batch_size})")
+    p.add_argument("--optimizer", choices=optim.OPTIMIZER_NAMES, default=None,
+                   help=f"how the weights are updated: sgd (with momentum) or adam (default {d.optimizer})")
     p.add_argument("--lr", type=float, default=None,
-                   help=f"learning rate at the start of the run (default {DEFAULT_LR['adam']} for adam, "
-                        f"{DEFAULT_LR['sgd']} for sgd)")
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
-                   help="learning rate over the run: cosine decay to 0 at the last step, or constant "
-                        "(default %(default)s)")
+                   help=f"base learning rate (default {DEFAULT_LR['adam']} for adam, {DEFAULT_LR['sgd']} "
+                        f"for sgd)")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help=f"learning rate after the warm-up: cosine decay to 0 at the last step, constant, "
+                        f"or step decay (default {d.schedule})")
+    p.add_argument("--warmup-epochs", type=int, default=None, metavar="N",
+                   help=f"linear warm-up: the rate rises in equal steps to lr over the first N epochs "
+                        f"(default {d.warmup_epochs})")
+    p.add_argument("--lr-step-epochs", type=int, default=None, metavar="N",
+                   help="with --schedule step: multiply the rate by --lr-gamma every N epochs (default a "
+                        "third of --epochs)")
+    p.add_argument("--lr-gamma", type=float, default=None,
+                   help=f"with --schedule step: the factor (default {d.lr_gamma})")
     p.add_argument("--momentum", type=float, default=None,
-                   help=f"momentum of --optimizer sgd, in [0, 1) (default {DEFAULT_MOMENTUM}; not accepted "
-                        f"with adam)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="L2 weight decay added to every gradient (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="seeds the initial weights, the order of the training images in every epoch "
-                        "and, for the bundled digits, which images form the test set (IDX files come "
-                        "split) (default %(default)s)")
+                   help=f"momentum of --optimizer sgd, in [0, 1) (default {d.momentum}; refused with adam)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"L2 weight decay added to every gradient (default {d.weight_decay})")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seeds the initial weights, the order of the training images in every epoch "
+                        f"and, for the bundled digits, which images form the test set (IDX and CIFAR "
+                        f"files come split) (default {d.seed})")
     p.add_argument("--data", metavar="DIR", default=None,
-                   help="directory with MNIST or Fashion-MNIST IDX files (train-images-idx3-ubyte, "
-                        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each "
-                        "optionally gzipped) (default: the bundled 8x8 digits, 1438 train / 359 test)")
-    p.add_argument("--save", metavar="PATH", default=None,
-                   help="write the trained model and optimizer state to this .npz checkpoint "
-                        "(default: not saved)")
+                   help="directory with MNIST-style IDX files (train-images-idx3-ubyte or "
+                        "train-images.idx3-ubyte, train-labels..., t10k-... or test-..., gzip or not; also "
+                        "in raw/ or torchvision's MNIST/raw) or CIFAR-10/100 (python or binary version) "
+                        "(default: the bundled 8x8 digits, 1438 train / 359 test)")
+    p.add_argument("--num-classes", type=int, default=None, metavar="N",
+                   help="output classes (default: from the labels)")
+    p.add_argument("--save", metavar="CKPT", default=None,
+                   help="write a checkpoint (.npz) after every epoch (default: none; with --resume: CKPT)")
+    p.add_argument("--resume", metavar="CKPT", default=None,
+                   help="continue the run saved in CKPT, with its settings; --epochs may grow only with "
+                        "a constant or step schedule (default: a new run)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                   help="end this invocation after epoch EPOCH of the run, to continue with --resume "
+                        "(default: run to the end)")
     p.add_argument("--json", metavar="FILE", default=None,
                    help=f"write the final metrics, every epoch and the environment as JSON, schema "
                         f"{SCHEMA_ID} (default: not written)")
@@ -294,12 +427,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+# Options that only one choice of another option uses: given with any other, they are refused.
+_ONLY_WITH = {"momentum": ("optimizer", "sgd"), "lr_step_epochs": ("schedule", "step"),
+              "lr_gamma": ("schedule", "step")}
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``gpuconv train``; returns the exit status."""
-    cfg = TrainConfig(model=args.model, backend=args.backend, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                      momentum=args.momentum, schedule=args.schedule, weight_decay=args.weight_decay,
-                      seed=args.seed, data=args.data, save=args.save, json=args.json, plot=args.plot,
-                      log=args.log, quiet=args.quiet)
+    names = {f.name for f in fields(TrainConfig)} - {"resume"}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    cfg = TrainConfig.resuming(args.resume, **given) if args.resume else TrainConfig(**given)
+    for name, (other, needed) in _ONLY_WITH.items():
+        if name in given and getattr(cfg, other) != needed:
+            raise ValueError(f"--{name.replace('_', '-')} applies to --{other} {needed} only, not "
+                             f"{getattr(cfg, other)}")
     train(cfg)
     return 0
