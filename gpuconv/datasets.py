@@ -308,13 +308,14 @@ def detect_format(directory: str | os.PathLike[str]) -> str:
 
 
 def load_dataset(data_dir: Optional[str] = None, dtype=np.float32,
-                 num_classes: Optional[int] = None) -> Dataset:
-    """The bundled digits (fixed split) when ``data_dir`` is None, else the data set in
-    ``data_dir``, IDX or CIFAR, as ``detect_format`` finds it."""
+                 num_classes: Optional[int] = None, seed: int = 0) -> Dataset:
+    """The bundled digits when ``data_dir`` is None, split into train and test by ``seed``
+    (``load_digits``), else the data set in ``data_dir``, IDX or CIFAR, as ``detect_format`` finds
+    it; those come split (``seed`` unused)."""
     if data_dir is None:
         if num_classes is not None:
             check_num_classes(num_classes, 10, "the bundled digits")
-        digits = load_digits(dtype=dtype)
+        digits = load_digits(seed=seed, dtype=dtype)
         return digits if num_classes is None else replace(digits, num_classes=int(num_classes))
     fmt = detect_format(data_dir)
     if fmt == "idx":

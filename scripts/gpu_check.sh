@@ -108,8 +108,8 @@ export PY TMP
 run_stage check "$T_CHECK" "$LOG" bash -c check_all
 
 # -- bench ------------------------------------------------------------------------------------------
-# The chart needs matplotlib, which a GPU machine may lack: without it the stage would fail after
-# its measurements were written, so the chart is asked for only where matplotlib imports.
+# The chart needs matplotlib, which a GPU machine may lack: without it the stage would be refused
+# before measuring anything, so the chart is asked for only where matplotlib imports.
 PLOT=()
 if "$PY" -c "import matplotlib" >/dev/null 2>&1; then
     PLOT=(--plot "$OUT/bench.png")

@@ -119,7 +119,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("info", help="backends, GPU, CUDA and library versions",
                               description="Report which backends can run here, the GPU and CUDA "
                                           "versions, and the versions of Python and libraries.")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON instead of text (default: text)")
     p.set_defaults(func=run)
     return p
 
