@@ -14,7 +14,7 @@ architecture, and used by ``state_dict``/``load_state_dict`` and checkpoints.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Iterator, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -42,13 +42,46 @@ def to_host(a) -> np.ndarray:
 
 
 class Parameter:
-    """A trainable array and its gradient (None until a backward pass sets it)."""
+    """A trainable array and its gradient (None until a backward pass sets it).
 
-    __slots__ = ("data", "grad")
+    ``register_grad_hook(fn)`` calls ``fn(param)`` each time a new gradient is assigned (not when
+    it is set to None): a layer's backward assigns its parameters' gradients as soon as they are
+    computed, so a hook learns that this gradient is final while the backward pass goes on through
+    the layers before it (``gpuconv.distributed.DataParallel`` starts its all-reduce there).
+    """
+
+    __slots__ = ("data", "_grad", "_grad_hooks")
 
     def __init__(self, data) -> None:
         self.data = data
-        self.grad = None
+        self._grad = None
+        self._grad_hooks: Tuple[Callable[[Parameter], None], ...] = ()
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:
+        self._grad = value
+        if value is not None:
+            for hook in self._grad_hooks:
+                hook(self)
+
+    def register_grad_hook(self, hook: Callable[[Parameter], None]) -> Callable[[], None]:
+        """Call ``hook(self)`` after each assignment of a gradient; returns a function that removes it."""
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        self._grad_hooks += (hook,)
+
+        def remove() -> None:
+            hooks = list(self._grad_hooks)
+            for i, h in enumerate(hooks):
+                if h is hook:
+                    del hooks[i]
+                    self._grad_hooks = tuple(hooks)
+                    return
+        return remove
 
     @property
     def shape(self) -> Tuple[int, ...]:
