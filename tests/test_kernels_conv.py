@@ -346,6 +346,14 @@ def _tf32(x: np.ndarray) -> np.ndarray:
         return out.astype(np.float32)               # past the largest TF32 number: infinity
 
 
+def _tf32_truncated(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` with its low 13 mantissa bits cleared: how the tensor core reads an operand
+    that was not rounded to TF32 first (NaN kept a NaN)."""
+    x = np.asarray(x, np.float32)
+    out = (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(np.isnan(x), x, out)
+
+
 def _mma_operands(seed: int):
     rng = np.random.default_rng(seed)
     scale = np.ldexp(1.0, rng.integers(-12, 12, size=(3,)))  # different exponents per operand
@@ -353,9 +361,10 @@ def _mma_operands(seed: int):
     return a.astype(np.float32), b.astype(np.float32), c.astype(np.float32)
 
 
-def _mma_twin_reference(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """D = TF32(A) TF32(B) + C summed in float32 in k order (each product of TF32 numbers is exact)."""
-    A, B = _tf32(a), _tf32(b)
+def _mma_twin_reference(a: np.ndarray, b: np.ndarray, c: np.ndarray, operand=_tf32) -> np.ndarray:
+    """D = TF32(A) TF32(B) + C summed in float32 in k order (each product of TF32 numbers is exact);
+    ``operand`` turns an fp32 operand into TF32 (rounded, or truncated for unconverted input)."""
+    A, B = operand(a), operand(b)
     d = c.astype(np.float32).copy()
     for k in range(8):
         d = d + np.outer(A[:, k], B[k, :]).astype(np.float32)
@@ -405,6 +414,17 @@ class TestTf32Twin:
         fp32 = (a.astype(np.float64) @ b.astype(np.float64) + c).astype(np.float32)
         assert not np.array_equal(d, fp32)
 
+    @pytest.mark.parametrize("seed", range(3))
+    def test_unconverted_operands_are_truncated_as_on_the_tensor_core(self, mma_module, seed):
+        """fp32 bits handed to the MMA without cvt.rna lose their low 13 mantissa bits: the twin
+        must not round them, or a kernel that forgets the conversion passes here and fails on a GPU."""
+        a, b, c = _mma_operands(seed)
+        d = np.full((16, 8), np.nan, np.float32)
+        mma_module.get_function("mma_tf32_tile_raw")((1,), (32,), (a, b, c, d))
+        want = _mma_twin_reference(a, b, c, operand=_tf32_truncated)
+        assert np.array_equal(d.view(np.uint32), want.view(np.uint32))
+        assert not np.array_equal(d, _mma_twin_reference(a, b, c))
+
 
 # ---- GPU ---------------------------------------------------------------------------------------
 
@@ -430,6 +450,10 @@ class TestCuda:
             ref = _tf32(a).astype(np.float64) @ _tf32(b).astype(np.float64) + c
             # The tensor core may add the products in another order than the twin: fp32 roundings only.
             assert _rel_error(gpu.to_numpy(dev[3]), ref) <= 1e-6, f"seed {seed}"
+            # Unconverted operands: the hardware ignores their low 13 bits, as the twin does.
+            gpu.launch(mod.get_function("mma_tf32_tile_raw"), (1, 1, 1), (32, 1, 1), tuple(dev))
+            ref = _tf32_truncated(a).astype(np.float64) @ _tf32_truncated(b).astype(np.float64) + c
+            assert _rel_error(gpu.to_numpy(dev[3]), ref) <= 1e-6, f"seed {seed}, unconverted operands"
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     @pytest.mark.parametrize("op,version", BACKWARD)
