@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gpuconv import nn
+from gpuconv import train as train_module
 from gpuconv.cli import main
 from gpuconv.models import build_model
 from gpuconv.train import METRICS_SCHEMA, validate_metrics
@@ -71,6 +72,51 @@ def test_training_loss_falls_with_sgd_on_idx_data(tmp_path, capsys):
     losses = [h["train_loss"] for h in doc["history"]]
     assert losses[-1] < 0.5 * losses[0]
     assert doc["dataset"].startswith("idx:") and doc["optimizer"] == "sgd" and doc["test_accuracy"] > 0.9
+
+
+def test_a_run_stopped_after_an_epoch_resumes_as_if_never_stopped(tmp_path, capsys, monkeypatch):
+    """Stop a 3-epoch run right after its checkpoint of epoch 2, resume it: the losses are those of
+    the uninterrupted run, bit for bit (weights, optimizer state, cosine schedule position, shuffling)."""
+    common = ["train", "--backend", "numpy", "--batch-size", "64", "--seed", "2", "--epochs", "3", "--quiet"]
+    ckpt = tmp_path / "ck.npz"
+    assert main(common + ["--json", str(tmp_path / "straight.json")]) == 0
+    save = train_module.nn.save_checkpoint
+
+    def save_then_stop(path, model, opt, meta):
+        save(path, model, opt, meta=meta)
+        if meta["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.nn, "save_checkpoint", save_then_stop)
+    assert main(common + ["--save", str(ckpt)]) == 130
+    monkeypatch.undo()
+    assert nn.checkpoint.read_checkpoint(ckpt)["meta"]["epoch"] == 2
+    assert main(common + ["--resume", str(ckpt), "--save", str(ckpt), "--json",
+                          str(tmp_path / "resumed.json")]) == 0
+    straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "resumed"))
+    validate_metrics(resumed)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+        np.testing.assert_array_equal([h[key] for h in resumed["history"]],
+                                      [h[key] for h in straight["history"]], err_msg=key)
+    meta = nn.checkpoint.read_checkpoint(ckpt)["meta"]
+    assert meta["epoch"] == 3 and meta["metrics"]["test_loss"] == resumed["test_loss"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, capsys):
+    ckpt, bare = tmp_path / "ck.npz", tmp_path / "bare.npz"
+    assert main(["train", "--backend", "numpy", "--epochs", "1", "--quiet", "--save", str(ckpt)]) == 0
+    nn.save_checkpoint(bare, build_model("lenet", 1, 8, 10))
+    for argv, match in ((["--epochs", "1", "--resume", str(ckpt)], "1 epochs done; --epochs (1) must be"),
+                        (["--epochs", "2", "--model", "resnet20", "--resume", str(ckpt)],
+                         "of model 'lenet', this run's is 'resnet20'"),
+                        (["--epochs", "2", "--resume", str(bare)], "holds no training state"),
+                        (["--epochs", "2", "--optimizer", "sgd", "--resume", str(ckpt)],
+                         "state is for 'Adam'")):
+        capsys.readouterr()
+        assert main(["train", "--backend", "numpy", "--quiet", *argv]) == 2
+        err = capsys.readouterr().err
+        assert match in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -32,11 +32,14 @@ DEFAULT_TIMEOUT = 600.0
 REDUCE_OPS = ("sum", "mean")
 DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64))
 
-# Polling a collective: spin this long first (a small all-reduce on one node completes in tens of
-# microseconds), then sleep between polls, doubling up to _MAX_SLEEP so a waiting rank leaves the
-# CPU to the others.
-_SPIN_SECONDS = 2e-4
-_FIRST_SLEEP, _MAX_SLEEP = 5e-5, 1e-3
+# Polling a collective. MPI libraries advance a non-blocking collective only inside MPI calls
+# (Open MPI's libnbc runs one round of the algorithm per call), so every pause between two tests
+# delays each round: test without pause for _SPIN seconds (the all-reduce of a gradient bucket
+# completes well within it), then yield the CPU between tests until _YIELD seconds, then sleep,
+# doubling up to _MAX_SLEEP: by then the rank waits for a straggler (or a dead rank) and a few
+# milliseconds more do not matter, the CPU left to other processes does.
+_SPIN, _YIELD = 0.02, 1.0
+_FIRST_SLEEP, _MAX_SLEEP = 1e-3, 1e-2
 
 
 class CollectiveTimeout(RuntimeError):
@@ -92,7 +95,6 @@ class Work:
             return
         start = time.monotonic()
         deadline = start + self._comm.timeout
-        spin_until = start + _SPIN_SECONDS
         sleep = _FIRST_SLEEP
         while not self.test():
             now = time.monotonic()
@@ -103,9 +105,11 @@ class Work:
                 raise CollectiveTimeout(
                     f"{self._what} timed out on rank {c.rank} of {c.size} after {c.timeout:g} s "
                     f"({TIMEOUT_ENV}): another rank died, hung or did not reach this collective")
-            if now >= spin_until:
+            if now - start >= _YIELD:
                 time.sleep(sleep)
                 sleep = min(2 * sleep, _MAX_SLEEP)
+            elif now - start >= _SPIN:
+                time.sleep(0)
 
 
 def completed(what: str, comm: Communicator) -> Work:
