@@ -384,3 +384,112 @@ def test_checkpoint_from_two_ranks_resumes_on_one(tmp_path):
         assert passes(rel, FLOAT32_RTOL), (key, got, want)
         _, rel = scaled_error(got[:2], np.array([h[key] for h in docs["two"]["history"]]))
         assert passes(rel, FLOAT32_RTOL), key
+
+
+# ---- the NCCL communicator's wiring, against a stand-in for CuPy ----------------------------
+
+class _DeviceArray(np.ndarray):
+    """A NumPy array posing as a CuPy one: ``data.ptr`` and ``device.id``."""
+
+    @property
+    def data(self):
+        return type("Memory", (), {"ptr": self.__array_interface__["data"][0]})()
+
+    @property
+    def device(self):
+        return type("Device", (), {"id": 0})()
+
+
+def _stand_in_cupy(log):
+    """Modules ``cupy``, ``cupy.cuda`` and ``cupy.cuda.nccl`` with what nccl.py and
+    scripts/nccl_check.py call; collectives act on one rank (the sum is the array itself) and
+    every stream and NCCL call is appended to ``log``."""
+    import types
+
+    cupy, cuda, nccl = (types.ModuleType(n) for n in ("cupy", "cupy.cuda", "cupy.cuda.nccl"))
+
+    class Stream:
+        count = 0
+
+        def __init__(self, non_blocking=False):
+            Stream.count += 1
+            self.ptr, self.name = Stream.count, f"stream{Stream.count}"
+
+        def wait_event(self, event):
+            log.append(("wait", self.name, event.name))
+
+        def __enter__(self):
+            stack.append(self)
+            return self
+
+        def __exit__(self, *exc):
+            stack.pop()
+
+    class Event:
+        count = 0
+
+        def __init__(self, disable_timing=False):
+            Event.count += 1
+            self.name, self.done = f"event{Event.count}", False
+
+        def record(self, stream):
+            log.append(("record", self.name, stream.name))
+            self.done = True
+
+    stack = [Stream()]
+    cuda.Stream, cuda.Event, cuda.get_current_stream = Stream, Event, lambda: stack[-1]
+    cuda.Device = lambda i=0: type("Device", (), {"id": 0, "use": lambda self: None})()
+    cuda.nccl = nccl
+    nccl.NCCL_SUM, nccl.NCCL_FLOAT32, nccl.NCCL_FLOAT64, nccl.NCCL_INT32, nccl.NCCL_INT64 = 0, 7, 8, 2, 4
+    nccl.get_unique_id = lambda: tuple(range(-64, 64))
+    nccl.get_version = lambda: 22304
+
+    class NcclCommunicator:
+        def __init__(self, ndev, commId, rank):
+            assert (ndev, rank, commId) == (1, 0, tuple(range(-64, 64)))
+
+        def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+            log.append(("allReduce", sendbuf == recvbuf, count, datatype, op, stream))
+
+        def bcast(self, buff, count, datatype, root, stream):
+            log.append(("bcast", count, datatype, root, stream))
+
+        def abort(self):
+            log.append(("abort",))
+
+    nccl.NcclCommunicator = NcclCommunicator
+    cupy.cuda, cupy.ndarray = cuda, _DeviceArray
+    cupy.float32, cupy.float64 = np.float32, np.float64
+    cupy.asarray = lambda a: np.array(a).view(_DeviceArray)
+    cupy.asnumpy = lambda a: np.array(a).view(np.ndarray)
+    cupy.full = lambda shape, value, dtype: np.full(shape, value, dtype).view(_DeviceArray)
+    return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.nccl": nccl}
+
+
+def test_nccl_communicator_calls_nccl_on_its_own_stream_after_the_current_one(monkeypatch, capsys):
+    log = []
+    for name, module in _stand_in_cupy(log).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("nccl_check", ROOT / "scripts" / "nccl_check.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main() == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("nccl 2.23.4 on CUDA device 0 (bootstrap: single), rank 0 of 1")
+    assert "0 failure(s)" in out and "FAIL" not in out
+    # first collective: float32 sum of 1,000,003 elements, in place, on the communicator's stream
+    # (stream2), which first waits for an event recorded on the caller's current stream (stream1)
+    first = log.index(next(e for e in log if e[0] == "allReduce"))
+    assert log[first - 2:first + 3] == [
+        ("record", "event1", "stream1"), ("wait", "stream2", "event1"),
+        ("allReduce", True, 1_000_003, 7, 0, 2), ("record", "event2", "stream2"),
+        ("wait", "stream1", "event2")]
+    assert [e[3] for e in log if e[0] == "allReduce"][:6] == [7, 7, 8, 8, 2, 4]
+    # under a non-default current stream (stream3), the collective waits for that stream's work
+    # and the wait orders that stream
+    i = next(i for i, e in enumerate(log) if e[0] == "record" and e[2] == "stream3")
+    ev = log[i][1]
+    assert [e[:3] for e in log[i + 1:i + 5]] == [("wait", "stream2", ev), ("allReduce", True, 1_000_003),
+                                                  ("record", log[i + 3][1], "stream2"),
+                                                  ("wait", "stream3", log[i + 3][1])]
+    assert ("bcast", 1000, 8, 0, 2) in log

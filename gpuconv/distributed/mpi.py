@@ -25,7 +25,7 @@ def _mpi():
 
 def mpi_library_version() -> str:
     """First line of the MPI library's version string (initialises MPI)."""
-    return _mpi().Get_library_version().strip().splitlines()[0]
+    return _mpi().Get_library_version().replace("\0", "").strip().splitlines()[0]
 
 
 class MpiCommunicator(Communicator):

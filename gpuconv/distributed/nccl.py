@@ -69,8 +69,8 @@ class NcclCommunicator(Communicator):
         self._cupy, self._nccl_mod, self.host = cupy, nccl, host
         self._dtypes = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
                         np.dtype(np.int32): nccl.NCCL_INT32, np.dtype(np.int64): nccl.NCCL_INT64}
-        # The id is 128 C chars, signed or unsigned by platform: int16 carries either range.
-        uid = np.zeros(_UNIQUE_ID_BYTES, dtype=np.int16)
+        # The id is 128 C chars, signed or unsigned by platform: int32 carries either range.
+        uid = np.zeros(_UNIQUE_ID_BYTES, dtype=np.int32)
         if self.rank == 0:
             uid[:] = nccl.get_unique_id()
         host.broadcast(uid, root=0)
@@ -79,10 +79,10 @@ class NcclCommunicator(Communicator):
         self.stream = cupy.cuda.Stream(non_blocking=True)
 
     def _is_host(self, array) -> bool:
-        return isinstance(array, np.ndarray)
+        return not isinstance(array, self._cupy.ndarray)
 
     def check_array(self, array, name: str = "array") -> None:
-        if not (self._is_host(array) or isinstance(array, self._cupy.ndarray)):
+        if not isinstance(array, (np.ndarray, self._cupy.ndarray)):
             raise TypeError(f"{name} must be a CuPy or NumPy array, got {type(array).__name__}")
         super().check_array(array, name)
         if not self._is_host(array) and array.device.id != self.device:

@@ -103,7 +103,7 @@ def distributed_info() -> Dict[str, Any]:
         "launcher": variable, "mpi4py": mpi4py_version, "nccl": nccl_version(),
         "communicators": {"numpy": "mpi", "emulator": "mpi", "cuda": "nccl (bootstrapped over mpi)"}}
     if variable is not None and mpi4py_version is not None:
-        from .mpi import MpiCommunicator
+        from .mpi import MpiCommunicator, mpi_library_version
         comm = MpiCommunicator()
-        info.update(rank=comm.rank, ranks=comm.size, mpi_library=comm.describe())
+        info.update(rank=comm.rank, ranks=comm.size, mpi_library=mpi_library_version())
     return info
