@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,14 +118,25 @@ def test_bad_timeout_is_a_value_error_naming_the_variable(raw):
 
 def test_a_collective_that_never_completes_times_out_naming_it_and_the_rank():
     comm = distributed.SingleProcess(timeout=0.2)
-    aborted = []
+    aborted, raised = [], []
     work = Work(lambda: False, "allreduce of 8 bytes (float32[2])", comm,
                 on_timeout=lambda: aborted.append(1))
+
+    def wait():
+        try:
+            work.wait()
+        except distributed.CollectiveTimeout as exc:
+            raised.append(str(exc))
+
+    waiter = threading.Thread(target=wait, daemon=True)  # a wait without deadline must not hang the suite
     t0 = time.monotonic()
-    with pytest.raises(distributed.CollectiveTimeout,
-                       match=r"allreduce of 8 bytes .* timed out on rank 0 of 1 after 0.2 s"):
-        work.wait()
-    assert 0.2 <= time.monotonic() - t0 < 2.0 and aborted == [1]
+    waiter.start()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive(), "Work.wait() did not give up after its timeout"
+    assert 0.2 <= time.monotonic() - t0 < 5.0 and aborted == [1]
+    assert raised and re.fullmatch(r"allreduce of 8 bytes \(float32\[2\]\) timed out on rank 0 of 1 after "
+                                   r"0.2 s \(GPUCONV_DIST_TIMEOUT\): another rank died, hung or did not "
+                                   r"reach this collective", raised[0]), raised
 
 
 class _Recorder(Communicator):
