@@ -2,8 +2,12 @@
 ``gpuconv.functional.sgd_step`` / ``adam_step``.
 
 An optimizer holds the model's :class:`~gpuconv.nn.Parameter` records (``model.parameters()``),
-so it keeps working after ``model.to(...)``; its state buffers follow the parameters to the
-current backend and to their dtype on the next ``step()``. Parameters whose ``grad`` is None are skipped.
+so it keeps working after ``model.to(...)``: each parameter is updated on its placement (the
+backend its model was moved to, unless a ``use_backend`` block encloses ``step()``; see
+``gpuconv.backends``), and its state buffers follow it there and to its dtype on the next
+``step()``. Parameters whose ``grad`` is None are skipped.
+
+The learning rate ``lr`` is a plain attribute; ``gpuconv.schedules`` sets it step by step.
 
 ``state_dict()`` is a flat mapping of names to host NumPy arrays (storable in an ``.npz`` without
 pickling): ``"optimizer"`` (the class name), ``"hyper.<name>"`` (hyper-parameters) and
@@ -18,7 +22,7 @@ from typing import Dict, Iterable, Mapping, Tuple
 import numpy as np
 
 from . import functional as F
-from .backends import get_backend
+from .backends import get_backend, running_on
 from .geometry import check_real
 from .nn.module import Parameter, to_host
 
@@ -62,15 +66,22 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
-        backend = get_backend()
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            st = self.state[i]
-            for key, value in st.items():
-                if key != "step" and not (backend.is_array(value) and value.dtype == p.dtype):
-                    st[key] = backend.asarray(np.ascontiguousarray(to_host(value), dtype=p.dtype))
-            self._update(backend, p, st)
+            if p.placement is None:
+                self._step_one(i, p)
+            else:
+                with running_on(p.placement):
+                    self._step_one(i, p)
+
+    def _step_one(self, i: int, p: Parameter) -> None:
+        backend = get_backend()
+        st = self.state[i]
+        for key, value in st.items():
+            if key != "step" and not (backend.is_array(value) and value.dtype == p.dtype):
+                st[key] = backend.asarray(np.ascontiguousarray(to_host(value), dtype=p.dtype))
+        self._update(backend, p, st)
 
     def _update(self, backend, p: Parameter, st: dict) -> None:
         raise NotImplementedError

@@ -1,7 +1,7 @@
 """One rank of the data-parallel tests (started by tests/test_distributed.py, under mpirun or alone).
 
-Trains a zoo model on the first ``--samples`` bundled digits for ``--steps`` steps of
-``--batch-size`` samples per rank and writes, from every rank, ``<out>/rank<r>.npz``: the
+Trains a zoo model on the first ``--samples`` bundled digits for ``--steps`` steps of global
+batches of ``--batch-size`` samples and writes, from every rank, ``<out>/rank<r>.npz``: the
 global loss of every step (the mean over the global batch) and the final parameters.
 ``--fail-rank R --fail-at-step K --fail-mode exit|stop`` makes rank R exit, or stop responding,
 just before step K.
@@ -44,7 +44,7 @@ def main() -> None:
         opt = (optim.Adam(model.parameters(), lr=2e-3) if a.optimizer == "adam"
                else optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
         loss_fn = nn.SoftmaxCrossEntropy()
-        global_batch = a.batch_size * comm.size
+        global_batch = a.batch_size
         losses, step, epoch = [], 0, 0
         while step < a.steps:
             for i, (xb, yb) in enumerate(datasets.iterate_batches(

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from gpuconv import check, tolerances
-from gpuconv.cli import main as cli_main
-from gpuconv.report import schema_errors
+from gpuconv import tolerances
+from gpuconv.tools import check
+from gpuconv.tools.cli import main as cli_main
+from gpuconv.tools.harness import schema_errors
 
 
 def needs_emulator():

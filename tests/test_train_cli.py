@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from gpuconv import nn
-from gpuconv import train as train_module
-from gpuconv.cli import main
 from gpuconv.models import build_model
-from gpuconv.train import METRICS_SCHEMA, validate_metrics
+from gpuconv.tools.cli import main
+from gpuconv.tools.train import METRICS_SCHEMA, validate_metrics
 
 
 def test_train_end_to_end_writes_valid_metrics_and_checkpoint(tmp_path, capsys):
@@ -74,51 +73,6 @@ def test_training_loss_falls_with_sgd_on_idx_data(tmp_path, capsys):
     assert doc["dataset"].startswith("idx:") and doc["optimizer"] == "sgd" and doc["test_accuracy"] > 0.9
 
 
-def test_a_run_stopped_after_an_epoch_resumes_as_if_never_stopped(tmp_path, capsys, monkeypatch):
-    """Stop a 3-epoch run right after its checkpoint of epoch 2, resume it: the losses are those of
-    the uninterrupted run, bit for bit (weights, optimizer state, cosine schedule position, shuffling)."""
-    common = ["train", "--backend", "numpy", "--batch-size", "64", "--seed", "2", "--epochs", "3", "--quiet"]
-    ckpt = tmp_path / "ck.npz"
-    assert main(common + ["--json", str(tmp_path / "straight.json")]) == 0
-    save = train_module.nn.save_checkpoint
-
-    def save_then_stop(path, model, opt, meta):
-        save(path, model, opt, meta=meta)
-        if meta["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module.nn, "save_checkpoint", save_then_stop)
-    assert main(common + ["--save", str(ckpt)]) == 130
-    monkeypatch.undo()
-    assert nn.checkpoint.read_checkpoint(ckpt)["meta"]["epoch"] == 2
-    assert main(common + ["--resume", str(ckpt), "--save", str(ckpt), "--json",
-                          str(tmp_path / "resumed.json")]) == 0
-    straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "resumed"))
-    validate_metrics(resumed)
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
-        np.testing.assert_array_equal([h[key] for h in resumed["history"]],
-                                      [h[key] for h in straight["history"]], err_msg=key)
-    meta = nn.checkpoint.read_checkpoint(ckpt)["meta"]
-    assert meta["epoch"] == 3 and meta["metrics"]["test_loss"] == resumed["test_loss"]
-
-
-def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, capsys):
-    ckpt, bare = tmp_path / "ck.npz", tmp_path / "bare.npz"
-    assert main(["train", "--backend", "numpy", "--epochs", "1", "--quiet", "--save", str(ckpt)]) == 0
-    nn.save_checkpoint(bare, build_model("lenet", 1, 8, 10))
-    for argv, match in ((["--epochs", "1", "--resume", str(ckpt)], "1 epochs done; --epochs (1) must be"),
-                        (["--epochs", "2", "--model", "resnet20", "--resume", str(ckpt)],
-                         "of model 'lenet', this run's is 'resnet20'"),
-                        (["--epochs", "2", "--resume", str(bare)], "holds no training state"),
-                        (["--epochs", "2", "--optimizer", "sgd", "--resume", str(ckpt)],
-                         "state is for 'Adam'")):
-        capsys.readouterr()
-        assert main(["train", "--backend", "numpy", "--quiet", *argv]) == 2
-        err = capsys.readouterr().err
-        assert match in err and "Traceback" not in err, err
-
-
 @pytest.mark.parametrize("argv, match", [
     (["train", "--epochs", "0"], "--epochs must be >= 1"),
     (["train", "--lr", "-0.1"], "--lr must be a positive number"),
@@ -169,13 +123,18 @@ def test_validate_metrics_rejects_bad_documents():
                 history=[{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0,
                           "test_accuracy": 0.5, "seconds": 1.0, "samples_per_second": 10.0}])
     validate_metrics(good)
-    for key, value, match in (("test_accuracy", 1.5, "test_accuracy"), ("model", 3, "model"),
-                              ("epochs", 2, "history entries"), ("schema", "x", "schema"),
-                              ("wall_seconds", float("nan"), "wall_seconds")):
+    for key, value, match in (("test_accuracy", 1.5, r"\$\.test_accuracy: must be <= 1"),
+                              ("model", 3, r"\$\.model: expected string"),
+                              ("epochs", 2, "1 history entries for 2 epochs"),
+                              ("schema", "x", r"\$\.schema: must be 'gpuconv.train.metrics/2'"),
+                              ("wall_seconds", float("nan"), r"\$\.wall_seconds: expected number, got nan")):
         with pytest.raises(ValueError, match=match):
             validate_metrics(dict(good, **{key: value}))
-    with pytest.raises(ValueError, match="missing 'history'"):
+    with pytest.raises(ValueError, match="missing key 'history'"):
         validate_metrics({k: v for k, v in good.items() if k != "history"})
+    good["history"][0]["train_accuracy"] = -0.1
+    with pytest.raises(ValueError, match=r"\$\.history\[0\]\.train_accuracy: must be >= 0"):
+        validate_metrics(good)
 
 
 def test_info_text_and_json(capsys):
@@ -202,7 +161,7 @@ def test_python_dash_m_entry_point():
 def test_progress_bar_draws_and_clears_only_when_enabled():
     import io
 
-    from gpuconv.train import ProgressBar
+    from gpuconv.tools.train import ProgressBar
     stream = io.StringIO()
     bar = ProgressBar(stream, enabled=True, width=10)
     bar.update("epoch 1/2", 5, 10)

@@ -88,7 +88,7 @@ class DataParallel:
         self._buckets: List[_Bucket] = []
         self._where: Dict[int, tuple] = {}  # id(param) -> (bucket index, offset)
         self._removers: list = []
-        self._xp = get_backend().xp
+        self._xp = (model.placement or get_backend()).xp
         self._armed = False
         self._fraction = 1.0
         self._next = 0  # index of the next bucket to start

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import init
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
 from .layers import (
                      AvgPool2d,
                      Conv2d,
@@ -24,4 +24,5 @@ from .module import Module, Parameter, to_host
 
 __all__ = ["init", "Module", "Parameter", "to_host", "Conv2d", "MaxPool2d", "AvgPool2d", "L2Pool2d",
            "GlobalAvgPool2d", "ReLU", "Sigmoid", "Tanh", "Identity", "Flatten", "Linear", "Dropout",
-           "Sequential", "Residual", "SoftmaxCrossEntropy", "save_checkpoint", "load_checkpoint"]
+           "Sequential", "Residual", "SoftmaxCrossEntropy", "save_checkpoint", "load_checkpoint",
+           "read_checkpoint", "restore_checkpoint"]

@@ -10,15 +10,22 @@ whose gradient is None.
 Parameters are :class:`Parameter` records (``data`` and ``grad`` arrays of the current backend);
 their names are dotted paths such as ``"0.weight"`` or ``"3.body.0.bias"``, stable for a given
 architecture, and used by ``state_dict``/``load_state_dict`` and checkpoints.
+
+Placement: ``model.to(name)`` moves the parameters to backend ``name`` and pins the model there:
+its ``forward`` and ``backward`` (and those of every descendant, bound on the instances by ``to``)
+then run on that backend, as do optimizer updates of its parameters, unless an explicit
+``use_backend`` block encloses the call (the order of precedence is in ``gpuconv.backends``). A
+model never moved follows the backend in force, at no cost per call.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
-from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..backends import BACKEND_NAMES, BackendUnavailable, get_backend, resolve_backend
+from ..backends import BACKEND_NAMES, Backend, BackendUnavailable, get_backend, resolve_backend, running_on
 
 __all__ = ["Parameter", "Module", "to_host"]
 
@@ -42,7 +49,8 @@ def to_host(a) -> np.ndarray:
 
 
 class Parameter:
-    """A trainable array and its gradient (None until a backward pass sets it).
+    """A trainable array and its gradient (None until a backward pass sets it); ``placement`` is
+    the backend its module was moved to (None: follows the backend in force).
 
     ``register_grad_hook(fn)`` calls ``fn(param)`` each time a new gradient is assigned (not when
     it is set to None): a layer's backward assigns its parameters' gradients as soon as they are
@@ -50,12 +58,13 @@ class Parameter:
     the layers before it (``gpuconv.distributed.DataParallel`` starts its all-reduce there).
     """
 
-    __slots__ = ("data", "_grad", "_grad_hooks")
+    __slots__ = ("data", "_grad", "_grad_hooks", "placement")
 
-    def __init__(self, data) -> None:
+    def __init__(self, data, placement: Optional[Backend] = None) -> None:
         self.data = data
         self._grad = None
         self._grad_hooks: Tuple[Callable[[Parameter], None], ...] = ()
+        self.placement = placement
 
     @property
     def grad(self):
@@ -99,8 +108,21 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
+def _runs_on(backend: Backend, method):
+    """``method`` (a bound forward or backward) run on ``backend`` (see the module docstring)."""
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with running_on(backend):
+            return method(*args, **kwargs)
+    return run
+
+
 class Module:
-    """Base class of layers and containers (see the module docstring for the gradient rule)."""
+    """Base class of layers and containers (see the module docstring for the gradient rule and
+    placement)."""
+
+    _placement: Optional[Backend] = None
+    generator: Optional[np.random.Generator] = None  # set by layers that draw random numbers
 
     def __init__(self) -> None:
         self._parameters: OrderedDict[str, Parameter] = OrderedDict()
@@ -112,7 +134,7 @@ class Module:
         """Add a parameter from a host array; it is placed on the current backend."""
         if "." in name or not name:
             raise ValueError(f"parameter name must be non-empty without '.', got {name!r}")
-        p = Parameter(get_backend().asarray(np.ascontiguousarray(host_array)))
+        p = Parameter(self._home().asarray(np.ascontiguousarray(host_array)), self._placement)
         self._parameters[name] = p
         return p
 
@@ -214,15 +236,28 @@ class Module:
         Everything is validated first, so on error the module is left unchanged.
         """
         self.check_state_dict(state)
-        backend = get_backend()
         for name, p in self.named_parameters():
+            backend = p.placement or get_backend()
             p.data = backend.asarray(np.array(to_host(state[name]), copy=True))
             p.grad = None
 
+    @property
+    def placement(self) -> Optional[Backend]:
+        """The backend ``to(name)`` pinned this module to, or None (follows the backend in force)."""
+        return self._placement
+
+    def _home(self) -> Backend:
+        return self._placement or get_backend()
+
     def to(self, backend: Optional[str] = None, dtype=None) -> Module:
-        """Move parameters to ``backend`` (a name, default: the current backend) and/or cast them
-        to ``dtype``; gradients are dropped. Returns self."""
-        target = get_backend() if backend is None else resolve_backend(backend)
+        """Move this module and its descendants to ``backend`` (a name or Backend) and pin them
+        there: their forward and backward, and optimizer updates of their parameters, then run on
+        it unless an explicit ``use_backend`` block encloses the call. ``backend=None`` keeps the
+        module where it is (its placement, else the backend in force) and only casts. ``dtype``
+        casts the parameters to float32 or float64. Gradients and forward caches are dropped.
+        Returns self."""
+        placement = self._placement if backend is None else resolve_backend(backend)
+        target = placement or get_backend()
         cast = None if dtype is None else np.dtype(dtype)
         if cast is not None and cast not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {cast}")
@@ -232,12 +267,48 @@ class Module:
                 host = host.astype(cast)
             p.data = target.asarray(np.ascontiguousarray(host))
             p.grad = None
+            p.placement = placement
         for _, m in self.named_modules():
+            m._placement = placement
             m._drop_cache()
+            for name in ("forward", "backward"):
+                m.__dict__.pop(name, None)
+                if placement is not None:
+                    setattr(m, name, _runs_on(placement, getattr(m, name)))
         return self
 
     def _drop_cache(self) -> None:
         """Forget forward-pass caches (called when parameters move)."""
+
+    # ---- random generators --------------------------------------------------------------
+    def _generators(self) -> Dict[str, np.random.Generator]:
+        return {name: m.generator for name, m in self.named_modules() if m.generator is not None}
+
+    def rng_state(self) -> Dict[str, Dict[str, Any]]:
+        """Dotted module name -> bit-generator state (a JSON-serialisable dict) of every layer that
+        draws random numbers (``Dropout``); restoring it repeats the same draws."""
+        return {name: g.bit_generator.state for name, g in self._generators().items()}
+
+    def check_rng_state(self, state: Mapping[str, Any]) -> None:
+        """Raise ValueError unless ``state`` holds a valid state for exactly this module's generators."""
+        own = self._generators()
+        if not isinstance(state, Mapping) or set(state) != set(own):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"random-generator state is for layers {got}, the model's layers with "
+                             f"generators are {sorted(own)}")
+        for name, g in own.items():
+            trial = type(g.bit_generator)()
+            try:
+                trial.state = state[name]
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"random-generator state of layer {name!r} does not fit its "
+                                 f"{type(g.bit_generator).__name__} generator: {exc}") from None
+
+    def load_rng_state(self, state: Mapping[str, Any]) -> None:
+        """Set every generator to its state in ``state`` (checked first; unchanged on error)."""
+        self.check_rng_state(state)
+        for name, g in self._generators().items():
+            g.bit_generator.state = state[name]
 
     # ---- printing -----------------------------------------------------------------------
     def extra_repr(self) -> str:
