@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -58,16 +58,18 @@ class _Bucket:
 class CommStats:
     """Totals since construction: ``steps`` (backward calls), ``bytes`` (gradient bytes all-reduced
     by this rank), ``wait_seconds`` (time ``backward`` spent waiting for all-reduces to finish after
-    the model's backward returned: the communication not hidden behind computation)."""
+    the model's backward returned: the communication not hidden behind computation); ``buckets``
+    is the number of buckets."""
 
     steps: int = 0
     bytes: int = 0
     wait_seconds: float = 0.0
-    buckets: int = field(default=0)
+    buckets: int = 0
 
 
 class DataParallel:
-    """Wrap ``model`` (on the current backend) for data-parallel training over ``comm``.
+    """Wrap ``model`` (on its placement, else the backend in force) for data-parallel training
+    over ``comm``.
 
     Use ``forward`` as the model's, and ``backward(dy, fraction)`` in place of
     ``model.backward(dy)``; then step the optimizer as usual. With one rank it is the model itself:
@@ -161,7 +163,7 @@ class DataParallel:
                 raise ValueError("dy is None: a single rank must have samples to compute a gradient")
             return self.model.backward(dy)
         fraction = 1.0 / self.comm.size if fraction is None else fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not (
                 math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
             raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
         if dy is None and fraction != 0:
