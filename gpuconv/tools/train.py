@@ -13,6 +13,12 @@ the run's settings and history in ``meta``). ``--resume CKPT`` continues that ru
 so training 2 epochs and resuming for 2 more gives the weights of 4 epochs straight, bit for bit;
 ``--stop-after N`` ends an invocation after epoch N of a longer run (the schedule still spans
 ``--epochs``).
+
+Started by an MPI launcher (``mpirun -np 4 gpuconv train ...``) it trains data-parallel
+(``gpuconv.distributed``, docs/distributed.md): each rank takes its share of every global batch of
+``--batch-size`` samples, cut from the order one process would use, so the run and its checkpoints
+do not depend on the number of ranks (a run resumes on any number); logs, progress, checkpoints
+and files come from rank 0, and an error on any rank ends the job.
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from .. import datasets, nn, optim, schedules
+import numpy as np
+
+from .. import datasets, distributed, nn, optim, schedules
 from ..backends import BACKEND_NAMES, auto_choice, resolve_backend, use_backend
 from ..models import MODEL_NAMES, build_model
 from . import plots, report
@@ -47,7 +55,7 @@ _EPOCH = record({"epoch": INTEGER, "train_loss": NUMBER, "train_accuracy": _FRAC
 METRICS_SCHEMA: Dict[str, Any] = document(SCHEMA_ID, {
     "environment": report.ENVIRONMENT_SCHEMA,
     "model": STRING, "backend": STRING, "dataset": STRING, "optimizer": STRING, "lr": NUMBER,
-    "batch_size": INTEGER, "seed": INTEGER, "epochs": INTEGER, "num_parameters": INTEGER,
+    "batch_size": INTEGER, "ranks": INTEGER, "seed": INTEGER, "epochs": INTEGER, "num_parameters": INTEGER,
     "train_samples": INTEGER, "test_samples": INTEGER, "test_accuracy": _FRACTION, "test_loss": NUMBER,
     "train_loss": NUMBER, "train_accuracy": _FRACTION, "wall_seconds": NUMBER, "samples_per_second": NUMBER,
     "history": list_of(_EPOCH),
@@ -56,7 +64,8 @@ METRICS_SCHEMA: Dict[str, Any] = document(SCHEMA_ID, {
                  "softmax cross-entropy; train_loss/train_accuracy are averaged over the last "
                  "epoch's training batches (weights changing during the epoch); wall_seconds "
                  "covers data loading, model building, training and evaluation; samples_per_second "
-                 "counts training samples over training time only; history has one entry per epoch."))
+                 "counts training samples over training time only; history has one entry per epoch; "
+                 "batch_size is the global batch, shared by the data-parallel ranks."))
 
 
 def validate_metrics(doc: Dict[str, Any]) -> None:
@@ -158,20 +167,28 @@ class TrainConfig:
             plots.require_matplotlib()
 
 
-def evaluate(model: nn.Module, split: datasets.Split, backend, batch_size: int = EVAL_BATCH
-             ) -> Tuple[float, float]:
-    """(mean loss, accuracy in [0, 1]) of ``model`` in eval mode over ``split``."""
+def evaluate(model: nn.Module, split: datasets.Split, backend, batch_size: int = EVAL_BATCH,
+             comm: Optional[distributed.Communicator] = None) -> Tuple[float, float]:
+    """(mean loss, accuracy in [0, 1]) of ``model`` in eval mode over ``split``; with a
+    communicator of several ranks, each evaluates its shard of every batch and the sums are
+    all-reduced."""
     was_training = model.training
     model.eval()
     loss_fn = nn.SoftmaxCrossEntropy()
     total_loss, correct = 0.0, 0
-    for xb, yb in datasets.iterate_batches(split.images, split.labels, batch_size, shuffle=False):
+    shard = (0, 1) if comm is None else (comm.rank, comm.size)
+    for xb, yb in datasets.iterate_batches(split.images, split.labels, batch_size, shuffle=False,
+                                           shard=shard):
+        if not len(yb):
+            continue
         logits = model.forward(backend.asarray(xb))
         loss = loss_fn.forward(logits, backend.asarray(yb))
         total_loss += float(backend.to_numpy(loss)) * len(yb)
         correct += int((backend.to_numpy(logits).argmax(axis=1) == yb).sum())
     model.train(was_training)
-    return total_loss / len(split), correct / len(split)
+    if comm is not None:
+        total_loss, correct = comm.allreduce(np.array([total_loss, correct], dtype=np.float64))
+    return float(total_loss) / len(split), int(correct) / len(split)
 
 
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> optim.Optimizer:
@@ -246,22 +263,31 @@ def _announce_backend(cfg: TrainConfig, rep: Reporter) -> None:
 def train(cfg: TrainConfig, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> Dict[str, Any]:
     """Run one training (or continue one: ``cfg.resume``); return the final metrics
     (METRICS_SCHEMA) and write --json/--save/--plot. Reports go to ``out`` and ``err`` (default:
-    sys.stdout and sys.stderr) and to the --log file."""
+    sys.stdout and sys.stderr) and to the --log file, from rank 0 when an MPI launcher started
+    several ranks (data-parallel: ``cfg.batch_size`` is the global batch, shared by the ranks)."""
     cfg.validate()
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(open(cfg.log, "a", encoding="utf-8")) if cfg.log is not None else None
-        reporter = Reporter(sys.stdout if out is None else out, sys.stderr if err is None else err,
-                            quiet=cfg.quiet, log=log)
-        return _train(cfg, reporter)
-
-
-def _train(cfg: TrainConfig, rep: Reporter) -> Dict[str, Any]:
     t_start = time.perf_counter()
+    backend = resolve_backend(cfg.backend)
+    comm = distributed.communicator_for(backend)  # before any array is placed: it picks the GPU
+    with distributed.abort_on_error(comm), contextlib.ExitStack() as stack:
+        if cfg.batch_size < comm.size:
+            raise ValueError(f"--batch-size ({cfg.batch_size}) is the global batch: it must be at least "
+                             f"the number of ranks ({comm.size})")
+        lead = comm.rank == 0
+        log = (stack.enter_context(open(cfg.log, "a", encoding="utf-8"))
+               if cfg.log is not None and lead else None)
+        reporter = Reporter(sys.stdout if out is None else out, sys.stderr if err is None else err,
+                            quiet=cfg.quiet or not lead, log=log)
+        return _train(cfg, comm, backend, reporter, t_start)
+
+
+def _train(cfg: TrainConfig, comm: distributed.Communicator, backend, rep: Reporter,
+           t_start: float) -> Dict[str, Any]:
+    lead = comm.rank == 0
     env = report.environment()
     ckpt = None if cfg.resume is None else nn.read_checkpoint(cfg.resume)
     _announce_backend(cfg, rep)
     dataset = datasets.load_dataset(cfg.data, num_classes=cfg.num_classes, seed=cfg.seed)
-    backend = resolve_backend(cfg.backend)
     history: List[Dict[str, Any]] = []
     with use_backend(backend):
         model = build_model(cfg.model, dataset.in_channels, dataset.image_size, dataset.num_classes,
@@ -278,36 +304,43 @@ def _train(cfg: TrainConfig, rep: Reporter) -> Dict[str, Any]:
             _check_data_fits(ckpt["meta"], dataset, cfg.resume)
             nn.restore_checkpoint(ckpt, model, opt, schedule)
             history, first = list(ckpt["meta"]["history"]), ckpt["epoch"] + 1
+        dp = distributed.DataParallel(model, comm)  # rank 0's weights on every rank
         last_epoch = cfg.stop_after or cfg.epochs
+        ranks = f", data-parallel on {comm.size} ranks ({comm.kind})" if comm.size > 1 else ""
         rep.say(f"{'resuming' if ckpt else 'training'} {cfg.model} ({model.num_parameters()} "
                 f"parameters) on {dataset.name} ({n_train} train / {len(dataset.test)} test) with "
-                f"backend {backend.describe()}" + (f" at epoch {first}" if ckpt else ""))
+                f"backend {backend.describe()}{ranks}" + (f" at epoch {first}" if ckpt else ""))
         for epoch in range(first, last_epoch + 1):
             model.train()
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             with rep.task(f"epoch {epoch}/{cfg.epochs}", n_train) as progress:
-                for xb, yb in datasets.iterate_batches(dataset.train.images, dataset.train.labels,
-                                                       cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                                       epoch=epoch):
-                    logits = model.forward(backend.asarray(xb))
-                    loss = loss_fn.forward(logits, backend.asarray(yb))
-                    model.backward(loss_fn.backward())
+                for i, (xb, yb) in enumerate(datasets.iterate_batches(
+                        dataset.train.images, dataset.train.labels, cfg.batch_size, shuffle=True,
+                        seed=cfg.seed, epoch=epoch, shard=(comm.rank, comm.size))):
+                    step_samples = min(cfg.batch_size, n_train - i * cfg.batch_size)  # all ranks'
+                    if len(yb):
+                        logits = dp.forward(backend.asarray(xb))
+                        loss = loss_fn.forward(logits, backend.asarray(yb))
+                        dp.backward(loss_fn.backward(), fraction=len(yb) / step_samples)
+                        loss_sum += float(backend.to_numpy(loss)) * len(yb)
+                        correct += int((backend.to_numpy(logits).argmax(axis=1) == yb).sum())
+                        seen += len(yb)
+                    else:  # a last batch smaller than the number of ranks
+                        dp.backward(None, fraction=0.0)
                     opt.step()
                     schedule.step()
-                    loss_sum += float(backend.to_numpy(loss)) * len(yb)
-                    correct += int((backend.to_numpy(logits).argmax(axis=1) == yb).sum())
-                    seen += len(yb)
-                    progress.update(len(yb), loss_sum / seen)
+                    progress.update(step_samples, loss_sum / max(seen, 1))
                 backend.synchronize()
             seconds = time.perf_counter() - t0
             train_time += seconds
-            train_loss = loss_sum / n_train
+            loss_sum, correct = comm.allreduce(np.array([loss_sum, correct], dtype=np.float64))
+            train_loss = float(loss_sum) / n_train
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); "
                                          f"try a smaller --lr")
-            test_loss, test_acc = evaluate(model, dataset.test, backend)
-            rec = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct / n_train,
+            test_loss, test_acc = evaluate(model, dataset.test, backend, comm=comm)
+            rec = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": int(correct) / n_train,
                    "test_loss": test_loss, "test_accuracy": test_acc, "seconds": seconds,
                    "samples_per_second": n_train / seconds}
             history.append(rec)
@@ -315,21 +348,23 @@ def _train(cfg: TrainConfig, rep: Reporter) -> Dict[str, Any]:
                     f"train acc {100 * rec['train_accuracy']:6.2f}%  "
                     f"test acc {100 * test_acc:6.2f}%  test loss {test_loss:.4f}  "
                     f"{rec['samples_per_second']:8.0f} samples/s")
-            if cfg.save is not None:
+            if cfg.save is not None and lead:
                 nn.save_checkpoint(cfg.save, model, opt, schedule, epoch=epoch, data_seed=cfg.seed,
                                    meta=_checkpoint_meta(cfg, dataset, history, backend.name))
         last = history[-1]
         metrics: Dict[str, Any] = {
             "schema": SCHEMA_ID, "environment": env, "model": cfg.model, "backend": backend.name,
             "dataset": dataset.name,
-            "optimizer": cfg.optimizer, "lr": base_lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "epochs": len(history), "num_parameters": model.num_parameters(), "train_samples": n_train,
-            "test_samples": len(dataset.test), "test_accuracy": last["test_accuracy"],
-            "test_loss": last["test_loss"], "train_loss": last["train_loss"],
-            "train_accuracy": last["train_accuracy"],
+            "optimizer": cfg.optimizer, "lr": base_lr, "batch_size": cfg.batch_size, "ranks": comm.size,
+            "seed": cfg.seed, "epochs": len(history), "num_parameters": model.num_parameters(),
+            "train_samples": n_train, "test_samples": len(dataset.test),
+            "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+            "train_loss": last["train_loss"], "train_accuracy": last["train_accuracy"],
             "wall_seconds": time.perf_counter() - t_start,
             "samples_per_second": n_train * (last_epoch - first + 1) / train_time, "history": history}
     validate_metrics(metrics)
+    if not lead:
+        return metrics
     if cfg.json is not None:
         write_json(cfg.json, metrics, METRICS_SCHEMA)
     if cfg.plot is not None:
@@ -372,7 +407,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None,
                    help=f"length of the run in passes over the training set (default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"images per training step (default {d.batch_size})")
+                   help=f"images per training step; under MPI the global batch, shared by the ranks "
+                        f"(default {d.batch_size})")
     p.add_argument("--optimizer", choices=optim.OPTIMIZER_NAMES, default=None,
                    help=f"how the weights are updated: sgd (with momentum) or adam (default {d.optimizer})")
     p.add_argument("--lr", type=float, default=None,
