@@ -279,13 +279,13 @@ def run(args) -> int:
     layers = _csv("layers", args.layers) if args.layers else None
     cases = check_request(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
                           layers, args.seed, args.threads)
-    check_json_path(args.json)
     if args.plot:
-        fileio.check_writable(args.plot, "--plot")
-        fileio.figure_format(args.plot, "--plot")
         check_plot(cases, ops, args.backend, baselines)
         if args.json and os.path.abspath(args.json) == os.path.abspath(args.plot):
             raise ValueError(f"--json and --plot name the same file {args.json!r}")
+        fileio.check_writable(args.plot, "--plot")
+        fileio.figure_format(args.plot, "--plot")
+    check_json_path(args.json)
     doc = run_bench(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
                     layers, args.seed, args.threads)
     env = doc["environment"]
