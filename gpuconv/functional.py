@@ -29,6 +29,7 @@ __all__ = [
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "dropout",
     "add", "mul",
     "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step",
+    "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",
 ]
 
 Array = Any
@@ -428,6 +429,116 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[Array, Array]:
     if labels.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
         labels = labels.astype(np.int64)
     return backend.softmax_cross_entropy(logits, labels)
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+def _check_channel_vector(backend: Backend, name: str, a, g: geometry.NormGeometry) -> None:
+    _check_float(backend, name, a)
+    _check_shape_equals(name, a, g.stats_shape, "one value per channel of x")
+
+
+@_remembered
+def _batch_norm_checks(backend: Backend, x, running_mean, running_var, weight, bias, training,
+                       momentum, eps):
+    _check_float(backend, "x", x)
+    training = _check_bool("training", training)
+    g = geometry.batch_norm_geometry(x.shape, training)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be arrays or both be None, got "
+                         f"{'None' if running_mean is None else 'an array'} and "
+                         f"{'None' if running_var is None else 'an array'}")
+    if running_mean is None and not training:
+        raise ValueError("running_mean and running_var are required when training=False "
+                         "(evaluation normalises with the running statistics)")
+    for name, a in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if a is not None:
+            _check_channel_vector(backend, name, a, g)
+    _check_same_dtype([("x", x), ("running_mean", running_mean), ("running_var", running_var),
+                       ("weight", weight), ("bias", bias)])
+    momentum = geometry.check_real("momentum", momentum, 0.0, 1.0)
+    eps = geometry.check_real("eps", eps, 0.0, lo_open=True)
+    return g, training, momentum, eps
+
+
+@_remembered
+def _batch_norm_backward_checks(backend: Backend, dy, x, y, weight, saved_mean, saved_invstd, training):
+    _check_float(backend, "x", x)
+    training = _check_bool("training", training)
+    g = geometry.batch_norm_geometry(x.shape, training)
+    _check_float(backend, "dy", dy)
+    _check_shape_equals("dy", dy, x.shape, "the shape of x")
+    if y is not None:
+        _check_float(backend, "y", y)
+        _check_shape_equals("y", y, x.shape, "the shape of x (the forward output)")
+    for name, a in (("weight", weight), ("saved_mean", saved_mean), ("saved_invstd", saved_invstd)):
+        if a is not None:
+            _check_channel_vector(backend, name, a, g)
+    _check_same_dtype([("dy", dy), ("x", x), ("y", y), ("weight", weight), ("saved_mean", saved_mean),
+                       ("saved_invstd", saved_invstd)])
+    return g, training
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu: bool):
+    backend = get_backend()
+    g, training, momentum, eps = _batch_norm_checks(backend, x, running_mean, running_var, weight, bias,
+                                                    training, momentum, eps)
+    return backend.batch_norm(x, running_mean, running_var, weight, bias, g, training, momentum, eps,
+                              relu)
+
+
+def _batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, training):
+    backend = get_backend()
+    if saved_mean is None or saved_invstd is None:
+        raise ValueError("saved_mean and saved_invstd (returned by the forward call) are required")
+    g, training = _batch_norm_backward_checks(backend, dy, x, y, weight, saved_mean, saved_invstd,
+                                              training)
+    return backend.batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, g, training)
+
+
+def batch_norm(x: Array, running_mean: Optional[Array], running_var: Optional[Array],
+               weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tuple[Array, Array, Array]:
+    """Batch normalisation over channel 1 of x (N, C, *) -> (y, saved_mean (C,), saved_invstd (C,)).
+
+    y = (x - mean) * invstd * weight + bias (weight 1 and bias 0 when None). In training, mean
+    and the biased variance var are the batch's per-channel statistics, invstd = 1/sqrt(var + eps),
+    and, unless they are None, ``running_mean``/``running_var`` are updated in place:
+    running = (1 - momentum) * running + momentum * batch value, with the unbiased variance
+    (var * count / (count - 1)) for running_var. In evaluation the running statistics normalise
+    and are returned as the saved ones (saved_invstd = 1/sqrt(running_var + eps)). See
+    docs/batchnorm.md.
+    """
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, False)
+
+
+def batch_norm_backward(dy: Array, x: Array, weight: Optional[Array], saved_mean: Array,
+                        saved_invstd: Array, training: bool = True) -> Tuple[Array, Array, Array]:
+    """Gradients of batch_norm: dy (N, C, *) -> (dx, dweight (C,), dbias (C,)).
+
+    With xhat = (x - saved_mean) * saved_invstd: dbias = sum dy and dweight = sum dy * xhat over
+    each channel (returned whether or not the forward had weight and bias). In training (through
+    the batch statistics, count values per channel)
+    dx = weight * saved_invstd * (dy - dbias / count - xhat * dweight / count); in evaluation
+    (statistics fixed) dx = weight * saved_invstd * dy.
+    """
+    return _batch_norm_backward(dy, x, None, weight, saved_mean, saved_invstd, training)
+
+
+def batch_norm_relu(x: Array, running_mean: Optional[Array], running_var: Optional[Array],
+                    weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
+                    momentum: float = 0.1, eps: float = 1e-5) -> Tuple[Array, Array, Array]:
+    """relu(batch_norm(x, ...)) in one pass: the same statistics, running-statistics update and
+    saved values as batch_norm, y = max(batch-normalised x, 0)."""
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, True)
+
+
+def batch_norm_relu_backward(dy: Array, x: Array, y: Array, weight: Optional[Array], saved_mean: Array,
+                             saved_invstd: Array, training: bool = True) -> Tuple[Array, Array, Array]:
+    """Gradients of batch_norm_relu: batch_norm_backward of (dy where y > 0, else 0); y is the
+    forward output."""
+    return _batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, training)
 
 
 # ---- optimizer updates (in place) ----------------------------------------------------------

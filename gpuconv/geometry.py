@@ -269,3 +269,40 @@ def check_divisor_override(divisor_override) -> Optional[int]:
     if divisor_override is None:
         return None
     return check_int("divisor_override", divisor_override, 1)
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NormGeometry:
+    """x (N, C, *spatial) seen as (N, C, S): per-channel statistics over the N*S values of a
+    channel (``count``)."""
+
+    N: int
+    C: int
+    S: int
+
+    @property
+    def count(self) -> int:
+        return self.N * self.S
+
+    @property
+    def stats_shape(self) -> Tuple[int]:
+        return (self.C,)
+
+
+def batch_norm_geometry(x_shape, training: bool) -> NormGeometry:
+    """(N, C, S) of a batch-norm input of rank 2 to 4 ((N, C), (N, C, L), (N, C, H, W), as
+    PyTorch's batch_norm). Training needs more than one value per channel: the unbiased variance
+    of the running statistics divides by count - 1, and a single value normalises to 0."""
+    shape = tuple(int(s) for s in x_shape)
+    if not 2 <= len(shape) <= 4:
+        raise ValueError(f"x must have rank 2, 3 or 4 ((N, C), (N, C, L) or (N, C, H, W)), got shape {shape}")
+    if shape[1] < 1:
+        raise ValueError(f"x must have at least one channel (dimension 1), got shape {shape}")
+    check_int32_offsets("x", shape)
+    N, C, S = shape[0], shape[1], math.prod(shape[2:])
+    if training and N * S <= 1:
+        raise ValueError(f"batch norm in training needs more than one value per channel, got x of "
+                         f"shape {shape} ({N * S} per channel)")
+    return NormGeometry(N, C, S)

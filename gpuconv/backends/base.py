@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-from ..geometry import ConvGeometry, PoolGeometry
+from ..geometry import ConvGeometry, NormGeometry, PoolGeometry
 
 Array = Any
 
@@ -122,6 +122,21 @@ class Backend:
 
     def softmax_cross_entropy(self, logits: Array, labels: Array) -> Tuple[Array, Array]:
         """(loss as a 0-d array, dlogits), mean over the batch."""
+        raise NotImplementedError
+
+    # ---- batch normalisation ------------------------------------------------------------
+    def batch_norm(self, x: Array, running_mean: Optional[Array], running_var: Optional[Array],
+                   weight: Optional[Array], bias: Optional[Array], g: NormGeometry, training: bool,
+                   momentum: float, eps: float, relu: bool) -> Tuple[Array, Array, Array]:
+        """(y, saved_mean, saved_invstd) of functional.batch_norm (relu: y = max(y, 0)); running
+        statistics, when given and training, are updated in place."""
+        raise NotImplementedError
+
+    def batch_norm_backward(self, dy: Array, x: Array, y: Optional[Array], weight: Optional[Array],
+                            saved_mean: Array, saved_invstd: Array, g: NormGeometry, training: bool
+                            ) -> Tuple[Array, Array, Array]:
+        """(dx, dweight, dbias) of functional.batch_norm_backward; with ``y`` (the output of the
+        fused forward) dy counts only where y > 0."""
         raise NotImplementedError
 
     # ---- optimizer updates (in place) ---------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..dropout_rng import dropout_mask
-from ..geometry import ConvGeometry, PoolGeometry, avg_pool_divisor
+from ..geometry import ConvGeometry, NormGeometry, PoolGeometry, avg_pool_divisor
 from .base import Backend
 
 # Target size of one batch chunk's working buffer (conv columns, max-pool windows): large enough
@@ -325,6 +325,23 @@ def _max_pool_chunk(xp: np.ndarray, g: PoolGeometry) -> Tuple[np.ndarray, np.nda
     return y, delta, empty
 
 
+# ---- batch normalisation -------------------------------------------------------------------
+# Statistics and gradient sums are computed in float64 whatever the dtype (two passes: mean, then
+# the mean square deviation), so the reference carries no cancellation of its own; results are
+# rounded to the dtype of x.
+
+def _channels(a: np.ndarray, g: NormGeometry) -> np.ndarray:
+    """(N, C, *) -> float64 view/copy of shape (N, C, S)."""
+    return np.asarray(a).reshape(g.N, g.C, g.S).astype(np.float64, copy=False)
+
+
+def _per_channel(v: Optional[np.ndarray], default: float) -> np.ndarray:
+    """(C,) -> float64 (1, C, 1); None -> the scalar ``default``."""
+    if v is None:
+        return np.float64(default)
+    return np.asarray(v, dtype=np.float64)[None, :, None]
+
+
 class NumpyBackend(Backend):
     """Vectorised NumPy reference (float32 and float64)."""
 
@@ -482,6 +499,45 @@ class NumpyBackend(Backend):
         d[rows, lab] -= 1
         d /= N
         return np.asarray(loss, dtype=logits.dtype), d
+
+    # ---- batch normalisation ------------------------------------------------------------
+    def batch_norm(self, x, running_mean, running_var, weight, bias, g: NormGeometry, training,
+                   momentum, eps, relu):
+        xs = _channels(x, g)
+        if training:
+            mean = xs.mean(axis=(0, 2))
+            var = np.square(xs - mean[None, :, None]).mean(axis=(0, 2))  # biased
+            if running_mean is not None:
+                unbiased = var * (g.count / (g.count - 1))
+                running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+                running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+        else:
+            mean = running_mean.astype(np.float64)
+            var = running_var.astype(np.float64)
+        invstd = 1.0 / np.sqrt(var + eps)
+        y = (xs - mean[None, :, None]) * invstd[None, :, None] * _per_channel(weight, 1.0) \
+            + _per_channel(bias, 0.0)
+        if relu:
+            y = np.maximum(y, 0.0)
+        dt = x.dtype
+        return y.astype(dt).reshape(x.shape), mean.astype(dt), invstd.astype(dt)
+
+    def batch_norm_backward(self, dy, x, y, weight, saved_mean, saved_invstd, g: NormGeometry, training):
+        d = _channels(dy, g)
+        if y is not None:
+            d = np.where(np.asarray(y).reshape(d.shape) > 0, d, 0.0)
+        invstd = _per_channel(saved_invstd, 1.0)
+        xhat = (_channels(x, g) - _per_channel(saved_mean, 0.0)) * invstd
+        dbias = d.sum(axis=(0, 2))
+        dweight = (d * xhat).sum(axis=(0, 2))
+        scale = _per_channel(weight, 1.0) * invstd
+        if training:
+            m = g.count
+            dx = scale * (d - dbias[None, :, None] / m - xhat * (dweight[None, :, None] / m))
+        else:
+            dx = scale * d
+        dt = x.dtype
+        return dx.astype(dt).reshape(x.shape), dweight.astype(dt), dbias.astype(dt)
 
     # ---- optimizer updates (in place) ---------------------------------------------------
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step):

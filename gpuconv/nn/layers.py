@@ -1,4 +1,4 @@
-"""Layers: convolution, pooling, activations, dense, dropout and containers.
+"""Layers: convolution, pooling, activations, dense, dropout, batch normalisation and containers.
 
 Every layer computes through ``gpuconv.functional`` (plus reshapes, which every backend's array
 type provides; the residual sum and the dropout mask go through ``functional.add``/``mul``), so one
@@ -17,12 +17,13 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from .. import functional as F
-from ..geometry import check_int, pair
+from ..geometry import check_int, check_real, pair
 from . import init as initializers
 from .module import Module
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "L2Pool2d", "GlobalAvgPool2d", "ReLU", "Sigmoid",
-           "Tanh", "Flatten", "Linear", "Dropout", "Sequential", "Residual", "Identity"]
+           "Tanh", "Flatten", "Linear", "Dropout", "Sequential", "Residual", "Identity", "BatchNorm2d",
+           "BatchNormReLU2d"]
 
 IntPair = Union[int, Tuple[int, int]]
 _INITS = ("he", "glorot", "zeros")
@@ -373,6 +374,99 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+class BatchNorm2d(Module):
+    """Batch normalisation of x (N, C, H, W) per channel, PyTorch's ``nn.BatchNorm2d``.
+
+    In training mode the batch's statistics normalise and, with ``track_running_stats``, update
+    the buffers ``running_mean``/``running_var`` (``momentum``; None: the cumulative average,
+    1 / num_batches_tracked) and count ``num_batches_tracked``; in eval mode the running
+    statistics normalise (without ``track_running_stats`` the batch's always do). ``affine``
+    adds the parameters ``weight`` (ones) and ``bias`` (zeros). The state_dict keys are
+    PyTorch's: weight, bias, running_mean, running_var, num_batches_tracked.
+    """
+
+    _relu = False
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *, dtype=np.float32) -> None:
+        super().__init__()
+        self.num_features = _positive_int("num_features", num_features)
+        self.eps = check_real("eps", eps, 0.0, lo_open=True)
+        self.momentum = None if momentum is None else check_real("momentum", momentum, 0.0, 1.0)
+        for name, flag in (("affine", affine), ("track_running_stats", track_running_stats)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        dt = _check_dtype(dtype)
+        C = self.num_features
+        self.weight = self.register_parameter("weight", np.ones(C, dt)) if self.affine else None
+        self.bias = self.register_parameter("bias", np.zeros(C, dt)) if self.affine else None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(C, dt))
+            self.register_buffer("running_var", np.ones(C, dt))
+            self.register_buffer("num_batches_tracked", np.array(0, np.int64))
+        self._cache = None
+
+    @property
+    def running_mean(self):
+        return self._buffers.get("running_mean")
+
+    @property
+    def running_var(self):
+        return self._buffers.get("running_var")
+
+    @property
+    def num_batches_tracked(self) -> int:
+        return int(self._buffers["num_batches_tracked"]) if self.track_running_stats else 0
+
+    def _drop_cache(self) -> None:
+        self._cache = None
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"{type(self).__name__} expects x of rank 4 (N, C, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        batch_stats = self.training or not self.track_running_stats
+        tracking = self.training and self.track_running_stats
+        factor = 0.0 if self.momentum is None else self.momentum
+        if tracking and self.momentum is None:  # cumulative average over the batches seen
+            factor = 1.0 / (self.num_batches_tracked + 1)
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        fn = F.batch_norm_relu if self._relu else F.batch_norm
+        y, mean, invstd = fn(x, self.running_mean, self.running_var, w, b, training=batch_stats,
+                             momentum=factor, eps=self.eps)
+        if tracking:
+            self._buffers["num_batches_tracked"] = np.array(self.num_batches_tracked + 1, np.int64)
+        self._cache = (x, y if self._relu else None, mean, invstd, batch_stats)
+        return y
+
+    def backward(self, dy):
+        _need_forward(self, self._cache)
+        x, y, mean, invstd, batch_stats = self._cache
+        w = None if self.weight is None else self.weight.data
+        if self._relu:
+            dx, dw, db = F.batch_norm_relu_backward(dy, x, y, w, mean, invstd, training=batch_stats)
+        else:
+            dx, dw, db = F.batch_norm_backward(dy, x, w, mean, invstd, training=batch_stats)
+        if self.affine:
+            self.weight.grad, self.bias.grad = dw, db
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNormReLU2d(BatchNorm2d):
+    """``BatchNorm2d`` followed by a ReLU, in one fused pass forward and backward (the same
+    parameters, buffers and state_dict keys as BatchNorm2d)."""
+
+    _relu = True
 
 
 class Sequential(Module):
