@@ -30,6 +30,7 @@ __all__ = [
     "add", "mul",
     "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step",
     "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",
+    "augment",
 ]
 
 Array = Any
@@ -539,6 +540,41 @@ def batch_norm_relu_backward(dy: Array, x: Array, y: Array, weight: Optional[Arr
     """Gradients of batch_norm_relu: batch_norm_backward of (dy where y > 0, else 0); y is the
     forward output."""
     return _batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, training)
+
+
+# ---- batch augmentation --------------------------------------------------------------------
+
+def augment(x: Array, seed: int, epoch: int, indices: Optional[Array] = None, *, crop_padding: int = 0,
+            padding_mode: str = "zeros", flip: str = "none", cutout: int = 0) -> Array:
+    """Augment a batch of images x (N, C, H, W) on the device -> y of x's shape and dtype.
+
+    Each image is padded by ``crop_padding`` on every side (``padding_mode`` "zeros" or
+    "reflect") and cropped back to H x W at a random offset, flipped horizontally (``flip``:
+    "none", "random" with probability 1/2, or "alternate": a fixed random half of the images in
+    even epochs and the other half in odd epochs), and a ``cutout`` x ``cutout`` square of it
+    is set to zero (0: none). The draws of image n hash (seed, epoch, indices[n])
+    (``gpuconv.augment_rng``): pass the images' dataset indices, an int array (N,) of the
+    active backend with values in [0, 2^31); None means 0 ... N-1.
+    """
+    backend = get_backend()
+    _check_float(backend, "x", x)
+    spec = geometry.augment_spec(x.shape, crop_padding, padding_mode, flip, cutout)
+    seed = geometry.check_int("seed", seed, 0)
+    epoch = geometry.check_int("epoch", epoch, 0)
+    if indices is None:
+        indices = backend.asarray(np.arange(spec.N, dtype=np.int32))
+    else:
+        _check_array(backend, "indices", indices)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"indices must be an integer array (image indices), got dtype {indices.dtype}")
+        _check_shape_equals("indices", indices, (spec.N,), "one index per image of x")
+        if indices.size:
+            lo, hi = int(indices.min()), int(indices.max())
+            if lo < 0 or hi > geometry.INT32_MAX:
+                raise ValueError(f"indices must lie in [0, 2^31), got values in [{lo}, {hi}]")
+        if indices.dtype != INDEX_DTYPE:
+            indices = indices.astype(INDEX_DTYPE)
+    return backend.augment(x, indices, seed, epoch, spec)
 
 
 # ---- optimizer updates (in place) ----------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-from ..geometry import ConvGeometry, NormGeometry, PoolGeometry
+from ..geometry import AugmentSpec, ConvGeometry, NormGeometry, PoolGeometry
 
 Array = Any
 
@@ -137,6 +137,11 @@ class Backend:
                             ) -> Tuple[Array, Array, Array]:
         """(dx, dweight, dbias) of functional.batch_norm_backward; with ``y`` (the output of the
         fused forward) dy counts only where y > 0."""
+        raise NotImplementedError
+
+    # ---- batch augmentation -------------------------------------------------------------
+    def augment(self, x: Array, indices: Array, seed: int, epoch: int, spec: AugmentSpec) -> Array:
+        """functional.augment; ``indices`` int32 (N,), the draws of ``gpuconv.augment_rng``."""
         raise NotImplementedError
 
     # ---- optimizer updates (in place) ---------------------------------------------------

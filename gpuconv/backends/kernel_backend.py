@@ -198,5 +198,7 @@ class KernelBackend(Backend):
     batch_norm = launch.batchnorm.forward
     batch_norm_backward = launch.batchnorm.backward
 
+    augment = launch.augment.augment
+
     sgd_step = launch.optim.sgd_step
     adam_step = launch.optim.adam_step

@@ -27,8 +27,9 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..augment_rng import augment_params
 from ..dropout_rng import dropout_mask
-from ..geometry import ConvGeometry, NormGeometry, PoolGeometry, avg_pool_divisor
+from ..geometry import AugmentSpec, ConvGeometry, NormGeometry, PoolGeometry, avg_pool_divisor
 from .base import Backend
 
 # Target size of one batch chunk's working buffer (conv columns, max-pool windows): large enough
@@ -342,6 +343,27 @@ def _per_channel(v: Optional[np.ndarray], default: float) -> np.ndarray:
     return np.asarray(v, dtype=np.float64)[None, :, None]
 
 
+# ---- batch augmentation --------------------------------------------------------------------
+
+def _crop_source(origin: np.ndarray, size: int, pad: int, reflect: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Source coordinate (N, size) of each output coordinate of a crop at ``origin`` (N,) of the
+    input padded by ``pad``, and whether it lies inside (zero padding)."""
+    src = origin[:, None] - pad + np.arange(size)[None, :]
+    if reflect:
+        src = np.where(src < 0, -src, src)
+        src = np.where(src >= size, 2 * (size - 1) - src, src)
+        return src, np.ones(src.shape, bool)
+    inside = (src >= 0) & (src < size)
+    return np.clip(src, 0, max(size - 1, 0)), inside
+
+
+def _cutout_mask(centre: np.ndarray, size: int, cutout: int) -> np.ndarray:
+    """(N, size): True on the cutout rows (or columns) of each image."""
+    start = centre[:, None] - cutout // 2
+    pos = np.arange(size)[None, :]
+    return (pos >= start) & (pos < start + cutout)
+
+
 class NumpyBackend(Backend):
     """Vectorised NumPy reference (float32 and float64)."""
 
@@ -538,6 +560,24 @@ class NumpyBackend(Backend):
             dx = scale * d
         dt = x.dtype
         return dx.astype(dt).reshape(x.shape), dweight.astype(dt), dbias.astype(dt)
+
+    # ---- batch augmentation -------------------------------------------------------------
+    def augment(self, x, indices, seed, epoch, spec: AugmentSpec):
+        prm = augment_params(seed, epoch, indices, spec)
+        flip, oy, ox, cy, cx = (prm[:, k].astype(np.int64) for k in range(5))
+        reflect = spec.padding_mode == "reflect"
+        rows, row_in = _crop_source(oy, spec.H, spec.crop_padding, reflect)
+        # flipped: output column w shows the cropped column W - 1 - w
+        cols, col_in = _crop_source(ox, spec.W, spec.crop_padding, reflect)
+        cols = np.where(flip[:, None] == 1, cols[:, ::-1], cols)
+        col_in = np.where(flip[:, None] == 1, col_in[:, ::-1], col_in)
+        n = np.arange(spec.N)[:, None, None]
+        y = x[n, :, rows[:, :, None], cols[:, None, :]].transpose(0, 3, 1, 2)  # (N, C, H, W)
+        keep = row_in[:, :, None] & col_in[:, None, :]
+        if spec.cutout:
+            keep &= ~(_cutout_mask(cy, spec.H, spec.cutout)[:, :, None]
+                      & _cutout_mask(cx, spec.W, spec.cutout)[:, None, :])
+        return np.where(keep[:, None], y, x.dtype.type(0))
 
     # ---- optimizer updates (in place) ---------------------------------------------------
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step):
