@@ -28,7 +28,7 @@ __all__ = [
     "l2_pool2d", "l2_pool2d_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "dropout",
     "add", "mul",
-    "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step",
+    "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step", "adamw_step",
     "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",
     "augment",
 ]
@@ -409,10 +409,15 @@ def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
     return backend.linear_backward(dy, x, weight, _check_bool("need_db", need_db))
 
 
-def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[Array, Array]:
+def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0
+                          ) -> Tuple[Array, Array]:
     """Mean cross-entropy of softmax(logits): logits (N, classes), labels integer (N,) in
-    [0, classes) -> (loss as a 0-d array, dlogits (N, classes)); numerically stable."""
+    [0, classes) -> (loss as a 0-d array, dlogits (N, classes)); numerically stable.
+
+    ``label_smoothing`` e in [0, 1] is PyTorch's: the target of row n is (1 - e) at its label
+    plus e / classes everywhere."""
     backend = get_backend()
+    label_smoothing = geometry.check_real("label_smoothing", label_smoothing, 0.0, 1.0)
     _check_float(backend, "logits", logits)
     _check_rank("logits", logits, 2)
     _check_array(backend, "labels", labels)
@@ -429,7 +434,7 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[Array, Array]:
         raise ValueError(f"logits must have at least one row, got shape {tuple(logits.shape)}")
     if labels.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
         labels = labels.astype(np.int64)
-    return backend.softmax_cross_entropy(logits, labels)
+    return backend.softmax_cross_entropy(logits, labels, label_smoothing)
 
 
 # ---- batch normalisation -------------------------------------------------------------------
@@ -616,6 +621,19 @@ def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: f
               weight_decay: float = 0.0) -> None:
     """One Adam update of ``param`` in place (PyTorch's rule, L2 weight decay); ``m`` and ``v``
     (param's shape) are the moment estimates, ``step`` counts updates from 1."""
+    _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, False)
+
+
+def adamw_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: float = 1e-3,
+               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+               weight_decay: float = 1e-2) -> None:
+    """One AdamW update of ``param`` in place (PyTorch's rule: decoupled weight decay,
+    param *= 1 - lr * weight_decay, then the Adam update without an L2 term); arguments as
+    adam_step."""
+    _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, True)
+
+
+def _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled: bool) -> None:
     backend = get_backend()
     step = geometry.check_int("step", step, 1)
     lr = geometry.check_real("lr", lr, 0.0)
@@ -624,4 +642,4 @@ def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: f
     eps = geometry.check_real("eps", eps, 0.0)
     weight_decay = geometry.check_real("weight_decay", weight_decay, 0.0)
     _check_state(backend, param, [("grad", grad), ("m", m), ("v", v)])
-    backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)

@@ -224,23 +224,27 @@ def test_linear_gradients():
     jacobian_check(*linear_fns(), tiny)
 
 
-def test_softmax_cross_entropy_gradient():
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_softmax_cross_entropy_gradient(smoothing):
     rng = np.random.default_rng(17)
     for shape in [(5, 4), (16, 10)]:
         logits = tie_free(rng, shape, 5.0)
         labels = rng.integers(0, shape[1], shape[0])
-        loss, d = F.softmax_cross_entropy(logits, labels)
+        loss, d = F.softmax_cross_entropy(logits, labels, smoothing)
         numeric = np.empty(logits.size)
         for i in range(logits.size):
             step = np.zeros(logits.size)
             step[i] = H_STEP
             step = step.reshape(shape)
-            numeric[i] = (F.softmax_cross_entropy(logits + step, labels)[0]
-                          - F.softmax_cross_entropy(logits - step, labels)[0]) / (2 * H_STEP)
+            numeric[i] = (F.softmax_cross_entropy(logits + step, labels, smoothing)[0]
+                          - F.softmax_cross_entropy(logits - step, labels, smoothing)[0]) / (2 * H_STEP)
         np.testing.assert_allclose(d.ravel(), numeric, atol=1e-8, rtol=1e-6)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        direct = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(shape[0]), labels])
-        np.testing.assert_allclose(loss, direct, rtol=1e-14)
+        # the definition: -sum_k q_k log p_k, q = (1 - e) onehot + e / K, averaged over rows
+        log_p = logits - logits.max(axis=1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+        q = np.full(shape, smoothing / shape[1])
+        q[np.arange(shape[0]), labels] += 1 - smoothing
+        np.testing.assert_allclose(loss, np.mean(-(q * log_p).sum(axis=1)), rtol=1e-13)
 
 
 # ---- batch normalisation ---------------------------------------------------------------------

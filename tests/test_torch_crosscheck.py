@@ -307,3 +307,18 @@ def test_batch_norm_matches_torch():
         if affine:
             assert_close("dweight", dw, tw.grad, ctx)
             assert_close("dbias", db, tb.grad, ctx)
+
+
+def test_label_smoothing_matches_torch():
+    rng = np.random.default_rng(14)
+    for case in range(CASES):
+        N, K = int(rng.integers(1, 9)), int(rng.integers(1, 12))
+        eps = float(rng.choice([0.0, 1.0, rng.uniform(0, 1)]))
+        logits = rng.standard_normal((N, K)) * 4 + rng.standard_normal() * 50
+        labels = rng.integers(0, K, N)
+        tl = torch_leaf(logits)
+        tloss = TF.cross_entropy(tl, torch.tensor(labels), label_smoothing=eps)
+        tloss.backward()
+        loss, d = F.softmax_cross_entropy(logits, labels, label_smoothing=eps)
+        assert_close("loss", loss, tloss, (case, N, K, eps))
+        assert_close("dlogits", d, tl.grad, (case, N, K, eps))

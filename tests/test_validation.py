@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gpuconv import functional as F
-from gpuconv import use_backend
+from gpuconv import nn, use_backend
 from gpuconv.backends.base import Backend
 
 
@@ -179,6 +179,15 @@ def test_linear_checks_shapes():
         F.linear_backward(arr(2, 4), arr(2, 4), arr(5, 4))
     with pytest.raises(TypeError, match="weight has dtype float64"):
         F.linear(arr(2, 4), arr(5, 4, dtype=np.float64))
+
+
+@pytest.mark.parametrize("smoothing,exc", [(-0.1, ValueError), (1.5, ValueError), ("0.1", TypeError),
+                                           (float("nan"), ValueError)])
+def test_softmax_cross_entropy_checks_label_smoothing(smoothing, exc):
+    with pytest.raises(exc, match="label_smoothing"):
+        F.softmax_cross_entropy(arr(3, 5), np.array([0, 1, 2]), label_smoothing=smoothing)
+    with pytest.raises(exc, match="label_smoothing"):
+        nn.SoftmaxCrossEntropy(label_smoothing=smoothing)
 
 
 def test_softmax_cross_entropy_checks_labels():

@@ -120,8 +120,9 @@ class Backend:
                         ) -> Tuple[Array, Array, Optional[Array]]:
         raise NotImplementedError
 
-    def softmax_cross_entropy(self, logits: Array, labels: Array) -> Tuple[Array, Array]:
-        """(loss as a 0-d array, dlogits), mean over the batch."""
+    def softmax_cross_entropy(self, logits: Array, labels: Array, label_smoothing: float = 0.0
+                              ) -> Tuple[Array, Array]:
+        """(loss as a 0-d array, dlogits), mean over the batch; PyTorch's label smoothing."""
         raise NotImplementedError
 
     # ---- batch normalisation ------------------------------------------------------------
@@ -151,6 +152,8 @@ class Backend:
         raise NotImplementedError
 
     def adam_step(self, param: Array, grad: Array, m: Array, v: Array, step: int, lr: float,
-                  beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-        """PyTorch's Adam rule (L2 weight decay added to the gradient); ``step`` starts at 1."""
+                  beta1: float, beta2: float, eps: float, weight_decay: float,
+                  decoupled: bool = False) -> None:
+        """PyTorch's Adam rule (L2 weight decay added to the gradient), or with ``decoupled``
+        AdamW's (param *= 1 - lr * weight_decay first, no L2 term); ``step`` starts at 1."""
         raise NotImplementedError

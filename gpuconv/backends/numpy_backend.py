@@ -509,16 +509,24 @@ class NumpyBackend(Backend):
     def linear_backward(self, dy, x, weight, need_db=True):
         return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_db else None)
 
-    def softmax_cross_entropy(self, logits, labels):
-        N = logits.shape[0]
+    def softmax_cross_entropy(self, logits, labels, label_smoothing=0.0):
+        N, K = logits.shape
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         total = e.sum(axis=1, keepdims=True)
         rows = np.arange(N)
         lab = labels.astype(np.intp, copy=False)
-        loss = np.mean(np.log(total[:, 0]) - shifted[rows, lab])
         d = e / total
-        d[rows, lab] -= 1
+        if label_smoothing:  # target (1 - e) at the label + e / K everywhere
+            keep = 1.0 - label_smoothing
+            row_loss = (np.log(total[:, 0]) - keep * shifted[rows, lab]
+                        - label_smoothing * shifted.mean(axis=1))
+            d[rows, lab] -= keep
+            d -= label_smoothing / K
+        else:
+            row_loss = np.log(total[:, 0]) - shifted[rows, lab]
+            d[rows, lab] -= 1
+        loss = np.mean(row_loss)
         d /= N
         return np.asarray(loss, dtype=logits.dtype), d
 
@@ -591,8 +599,12 @@ class NumpyBackend(Backend):
             d = d + momentum * buf if nesterov else buf
         param -= lr * d
 
-    def adam_step(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
-        g = grad + weight_decay * param if weight_decay else grad
+    def adam_step(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled=False):
+        if decoupled:  # AdamW: shrink param first, no L2 term in the gradient
+            param *= 1.0 - lr * weight_decay
+            g = grad
+        else:
+            g = grad + weight_decay * param if weight_decay else grad
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2
