@@ -64,6 +64,17 @@ def to_torch(model, torch_nn):
             return tnn.Flatten()
         elif isinstance(m, nn.GlobalAvgPool2d):
             return tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Flatten())
+        elif isinstance(m, nn.BatchNorm2d):
+            import torch
+            t = tnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            state = m.state_dict()
+            floats = [v for v in state.values() if v.dtype.kind == "f"]
+            if floats:
+                t = t.to(torch.from_numpy(floats[0]).dtype)
+            t.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+            return tnn.Sequential(t, tnn.ReLU()) if isinstance(m, nn.BatchNormReLU2d) else t
+        elif isinstance(m, nn.SubsamplePad2d):
+            return _TorchSubsamplePad(tnn, m.front, m.out_channels - m.in_channels - m.front, m.stride)
         else:
             raise ValueError(f"layer {type(m).__name__} has no torch.nn conversion")
         import torch
@@ -91,6 +102,17 @@ class _TorchResidual:
             def forward(self, x):
                 return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
         return Residual()
+
+
+class _TorchSubsamplePad:
+    """Factory for nn.SubsamplePad2d as a torch.nn.Module (built lazily to keep torch optional)."""
+
+    def __new__(cls, tnn, front, back, stride):
+        class SubsamplePad(tnn.Module):
+            def forward(self, x):
+                import torch.nn.functional as TF
+                return TF.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, front, back))
+        return SubsamplePad()
 
 
 class _GpuconvStep:

@@ -106,6 +106,12 @@ def test_checkpoint_round_trip_keeps_running_statistics(tmp_path):
     assert "1.running_mean" not in fresh.state_dict()
 
 
+def test_counter_loads_from_a_numpy_scalar():
+    layer = nn.BatchNorm2d(3)
+    layer.load_state_dict(dict(layer.state_dict(), num_batches_tracked=np.int64(7)))
+    assert layer.num_batches_tracked == 7
+
+
 def test_wrong_buffer_shape_or_dtype_is_named_and_leaves_the_layer_unchanged():
     layer = nn.BatchNorm2d(3)
     state = layer.state_dict()

@@ -19,6 +19,7 @@ from .layers import (
                      Residual,
                      Sequential,
                      Sigmoid,
+                     SubsamplePad2d,
                      Tanh,
 )
 from .loss import SoftmaxCrossEntropy
@@ -27,4 +28,4 @@ from .module import Module, Parameter, to_host
 __all__ = ["init", "Module", "Parameter", "to_host", "Conv2d", "MaxPool2d", "AvgPool2d", "L2Pool2d",
            "GlobalAvgPool2d", "ReLU", "Sigmoid", "Tanh", "Identity", "Flatten", "Linear", "Dropout",
            "Sequential", "Residual", "SoftmaxCrossEntropy", "save_checkpoint", "load_checkpoint",
-           "BatchNorm2d", "BatchNormReLU2d"]
+           "BatchNorm2d", "BatchNormReLU2d", "SubsamplePad2d"]

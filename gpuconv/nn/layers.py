@@ -1,9 +1,10 @@
 """Layers: convolution, pooling, activations, dense, dropout, batch normalisation and containers.
 
-Every layer computes through ``gpuconv.functional`` (plus reshapes, which every backend's array
-type provides; the residual sum and the dropout mask go through ``functional.add``/``mul``), so one
-model runs unchanged on the numpy, emulator and cuda backends. Gradient rule (see
-``module.py``): ``backward(dy)`` returns the input gradient and *sets* each parameter's ``grad``.
+Every layer computes through ``gpuconv.functional`` (plus reshapes and strided slices, which every
+backend's array type provides; the residual sum and the dropout mask go through
+``functional.add``/``mul``), so one model runs unchanged on the numpy, emulator and cuda backends.
+Gradient rule (see ``module.py``): ``backward(dy)`` returns the input gradient and *sets* each
+parameter's ``grad``.
 
 Default initialisation: weights He-normal (fan_in, ReLU gain; ``init="glorot"`` for
 Xavier-uniform, ``init="zeros"`` for zeros), biases zero. Weights are drawn on the host from
@@ -17,13 +18,14 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from .. import functional as F
+from ..backends import get_backend
 from ..geometry import check_int, check_real, pair
 from . import init as initializers
 from .module import Module
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "L2Pool2d", "GlobalAvgPool2d", "ReLU", "Sigmoid",
            "Tanh", "Flatten", "Linear", "Dropout", "Sequential", "Residual", "Identity", "BatchNorm2d",
-           "BatchNormReLU2d"]
+           "BatchNormReLU2d", "SubsamplePad2d"]
 
 IntPair = Union[int, Tuple[int, int]]
 _INITS = ("he", "glorot", "zeros")
@@ -467,6 +469,47 @@ class BatchNormReLU2d(BatchNorm2d):
     parameters, buffers and state_dict keys as BatchNorm2d)."""
 
     _relu = True
+
+
+class SubsamplePad2d(Module):
+    """x (N, in_channels, H, W) -> x[:, :, ::stride, ::stride] between zero channels, (N,
+    out_channels, ceil(H/stride), ceil(W/stride)): the parameter-free shortcut of He et al.'s
+    CIFAR ResNets ("option A"), (out - in) // 2 zero channels before the input's and the rest
+    after."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        if self.out_channels < self.in_channels:
+            raise ValueError(f"out_channels={out_channels} must be >= in_channels={in_channels}")
+        self.stride = _positive_int("stride", stride)
+        self.front = (self.out_channels - self.in_channels) // 2
+        self._shape = None
+
+    def _drop_cache(self) -> None:
+        self._shape = None
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SubsamplePad2d expects x of shape (N, {self.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}")
+        s, lo = self.stride, self.front
+        sub = x[:, :, ::s, ::s]
+        y = get_backend().zeros((x.shape[0], self.out_channels) + tuple(sub.shape[2:]), x.dtype)
+        y[:, lo:lo + self.in_channels] = sub
+        self._shape = tuple(x.shape)
+        return y
+
+    def backward(self, dy):
+        _need_forward(self, self._shape)
+        s, lo = self.stride, self.front
+        dx = get_backend().zeros(self._shape, dy.dtype)
+        dx[:, :, ::s, ::s] = dy[:, lo:lo + self.in_channels]
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
 
 class Sequential(Module):

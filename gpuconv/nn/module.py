@@ -32,6 +32,8 @@ def to_host(a) -> np.ndarray:
     """Any backend's array -> NumPy array on the host (no copy for NumPy arrays)."""
     if isinstance(a, np.ndarray):
         return a
+    if isinstance(a, np.generic):  # a NumPy scalar, e.g. a counter of a state dict
+        return np.asarray(a)
     current = get_backend()
     if current.is_array(a):
         return np.asarray(current.to_numpy(a))
