@@ -197,7 +197,8 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
     const int M = N * PQ;
     const int t = threadIdx.x;
-    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
     const int m0 = blockIdx.x * BM;
     const int n_ktiles = (Kg + BN - 1) / BN;
 
@@ -221,15 +222,37 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
             });
 
+        const int mq = m0 + 4 * tm;  // the thread's four rows mq .. mq + 3
+        if (PQ % 4 == 0) {
+            // The four rows are consecutive positions of one image and 4-aligned: one vector store
+            // per output channel, and the 8 lanes of a warp along the rows write 128 contiguous
+            // bytes of float (a scalar store per row would put 4-element gaps between lanes).
+            if (mq < M) {
+                const int n = mq / PQ, pq = mq - n * PQ;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int m = m0 + 4 * tm + i;
-            if (m >= M) continue;
-            const int n = m / PQ, pq = m - n * PQ;
+                for (int j = 0; j < 4; ++j) {
+                    const int k = k0 + 4 * tn + j;
+                    if (k < Kg) {
+                        const int kg = g * Kg + k;
+                        const T b = has_bias ? bias[kg] : T(0);
+                        gc_vec4<T> v;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int k = k0 + 4 * tn + j;
-                if (k < Kg) conv_store_y(y, bias, has_bias, acc[i][j], n, pq, g * Kg + k, K, PQ);
+                        for (int i = 0; i < 4; ++i) v.v[i] = has_bias ? acc[i][j] + b : acc[i][j];
+                        *reinterpret_cast<gc_vec4<T>*>(&y[(n * K + kg) * PQ + pq]) = v;
+                    }
+                }
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int m = mq + i;
+                if (m >= M) continue;
+                const int n = m / PQ, pq = m - n * PQ;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int k = k0 + 4 * tn + j;
+                    if (k < Kg) conv_store_y(y, bias, has_bias, acc[i][j], n, pq, g * Kg + k, K, PQ);
+                }
             }
         }
     }
@@ -359,13 +382,17 @@ __device__ __forceinline__ void gc_mma_tf32_m16n8k8(float (&d)[4], const unsigne
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
     // Portable twin with the same fragment semantics: each lane gathers rows g and g+8 of A and
-    // columns 2t and 2t+1 of B from the lanes that own them, rounds the operands as cvt.rna does,
-    // and adds the eight products to its four accumulators in k order (a product of two TF32
-    // numbers is exact in fp32, so only the additions round).
+    // columns 2t and 2t+1 of B from the lanes that own them, reads each operand as the tensor core
+    // does (its low 13 mantissa bits ignored: an operand not rounded by cvt.rna first is
+    // truncated), and adds the eight products to its four accumulators in k order (a product of
+    // two TF32 numbers is exact in fp32, so only the additions round).
     const int lane = threadIdx.x % GC_WARP_SIZE;
     const int g = lane >> 2, t = lane & 3;
     float ar[2][8], bc[2][8];  // ar[row g / g+8][k], bc[col 2t / 2t+1][k]
-    auto op = [](unsigned v) { return __uint_as_float(gc_tf32_bits(__uint_as_float(v))); };
+    auto op = [](unsigned v) {
+        const bool nan = (v & 0x7f800000u) == 0x7f800000u && (v & 0x007fffffu);
+        return __uint_as_float(nan ? v : v & 0xffffe000u);
+    };
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
         const int a_src = g * 4 + kk;  // owns A[g][kk], A[g+8][kk], A[g][kk+4], A[g+8][kk+4]
@@ -536,7 +563,8 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
     const int HW = H * W, PQ = P * Q, RS = R * S, CgRS = Cg * RS, KRS = Kg * RS;
     const int M = N * HW;
     const int t = threadIdx.x;
-    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
     const int m0 = blockIdx.x * BM;
     const int n_ctiles = (Cg + BN - 1) / BN;
     const int n_steps = (KRS + BK - 1) / BK;
@@ -632,7 +660,8 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
     const int M = N * PQ;
     const int t = threadIdx.x;
-    const int tm = t % Tl::TM, tn = t / Tl::TM;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
     const int col0 = blockIdx.x * BN;
     const int n_ktiles = (Kg + BM - 1) / BM;
     const int m_begin = blockIdx.z * chunk;

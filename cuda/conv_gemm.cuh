@@ -35,6 +35,21 @@ struct ConvTile {
     static constexpr int BK = 64 / (int)sizeof(T);   // reduction step: 16 floats, 8 doubles
     static constexpr int PAD = 4;                    // rows stay gc_vec4-aligned; spreads banks
     static constexpr int TM = BM / 4;                // threads along the rows
+    static constexpr int TN = BN / 4;                // threads along the columns
+    static constexpr int WM = TM < 8 ? TM : 8;       // lanes of a warp along the rows
+    static constexpr int WN = GC_WARP_SIZE / WM;     // ... and along the columns
+    static_assert(TM % WM == 0 && TN % WN == 0 && TM * TN == THREADS, "warp arrangement");
+
+    // Thread t's 4 x 4 register tile covers rows 4*tm.. and columns 4*tn.. of the output tile. The
+    // lanes of a warp form a WM x WN block of such tiles (8 x 4, or 4 x 8 for 16-row tiles), so
+    // each reduction row of conv_tile_multiply reads at most 8 distinct float4 of A and of B per
+    // warp, one shared-memory wavefront each; lanes laid 32 x 1 along the rows would read 32
+    // distinct float4 of A (four wavefronts) and one of B for the same 16 FMAs per thread.
+    __device__ __forceinline__ static void thread_tile(int t, int& tm, int& tn) {
+        const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
+        tm = (warp % (TM / WM)) * WM + lane % WM;
+        tn = (warp / (TM / WM)) * WN + lane / WM;
+    }
 };
 
 // Entry of the per-step index table. a, b, c are read by ConvLoader::gather (offset, window
@@ -188,11 +203,17 @@ struct ConvLoader {
 };
 
 // The double-buffered main loop of the implicit GEMMs, one barrier per step: the global loads of
-// step s + 1 are in flight while step s is multiplied, then stored to the other buffer, and the
-// index table of step s + 2 is filled into the table buffer step s is done with. Callbacks:
-//   entry(i)     the table entry of index i = step * BK + slot of the reduction
+// step s + 1 are issued, step s is multiplied while they are in flight, then they are stored to
+// the other buffer, and the index table of step s + 2 is filled into the table buffer step s is
+// done with. Callbacks:
+//   entry(i)     the table entry of index i = step * BK + slot of the reduction; an index past the
+//                end of the reduction must give an entry that reads zero (conv_idx_outside)
 //   load(buf)    global loads into registers for the step whose table is tbl[buf]
 //   store(buf)   registers to shared buffer buf;   multiply(buf): accumulate shared buffer buf
+// Nothing in the loop is conditional on the step: past the last step the tables hold entries that
+// read zero, so the extra load, store and fill of the last iteration touch no global memory. A
+// conditional load would be sunk by ptxas below the multiply (into the conditional store), and
+// nothing would be in flight while the multiply runs.
 template <int BK, typename Entry, typename Load, typename Store, typename Multiply>
 __device__ __forceinline__ void conv_gemm_steps(ConvIdx (*tbl)[BK], int n_steps, Entry entry, Load load,
                                                 Store store, Multiply multiply) {
@@ -200,22 +221,19 @@ __device__ __forceinline__ void conv_gemm_steps(ConvIdx (*tbl)[BK], int n_steps,
     auto fill_table = [&](int buf, int step) {
         if (t < BK) tbl[buf][t] = entry(step * BK + t);
     };
-    if (n_steps > 0) {
-        fill_table(0, 0);
-        __syncthreads();
-        load(0);
-        store(0);
-        if (n_steps > 1) fill_table(1, 1);
-        __syncthreads();
-    }
+    if (n_steps <= 0) return;
+    fill_table(0, 0);
+    __syncthreads();
+    load(0);
+    store(0);
+    fill_table(1, 1);
+    __syncthreads();
     for (int step = 0; step < n_steps; ++step) {
         const int cur = step & 1, nxt = cur ^ 1;
-        if (step + 1 < n_steps) load(nxt);
+        load(nxt);
         multiply(cur);
-        if (step + 1 < n_steps) {
-            store(nxt);
-            if (step + 2 < n_steps) fill_table(cur, step + 2);
-        }
+        store(nxt);
+        fill_table(cur, step + 2);
         __syncthreads();
     }
 }

@@ -1,4 +1,4 @@
 """``python -m gpuconv``: the same as the ``gpuconv`` command."""
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""Data: the bundled UCI handwritten digits, MNIST-style IDX files, synthetic batches, batching.
+"""Data: the bundled UCI handwritten digits, MNIST-style IDX files, CIFAR (``gpuconv.cifar``),
+synthetic batches, batching.
 
 Images are returned as float arrays (N, C, H, W) standardised with the mean and standard
 deviation of the *training* split (one scalar each), labels as int32 (N,).
@@ -13,13 +14,16 @@ import gzip
 import math
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from . import cifar
+
 __all__ = ["Split", "Dataset", "DATASET_NAMES", "load_digits", "load_idx_dataset", "read_idx",
+           "find_idx_files", "idx_directories", "load_cifar_dataset", "detect_format", "check_num_classes",
            "load_dataset", "synthetic_batch", "iterate_batches", "stratified_split"]
 
 DATASET_NAMES = ("digits",)
@@ -43,7 +47,8 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test pair plus what a model needs to know about it."""
+    """A train/test pair plus what a model needs to know about it: images are
+    ``(raw / scale - mean) / std`` of the raw pixel values in the files."""
 
     name: str
     train: Split
@@ -51,6 +56,7 @@ class Dataset:
     num_classes: int
     mean: float
     std: float
+    scale: float = 1.0
 
     @property
     def in_channels(self) -> int:
@@ -84,6 +90,23 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> Tup
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def _with_channels(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N, 1, H, W); (N, C, H, W) unchanged."""
+    return images[:, None] if images.ndim == 3 else images
+
+
+def check_num_classes(num_classes: Optional[int], found: int, where) -> int:
+    """The class count of a dataset whose labels need ``found``: ``num_classes`` when given (it
+    may only be larger), else ``found`` (at least 2)."""
+    if num_classes is None:
+        return max(2, found)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if num_classes < found:
+        raise ValueError(f"{where}: labels need {found} classes but num_classes is {num_classes}")
+    return int(num_classes)
+
+
 def _standardise(train_x: np.ndarray, test_x: np.ndarray, scale: float, dtype: np.dtype,
                  name: str, labels: Tuple[np.ndarray, np.ndarray], num_classes: int) -> Dataset:
     tr = train_x.astype(np.float64) / scale
@@ -91,11 +114,11 @@ def _standardise(train_x: np.ndarray, test_x: np.ndarray, scale: float, dtype: n
     mean, std = float(tr.mean()), float(tr.std())
     if std == 0.0:
         raise ValueError(f"dataset {name!r}: the training images are constant (std 0)")
-    tr = ((tr - mean) / std).astype(dtype)[:, None]
-    te = ((te - mean) / std).astype(dtype)[:, None]
+    tr = _with_channels(((tr - mean) / std).astype(dtype))
+    te = _with_channels(((te - mean) / std).astype(dtype))
     return Dataset(name, Split(np.ascontiguousarray(tr), labels[0].astype(np.int32)),
                    Split(np.ascontiguousarray(te), labels[1].astype(np.int32)),
-                   num_classes, mean, std)
+                   num_classes, mean, std, scale)
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0, dtype=np.float32) -> Dataset:
@@ -148,18 +171,51 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def _find_idx(directory: Path, stem: str) -> Path:
-    base, kind = stem.rsplit("-", 1)
-    names = [f"{stem}", f"{stem}.gz", f"{base}.{kind}", f"{base}.{kind}.gz"]
-    for n in names:
-        if (directory / n).is_file():
-            return directory / n
-    raise FileNotFoundError(f"{directory}: missing {stem} (looked for {', '.join(names)})")
+# IDX spellings: <split>-<kind>-idx<d>-ubyte or <split>-<kind>.idx<d>-ubyte, each optionally .gz;
+# the test split is t10k-* (LeCun's files) or test-*.
+_IDX_SPLITS = {"train": ("train",), "test": ("t10k", "test")}
+_IDX_KINDS = {"images": "idx3", "labels": "idx1"}
 
 
-def _read_pair(directory: Path, prefix: str, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
-    img_path = _find_idx(directory, f"{prefix}-images-idx3-ubyte")
-    lbl_path = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
+def _idx_names(split: str, kind: str) -> List[str]:
+    return [f"{prefix}-{kind}{sep}{_IDX_KINDS[kind]}-ubyte{gz}" for prefix in _IDX_SPLITS[split]
+            for sep in ("-", ".") for gz in ("", ".gz")]
+
+
+def find_idx_files(directory: str | os.PathLike[str]) -> Dict[Tuple[str, str], Path]:
+    """{(split, kind): path} of the four IDX files in ``directory`` (split "train"/"test", kind
+    "images"/"labels"), under any of the spellings ``_idx_names`` lists. Where a file exists both
+    plain and gzipped the plain one is taken; two different spellings of one file are ambiguous."""
+    directory = Path(directory)
+    found: Dict[Tuple[str, str], Path] = {}
+    for split in _IDX_SPLITS:
+        for kind in _IDX_KINDS:
+            names = _idx_names(split, kind)
+            present = [n for n in names if (directory / n).is_file()]
+            stems = sorted({n[:-3] if n.endswith(".gz") else n for n in present})
+            if not present:
+                raise FileNotFoundError(f"{directory}: missing the {split} {kind} IDX file "
+                                        f"(looked for {', '.join(names)})")
+            if len(stems) > 1:
+                raise ValueError(f"{directory}: ambiguous {split} {kind}: both {' and '.join(stems)}")
+            found[(split, kind)] = directory / (stems[0] if stems[0] in present else stems[0] + ".gz")
+    return found
+
+
+def idx_directories(directory: str | os.PathLike[str]) -> List[Path]:
+    """Where IDX files may sit: ``directory`` itself, ``directory/raw`` and torchvision's
+    ``directory/<Name>/raw`` (``MNIST/raw``, ``FashionMNIST/raw``, ...); those holding a training
+    images file under some spelling."""
+    directory = Path(directory)
+    candidates = [directory, directory / "raw"]
+    if directory.is_dir():
+        candidates += sorted(p / "raw" for p in directory.iterdir() if p.is_dir())
+    wanted = _idx_names("train", "images")
+    return [c for c in candidates if c.is_dir() and any((c / n).is_file() for n in wanted)]
+
+
+def _read_pair(files: Dict[Tuple[str, str], Path], split: str) -> Tuple[np.ndarray, np.ndarray]:
+    img_path, lbl_path = files[(split, "images")], files[(split, "labels")]
     images, labels = read_idx(img_path), read_idx(lbl_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"{img_path}: expected uint8 images of rank 3 (N, H, W), got dtype "
@@ -174,34 +230,96 @@ def _read_pair(directory: Path, prefix: str, num_classes: int) -> Tuple[np.ndarr
                          f"{labels.shape[0]} labels")
     if images.shape[0] == 0:
         raise ValueError(f"{img_path}: holds no images (shape {images.shape}), expected at least one")
-    if labels.size and int(labels.max()) >= num_classes:
-        raise ValueError(f"{lbl_path}: label {int(labels.max())} out of range [0, {num_classes})")
     return images, labels
 
 
-def load_idx_dataset(directory: str | os.PathLike[str], dtype=np.float32, num_classes: int = 10) -> Dataset:
-    """MNIST or Fashion-MNIST from a directory holding train-images-idx3-ubyte,
-    train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (each optionally
-    ``.gz``; the ``train-images.idx3-ubyte`` spelling works too). Images (N, 1, H, W) scaled by
-    1/255 then standardised with the training split's mean and std."""
+def load_idx_dataset(directory: str | os.PathLike[str], dtype=np.float32,
+                     num_classes: Optional[int] = None) -> Dataset:
+    """MNIST, Fashion-MNIST or any IDX image set from ``directory`` (or its ``raw`` or
+    torchvision ``<Name>/raw`` subdirectory; see ``idx_directories``): training images and labels
+    ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte``, test files ``t10k-*`` or
+    ``test-*``; ``train-images.idx3-ubyte`` spellings and ``.gz`` work too (``find_idx_files``).
+    Images (N, 1, H, W) scaled by 1/255 then standardised with the training split's mean and std.
+    ``num_classes``: default the largest label + 1; may only be larger."""
     dt = _check_dtype(dtype)
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"data directory {str(directory)!r} does not exist")
-    tr_x, tr_y = _read_pair(directory, "train", num_classes)
-    te_x, te_y = _read_pair(directory, "t10k", num_classes)
+    places = idx_directories(directory)
+    if len(places) > 1:
+        raise ValueError(f"{directory}: holds IDX files in several places "
+                         f"({', '.join(str(p) for p in places)}); pass one of them")
+    files = find_idx_files(places[0] if places else directory)
+    tr_x, tr_y = _read_pair(files, "train")
+    te_x, te_y = _read_pair(files, "test")
     if tr_x.shape[1:] != te_x.shape[1:]:
         raise ValueError(f"{directory}: training images are {tr_x.shape[1:]} but test images are "
                          f"{te_x.shape[1:]}")
-    return _standardise(tr_x, te_x, 255.0, dt, f"idx:{directory.resolve().name}", (tr_y, te_y),
-                        num_classes)
+    classes = check_num_classes(num_classes, int(max(tr_y.max(), te_y.max())) + 1, files[("train", "labels")])
+    name = (places[0].parent if places and places[0].name == "raw" else directory).resolve().name
+    return _standardise(tr_x, te_x, 255.0, dt, f"idx:{name}", (tr_y, te_y), classes)
 
 
-def load_dataset(data_dir: Optional[str] = None, dtype=np.float32) -> Dataset:
-    """The bundled digits (fixed split) when ``data_dir`` is None, else the IDX files in ``data_dir``."""
+def load_cifar_dataset(directory: str | os.PathLike[str], fmt: Optional[str] = None, labels: str = "fine",
+                       dtype=np.float32, num_classes: Optional[int] = None) -> Dataset:
+    """CIFAR-10 or CIFAR-100 from ``directory`` (``fmt`` None: the one layout
+    ``gpuconv.cifar.detect_cifar`` finds there; ``labels`` "fine" or "coarse" for CIFAR-100).
+    Images (N, 3, 32, 32) scaled by 1/255 then standardised with the training split's mean and
+    std; ``num_classes`` (default: the format's) may only be larger."""
+    dt = _check_dtype(dtype)
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"data directory {str(directory)!r} does not exist")
+    if fmt is None:
+        found = cifar.detect_cifar(directory)
+        if not found:
+            raise FileNotFoundError(f"{directory}: no CIFAR files (looked for data_batch_1, "
+                                    f"data_batch_1.bin, train, train.bin here and in "
+                                    f"{', '.join(sorted(set(cifar.ARCHIVE_DIRS.values())))})")
+        if len(found) > 1:
+            raise ValueError(f"{directory}: holds several CIFAR layouts "
+                             f"({', '.join(f for f, _ in found)}); pass the directory of one")
+        fmt, directory = found[0]
+    (tr_x, tr_y), (te_x, te_y), classes, _ = cifar.read_cifar(directory, fmt, labels)
+    classes = check_num_classes(num_classes, classes, directory)
+    name = fmt.split("-")[0] + ("-coarse" if labels == "coarse" else "")
+    return _standardise(tr_x, te_x, 255.0, dt, name, (tr_y, te_y), classes)
+
+
+def detect_format(directory: str | os.PathLike[str]) -> str:
+    """Which data set ``directory`` holds: ``"idx"`` or one of ``gpuconv.cifar.CIFAR_FORMATS``
+    (FileNotFoundError when none, ValueError when several)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"data directory {str(directory)!r} does not exist")
+    found = [fmt for fmt, _ in cifar.detect_cifar(directory)]
+    if idx_directories(directory):
+        found.insert(0, "idx")
+    if not found:
+        raise FileNotFoundError(
+            f"{directory}: no data set found: expected MNIST-style IDX files (train-images-idx3-ubyte, "
+            f"train-labels-idx1-ubyte, t10k-* or test-*, optionally .gz, here or in raw/ or "
+            f"<Name>/raw/) or CIFAR-10/100 files (data_batch_1..5 and test_batch, their .bin "
+            f"version, or train/test and train.bin/test.bin, here or in cifar-10-batches-py/ ...)")
+    if len(found) > 1:
+        raise ValueError(f"{directory}: holds several data sets ({', '.join(found)}); pass the "
+                         f"directory of one")
+    return found[0]
+
+
+def load_dataset(data_dir: Optional[str] = None, dtype=np.float32,
+                 num_classes: Optional[int] = None) -> Dataset:
+    """The bundled digits (fixed split) when ``data_dir`` is None, else the data set in
+    ``data_dir``, IDX or CIFAR, as ``detect_format`` finds it."""
     if data_dir is None:
-        return load_digits(dtype=dtype)
-    return load_idx_dataset(data_dir, dtype=dtype)
+        if num_classes is not None:
+            check_num_classes(num_classes, 10, "the bundled digits")
+        digits = load_digits(dtype=dtype)
+        return digits if num_classes is None else replace(digits, num_classes=int(num_classes))
+    fmt = detect_format(data_dir)
+    if fmt == "idx":
+        return load_idx_dataset(data_dir, dtype=dtype, num_classes=num_classes)
+    return load_cifar_dataset(data_dir, dtype=dtype, num_classes=num_classes)
 
 
 def synthetic_batch(n: int, c: int, h: int, w: int, num_classes: int, seed: int,

@@ -13,6 +13,7 @@ the forward function's arguments.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
@@ -42,20 +43,93 @@ INDEX_DTYPE = np.dtype(np.int32)
 # ---- shared validators ---------------------------------------------------------------------
 
 def _array_origin(a) -> str:
-    """Which backend an array of this type belongs to, for error messages."""
-    module = type(a).__module__.split(".")[0]
-    return {"numpy": "numpy", "cupy": "cuda"}.get(module, f"{module}.{type(a).__qualname__}")
+    """Which backend an array of this type belongs to ("numpy", "cuda"), or "" for a foreign type."""
+    return {"numpy": "numpy", "cupy": "cuda"}.get(type(a).__module__.split(".")[0], "")
+
+
+# DLPack device types (dlpack.h): host memory, CUDA device memory.
+_DL_CPU, _DL_CUDA = 1, 2
+
+
+def _foreign_device(a) -> Optional[str]:
+    """"cpu" or "cuda" for an array of another library that exports DLPack or the CUDA array
+    interface (a torch tensor, a CuPy array seen from the CPU backends); None otherwise."""
+    if isinstance(a, np.ndarray):
+        return None
+    if hasattr(a, "__cuda_array_interface__"):
+        return "cuda"
+    device = getattr(a, "__dlpack_device__", None)
+    if device is None or not hasattr(a, "__dlpack__"):
+        return None
+    try:
+        kind = int(device()[0])
+    except Exception:  # an object that cannot say where it lives is not one we can take
+        return None
+    return {_DL_CPU: "cpu", _DL_CUDA: "cuda"}.get(kind, f"DLPack device type {kind}")
+
+
+def _describe_type(a) -> str:
+    return f"{type(a).__module__}.{type(a).__qualname__}"
+
+
+def _adopt(backend: Backend, name: str, a):
+    """``a`` as an array of ``backend`` when it is another library's array in the backend's memory
+    (DLPack or CUDA array interface, zero-copy); anything else is returned unchanged."""
+    where = _foreign_device(a)
+    if where is None:
+        return a
+    home = "cpu" if backend.xp is np else "cuda"
+    if where != home:
+        fix = ("move it to the host first (torch: x.cpu(); CuPy: x.get()) or run on the cuda backend"
+               if home == "cpu" else "move it to the GPU first (torch: x.cuda()) or run on a CPU backend")
+        raise TypeError(f"{name} is a {_describe_type(a)} in {where} memory but the active backend "
+                        f"{backend.name!r} works on {home} memory: {fix}")
+    try:
+        if hasattr(a, "__dlpack__"):
+            return backend.xp.from_dlpack(a)
+        return backend.xp.asarray(a)
+    except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+        raise TypeError(f"{name}: cannot take the {_describe_type(a)} through DLPack ({exc}); "
+                        f"convert it to an array of backend {backend.name!r} first") from None
+
+
+class _Foreign(Exception):
+    """Raised by the checks when an argument is another library's array, so ``_accepts_foreign``
+    converts the arguments and calls the op again."""
+
+
+def _accepts_foreign(op: Callable[..., _R]) -> Callable[..., _R]:
+    """Let ``op`` take other libraries' arrays that live where the backend computes (see
+    ``_adopt``). Costs nothing until a check meets one: then every argument is converted and the
+    op runs again (checks come before any work, so nothing ran twice)."""
+    @functools.wraps(op)
+    def call(*args, **kwargs):
+        try:
+            return op(*args, **kwargs)
+        except _Foreign:
+            backend = get_backend()
+            names = list(inspect.signature(op).parameters)
+            args = tuple(_adopt(backend, names[i], a) for i, a in enumerate(args))
+            kwargs = {k: _adopt(backend, k, v) for k, v in kwargs.items()}
+            return op(*args, **kwargs)
+    return call
 
 
 def _check_array(backend: Backend, name: str, a) -> None:
     if not backend.is_array(a):
+        if _foreign_device(a) is not None:
+            raise _Foreign(name)
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"{name} must be an array of the active backend {backend.name!r}, "
                             f"got {type(a).__name__}")
+        origin = _array_origin(a)
+        if not origin:
+            raise TypeError(f"{name} is a {_describe_type(a)}, not an array of the active backend "
+                            f"{backend.name!r}: convert it with get_backend().asarray()")
         raise TypeError(
-            f"{name} is an array of backend {_array_origin(a)!r} ({type(a).__module__}."
-            f"{type(a).__qualname__}) but the active backend is {backend.name!r} (mixed backends): "
-            f"convert it with get_backend().asarray() or run under use_backend({_array_origin(a)!r})")
+            f"{name} is an array of backend {origin!r} ({_describe_type(a)}) but the active backend "
+            f"is {backend.name!r} (mixed backends): convert it with get_backend().asarray() or run "
+            f"under use_backend({origin!r})")
 
 
 def _check_float(backend: Backend, name: str, a) -> None:
@@ -185,6 +259,7 @@ def _conv2d_backward_checks(backend: Backend, dy, x, weight, stride, padding, di
     return g
 
 
+@_accepts_foreign
 def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPair = 1,
            padding: Padding = 0, dilation: IntPair = 1, groups: int = 1) -> Array:
     """2-D cross-correlation: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q).
@@ -197,6 +272,7 @@ def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPai
     return backend.conv2d(x, weight, bias, g)
 
 
+@_accepts_foreign
 def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: Padding = 0,
                     dilation: IntPair = 1, groups: int = 1, *, need_dx: bool = True,
                     need_dw: bool = True, need_db: bool = True
@@ -222,6 +298,7 @@ def _pool_dy(backend: Backend, dy, g: geometry.PoolGeometry) -> None:
     _check_shape_equals("dy", dy, g.y_shape, "the pooling output shape (N, C, P, Q)")
 
 
+@_accepts_foreign
 def max_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                dilation: IntPair = 1, ceil_mode: bool = False) -> Tuple[Array, Array]:
     """Max pooling: x (N, C, H, W) -> (y (N, C, P, Q), indices int32 (N, C, P, Q)).
@@ -236,6 +313,7 @@ def max_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None,
     return backend.max_pool2d(x, g)
 
 
+@_accepts_foreign
 def max_pool2d_backward(dy: Array, indices: Array, x_shape: Sequence[int], kernel_size: IntPair,
                         stride: Optional[IntPair] = None, padding: IntPair = 0, dilation: IntPair = 1,
                         ceil_mode: bool = False) -> Array:
@@ -257,6 +335,7 @@ def _avg_options(count_include_pad, divisor_override) -> Tuple[bool, Optional[in
             geometry.check_divisor_override(divisor_override))
 
 
+@_accepts_foreign
 def avg_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                ceil_mode: bool = False, count_include_pad: bool = True,
                divisor_override: Optional[int] = None) -> Array:
@@ -268,6 +347,7 @@ def avg_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None,
     return backend.avg_pool2d(x, g, cip, div)
 
 
+@_accepts_foreign
 def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair,
                         stride: Optional[IntPair] = None, padding: IntPair = 0, ceil_mode: bool = False,
                         count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Array:
@@ -279,6 +359,7 @@ def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair,
     return backend.avg_pool2d_backward(dy, g, cip, div, dy.dtype)
 
 
+@_accepts_foreign
 def l2_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
               ceil_mode: bool = False) -> Array:
     """L2-norm pooling: y = sqrt(sum of x^2 over the zero-padded window); (N, C, H, W) -> (N, C, P, Q)."""
@@ -288,6 +369,7 @@ def l2_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, 
     return backend.l2_pool2d(x, g)
 
 
+@_accepts_foreign
 def l2_pool2d_backward(dy: Array, x: Array, y: Array, kernel_size: IntPair,
                        stride: Optional[IntPair] = None, padding: IntPair = 0,
                        ceil_mode: bool = False) -> Array:
@@ -324,46 +406,55 @@ def _unary_backward(dy, y):
     return _same_shape_pair("dy", dy, "y", y)
 
 
+@_accepts_foreign
 def relu(x: Array) -> Array:
     """max(x, 0), any shape."""
     return _unary("x", x).relu(x)
 
 
+@_accepts_foreign
 def relu_backward(dy: Array, y: Array) -> Array:
     """dy where y > 0 else 0; dy and y (relu's output) of one shape."""
     return _unary_backward(dy, y).relu_backward(dy, y)
 
 
+@_accepts_foreign
 def sigmoid(x: Array) -> Array:
     """1 / (1 + exp(-x)), any shape, without overflow."""
     return _unary("x", x).sigmoid(x)
 
 
+@_accepts_foreign
 def sigmoid_backward(dy: Array, y: Array) -> Array:
     """dy * y * (1 - y); y is sigmoid's output, same shape as dy."""
     return _unary_backward(dy, y).sigmoid_backward(dy, y)
 
 
+@_accepts_foreign
 def tanh(x: Array) -> Array:
     """tanh(x), any shape."""
     return _unary("x", x).tanh(x)
 
 
+@_accepts_foreign
 def tanh_backward(dy: Array, y: Array) -> Array:
     """dy * (1 - y^2); y is tanh's output, same shape as dy."""
     return _unary_backward(dy, y).tanh_backward(dy, y)
 
 
+@_accepts_foreign
 def add(a: Array, b: Array) -> Array:
     """a + b element-wise; a and b of one shape and dtype (residual connections)."""
     return _same_shape_pair("b", b, "a", a).add(a, b)
 
 
+@_accepts_foreign
 def mul(a: Array, b: Array) -> Array:
     """a * b element-wise; a and b of one shape and dtype (dropout's backward)."""
     return _same_shape_pair("b", b, "a", a).mul(a, b)
 
 
+@_accepts_foreign
 def dropout(x: Array, p: float, seed: int) -> Tuple[Array, Array]:
     """Inverted dropout: (y, mask), mask in {0, 1/(1-p)} of x's shape and dtype, y = x * mask.
 
@@ -387,6 +478,7 @@ def _linear_args(backend: Backend, x, weight) -> None:
                          f"{tuple(x.shape)}, got {tuple(weight.shape)}")
 
 
+@_accepts_foreign
 def linear(x: Array, weight: Array, bias: Optional[Array] = None) -> Array:
     """x (N, I) @ weight (O, I)^T + bias (O,) -> (N, O)."""
     backend = get_backend()
@@ -398,6 +490,7 @@ def linear(x: Array, weight: Array, bias: Optional[Array] = None) -> Array:
     return backend.linear(x, weight, bias)
 
 
+@_accepts_foreign
 def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
                     ) -> Tuple[Array, Array, Optional[Array]]:
     """Gradients of linear: dy (N, O) -> (dx (N, I), dweight (O, I), dbias (O,) or None)."""
@@ -409,6 +502,7 @@ def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
     return backend.linear_backward(dy, x, weight, _check_bool("need_db", need_db))
 
 
+@_accepts_foreign
 def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0
                           ) -> Tuple[Array, Array]:
     """Mean cross-entropy of softmax(logits): logits (N, classes), labels integer (N,) in
@@ -503,6 +597,7 @@ def _batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, training):
     return backend.batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, g, training)
 
 
+@_accepts_foreign
 def batch_norm(x: Array, running_mean: Optional[Array], running_var: Optional[Array],
                weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5) -> Tuple[Array, Array, Array]:
@@ -519,6 +614,7 @@ def batch_norm(x: Array, running_mean: Optional[Array], running_var: Optional[Ar
     return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, False)
 
 
+@_accepts_foreign
 def batch_norm_backward(dy: Array, x: Array, weight: Optional[Array], saved_mean: Array,
                         saved_invstd: Array, training: bool = True) -> Tuple[Array, Array, Array]:
     """Gradients of batch_norm: dy (N, C, *) -> (dx, dweight (C,), dbias (C,)).
@@ -532,6 +628,7 @@ def batch_norm_backward(dy: Array, x: Array, weight: Optional[Array], saved_mean
     return _batch_norm_backward(dy, x, None, weight, saved_mean, saved_invstd, training)
 
 
+@_accepts_foreign
 def batch_norm_relu(x: Array, running_mean: Optional[Array], running_var: Optional[Array],
                     weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
                     momentum: float = 0.1, eps: float = 1e-5) -> Tuple[Array, Array, Array]:
@@ -540,6 +637,7 @@ def batch_norm_relu(x: Array, running_mean: Optional[Array], running_var: Option
     return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, True)
 
 
+@_accepts_foreign
 def batch_norm_relu_backward(dy: Array, x: Array, y: Array, weight: Optional[Array], saved_mean: Array,
                              saved_invstd: Array, training: bool = True) -> Tuple[Array, Array, Array]:
     """Gradients of batch_norm_relu: batch_norm_backward of (dy where y > 0, else 0); y is the
@@ -549,6 +647,7 @@ def batch_norm_relu_backward(dy: Array, x: Array, y: Array, weight: Optional[Arr
 
 # ---- batch augmentation --------------------------------------------------------------------
 
+@_accepts_foreign
 def augment(x: Array, seed: int, epoch: int, indices: Optional[Array] = None, *, crop_padding: int = 0,
             padding_mode: str = "zeros", flip: str = "none", cutout: int = 0) -> Array:
     """Augment a batch of images x (N, C, H, W) on the device -> y of x's shape and dtype.
@@ -592,6 +691,7 @@ def _check_state(backend: Backend, param, named: Sequence[Tuple[str, Any]]) -> N
     _check_same_dtype([("param", param), *named])
 
 
+@_accepts_foreign
 def sgd_step(param: Array, grad: Array, buf: Optional[Array] = None, *, lr: float,
              momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
              nesterov: bool = False, first_step: bool = False) -> None:
@@ -616,6 +716,7 @@ def sgd_step(param: Array, grad: Array, buf: Optional[Array] = None, *, lr: floa
                      nesterov, first_step)
 
 
+@_accepts_foreign
 def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: float = 1e-3,
               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
               weight_decay: float = 0.0) -> None:
@@ -624,6 +725,7 @@ def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: f
     _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, False)
 
 
+@_accepts_foreign
 def adamw_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: float = 1e-3,
                beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                weight_decay: float = 1e-2) -> None:
@@ -643,3 +745,4 @@ def _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decouple
     weight_decay = geometry.check_real("weight_decay", weight_decay, 0.0)
     _check_state(backend, param, [("grad", grad), ("m", m), ("v", v)])
     backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)
+

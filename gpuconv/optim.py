@@ -2,8 +2,12 @@
 ``gpuconv.functional.sgd_step`` / ``adam_step``.
 
 An optimizer holds the model's :class:`~gpuconv.nn.Parameter` records (``model.parameters()``),
-so it keeps working after ``model.to(...)``; its state buffers follow the parameters to the
-current backend and to their dtype on the next ``step()``. Parameters whose ``grad`` is None are skipped.
+so it keeps working after ``model.to(...)``: each parameter is updated on its placement (the
+backend its model was moved to, unless a ``use_backend`` block encloses ``step()``; see
+``gpuconv.backends``), and its state buffers follow it there and to its dtype on the next
+``step()``. Parameters whose ``grad`` is None are skipped.
+
+The learning rate ``lr`` is a plain attribute; ``gpuconv.schedules`` sets it step by step.
 
 Parameter groups: ``params`` may instead be a list of dicts, each ``{"params": [...], name:
 value, ...}`` overriding any hyper-parameter but ``lr`` for its parameters, as in PyTorch (e.g.
@@ -24,7 +28,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 import numpy as np
 
 from . import functional as F
-from .backends import get_backend
+from .backends import get_backend, running_on
 from .geometry import check_real
 from .nn.layers import BatchNorm2d
 from .nn.module import Parameter, to_host
@@ -115,17 +119,25 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
-        backend = get_backend()
         hypers = [self._hyper_for(ov) for _, ov in self._groups] or [self.hyper()]
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            st = self.state[i]
-            for key, value in st.items():
-                if key != "step" and not (backend.is_array(value) and value.dtype == p.dtype):
-                    st[key] = backend.asarray(np.ascontiguousarray(to_host(value), dtype=p.dtype))
             g = self._group_of[i]
-            self._update(backend, p, st, hypers[0 if g is None else g])
+            h = hypers[0 if g is None else g]
+            if p.placement is None:
+                self._step_one(i, p, h)
+            else:
+                with running_on(p.placement):
+                    self._step_one(i, p, h)
+
+    def _step_one(self, i: int, p: Parameter, h: Mapping[str, float]) -> None:
+        backend = get_backend()
+        st = self.state[i]
+        for key, value in st.items():
+            if key != "step" and not (backend.is_array(value) and value.dtype == p.dtype):
+                st[key] = backend.asarray(np.ascontiguousarray(to_host(value), dtype=p.dtype))
+        self._update(backend, p, st, h)
 
     def _update(self, backend, p: Parameter, st: dict, h: Mapping[str, float]) -> None:
         """Update ``p`` in place with hyper-parameters ``h`` (its group's)."""

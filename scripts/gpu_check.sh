@@ -11,6 +11,8 @@
 #   check    gpuconv check, cuda vs numpy, every model in float32 and lenet in float64
 #   bench    gpuconv bench conv+pool on cuda, every kernel version, baselines torch, torch-tf32, cupy-gemm
 #   step     gpuconv bench --ops step (eager, CUDA graph, torch FP32/TF32)
+# and, on the CPU in the background meanwhile, gpuconv profile (the time model's predictions, put
+# beside the measured times in the summary; docs/profiling.md),
 # and writes at most 8 files into OUTDIR (default benchmarks/results/<gpu>-<date>):
 #   log.txt info.txt pytest.txt check.json bench.json step.json summary.md [bench.png]
 # The summary is printed last. Exit status: 0 when every stage passed, 1 otherwise.
@@ -63,7 +65,20 @@ else
 fi
 say "python: $("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)')"
 
-GC=("$PY" -c 'import sys; from gpuconv.cli import main; sys.exit(main(sys.argv[1:]))')
+GC=("$PY" -c 'import sys; from gpuconv.tools.cli import main; sys.exit(main(sys.argv[1:]))')
+
+# One JSON document per run, merged by the summary step; they live in a temporary directory so that
+# OUTDIR keeps to its 8 files.
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+# -- profile (CPU only, in the background while the GPU stages run) ------------------------------------
+case "$GPU_NAME" in
+    *H200*) PROFILE_GPU=h200 ;; *A100*) PROFILE_GPU=a100 ;; *4090*) PROFILE_GPU=rtx4090 ;; *) PROFILE_GPU=h100 ;;
+esac
+timeout --kill-after=5 400 "${GC[@]}" profile --suite small-cnn --gpu "$PROFILE_GPU" --json "$TMP/profile.json" \
+    > "$TMP/profile.txt" 2>&1 &
+PROFILE_PID=$!
 
 # -- info --------------------------------------------------------------------------------------------
 INFO="$OUT/info.txt"
@@ -78,17 +93,13 @@ PYT="$OUT/pytest.txt"
 run_stage pytest "$T_PYTEST" "$PYT" "$PY" -m pytest -m gpu -q -p no:cacheprovider
 
 # -- check ------------------------------------------------------------------------------------------
-# One JSON document per run, merged into check.json by the summary step; they live in a temporary
-# directory so that OUTDIR keeps to its 8 files.
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
 check_all() {
     local rc=0
     for model in lenet cifar-small resnet20; do
-        "$PY" -m gpuconv.check --model "$model" --backends numpy,cuda --dtype float32 \
+        "$PY" -m gpuconv check --model "$model" --backends numpy,cuda --dtype float32 \
             --json "$TMP/check-$model-float32.json" || rc=1
     done
-    "$PY" -m gpuconv.check --model lenet --backends numpy,cuda --dtype float64 \
+    "$PY" -m gpuconv check --model lenet --backends numpy,cuda --dtype float64 \
         --json "$TMP/check-lenet-float64.json" || rc=1
     return $rc
 }
@@ -105,17 +116,23 @@ if "$PY" -c "import matplotlib" >/dev/null 2>&1; then
 else
     say "matplotlib is not installed: no bench.png"
 fi
-run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv.bench --suite small-cnn --ops conv,pool --backend cuda \
+run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv bench --suite small-cnn --ops conv,pool --backend cuda \
     --versions all --baseline torch,torch-tf32,cupy-gemm --json "$OUT/bench.json" ${PLOT[@]+"${PLOT[@]}"}
-run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv.bench --ops step --backend cuda \
+run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv bench --ops step --backend cuda \
     --baseline torch,torch-tf32 --repeat 20 --json "$OUT/step.json"
 
 # -- summary -----------------------------------------------------------------------------------------
+# The model's predictions are informational: a failed profile (no NVRTC/cuobjdump/nvdisasm here, say)
+# is reported in the stage table without failing the check.
+if wait "$PROFILE_PID"; then STATUS+=("profile (CPU, background)|ok|-"); else
+    STATUS+=("profile (CPU, background)|FAILED, not counted (see log.txt)|-"); fi
+cat "$TMP/profile.txt" >> "$LOG"
 printf '%s\n' "${STATUS[@]}" > "$TMP/status.txt"
 "$PY" - "$OUT" "$TMP" >> "$LOG" 2>&1 <<'EOF'
 import glob, json, os, sys
-from gpuconv import bench, check, report
-from gpuconv.bench_step import format_steps
+from gpuconv.tools import bench, check, report
+from gpuconv.tools.bench_step import format_steps
+from gpuconv.tools.harness import write_json
 
 out, tmp = sys.argv[1], sys.argv[2]
 checks = []
@@ -123,7 +140,8 @@ for path in sorted(glob.glob(os.path.join(tmp, "check-*.json"))):
     with open(path) as f:
         checks.append(json.load(f))
 if checks:
-    report.write_json(os.path.join(out, "check.json"), {"schema": "gpuconv-check-set/1", "runs": checks})
+    write_json(os.path.join(out, "check.json"), {"schema": "gpuconv-check-set/1", "runs": checks},
+               check.CHECK_SET_SCHEMA)
 lines = ["# gpuconv GPU check", ""]
 env = None
 for name in ("bench.json", "step.json"):
@@ -165,6 +183,14 @@ for name, title in (("bench.json", "Kernels (µs: median of CUDA-event runs; ×f
         lines += ["- " + s for s in bench.format_summary(doc).splitlines()]
     if doc["steps"]:
         lines += [format_steps(doc["steps"], markdown=True)]
+prof = os.path.join(tmp, "profile.json")
+lines += ["", "## Time model: predicted (gpuconv profile) against measured (bench)", ""]
+if os.path.exists(prof) and os.path.exists(os.path.join(out, "bench.json")):
+    from gpuconv.tools.profile import compare_with_bench, format_comparison
+    with open(prof) as f, open(os.path.join(out, "bench.json")) as g:
+        lines += [format_comparison(compare_with_bench(json.load(f)["rows"], json.load(g)["rows"]))]
+else:
+    lines += ["(profile.json or bench.json missing: see the stage table)"]
 with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 EOF

@@ -10,8 +10,6 @@ import pytest
 from gpuconv import functional as F
 from gpuconv import use_backend
 from gpuconv.augment_rng import augment_params
-from gpuconv.backends.executors import CupyExecutor, EmulatorExecutor
-from gpuconv.backends.kernel_backend import KernelBackend
 from gpuconv.geometry import augment_spec
 
 CONFIGS = [dict(crop_padding=2, flip="random", cutout=3),
@@ -58,17 +56,6 @@ def test_numpy_backend_follows_the_per_image_rule(config):
         with use_backend("numpy"):
             got = F.augment(x, 123, epoch, indices, **config)
         np.testing.assert_array_equal(got, loop_reference(x, 123, epoch, indices, **config))
-
-
-@pytest.fixture(scope="module", params=["emulator", pytest.param("cuda", marks=pytest.mark.gpu)])
-def be(request):
-    if request.param == "cuda":
-        from gpuconv.backends import cuda_unavailable_reason
-        reason = cuda_unavailable_reason()
-        if reason:
-            pytest.skip(reason)
-        return KernelBackend(CupyExecutor(), poison=True)
-    return KernelBackend(EmulatorExecutor(), poison=True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

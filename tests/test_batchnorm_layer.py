@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from gpuconv import functional as F
 from gpuconv import nn, use_backend
 from gpuconv.nn.module import to_host
-from gpuconv.tolerances import passes, scaled_error, tolerance
 
 BACKENDS = ["numpy", "emulator"]
 
 
 def _close(got, want, dtype, what):
-    _, rel = scaled_error(to_host(got), np.asarray(want))
-    assert passes(rel, tolerance(dtype)), f"{what}: relative error {rel}"
+    assert_close(to_host(got), np.asarray(want), dtype, what=what)
 
 
 @pytest.mark.torch

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from gpuconv import bench, bench_step, tolerances
-from gpuconv.cli import main as cli_main
-from gpuconv.report import schema_errors
+from gpuconv import tolerances
+from gpuconv.tools import bench, bench_step
+from gpuconv.tools.cli import main as cli_main
+from gpuconv.tools.harness import CudaEventTimer, Timing, WallTimer, schema_errors
 
 
 def load(path):
@@ -18,27 +19,18 @@ def load(path):
     return doc
 
 
-# ---- schema checker ------------------------------------------------------------------------------
-def test_schema_checker_reports_missing_keys_and_wrong_types():
-    schema = {"a": int, "b": [{"c": (float, None)}], "d": {"e": str}}
-    assert schema_errors({"a": 1, "b": [{"c": None}, {"c": 2}], "d": {"e": "x"}}, schema) == []
-    errors = schema_errors({"a": True, "b": [{"c": "x"}], "d": {}}, schema)
-    assert errors == ["$.a: expected int, got bool", "$.b[0].c: expected float/NoneType, got str",
-                      "$.d: missing key 'e'"]
-
-
 # ---- timers -----------------------------------------------------------------------------------------
 def test_wall_timer_interleaves_candidates_and_rotates_input_sets():
     calls = []
     fns = [lambda i: calls.append(("a", i)), lambda i: calls.append(("b", i))]
-    timings = bench.WallTimer().measure(fns, n_sets=2, repeat=4, warmup=1)
+    timings = WallTimer().measure(fns, n_sets=2, repeat=4, warmup=1)
     assert calls[:2] == [("a", 0), ("b", 0)]                       # warm-up
     assert calls[2:] == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 0), ("b", 0), ("b", 1), ("a", 1)]
     assert [len(t.times_us) for t in timings] == [4, 4]
 
 
 def test_timing_statistics():
-    t = bench.Timing(times_us=[5.0, 1.0, 3.0, 2.0, 4.0], host_us=[1.0, 3.0, 2.0])
+    t = Timing(times_us=[5.0, 1.0, 3.0, 2.0, 4.0], host_us=[1.0, 3.0, 2.0])
     assert t.median == 3.0 and t.host_median == 2.0
     assert t.percentile(10) == pytest.approx(1.4) and t.percentile(90) == pytest.approx(4.6)
 
@@ -129,6 +121,33 @@ def test_plot_needs_matplotlib_or_writes_a_png(tmp_path):
         assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_adding_an_op_to_the_bench_is_one_entry(monkeypatch):
+    """An entry appended to the table is checked against its float64 reference, timed, compared
+    with its torch baseline and costed like every other op; nothing else has to change."""
+    pytest.importorskip("torch")
+    from gpuconv.tools import bench_kernels
+    from gpuconv.tools.bench_ops import OPS, BenchOp
+    from gpuconv.tools.suites import Cost
+
+    def cost(g):
+        n = int(np.prod(g.x_shape))
+        return Cost(n, 8 * n)
+
+    relu = BenchOp("relu_forward", "forward", "conv", ("numpy",), lambda g: {"x": g.x_shape},
+                   lambda be, g, a: (be.relu(a["x"]),), cost,
+                   torch=lambda T, g, t: lambda: (T.F.relu(t["x"]),))
+    monkeypatch.setattr(bench_kernels, "OPS", OPS + (relu,))
+    doc = bench.run_bench(backend="numpy", baselines=("torch",), ops=("conv",), layers=["L2"], batch=2,
+                          repeat=1, log=lambda s: None)
+    rows = [r for r in doc["rows"] if r["op"] == "relu_forward"]
+    assert [(r["kind"], r["version"], r["status"]) for r in rows] == [("gpuconv", "default", "ok"),
+                                                                      ("baseline", "torch", "ok")]
+    assert rows[0]["rel_err"] == 0.0
+    assert rows[0]["ratio"]["torch"] == pytest.approx(rows[0]["us"] / rows[1]["us"])
+    assert rows[0]["gflops"] * rows[0]["us"] * 1e3 == pytest.approx(2 * 6 * 14 * 14)
+    assert schema_errors(doc, bench.BENCH_SCHEMA) == []
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="cupy-gemm"):
         bench.run_bench(backend="numpy", baselines=("cupy-gemm",))
@@ -173,24 +192,10 @@ def test_bench_emulator_checks_every_version(tmp_path, capsys):
 
 
 # ---- training steps -------------------------------------------------------------------------------------
-def test_torch_conversion_matches_the_model(monkeypatch):
-    torch = pytest.importorskip("torch")
-    from gpuconv.backends import use_backend
-    from gpuconv.models import build_model
-    rng = np.random.default_rng(0)
-    for name, (c, size) in (("lenet", (1, 8)), ("resnet20", (3, 8))):
-        with use_backend("numpy"):
-            model = build_model(name, c, size, 10, seed=3, dtype=np.float64)
-            x = rng.standard_normal((2, c, size, size))
-            ours = model.forward(x)
-        theirs = bench_step.to_torch(model, torch.nn)(torch.from_numpy(x)).detach().numpy()
-        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
-
-
 def test_step_bench_on_numpy_runs_eager_and_torch(monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.setattr(bench_step, "STEP_MODELS", {"lenet": (1, 28)})
-    rows = bench_step.run_steps("numpy", ["torch"], batch=2, repeat=1, timer=bench.WallTimer(),
+    rows = bench_step.run_steps("numpy", ["torch"], batch=2, repeat=1, timer=WallTimer(),
                                 log=lambda s: None)
     assert [(r["model"], r["variant"]) for r in rows] == [("lenet", "gpuconv eager"), ("lenet", "torch")]
     assert all(schema_errors(r, bench_step.STEP_SCHEMA) == [] for r in rows)
@@ -285,7 +290,7 @@ def test_cuda_event_timer_flushes_spins_and_converts_to_microseconds(monkeypatch
     import sys
     fake = _FakeCupy(elapsed_ms=0.25)
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    timer = bench.CudaEventTimer()
+    timer = CudaEventTimer()
     assert timer.flush_bytes == 100 * 2**20 and timer.clock_khz == 1_980_000
     runs = []
     timings = timer.measure([lambda i: runs.append(i)], n_sets=3, repeat=4, warmup=1)
@@ -312,7 +317,7 @@ def test_graph_capture_is_verified_against_an_eager_step_then_timed(monkeypatch)
     step = _numpy_lenet_step()
     fake = _FakeCupy(replay=step)
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    info = bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    info = bench_step._capture(step, CudaEventTimer(), repeat=2)
     assert info["status"] == "ok" and info["rel_err"] == 0.0
     assert len(info["timing"].times_us) == 2
 
@@ -326,7 +331,7 @@ def test_graph_replay_that_differs_from_eager_is_reported(monkeypatch):
         step.params[0].data += np.float32(1e-2)
 
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(replay=bad_replay))
-    info = bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    info = bench_step._capture(step, CudaEventTimer(), repeat=2)
     assert info["status"] == "failed" and "differs" in info["note"]
 
 
@@ -335,7 +340,7 @@ def test_failed_capture_is_reported_with_its_reason(monkeypatch):
     step = _numpy_lenet_step()
     error = RuntimeError("operation not permitted when stream is capturing")
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(capture_error=error))
-    info = bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    info = bench_step._capture(step, CudaEventTimer(), repeat=2)
     assert info["status"] == "capture-failed" and "not permitted" in info["note"]
 
 
@@ -346,7 +351,7 @@ def test_capture_waits_for_the_default_stream_before_using_its_own(monkeypatch):
     step = _numpy_lenet_step()
     fake = _FakeCupy(replay=step)
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    bench_step._capture(step, CudaEventTimer(), repeat=2)
     assert "device sync" in fake.calls
     assert fake.calls.index("device sync") < fake.calls.index("enter stream")
 
@@ -356,5 +361,5 @@ def test_graph_that_cannot_be_replayed_is_a_failed_row_not_an_exception(monkeypa
     step = _numpy_lenet_step()
     error = RuntimeError("cudaErrorInvalidValue: invalid argument")
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(replay=step, launch_error=error))
-    info = bench_step._capture(step, bench.CudaEventTimer(), repeat=2)
+    info = bench_step._capture(step, CudaEventTimer(), repeat=2)
     assert info["status"] == "failed" and "invalid argument" in info["note"]

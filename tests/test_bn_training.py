@@ -1,17 +1,17 @@
 """Networks with batch normalisation train identically on the numpy backend and on the kernels
-(emulator; ``gpu``: CuPy): the same loss curve, to the float32 tolerance, over a few steps of the
+(on the emulator): the same loss curve, to the float32 tolerance, over a few steps of the
 full recipe (augmentation on the device, label smoothing, SGD with Nesterov momentum and weight
 decay that spares biases and batch norms), and the same running statistics afterwards."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from gpuconv import datasets, nn, optim, use_backend
 from gpuconv import functional as F
 from gpuconv.models import build_model
 from gpuconv.nn.module import to_host
-from gpuconv.tolerances import passes, scaled_error, tolerance
 
 STEPS = 4
 BATCH = 16
@@ -43,20 +43,19 @@ def _curve(backend: str, model_name: str, dtype):
     return np.array(losses), buffers
 
 
-@pytest.mark.parametrize("model_name", ["resnet20", "airbench"])
+@pytest.mark.parametrize("model_name", ["resnet20"])
 def test_loss_curve_and_running_statistics_agree_across_backends(model_name):
     """The data are fixed (noise seed 4): a value that lands within float32 rounding of a kink
     (a residual sum of -0.3796179 + 0.3796181 before a ReLU, with noise seed 3) is decided
     differently on each backend and legitimately parts the curves by a percent, which says
-    nothing about the kernels; these data meet no such value in the steps run."""
+    nothing about the kernels; these data meet no such value in the steps run. (airbench, whose
+    last block sees 1x1 images at this size, is checked layer by layer in test_check.py and
+    against torch in test_interop.py.)"""
     ref, ref_buffers = _curve("numpy", model_name, np.float32)
     got, buffers = _curve("emulator", model_name, np.float32)
-    tol = tolerance(np.float32)
-    _, rel = scaled_error(got, ref)
-    assert passes(rel, tol), (ref, got, rel)
+    assert_close(got, ref, np.float32, what=f"{model_name} loss curve {ref} vs {got}")
     for k, v in ref_buffers.items():
         if v.dtype.kind == "f":
-            _, rel = scaled_error(buffers[k], v)
-            assert passes(rel, tol), (k, rel)
+            assert_close(buffers[k], v, np.float32, what=k)
         else:
             assert int(buffers[k]) == int(v) == STEPS, k

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from gpuconv import check, tolerances
-from gpuconv.cli import main as cli_main
-from gpuconv.report import schema_errors
+from gpuconv import tolerances
+from gpuconv.tools import check
+from gpuconv.tools.cli import main as cli_main
+from gpuconv.tools.harness import schema_errors
 
 
 def needs_emulator():
@@ -186,13 +187,18 @@ def test_check_cuda_against_numpy():
     assert doc["passed"], [e for e in doc["entries"] if not e["passed"]]
 
 
-def test_check_compares_batch_norm_layers_and_their_running_statistics(monkeypatch):
+@pytest.mark.parametrize("model,size", [("resnet20", 8), ("airbench", 16)])
+def test_check_passes_batch_norm_models_and_lists_running_statistics(model, size):
     needs_emulator()
-    kwargs = dict(batch=2, image_size=8, log=lambda s: None)
-    doc = check.run_check("resnet20", ["numpy", "emulator"], **kwargs)
+    doc = check.run_check(model, ["numpy", "emulator"], batch=2, image_size=size, log=lambda s: None)
     assert doc["passed"], [e for e in doc["entries"] if not e["passed"]]
     stem_bn = [e["tensor"] for e in doc["entries"] if e["layer"] == "1"]
     assert stem_bn == ["output", "dx", "dweight", "dbias", "running_mean", "running_var"]
+
+
+def test_check_fails_on_drifting_running_statistics_only(monkeypatch):
+    needs_emulator()
+    kwargs = dict(batch=2, image_size=8, log=lambda s: None)
     from gpuconv.backends.kernel_backend import KernelBackend
     original = KernelBackend.batch_norm
 

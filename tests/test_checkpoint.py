@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from gpuconv import nn, optim
+from gpuconv import nn, optim, schedules
 from gpuconv.models import build_model
 
 
@@ -145,3 +145,106 @@ def test_checkpoint_file_gets_the_umask_permissions_of_a_regular_file(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "m.npz").st_mode) == 0o644
     assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
+
+
+# ---- format 2: what a resumed run needs -------------------------------------------------------
+
+def _with_dropout(seed: int):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32, rng=seed), nn.ReLU(), nn.Dropout(0.5, seed=seed),
+                          nn.Linear(32, 10, rng=seed + 1))
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    return model, opt, schedules.Cosine(opt, total_steps=50)
+
+
+def _steps(model, opt, sched, n: int, seed: int = 5):
+    """n training steps on fixed batches; returns the losses."""
+    rng = np.random.default_rng(seed)
+    loss_fn, losses = nn.SoftmaxCrossEntropy(), []
+    for _ in range(n):
+        x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+        losses.append(float(loss_fn(model.forward(x), np.arange(4))))
+        model.backward(loss_fn.backward())
+        opt.step()
+        sched.step()
+    return losses
+
+
+def test_format_2_carries_schedule_epoch_seed_and_dropout_generators(tmp_path):
+    model, opt, sched = _with_dropout(0)
+    _steps(model, opt, sched, 3)
+    path = tmp_path / "ckpt.npz"
+    nn.save_checkpoint(path, model, opt, sched, epoch=3, data_seed=7, meta={"note": "x"})
+    expected = _steps(model, opt, sched, 4)          # what the original run does next
+
+    other, other_opt, other_sched = _with_dropout(1)  # other weights, other dropout stream
+    assert nn.load_checkpoint(path, other, other_opt, other_sched) == {"note": "x"}
+    assert other_sched.last_step == 3 and other_opt.lr == sched.lr_at(3)
+    assert _steps(other, other_opt, other_sched, 4) == expected  # bit for bit, dropout included
+    assert _same(model, other)
+    ckpt = nn.read_checkpoint(path)
+    assert (ckpt["version"], ckpt["epoch"], ckpt["data_seed"]) == (2, 3, 7)
+    assert ckpt["schedule"]["kind"] == "cosine" and set(ckpt["rng"]) == {"3"}
+
+
+def test_format_1_files_still_load_without_training_state(tmp_path):
+    model, _ = _trained(0)
+    path = tmp_path / "v1.npz"
+    np.savez(path, format=np.array("gpuconv-checkpoint/1"), meta=np.array('{"old": true}'),
+             **{f"model/{k}": v for k, v in model.state_dict().items()})
+    target, opt = _trained(1)
+    assert nn.load_checkpoint(path, target) == {"old": True}
+    assert _same(model, target)
+    ckpt = nn.read_checkpoint(path)
+    assert ckpt["version"] == 1 and ckpt["epoch"] is None and ckpt["schedule"] is None
+    with pytest.raises(ValueError, match="no learning-rate schedule state.*format 1 predates it"):
+        nn.load_checkpoint(path, target, schedule=schedules.Constant(opt))
+
+
+def test_unknown_versions_and_bad_training_state_are_named(tmp_path):
+    model, opt, sched = _with_dropout(0)
+    path = tmp_path / "ckpt.npz"
+    nn.save_checkpoint(path, model, opt, sched, epoch=1)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+
+    def variant(name, **changes):
+        p = tmp_path / name
+        np.savez(p, **dict(arrays, **changes))
+        return p
+
+    with pytest.raises(ValueError, match="format 'gpuconv-checkpoint/3'.*upgrade gpuconv"):
+        nn.read_checkpoint(variant("v3.npz", format=np.array("gpuconv-checkpoint/3")))
+    with pytest.raises(ValueError, match="not a gpuconv checkpoint"):
+        nn.read_checkpoint(variant("other.npz", format=np.array("someone-else/2")))
+    with pytest.raises(ValueError, match="unreadable 'training'"):
+        nn.read_checkpoint(variant("json.npz", training=np.array("{not json")))
+    with pytest.raises(ValueError, match="'epoch' must be a non-negative int"):
+        nn.read_checkpoint(variant("epoch.npz", training=np.array(
+            '{"epoch": -1, "data_seed": null, "schedule": null, "rng": {}}')))
+    with pytest.raises(ValueError, match="has no 'training' entry"):
+        nn.read_checkpoint(_without(tmp_path, arrays))
+
+    target, target_opt, _ = _with_dropout(1)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match="'total_steps' is 50 in the state and 60 here"):
+        nn.load_checkpoint(path, target, target_opt, schedules.Cosine(target_opt, total_steps=60))
+    no_dropout = nn.Sequential(nn.Flatten(), nn.Linear(64, 32, rng=0), nn.ReLU(), nn.Identity(),
+                               nn.Linear(32, 10, rng=1))
+    with pytest.raises(ValueError, match=r"random-generator state is for layers \['3'\]"):
+        nn.load_checkpoint(path, no_dropout)
+    assert all(np.array_equal(v, before[k]) for k, v in target.state_dict().items())
+
+
+def _without(tmp_path, arrays):
+    p = tmp_path / "no-training.npz"
+    np.savez(p, **{k: v for k, v in arrays.items() if k != "training"})
+    return p
+
+
+def test_save_refuses_bad_epoch_and_seed(tmp_path):
+    model, _ = _trained(0)
+    with pytest.raises(TypeError, match="epoch"):
+        nn.save_checkpoint(tmp_path / "x.npz", model, epoch=-1)
+    with pytest.raises(TypeError, match="data_seed"):
+        nn.save_checkpoint(tmp_path / "x.npz", model, data_seed=1.5)
+    assert os.listdir(tmp_path) == []

@@ -110,7 +110,7 @@ def test_idx_dataset_errors(tmp_path):
         datasets.load_idx_dataset(tmp_path / "nowhere")
     files = _write_mnist(tmp_path)
     files[("t10k", "labels-idx1-ubyte")][0].unlink()
-    with pytest.raises(FileNotFoundError, match="missing t10k-labels-idx1-ubyte"):
+    with pytest.raises(FileNotFoundError, match="missing the test labels IDX file.*t10k-labels-idx1-ubyte"):
         datasets.load_idx_dataset(tmp_path)
     # labels and images swapped (an idx1 file where an idx3 file belongs)
     files = _write_mnist(tmp_path)
@@ -124,8 +124,8 @@ def test_idx_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="holds 12 images but .* holds 11 labels"):
         datasets.load_idx_dataset(tmp_path)
     lbl_path.write_bytes(_idx_bytes(np.full(12, 10, np.uint8)))
-    with pytest.raises(ValueError, match=r"label 10 out of range \[0, 10\)"):
-        datasets.load_idx_dataset(tmp_path)
+    with pytest.raises(ValueError, match="labels need 11 classes but num_classes is 10"):
+        datasets.load_idx_dataset(tmp_path, num_classes=10)
     lbl_path.write_bytes(lbl[:-3])
     with pytest.raises(ValueError, match="truncated"):
         datasets.load_idx_dataset(tmp_path)
@@ -165,3 +165,77 @@ def test_iterate_batches_covers_everything_reproducibly():
     np.testing.assert_array_equal(plain, y)
     with pytest.raises(ValueError, match="batch_size"):
         next(datasets.iterate_batches(x, y, 0))
+
+
+def _write_idx_set(directory, names, n_train=6, n_test=4, classes=3, gz=False, seed=0):
+    """IDX files under the given spellings {(split, kind): file name}; returns the arrays."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        out[(split, "images")] = rng.integers(0, 256, size=(n, 5, 5), dtype=np.uint8)
+        out[(split, "labels")] = rng.permutation(np.arange(n) % classes).astype(np.uint8)
+    for key, name in names.items():
+        data = _idx_bytes(out[key])
+        (directory / name).write_bytes(gzip.compress(data) if gz else data)
+    return out
+
+
+_SPELLINGS = {
+    "lecun": {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
+              ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"},
+    "dotted": {("train", "images"): "train-images.idx3-ubyte", ("train", "labels"): "train-labels.idx1-ubyte",
+               ("test", "images"): "t10k-images.idx3-ubyte", ("test", "labels"): "t10k-labels.idx1-ubyte"},
+    "test-prefix": {("train", "images"): "train-images-idx3-ubyte",
+                    ("train", "labels"): "train-labels.idx1-ubyte",
+                    ("test", "images"): "test-images-idx3-ubyte",
+                    ("test", "labels"): "test-labels.idx1-ubyte"},
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(_SPELLINGS))
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("subdir", ["", "raw", "MNIST/raw", "FashionMNIST/raw"])
+def test_idx_files_under_every_common_spelling_and_layout(tmp_path, spelling, gz, subdir):
+    names = {k: v + (".gz" if gz else "") for k, v in _SPELLINGS[spelling].items()}
+    ref = _write_idx_set(tmp_path / subdir if subdir else tmp_path, names)
+    assert datasets.detect_format(tmp_path) == "idx"
+    d = datasets.load_dataset(str(tmp_path))
+    assert d.num_classes == 3                                  # from the labels
+    np.testing.assert_array_equal(d.train.labels, ref[("train", "labels")])
+    np.testing.assert_array_equal(d.test.labels, ref[("test", "labels")])
+    np.testing.assert_allclose(d.test.images[:, 0] * d.std + d.mean, ref[("test", "images")] / 255.0,
+                               atol=1e-5)
+    expected_name = subdir.split("/")[0] if "/" in subdir else tmp_path.name
+    assert d.name == f"idx:{expected_name}"
+
+
+def test_idx_plain_and_gzip_copies_side_by_side_take_the_plain_one(tmp_path):
+    names = _SPELLINGS["lecun"]
+    ref = _write_idx_set(tmp_path, names)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b broken: must not be read")
+    np.testing.assert_array_equal(datasets.load_dataset(str(tmp_path)).train.labels, ref[("train", "labels")])
+
+
+def test_idx_ambiguous_spellings_and_places_are_refused(tmp_path):
+    _write_idx_set(tmp_path / "a", _SPELLINGS["lecun"])
+    _write_idx_set(tmp_path / "a", {("test", "labels"): "test-labels-idx1-ubyte"})
+    with pytest.raises(ValueError, match="ambiguous test labels: both t10k-labels-idx1-ubyte and test-"):
+        datasets.load_dataset(str(tmp_path / "a"))
+    _write_idx_set(tmp_path / "b" / "MNIST" / "raw", _SPELLINGS["lecun"])
+    _write_idx_set(tmp_path / "b" / "FashionMNIST" / "raw", _SPELLINGS["lecun"])
+    with pytest.raises(ValueError, match="holds IDX files in several places"):
+        datasets.load_dataset(str(tmp_path / "b"))
+
+
+def test_num_classes_given_or_from_labels(tmp_path):
+    _write_idx_set(tmp_path, _SPELLINGS["lecun"], classes=4)
+    assert datasets.load_dataset(str(tmp_path)).num_classes == 4
+    assert datasets.load_dataset(str(tmp_path), num_classes=10).num_classes == 10
+    with pytest.raises(ValueError, match="labels need 4 classes but num_classes is 3"):
+        datasets.load_dataset(str(tmp_path), num_classes=3)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
+        datasets.load_dataset(str(tmp_path), num_classes=1)
+    assert datasets.load_dataset(None, num_classes=12).num_classes == 12
+    with pytest.raises(ValueError, match="labels need 10 classes"):
+        datasets.load_dataset(None, num_classes=9)

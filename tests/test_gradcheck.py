@@ -10,15 +10,11 @@ import numpy as np
 import pytest
 
 from gpuconv import functional as F
-from gpuconv import use_backend
 
 H_STEP = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
+pytestmark = pytest.mark.usefixtures("numpy_default")
 
 
 def tie_free(rng, shape, scale=1.0):

@@ -4,40 +4,25 @@ odd sizes, several chunks per channel, more channels than grid.y. Outputs are Na
 
 float32 results are compared with the float64 reference by max|out - ref| / max|ref| <= 1e-5,
 float64 by <= 1e-12. The reduction kernels (warp shuffles, shared memory) run in several thread
-orders; every result must be bitwise reproducible.
+orders; every result must give the same bits when run again in another thread and block order.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close, assert_deterministic, recording_launches
 
-from gpuconv.backends.executors import CupyExecutor, EmulatorExecutor
-from gpuconv.backends.kernel_backend import KernelBackend
 from gpuconv.backends.launch import batchnorm
 from gpuconv.backends.numpy_backend import NumpyBackend
+from gpuconv.emulator import check_orders
 from gpuconv.geometry import batch_norm_geometry
-from gpuconv.tolerances import passes, scaled_error, tolerance
+from gpuconv.tolerances import scaled_error
 
 DTYPES = (np.float32, np.float64)
 REF = NumpyBackend()
 # Odd sizes, every rank, one to several chunks per channel (stat_chunks: chunks of >= 2048 values).
 SHAPES = [(3, 5, 7, 6), (3, 6), (5, 4), (7, 3, 9), (1, 2, 3, 5), (3, 2, 37, 41), (16, 3, 9, 11)]
 
-
-@pytest.fixture(scope="module", params=["emulator", pytest.param("cuda", marks=pytest.mark.gpu)])
-def be(request):
-    if request.param == "cuda":
-        from gpuconv.backends import cuda_unavailable_reason
-        reason = cuda_unavailable_reason()
-        if reason:
-            pytest.skip(reason)
-        return KernelBackend(CupyExecutor(), poison=True)
-    return KernelBackend(EmulatorExecutor(), poison=True)
-
-
-def _check(out, ref, dtype, what):
-    _, rel = scaled_error(out, ref)
-    assert passes(rel, tolerance(dtype)), f"{what}: relative error {rel} (tolerance {tolerance(dtype)})"
 
 
 def _inputs(rng, shape):
@@ -80,7 +65,8 @@ def test_batch_norm_matches_reference(be, dtype, training, relu, affine, track):
         out = _run(be, lambda a: be.asarray(np.asarray(a, dtype)), d, training, relu, affine, track)
         for k in ref:
             assert out[k].dtype == dtype, k
-            _check(out[k], ref[k], dtype, f"{k} {shape} training={training} relu={relu} affine={affine}")
+            assert_close(out[k], ref[k], dtype,
+                         what=f"{k} {shape} training={training} relu={relu} affine={affine}")
 
 
 def test_eval_mode_leaves_running_statistics_alone_and_returns_them(be):
@@ -115,10 +101,13 @@ def test_large_mean_small_spread_is_accurate_in_float32(be):
 def test_results_are_bitwise_reproducible(be):
     rng = np.random.default_rng(8)
     d = _inputs(rng, (16, 3, 9, 11))
-    runs = [_run(be, lambda a: be.asarray(np.asarray(a, np.float32)), d, True, True, True, True)
-            for _ in range(2)]
-    for k in runs[0]:
-        assert runs[0][k].tobytes() == runs[1][k].tobytes(), k
+
+    def run(b, training):
+        return tuple(_run(b, lambda a: b.asarray(np.asarray(a, np.float32)), d, training, True, True,
+                          True).values())
+
+    for training in (True, False):
+        assert_deterministic(be, run, training, what=f"batch norm training={training}")
 
 
 def test_channels_beyond_grid_y_are_looped_over(be, monkeypatch):
@@ -129,7 +118,7 @@ def test_channels_beyond_grid_y_are_looped_over(be, monkeypatch):
     ref = _run(REF, lambda a: np.array(a, np.float64), d, True, True, True, True)
     out = _run(be, lambda a: be.asarray(np.asarray(a, np.float64)), d, True, True, True, True)
     for k in ref:
-        _check(out[k], ref[k], np.float64, k)
+        assert_close(out[k], ref[k], np.float64, what=k)
 
 
 def test_chunking_depends_on_sizes_only_and_covers_every_value():
@@ -140,30 +129,12 @@ def test_chunking_depends_on_sizes_only_and_covers_every_value():
         assert chunks <= max(1, -(-batchnorm.TARGET_BLOCKS // g.C)), shape
 
 
-def _launches(be, call):
-    launches = []
-    real = be.launch
-
-    def record(fn, grid, block, args, shared_mem=0):
-        launches.append((fn, grid, block, args, shared_mem))
-        real(fn, grid, block, args, shared_mem=shared_mem)
-
-    be.launch = record
-    try:
-        call()
-    finally:
-        be.launch = real
-    return launches
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_reduction_kernels_agree_in_every_thread_order(dtype):
-    from gpuconv.emulator import check_orders
-    be = KernelBackend(EmulatorExecutor(), poison=True)
+def test_reduction_kernels_agree_in_every_thread_order(emu, dtype):
     rng = np.random.default_rng(9)
     d = _inputs(rng, (3, 2, 37, 41))  # 4551 values per channel: 3 chunks
-    launches = _launches(be, lambda: _run(be, lambda a: be.asarray(np.asarray(a, dtype)), d, True, True,
-                                          True, True))
+    with recording_launches(emu) as launches:
+        _run(emu, lambda a: emu.asarray(np.asarray(a, dtype)), d, True, True, True, True)
     names = [fn.name for fn, *_ in launches]
     assert any("batch_norm_stats" in n for n in names) and any("backward_reduce" in n for n in names)
     for fn, grid, block, args, shared_mem in launches:

@@ -11,21 +11,20 @@ on the emulator as a shuffle twin; TestTf32Twin checks its fragment layout and r
 """
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 from typing import List, NamedTuple
 
 import numpy as np
 import pytest
+from conftest import assert_close, assert_deterministic, recording_launches
 
-from gpuconv import tolerances
+from gpuconv import emulator, tolerances
 from gpuconv.backends import launch
-from gpuconv.backends.launch import conv as conv_launch
+from gpuconv.backends.launch import conv
 from gpuconv.backends.numpy_backend import NumpyBackend
 from gpuconv.geometry import ConvGeometry, conv2d_geometry
 
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 N_RANDOM = 56
 
 
@@ -115,79 +114,30 @@ def _cases() -> List[Case]:
 CASES = _cases()
 
 
-def _rel_error(out: np.ndarray, ref: np.ndarray) -> float:
-    assert out.shape == ref.shape, f"shape {out.shape} != {ref.shape}"
-    assert np.all(np.isfinite(out)), "output has NaN/inf (an element not written?)"
-    scale = float(np.max(np.abs(ref))) or 1.0
-    return float(np.max(np.abs(out.astype(np.float64) - ref))) / scale
-
-
-def _check(out: np.ndarray, ref: np.ndarray, dtype, what: str, case: Case, tol: float = 0.0) -> float:
-    err = _rel_error(out, ref)
-    tol = tol or TOLERANCE[dtype]
-    assert err <= tol, f"{what} {np.dtype(dtype).name}: rel error {err:.3g} > {tol:g} for {case}"
-    return err
-
-
-# ---- backends ----------------------------------------------------------------------------------
-
-def _emulator_backend():
-    try:
-        emulator = importlib.import_module("gpuconv.emulator")
-        from gpuconv.backends.executors import EmulatorExecutor
-        from gpuconv.backends.kernel_backend import KernelBackend
-    except ImportError as exc:
-        pytest.skip(f"emulator backend not importable: {exc}")
-    if not hasattr(emulator, "RawModule"):
-        pytest.skip("gpuconv.emulator has no RawModule")
-    return KernelBackend(EmulatorExecutor(), poison=True)
-
-
-def _cuda_backend():
-    from gpuconv.backends import cuda_unavailable_reason
-    reason = cuda_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    from gpuconv.backends.executors import CupyExecutor
-    from gpuconv.backends.kernel_backend import KernelBackend
-    return KernelBackend(CupyExecutor(), poison=True)
-
-
-@pytest.fixture(scope="module")
-def emu():
-    return _emulator_backend()
-
-
 # ---- the comparisons, shared by the emulator and the GPU tests -----------------------------------
 
 def _dev(be, a: np.ndarray, dtype):
     return be.asarray(np.ascontiguousarray(a, dtype=dtype))
 
 
-def _forward_tolerance(version: int, dtype) -> float:
-    if launch.precision("conv2d_forward", version) == "tf32":
-        return tolerances.TF32_RTOL
-    return TOLERANCE[dtype]
-
-
 def run_forward(be, version: int, dtype, cases=CASES) -> float:
     """Checks every case; returns the largest relative error seen."""
-    from gpuconv.backends.launch import conv
-    tol = _forward_tolerance(version, dtype)
+    precision = launch.precision("conv2d_forward", version)
     worst = 0.0
     for case in cases:
         x, w, b = (_dev(be, a, dtype) for a in (case.x, case.w, case.b))
         y = be.to_numpy(conv.forward(be, x, w, b, case.g, version=version))
-        worst = max(worst, _check(y, case.y_ref, dtype, f"forward v{version}", case, tol))
+        worst = max(worst, assert_close(y, case.y_ref, dtype, precision=precision,
+                                        what=f"forward v{version} {case}"))
     case = cases[0]  # no bias
     y = be.to_numpy(conv.forward(be, _dev(be, case.x, dtype), _dev(be, case.w, dtype), None, case.g,
                                  version=version))
     ref = case.y_ref - case.b[None, :, None, None]
-    return max(worst, _check(y, ref, dtype, f"forward v{version} without bias", case, tol))
+    return max(worst, assert_close(y, ref, dtype, precision=precision,
+                                   what=f"forward v{version} without bias {case}"))
 
 
 def run_backward(be, op: str, version: int, dtype, cases=CASES) -> None:
-    from gpuconv.backends.launch import conv
     for case in cases:
         dy = _dev(be, case.dy, dtype)
         with be.use_versions({op: version}):
@@ -197,24 +147,22 @@ def run_backward(be, op: str, version: int, dtype, cases=CASES) -> None:
                 out, ref = conv.backward_filter(be, dy, _dev(be, case.x, dtype), case.g), case.dw_ref
             else:
                 out, ref = conv.backward_bias(be, dy, case.g), case.db_ref
-        _check(be.to_numpy(out), ref, dtype, f"{op} v{version}", case)
+        assert_close(be.to_numpy(out), ref, dtype, what=f"{op} v{version} {case}")
 
 
 def run_determinism(be, dtype, cases) -> None:
-    from gpuconv.backends.launch import conv
+    """Every backward version gives the same bits twice (the second time in another thread order)."""
     for case in cases:
         dy, x, w = (_dev(be, a, dtype) for a in (case.dy, case.x, case.w))
         for op, versions in conv.VERSIONS.items():
             if op == "conv2d_forward":
                 continue
+            needs = tuple(op == o for o in ("conv2d_backward_data", "conv2d_backward_filter",
+                                            "conv2d_backward_bias"))
             for v in versions:
                 with be.use_versions({op: v}):
-                    runs = [conv.backward(be, dy, x, w, case.g, op == "conv2d_backward_data",
-                                          op == "conv2d_backward_filter", op == "conv2d_backward_bias")
-                            for _ in range(2)]
-                a = next(r for r in runs[0] if r is not None)
-                b = next(r for r in runs[1] if r is not None)
-                assert be.to_numpy(a).tobytes() == be.to_numpy(b).tobytes(), f"{op} v{v} differs, {case}"
+                    assert_deterministic(be, conv.backward, dy, x, w, case.g, *needs,
+                                         what=f"{op} v{v} {case}")
 
 
 BACKWARD = [(op, v) for op, vs in (("conv2d_backward_data", (1, 2)), ("conv2d_backward_filter", (1, 2)),
@@ -222,9 +170,9 @@ BACKWARD = [(op, v) for op, vs in (("conv2d_backward_data", (1, 2)), ("conv2d_ba
 DTYPES = [np.float32, np.float64]
 # (version, dtype) of every forward kernel: float32-only versions (TF32) skip float64.
 FORWARD = [pytest.param(v, dt, id=f"v{v}-{'f32' if dt == np.float32 else 'f64'}")
-           for v in conv_launch.VERSIONS["conv2d_forward"] for dt in DTYPES
-           if dt == np.float32 or ("conv2d_forward", v) not in conv_launch.FLOAT32_ONLY]
-TF32_FORWARD = [v for v in conv_launch.VERSIONS["conv2d_forward"]
+           for v in conv.VERSIONS["conv2d_forward"] for dt in DTYPES
+           if dt == np.float32 or ("conv2d_forward", v) not in conv.FLOAT32_ONLY]
+TF32_FORWARD = [v for v in conv.VERSIONS["conv2d_forward"]
                 if launch.precision("conv2d_forward", v) == "tf32"]
 
 
@@ -240,7 +188,6 @@ class TestEmulator:
 
     @pytest.mark.parametrize("version", TF32_FORWARD)
     def test_tf32_forward_refuses_float64(self, emu, version):
-        from gpuconv.backends.launch import conv
         case = CASES[1]
         with pytest.raises(ValueError, match="float32"):
             conv.forward(emu, _dev(emu, case.x, np.float64), _dev(emu, case.w, np.float64),
@@ -255,19 +202,17 @@ class TestEmulator:
         run_determinism(emu, np.float32, [CASES[0], CASES[5]])
 
     def test_default_versions_are_the_tiled_kernels(self, emu):
-        from gpuconv.backends.launch import conv
         assert conv.DEFAULT_VERSIONS == {"conv2d_forward": 2, "conv2d_backward_data": 2,
                                          "conv2d_backward_filter": 2, "conv2d_backward_bias": 2}
         case = CASES[1]
         y = emu.conv2d(_dev(emu, case.x, np.float32), _dev(emu, case.w, np.float32),
                        _dev(emu, case.b, np.float32), case.g)
-        _check(emu.to_numpy(y), case.y_ref, np.float32, "conv2d", case)
+        assert_close(emu.to_numpy(y), case.y_ref, np.float32, what=f"conv2d {case}")
         grads = emu.conv2d_backward(*(_dev(emu, a, np.float32) for a in (case.dy, case.x, case.w)), case.g)
         for out, ref, what in zip(grads, (case.dx_ref, case.dw_ref, case.db_ref), ("dx", "dw", "db")):
-            _check(emu.to_numpy(out), ref, np.float32, what, case)
+            assert_close(emu.to_numpy(out), ref, np.float32, what=f"{what} {case}")
 
     def test_split_paths_are_exercised(self):
-        from gpuconv.backends.launch import conv
         g = CASES[5].g
         assert conv.filter_splits(g, np.float32)[1] > 1
         big = conv2d_geometry((2, 1, 50, 50), (3, 1, 1, 1))
@@ -275,31 +220,13 @@ class TestEmulator:
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     def test_bias_chunked_reduction(self, emu, dtype):
-        from gpuconv.backends.launch import conv
         rng = np.random.default_rng(7)
         g = conv2d_geometry((2, 1, 50, 50), (3, 1, 1, 1))
         dy = rng.standard_normal(g.y_shape)
         for v in (1, 2):
             with emu.use_versions({"conv2d_backward_bias": v}):
                 db = emu.to_numpy(conv.backward_bias(emu, _dev(emu, dy, dtype), g))
-            _check(db, dy.sum(axis=(0, 2, 3)), dtype, f"bias v{v} chunked", CASES[0])
-
-
-def _orders_args(be, kernel_call):
-    """Arguments for gpuconv.emulator.check_orders collected from one launch of ``kernel_call``."""
-    launches = []
-    real_launch = be.launch
-
-    def record(fn, grid, block, args, shared_mem=0):
-        launches.append((fn, grid, block, args, shared_mem))
-        real_launch(fn, grid, block, args, shared_mem=shared_mem)
-
-    be.launch = record
-    try:
-        kernel_call()
-    finally:
-        be.launch = real_launch
-    return launches
+            assert_close(db, dy.sum(axis=(0, 2, 3)), dtype, what=f"bias v{v} chunked {g}")
 
 
 class TestThreadOrders:
@@ -309,8 +236,6 @@ class TestThreadOrders:
                                             ("conv2d_forward", 4), ("conv2d_backward_data", 2),
                                             ("conv2d_backward_filter", 2), ("conv2d_backward_bias", 2)])
     def test_orders_agree(self, emu, op, version):
-        emulator = importlib.import_module("gpuconv.emulator")
-        from gpuconv.backends.launch import conv
         case = CASES[5]
         dy, x, w, b = (_dev(emu, a, np.float32) for a in (case.dy, case.x, case.w, case.b))
         calls = {
@@ -319,7 +244,8 @@ class TestThreadOrders:
             "conv2d_backward_filter": lambda: conv.backward_filter(emu, dy, x, case.g, version=version),
             "conv2d_backward_bias": lambda: conv.backward_bias(emu, dy, case.g, version=version),
         }
-        launches = _orders_args(emu, calls[op])
+        with recording_launches(emu) as launches:
+            calls[op]()
         assert launches
         for fn, grid, block, args, shared_mem in launches:
             emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
@@ -346,6 +272,14 @@ def _tf32(x: np.ndarray) -> np.ndarray:
         return out.astype(np.float32)               # past the largest TF32 number: infinity
 
 
+def _tf32_truncated(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` with its low 13 mantissa bits cleared: how the tensor core reads an operand
+    that was not rounded to TF32 first (NaN kept a NaN)."""
+    x = np.asarray(x, np.float32)
+    out = (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(np.isnan(x), x, out)
+
+
 def _mma_operands(seed: int):
     rng = np.random.default_rng(seed)
     scale = np.ldexp(1.0, rng.integers(-12, 12, size=(3,)))  # different exponents per operand
@@ -353,9 +287,10 @@ def _mma_operands(seed: int):
     return a.astype(np.float32), b.astype(np.float32), c.astype(np.float32)
 
 
-def _mma_twin_reference(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """D = TF32(A) TF32(B) + C summed in float32 in k order (each product of TF32 numbers is exact)."""
-    A, B = _tf32(a), _tf32(b)
+def _mma_twin_reference(a: np.ndarray, b: np.ndarray, c: np.ndarray, operand=_tf32) -> np.ndarray:
+    """D = TF32(A) TF32(B) + C summed in float32 in k order (each product of TF32 numbers is exact);
+    ``operand`` turns an fp32 operand into TF32 (rounded, or truncated for unconverted input)."""
+    A, B = operand(a), operand(b)
     d = c.astype(np.float32).copy()
     for k in range(8):
         d = d + np.outer(A[:, k], B[k, :]).astype(np.float32)
@@ -364,7 +299,6 @@ def _mma_twin_reference(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarr
 
 @pytest.fixture(scope="module")
 def mma_module():
-    emulator = importlib.import_module("gpuconv.emulator")
     from gpuconv.backends.kernel_backend import compile_options
     return emulator.RawModule(path=str(MMA_KERNELS), options=compile_options())
 
@@ -405,13 +339,19 @@ class TestTf32Twin:
         fp32 = (a.astype(np.float64) @ b.astype(np.float64) + c).astype(np.float32)
         assert not np.array_equal(d, fp32)
 
+    @pytest.mark.parametrize("seed", range(3))
+    def test_unconverted_operands_are_truncated_as_on_the_tensor_core(self, mma_module, seed):
+        """fp32 bits handed to the MMA without cvt.rna lose their low 13 mantissa bits: the twin
+        must not round them, or a kernel that forgets the conversion passes here and fails on a GPU."""
+        a, b, c = _mma_operands(seed)
+        d = np.full((16, 8), np.nan, np.float32)
+        mma_module.get_function("mma_tf32_tile_raw")((1,), (32,), (a, b, c, d))
+        want = _mma_twin_reference(a, b, c, operand=_tf32_truncated)
+        assert np.array_equal(d.view(np.uint32), want.view(np.uint32))
+        assert not np.array_equal(d, _mma_twin_reference(a, b, c))
+
 
 # ---- GPU ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def gpu():
-    return _cuda_backend()
-
 
 @pytest.mark.gpu
 class TestCuda:
@@ -429,7 +369,11 @@ class TestCuda:
             gpu.launch(mod.get_function("mma_tf32_tile"), (1, 1, 1), (32, 1, 1), tuple(dev))
             ref = _tf32(a).astype(np.float64) @ _tf32(b).astype(np.float64) + c
             # The tensor core may add the products in another order than the twin: fp32 roundings only.
-            assert _rel_error(gpu.to_numpy(dev[3]), ref) <= 1e-6, f"seed {seed}"
+            assert_close(gpu.to_numpy(dev[3]), ref, rtol=1e-6, what=f"mma_tf32_tile seed {seed}")
+            # Unconverted operands: the hardware ignores their low 13 bits, as the twin does.
+            gpu.launch(mod.get_function("mma_tf32_tile_raw"), (1, 1, 1), (32, 1, 1), tuple(dev))
+            ref = _tf32_truncated(a).astype(np.float64) @ _tf32_truncated(b).astype(np.float64) + c
+            assert_close(gpu.to_numpy(dev[3]), ref, rtol=1e-6, what=f"mma_tf32_tile_raw seed {seed}")
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     @pytest.mark.parametrize("op,version", BACKWARD)
@@ -447,8 +391,8 @@ class TestCuda:
         cases = [_make_case(conv2d_geometry(xs, ws, 1, pd), rng) for xs, ws, pd in (
             ((8, 1, 28, 28), (6, 1, 5, 5), 2), ((8, 16, 32, 32), (32, 16, 3, 3), 1),
             ((8, 64, 8, 8), (64, 64, 3, 3), 1))]
-        for v in conv_launch.VERSIONS["conv2d_forward"]:
-            if dtype == np.float32 or ("conv2d_forward", v) not in conv_launch.FLOAT32_ONLY:
+        for v in conv.VERSIONS["conv2d_forward"]:
+            if dtype == np.float32 or ("conv2d_forward", v) not in conv.FLOAT32_ONLY:
                 run_forward(gpu, v, dtype, cases)
         for op, v in BACKWARD:
             run_backward(gpu, op, v, dtype, cases)

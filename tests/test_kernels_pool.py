@@ -4,37 +4,24 @@
 Outputs are NaN/-7 poisoned before each launch. float32 kernels are compared with a float64
 reference by max|out - ref| / max|ref| <= 1e-5, float64 kernels by <= 1e-12. Max pooling
 indices must be identical to the reference's, including ties, NaN, -inf and padding cases.
-Backward kernels must be bitwise deterministic, and v1 and v2 must agree bit for bit.
+The empty-window and zero-norm contracts, whose answers are known by hand, run on the NumPy
+backend too.
+Backward kernels must give the same bits when run again in another thread and block order, and
+v1 and v2 must agree bit for bit.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close, assert_deterministic
 
-from gpuconv.backends.executors import CupyExecutor, EmulatorExecutor
-from gpuconv.backends.kernel_backend import KernelBackend
 from gpuconv.backends.numpy_backend import NumpyBackend
+from gpuconv.emulator import check_orders
 from gpuconv.geometry import PoolGeometry, pool2d_geometry
-from gpuconv.tolerances import passes, scaled_error, tolerance
 
 N_RANDOM = 50
 DTYPES = (np.float32, np.float64)
 REF = NumpyBackend()
-
-
-def _cuda_backend():
-    from gpuconv.backends import cuda_unavailable_reason
-    reason = cuda_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    return KernelBackend(CupyExecutor(), poison=True)
-
-
-@pytest.fixture(scope="module", params=["emulator", pytest.param("cuda", marks=pytest.mark.gpu)])
-def be(request):
-    if request.param == "cuda":
-        return _cuda_backend()
-    return KernelBackend(EmulatorExecutor(), poison=True)
 
 
 def _random_geometry(rng, avg: bool = False) -> PoolGeometry:
@@ -73,11 +60,6 @@ def _np(be, a):
     return be.to_numpy(a)
 
 
-def _check(out, ref, dtype, what):
-    _, rel = scaled_error(out, ref)
-    assert passes(rel, tolerance(dtype)), f"{what}: relative error {rel} (tolerance {tolerance(dtype)})"
-
-
 MAX_GEOMS = _geometries()
 AVG_GEOMS = _geometries(avg=True)
 
@@ -96,7 +78,7 @@ def test_max_pool_matches_reference(be, dtype, version):
             np.testing.assert_array_equal(_np(be, idx), idx_ref, err_msg=str(g))
             np.testing.assert_array_equal(_np(be, y), y_ref.astype(dtype), err_msg=str(g))
             dx = be.max_pool2d_backward(be.asarray(dy, dtype), idx, g)
-            _check(_np(be, dx), dx_ref, dtype, str(g))
+            assert_close(_np(be, dx), dx_ref, dtype, what=str(g))
 
 
 def test_max_pool_ties_nan_and_inf_give_reference_indices(be):
@@ -113,18 +95,18 @@ def test_max_pool_ties_nan_and_inf_give_reference_indices(be):
         np.testing.assert_array_equal(_np(be, y), y_ref, err_msg=str(g))  # NaN positions equal too
 
 
-def test_max_pool_window_without_real_cells_gives_minus_inf_and_index_minus_one(be):
+def test_max_pool_window_without_real_cells_gives_minus_inf_and_index_minus_one(any_backend):
     # Dilation 2, padding 1: on a 1-wide input the window taps at -1 and +1 miss the only column.
     g = pool2d_geometry((1, 1, 1, 1), (1, 2), 1, (0, 1), (1, 2))
     x = np.array([[[[3.0]]]], dtype=np.float32)
     y_ref, idx_ref = REF.max_pool2d(x, g)
-    y, idx = be.max_pool2d(be.asarray(x), g)
-    np.testing.assert_array_equal(_np(be, idx), idx_ref)
-    np.testing.assert_array_equal(_np(be, y), y_ref)
-    assert (_np(be, idx) == -1).any() and np.isneginf(_np(be, y)).any()
-    dx = be.max_pool2d_backward(be.asarray(np.ones(g.y_shape, np.float32)), idx, g)
-    np.testing.assert_array_equal(_np(be, dx), REF.max_pool2d_backward(np.ones(g.y_shape, np.float32),
-                                                                       idx_ref, g))
+    y, idx = any_backend.max_pool2d(any_backend.asarray(x), g)
+    np.testing.assert_array_equal(_np(any_backend, idx), idx_ref)
+    np.testing.assert_array_equal(_np(any_backend, y), y_ref)
+    assert (_np(any_backend, idx) == -1).any() and np.isneginf(_np(any_backend, y)).any()
+    dx = any_backend.max_pool2d_backward(any_backend.asarray(np.ones(g.y_shape, np.float32)), idx, g)
+    dx_ref = REF.max_pool2d_backward(np.ones(g.y_shape, np.float32), idx_ref, g)
+    np.testing.assert_array_equal(_np(any_backend, dx), dx_ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -138,11 +120,12 @@ def test_avg_pool_matches_reference(be, dtype, version):
             x = rng.standard_normal(g.x_shape)
             dy = rng.standard_normal(g.y_shape)
             y = be.avg_pool2d(be.asarray(x, dtype), g, cip, div)
-            _check(_np(be, y), REF.avg_pool2d(x, g, cip, div), dtype, f"{g} cip={cip} div={div}")
+            assert_close(_np(be, y), REF.avg_pool2d(x, g, cip, div), dtype,
+                         what=f"{g} cip={cip} div={div}")
             dx = be.avg_pool2d_backward(be.asarray(dy, dtype), g, cip, div, dtype)
             assert dx.dtype == dtype
-            _check(_np(be, dx), REF.avg_pool2d_backward(dy, g, cip, div, np.float64), dtype,
-                   f"{g} cip={cip} div={div}")
+            assert_close(_np(be, dx), REF.avg_pool2d_backward(dy, g, cip, div, np.float64), dtype,
+                         what=f"{g} cip={cip} div={div}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -157,34 +140,36 @@ def test_l2_pool_matches_reference(be, dtype, version):
             dy = rng.standard_normal(g.y_shape)
             y_ref = REF.l2_pool2d(x, g)
             y = be.l2_pool2d(be.asarray(x, dtype), g)
-            _check(_np(be, y), y_ref, dtype, str(g))
+            assert_close(_np(be, y), y_ref, dtype, what=str(g))
             dx = be.l2_pool2d_backward(be.asarray(dy, dtype), be.asarray(x, dtype), y, g)
             dx_np = _np(be, dx)
             assert not np.isnan(dx_np).any(), str(g)
-            _check(dx_np, REF.l2_pool2d_backward(dy, x, y_ref, g), dtype, str(g))
+            assert_close(dx_np, REF.l2_pool2d_backward(dy, x, y_ref, g), dtype, what=str(g))
 
 
-def test_l2_pool_backward_is_zero_where_output_is_zero(be):
+def test_l2_pool_backward_is_zero_where_output_is_zero(any_backend):
     g = pool2d_geometry((1, 1, 4, 4), 2)
     x = np.zeros(g.x_shape, np.float32)
     x[0, 0, 0, 0] = 2.0
-    y = be.l2_pool2d(be.asarray(x), g)
-    dx = _np(be, be.l2_pool2d_backward(be.asarray(np.ones(g.y_shape, np.float32)), be.asarray(x), y, g))
+    y = any_backend.l2_pool2d(any_backend.asarray(x), g)
+    dy = any_backend.asarray(np.ones(g.y_shape, np.float32))
+    dx = _np(any_backend, any_backend.l2_pool2d_backward(dy, any_backend.asarray(x), y, g))
     expected = np.zeros(g.x_shape, np.float32)
     expected[0, 0, 0, 0] = 1.0  # x * dy / y = 2 / 2
     np.testing.assert_array_equal(dx, expected)
 
 
-def _backward_runs(be, g, rng):
+def _backward_calls(be, g, rng):
+    """op -> (backend method, its arguments) of each backward op, on inputs made on ``be``."""
     x = rng.standard_normal(g.x_shape).astype(np.float32)
     dy = be.asarray(rng.standard_normal(g.y_shape).astype(np.float32))
     xb = be.asarray(x)
     _, idx = be.max_pool2d(xb, g)
     y2 = be.l2_pool2d(xb, g)
     return {
-        "max_pool2d_backward": lambda: be.max_pool2d_backward(dy, idx, g),
-        "avg_pool2d_backward": lambda: be.avg_pool2d_backward(dy, g, True, None, np.float32),
-        "l2_pool2d_backward": lambda: be.l2_pool2d_backward(dy, xb, y2, g),
+        "max_pool2d_backward": (dy, idx, g),
+        "avg_pool2d_backward": (dy, g, True, None, np.float32),
+        "l2_pool2d_backward": (dy, xb, y2, g),
     }
 
 
@@ -192,13 +177,12 @@ def test_backward_kernels_are_deterministic_and_versions_agree_bitwise(be):
     rng = np.random.default_rng(5)
     for g in (pool2d_geometry((2, 3, 9, 9), 3, 2, 1), pool2d_geometry((1, 2, 11, 10), 3, 1, 1, 1, True),
               pool2d_geometry((1, 1, 7, 13), 2, 1)):
-        for op, run in _backward_runs(be, g, rng).items():
+        for op, args in _backward_calls(be, g, rng).items():
             outs = []
             for v in (1, 2):
                 with be.use_versions({op: v}):
-                    a, b = _np(be, run()), _np(be, run())
-                assert a.tobytes() == b.tobytes(), f"{op} v{v} not deterministic on {g}"
-                outs.append(a)
+                    assert_deterministic(be, op, *args, what=f"{op} v{v} on {g}")
+                    outs.append(_np(be, getattr(be, op)(*args)))
             assert outs[0].tobytes() == outs[1].tobytes(), f"{op}: v1 and v2 differ on {g}"
 
 
@@ -213,14 +197,12 @@ def test_pool_accepts_non_contiguous_input(be):
     np.testing.assert_array_equal(_np(be, idx), idx_ref)
 
 
-def test_pool_shared_memory_free_kernels_are_order_independent():
+def test_pool_shared_memory_free_kernels_are_order_independent(emu):
     """Pool kernels use no shared memory or warp ops, but run them in several orders anyway."""
-    from gpuconv.emulator import check_orders
-    be = KernelBackend(EmulatorExecutor(), poison=True)
     g = pool2d_geometry((1, 2, 5, 6), 3, 2, 1, 1, True)
     x = np.random.default_rng(1).standard_normal(g.x_shape).astype(np.float32)
     y = np.full(g.y_shape, np.nan, np.float32)
     idx = np.full(g.y_shape, -7, np.int32)
     geo = tuple(np.int32(v) for v in (g.N * g.C, g.H, g.W, g.P, g.Q, g.R, g.S, g.stride_h, g.stride_w,
                                       g.pad_h, g.pad_w, g.dil_h, g.dil_w))
-    check_orders(be.function("pool2d.cu", "max_pool2d_forward_v1<float>"), (1,), (64,), (x, y, idx) + geo)
+    check_orders(emu.function("pool2d.cu", "max_pool2d_forward_v1<float>"), (1,), (64,), (x, y, idx) + geo)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from gpuconv import functional as F
 from gpuconv import nn, optim
@@ -285,26 +286,16 @@ def test_repr_looks_like_pytorch():
     assert "(1): ReLU()" in text and text.endswith(")")
 
 
-def _emulator_or_skip():
-    from gpuconv.backends import BackendUnavailable, resolve_backend
-    try:
-        return resolve_backend("emulator")
-    except (BackendUnavailable, ImportError, OSError) as exc:
-        pytest.skip(f"emulator backend unavailable: {exc}")
-
-
 @pytest.mark.parametrize("make_opt", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
                                       lambda ps: optim.Adam(ps, lr=1e-2)])
-def test_training_step_on_emulator_matches_numpy(make_opt):
+def test_training_step_on_kernels_matches_numpy(be, make_opt):
     from gpuconv import use_backend
-    from gpuconv.tolerances import FLOAT32_RTOL, passes, scaled_error
-    emulator = _emulator_or_skip()
     rng = np.random.default_rng(8)
     x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
     labels = np.array([1, 5, 9], np.int32)
     results = {}
-    for name in ("numpy", "emulator"):
-        with use_backend(name) as b:
+    for name, backend in (("numpy", "numpy"), ("kernels", be)):
+        with use_backend(backend) as b:
             model = build_model("lenet", 1, 8, 10, seed=0)
             opt = make_opt(model.parameters())
             loss = nn.SoftmaxCrossEntropy()
@@ -313,8 +304,6 @@ def test_training_step_on_emulator_matches_numpy(make_opt):
                 model.backward(loss.backward())
                 opt.step()
             results[name] = (model.state_dict(), {k: nn.to_host(g) for k, g in model.grads.items()})
-    assert emulator.name == "emulator"
     for part in (0, 1):
         for k, ref in results["numpy"][part].items():
-            rel = scaled_error(results["emulator"][part][k], ref)[1]
-            assert passes(rel, FLOAT32_RTOL), (k, rel)
+            assert_close(results["kernels"][part][k], ref, np.float32, what=f"{k} on {be.name}")

@@ -2,17 +2,14 @@
 1x1 outputs, non-contiguous and non-square inputs, both float dtypes, L2 pooling at zero."""
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from gpuconv import functional as F
-from gpuconv import use_backend
 
 DTYPES = [np.float32, np.float64]
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
+pytestmark = pytest.mark.usefixtures("numpy_default")
 
 
 def loop_max_pool(x, k, s, p, d, P, Q):
@@ -136,11 +133,13 @@ def test_one_by_one_outputs(dtype):
     np.testing.assert_array_equal(y[..., 0, 0], x.max(axis=(2, 3)))
     np.testing.assert_array_equal(idx[..., 0, 0], x.reshape(2, 3, -1).argmax(-1))
     a = F.avg_pool2d(x, (4, 5))
-    np.testing.assert_allclose(a[..., 0, 0], x.mean(axis=(2, 3)), rtol=1e-6)
+    x64 = x.astype(np.float64)
+    assert_close(a[..., 0, 0], x64.mean(axis=(2, 3)), dtype, what="global average pooling")
     w = rng.standard_normal((6, 3, 4, 5)).astype(dtype)
     z = F.conv2d(x, w)
     assert z.shape == (2, 6, 1, 1)
-    np.testing.assert_allclose(z[..., 0, 0], x.reshape(2, -1) @ w.reshape(6, -1).T, rtol=1e-5)
+    assert_close(z[..., 0, 0], x64.reshape(2, -1) @ w.astype(np.float64).reshape(6, -1).T, dtype,
+                 what="conv2d with a 1x1 output")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 
 from gpuconv import functional as F
-from gpuconv import use_backend
 
-
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
+pytestmark = pytest.mark.usefixtures("numpy_default")
 
 
 def seed_forward(a, w, b):

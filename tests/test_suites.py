@@ -1,8 +1,8 @@
 """FLOP and byte counts, floors and ratios of the benchmark suite, against hand-computed cases."""
 import pytest
 
-from gpuconv import suites
-from gpuconv.suites import Cost, conv_cost, floor_seconds, hardware_for, multiple_of_floor, pool_cost
+from gpuconv.tools import suites
+from gpuconv.tools.suites import Cost, conv_cost, floor_seconds, hardware_for, multiple_of_floor, pool_cost
 
 H100 = suites.HARDWARE["H100"]
 H200 = suites.HARDWARE["H200"]

@@ -6,24 +6,17 @@ are unambiguous.
 """
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from gpuconv import functional as F
-from gpuconv import use_backend
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 
-pytestmark = [pytest.mark.torch,
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("numpy_default"),
               pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")]
 
 CASES = 200
-RTOL = 1e-12
-
-
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,19 +31,6 @@ def _one_torch_thread():
 def tie_free(rng, shape):
     n = int(np.prod(shape))
     return rng.permutation((np.arange(n) + 0.5) / n * 2 - 1).reshape(shape)
-
-
-def assert_close(name, got, want, ctx):
-    want = want.detach().numpy() if hasattr(want, "detach") else want
-    assert got.shape == want.shape, (name, got.shape, want.shape, ctx)
-    assert not np.isnan(got).any() and not np.isnan(want).any(), (name, ctx)
-    same = got == want  # covers equal infinities (max pooling of an empty window)
-    finite = np.isfinite(want)
-    scale = max(np.abs(want[finite]).max(initial=0.0), 1e-300)
-    assert same[~finite].all(), (name, ctx)
-    diff = np.subtract(got, want, out=np.zeros(np.shape(want)), where=~same)
-    err = np.abs(diff).max(initial=0.0) / scale
-    assert err <= RTOL, (name, err, ctx)
 
 
 def torch_leaf(a):
@@ -104,13 +84,13 @@ def test_conv2d_matches_torch():
         else:
             ty = TF.conv2d(tx, tw, tb, *args)
             kinds.add(str(type(c["padding"]).__name__) + str(c["padding"] in ("same", "valid")))
-        assert_close("y", y, ty, c)
+        assert_close(y, ty, np.float64, what=f"y {c}")
         dy = rng.standard_normal(y.shape)
         ty.backward(torch.tensor(dy))
         dx, dw, db = F.conv2d_backward(dy, x, w, *args)
-        assert_close("dx", dx, tx.grad, c)
-        assert_close("dweight", dw, tw.grad, c)
-        assert_close("dbias", db, tb.grad, c)
+        assert_close(dx, tx.grad, np.float64, what=f"dx {c}")
+        assert_close(dw, tw.grad, np.float64, what=f"dweight {c}")
+        assert_close(db, tb.grad, np.float64, what=f"dbias {c}")
     assert len(kinds) == 4
 
 
@@ -139,13 +119,14 @@ def test_max_pool2d_values_indices_and_gradient_match_torch():
         tx = torch_leaf(x)
         ty, tidx = TF.max_pool2d(tx, dilation=d, return_indices=True, **kw)
         ctx = (shape, kw, d)
-        assert_close("y", y, ty, ctx)
+        assert_close(y, ty, np.float64, what=f"y {ctx}")
         if (idx < 0).any():  # a window without input element: torch's index there is arbitrary
             continue
         np.testing.assert_array_equal(idx, tidx.numpy(), err_msg=str(ctx))
         dy = rng.standard_normal(y.shape)
         ty.backward(torch.tensor(dy))
-        assert_close("dx", F.max_pool2d_backward(dy, idx, shape, dilation=d, **kw), tx.grad, ctx)
+        dx = F.max_pool2d_backward(dy, idx, shape, dilation=d, **kw)
+        assert_close(dx, tx.grad, np.float64, what=f"dx {ctx}")
         checked_indices += 1
     assert checked_indices >= CASES * 0.9
 
@@ -160,10 +141,10 @@ def test_avg_pool2d_and_gradient_match_torch():
         y = F.avg_pool2d(x, **kw)
         tx = torch_leaf(x)
         ty = TF.avg_pool2d(tx, **kw)
-        assert_close("y", y, ty, (shape, kw))
+        assert_close(y, ty, np.float64, what=f"y {(shape, kw)}")
         dy = rng.standard_normal(y.shape)
         ty.backward(torch.tensor(dy))
-        assert_close("dx", F.avg_pool2d_backward(dy, shape, **kw), tx.grad, (shape, kw))
+        assert_close(F.avg_pool2d_backward(dy, shape, **kw), tx.grad, np.float64, what=f"dx {(shape, kw)}")
 
 
 def test_l2_pool2d_and_gradient_match_torch_lp_pool():
@@ -184,10 +165,10 @@ def test_l2_pool2d_and_gradient_match_torch_lp_pool():
         tx = torch_leaf(x)
         ty = TF.lp_pool2d(TF.pad(tx, (pw, right, ph, bottom)), 2, (kh, kwid), (sh, sw))
         ctx = (shape, kw)
-        assert_close("y", y, ty[:, :, :P, :Q], ctx)
+        assert_close(y, ty[:, :, :P, :Q], np.float64, what=f"y {ctx}")
         assert ty.shape[2:] == (P, Q), ctx
         ty.backward(torch.tensor(dy))
-        assert_close("dx", dx, tx.grad, ctx)
+        assert_close(dx, tx.grad, np.float64, what=f"dx {ctx}")
 
 
 # ---- element-wise, dense, loss ---------------------------------------------------------------
@@ -204,25 +185,25 @@ def test_activations_linear_and_loss_match_torch():
             ty = theirs(tx)
             ty.backward(torch.tensor(dy))
             y = ours(x)
-            assert_close("y", y, ty, ours.__name__)
-            assert_close("dx", ours_bwd(dy, y), tx.grad, ours.__name__)
+            assert_close(y, ty, np.float64, what=f"y {ours.__name__}")
+            assert_close(ours_bwd(dy, y), tx.grad, np.float64, what=f"dx {ours.__name__}")
         w, b = rng.standard_normal((5, x.shape[1])), rng.standard_normal(5)
         tx, tw, tb = torch_leaf(x), torch_leaf(w), torch_leaf(b)
         ty = TF.linear(tx, tw, tb)
         dy = rng.standard_normal(ty.shape)
         ty.backward(torch.tensor(dy))
-        assert_close("y", F.linear(x, w, b), ty, "linear")
+        assert_close(F.linear(x, w, b), ty, np.float64, what="y linear")
         grads = F.linear_backward(dy, x, w)
         for name, got, want in zip(("dx", "dw", "db"), grads, (tx.grad, tw.grad, tb.grad)):
-            assert_close(name, got, want, "linear")
+            assert_close(got, want, np.float64, what=f"{name} linear")
         labels = rng.integers(0, 5, x.shape[0])
         logits = rng.standard_normal((x.shape[0], 5)) * 10
         tl = torch_leaf(logits)
         tloss = TF.cross_entropy(tl, torch.tensor(labels))
         tloss.backward()
         loss, d = F.softmax_cross_entropy(logits, labels)
-        assert_close("loss", loss, tloss, "cross entropy")
-        assert_close("dlogits", d, tl.grad, "cross entropy")
+        assert_close(loss, tloss, np.float64, what="loss cross entropy")
+        assert_close(d, tl.grad, np.float64, what="dlogits cross entropy")
 
 
 def test_optimizer_steps_match_torch():
@@ -241,7 +222,7 @@ def test_optimizer_steps_match_torch():
             opt.step()
             F.sgd_step(p, g, buf, lr=0.1, momentum=momentum, dampening=dampening, weight_decay=wd,
                        nesterov=nesterov, first_step=step == 0)
-        assert_close("sgd", p, tp, (momentum, dampening, nesterov, wd))
+        assert_close(p, tp, np.float64, what=f"sgd {(momentum, dampening, nesterov, wd)}")
     p = rng.standard_normal(shape)
     tp = torch.nn.Parameter(torch.tensor(p.copy()))
     opt = torch.optim.Adam([tp], lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
@@ -251,7 +232,7 @@ def test_optimizer_steps_match_torch():
         tp.grad = torch.tensor(g)
         opt.step()
         F.adam_step(p, g, m, v, step, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05)
-    assert_close("adam", p, tp, "adam")
+    assert_close(p, tp, np.float64, what="adam")
 
 
 # ---- batch normalisation ---------------------------------------------------------------------
@@ -290,23 +271,23 @@ def test_batch_norm_matches_torch():
 
         fwd = F.batch_norm_relu if relu else F.batch_norm
         y, mean, invstd = fwd(x, rm, rv, w, b, training=training, momentum=momentum, eps=eps)
-        assert_close("y", y, ty, ctx)
+        assert_close(y, ty, np.float64, what=f"y {ctx}")
         if track:
-            assert_close("running_mean", rm, trm, ctx)
-            assert_close("running_var", rv, trv, ctx)
+            assert_close(rm, trm, np.float64, what=f"running_mean {ctx}")
+            assert_close(rv, trv, np.float64, what=f"running_var {ctx}")
         if training:
             _, tmean, tinv = torch.ops.aten.native_batch_norm(torch.tensor(x), None, None, None, None, True,
                                                               0.0, eps)
-            assert_close("saved_mean", mean, tmean, ctx)
-            assert_close("saved_invstd", invstd, tinv, ctx)
+            assert_close(mean, tmean, np.float64, what=f"saved_mean {ctx}")
+            assert_close(invstd, tinv, np.float64, what=f"saved_invstd {ctx}")
         if relu:
             dx, dw, db = F.batch_norm_relu_backward(dy, x, y, w, mean, invstd, training=training)
         else:
             dx, dw, db = F.batch_norm_backward(dy, x, w, mean, invstd, training=training)
-        assert_close("dx", dx, tx.grad, ctx)
+        assert_close(dx, tx.grad, np.float64, what=f"dx {ctx}")
         if affine:
-            assert_close("dweight", dw, tw.grad, ctx)
-            assert_close("dbias", db, tb.grad, ctx)
+            assert_close(dw, tw.grad, np.float64, what=f"dweight {ctx}")
+            assert_close(db, tb.grad, np.float64, what=f"dbias {ctx}")
 
 
 def test_label_smoothing_matches_torch():
@@ -320,5 +301,5 @@ def test_label_smoothing_matches_torch():
         tloss = TF.cross_entropy(tl, torch.tensor(labels), label_smoothing=eps)
         tloss.backward()
         loss, d = F.softmax_cross_entropy(logits, labels, label_smoothing=eps)
-        assert_close("loss", loss, tloss, (case, N, K, eps))
-        assert_close("dlogits", d, tl.grad, (case, N, K, eps))
+        assert_close(loss, tloss, np.float64, what=f"loss {(case, N, K, eps)}")
+        assert_close(d, tl.grad, np.float64, what=f"dlogits {(case, N, K, eps)}")

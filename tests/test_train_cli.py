@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from gpuconv import nn
-from gpuconv.cli import main
 from gpuconv.models import build_model
-from gpuconv.train import METRICS_SCHEMA, validate_metrics
+from gpuconv.tools.cli import main
+from gpuconv.tools.train import METRICS_SCHEMA, validate_metrics
 
 
 def test_train_end_to_end_writes_valid_metrics_and_checkpoint(tmp_path, capsys):
@@ -123,13 +123,18 @@ def test_validate_metrics_rejects_bad_documents():
                 history=[{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0,
                           "test_accuracy": 0.5, "seconds": 1.0, "samples_per_second": 10.0}])
     validate_metrics(good)
-    for key, value, match in (("test_accuracy", 1.5, "test_accuracy"), ("model", 3, "model"),
-                              ("epochs", 2, "history entries"), ("schema", "x", "schema"),
-                              ("wall_seconds", float("nan"), "wall_seconds")):
+    for key, value, match in (("test_accuracy", 1.5, r"\$\.test_accuracy: must be <= 1"),
+                              ("model", 3, r"\$\.model: expected string"),
+                              ("epochs", 2, "1 history entries for 2 epochs"),
+                              ("schema", "x", r"\$\.schema: must be 'gpuconv.train.metrics/1'"),
+                              ("wall_seconds", float("nan"), r"\$\.wall_seconds: expected number, got nan")):
         with pytest.raises(ValueError, match=match):
             validate_metrics(dict(good, **{key: value}))
-    with pytest.raises(ValueError, match="missing 'history'"):
+    with pytest.raises(ValueError, match="missing key 'history'"):
         validate_metrics({k: v for k, v in good.items() if k != "history"})
+    good["history"][0]["train_accuracy"] = -0.1
+    with pytest.raises(ValueError, match=r"\$\.history\[0\]\.train_accuracy: must be >= 0"):
+        validate_metrics(good)
 
 
 def test_info_text_and_json(capsys):
@@ -156,7 +161,7 @@ def test_python_dash_m_entry_point():
 def test_progress_bar_draws_and_clears_only_when_enabled():
     import io
 
-    from gpuconv.train import ProgressBar
+    from gpuconv.tools.train import ProgressBar
     stream = io.StringIO()
     bar = ProgressBar(stream, enabled=True, width=10)
     bar.update("epoch 1/2", 5, 10)

@@ -6,11 +6,7 @@ from gpuconv import functional as F
 from gpuconv import nn, use_backend
 from gpuconv.backends.base import Backend
 
-
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
+pytestmark = pytest.mark.usefixtures("numpy_default")
 
 
 def arr(*shape, dtype=np.float32):

@@ -29,8 +29,10 @@ from .errors import (
                      WarpSyncError,
 )
 from .module import GlobalMemory, Kernel, RawKernel, RawModule, check_orders
+from .profiling import Report, profile
 
-__all__ = ["RawModule", "RawKernel", "Kernel", "GlobalMemory", "check_orders", "EmulatorError",
+__all__ = ["RawModule", "RawKernel", "Kernel", "GlobalMemory", "check_orders", "profile", "Report",
+           "EmulatorError",
            "CompileError", "LintError", "KernelNotFoundError", "LaunchError", "BarrierError",
            "DivergentBarrierError",
            "ExitAtBarrierError", "DeadlockError", "WarpSyncError", "SharedMemoryOverrunError",

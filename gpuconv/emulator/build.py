@@ -9,6 +9,16 @@ Cache: ``$GPUCONV_CACHE_DIR`` or ``~/.cache/gpuconv/emu``; the key covers the so
 project file it includes, the emulator header and runtime, the flags, the name expressions and
 the compiler version. Files are written to a temporary name and renamed, so parallel processes
 are safe. ``GPUCONV_EMU_ASAN=1`` builds with AddressSanitizer (needs libasan preloaded).
+
+Profile mode (``build_module(..., profile=True)``, used by ``gpuconv.emulator.profile``): the
+kernel code is compiled with GCC's thread-sanitizer instrumentation, whose per-access hooks are
+served by cuda/emu/profile_runtime.cpp (loaded before the module) instead of libtsan, with debug
+line information and without the optimisations that would split or merge accesses (scalar
+replacement of aggregates, vectorisation, store merging), so each load and store of the source is
+one instrumented access of its own width; ``-gdwarf-4`` because binutils 2.40's addr2line names
+the wrong file from GCC 12's DWARF 5 line tables. ``-fno-gnu-unique`` keeps the static ``__shared__``
+arrays of template kernels in the module's own TLS block (as STB_GNU_UNIQUE symbols they would
+bind to the normal build's copy when both are loaded).
 """
 from __future__ import annotations
 
@@ -35,9 +45,13 @@ _KERNEL_FLAGS = ["-O2", "-fPIC", "-U_FORTIFY_SOURCE", "-fstack-clash-protection"
                  "-fno-plt", "-w"]
 _RUNTIME_FLAGS = ["-O2", "-fPIC", "-shared", "-std=c++17", "-U_FORTIFY_SOURCE", "-Wall"]
 _ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-DGPUCONV_EMU_ASAN=1"]
+_PROFILE_FLAGS = ["-gdwarf-4", "-fsanitize=thread", "--param", "tsan-instrument-func-entry-exit=0",
+                  "--param", "tsan-distinguish-volatile=0", "-fno-tree-sra", "-fno-tree-vectorize",
+                  "-fno-tree-slp-vectorize", "-fno-store-merging", "-fno-gnu-unique",
+                  "-DGPUCONV_EMU_PROFILE=1"]
 
 # Counters of compiler runs in this process (tests use them to prove cache hits).
-stats: Dict[str, int] = {"kernel_compiles": 0, "runtime_compiles": 0}
+stats: Dict[str, int] = {"kernel_compiles": 0, "runtime_compiles": 0, "profile_runtime_compiles": 0}
 _lock = threading.Lock()
 
 
@@ -130,6 +144,34 @@ def runtime() -> ctypes.CDLL:
         return lib
 
 
+_profile_runtime: Optional[ctypes.CDLL] = None
+
+
+def profile_runtime() -> ctypes.CDLL:
+    """The memory-access hooks of profile-mode modules (cuda/emu/profile_runtime.cpp), built on
+    first use and loaded RTLD_GLOBAL after the runtime, before any profile-mode module."""
+    global _profile_runtime
+    rt = runtime()
+    with _lock:
+        if _profile_runtime is not None:
+            return _profile_runtime
+        cxx = compiler()
+        src = emu_dir() / "profile_runtime.cpp"
+        parts = [BUILD_VERSION.encode(), compiler_version(cxx).encode(), " ".join(_RUNTIME_FLAGS).encode()]
+        key = _hash(parts + [src.read_bytes(), (emu_dir() / "emu_runtime.h").read_bytes()])
+        path = cache_dir() / f"profile-runtime-{key}.so"
+        if not path.exists():
+            with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="tmp-prt-") as tmp:
+                out = Path(tmp) / "profile_runtime.so"
+                _run([compiler(), *_RUNTIME_FLAGS, str(src), "-o", str(out), "-ldl"],
+                     "building the emulator's profile runtime")
+                stats["profile_runtime_compiles"] += 1
+                _publish(out, path)
+        del rt
+        _profile_runtime = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        return _profile_runtime
+
+
 # ---- precompiled emulator header --------------------------------------------------------------
 
 def _header_for(kflags: List[str], std: str) -> Path:
@@ -206,17 +248,24 @@ def _alias_source(symbols: List[str], tls_inits: List[str]) -> str:
 
 
 def build_module(text: str, path: Optional[Path], options: Sequence[str],
-                 name_expressions: Sequence[str]) -> Built:
-    """Build (or fetch from the cache) and load the library for one kernel source."""
+                 name_expressions: Sequence[str], profile: bool = False) -> Built:
+    """Build (or fetch from the cache) and load the library for one kernel source
+    (``profile``: the profile mode described in the module docstring)."""
     opts = source.parse_options(options)
+    asan = asan_enabled()
+    if profile and asan:
+        raise CompileError("the profile mode cannot be combined with GPUCONV_EMU_ASAN=1 (GCC's thread "
+                           "and address sanitizers exclude each other): unset it to profile")
     rt = runtime()
     del rt
     cxx = compiler()
-    asan = asan_enabled()
     includes = source.included_files(path, text, opts.include_dirs)
     kflags = _KERNEL_FLAGS + (_ASAN_FLAGS if asan else [])
     if asan:
         kflags = [f for f in kflags if f != "-O2"] + ["-O1"]
+    if profile:
+        profile_runtime()
+        kflags = kflags + _PROFILE_FLAGS
     header = emu_dir() / "cuda_emu.h"
     parts = [BUILD_VERSION.encode(), compiler_version(cxx).encode(), text.encode(),
              str(path).encode(), " ".join(kflags + opts.gxx_flags()).encode(),

@@ -15,7 +15,7 @@ from .errors import BY_CODE, EmulatorError, KernelNotFoundError, LaunchError, Or
 
 Dims = Union[int, Tuple[int, ...]]
 
-_launch_lock = threading.Lock()
+launch_lock = threading.Lock()
 
 # Scalar codes of the kernel signature -> (accepted NumPy scalar types, C spelling).
 _SCALARS = {
@@ -149,7 +149,7 @@ class Kernel:
         grid_c = (ctypes.c_uint * 3)(*g)
         block_c = (ctypes.c_uint * 3)(*b)
         rt = build.runtime()
-        with _launch_lock:
+        with launch_lock:
             rc = rt.gpuconv_emu_launch(self._entry, slots, n, grid_c, block_c, int(shared_mem), ORDERS[order],
                                        int(seed) & 0xFFFFFFFFFFFFFFFF, self._name_bytes, self._smem)
             if rc:
@@ -197,11 +197,13 @@ class RawModule:
 
     ``code`` (the source text) or ``path`` (a .cu file; its directory is searched for quoted
     includes) must be given. ``options`` are NVRTC options (-I, -D, -std honoured; GPU-only ones
-    ignored). Template kernels and namespaced names need ``name_expressions``.
+    ignored). Template kernels and namespaced names need ``name_expressions``. ``profile=True``
+    builds the module with the memory-access instrumentation ``gpuconv.emulator.profile`` reads
+    (its kernels also run normally, more slowly).
     """
 
     def __init__(self, code: Optional[str] = None, path: Optional[Union[str, Path]] = None,
-                 options: Sequence[str] = (), name_expressions: Sequence[str] = ()):
+                 options: Sequence[str] = (), name_expressions: Sequence[str] = (), profile: bool = False):
         if (code is None) == (path is None):
             raise ValueError("RawModule needs exactly one of code= or path=")
         if path is not None:
@@ -217,7 +219,9 @@ class RawModule:
             raise TypeError("name_expressions must be a sequence of strings, not a string")
         self.name_expressions = tuple(name_expressions)
         self.options = tuple(options)
-        built = build.build_module(text, p, self.options, self.name_expressions)
+        self.profile = bool(profile)
+        self.code, self.path = text, p  # the source text; its file (None for code=)
+        built = build.build_module(text, p, self.options, self.name_expressions, profile=self.profile)
         self.library_path = built.path
         self.compiled = built.compiled
         self._lib = built.lib

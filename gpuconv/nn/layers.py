@@ -344,8 +344,9 @@ class Linear(Module):
 
 class Dropout(Module):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest
-    by 1/(1-p); identity in eval mode. Each forward draws a new mask seed from a generator seeded
-    with ``seed`` (None: unseeded)."""
+    by 1/(1-p); identity in eval mode. Each forward in training draws a new mask seed from
+    ``self.generator``, a ``numpy.random.Generator`` seeded with ``seed`` (None: unseeded) whose
+    state checkpoints carry (``Module.rng_state``)."""
 
     def __init__(self, p: float = 0.5, seed: Optional[int] = None) -> None:
         super().__init__()
@@ -354,7 +355,7 @@ class Dropout(Module):
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"p must be in [0, 1), got {p}")
         self.p = float(p)
-        self._rng = np.random.default_rng(seed)
+        self.generator = np.random.default_rng(seed)
         self._mask = None
         self._active = False
 
@@ -365,7 +366,7 @@ class Dropout(Module):
         self._active = self.training and self.p > 0.0
         if not self._active:
             return x
-        y, self._mask = F.dropout(x, self.p, int(self._rng.integers(0, 2**31 - 1)))
+        y, self._mask = F.dropout(x, self.p, int(self.generator.integers(0, 2**31 - 1)))
         return y
 
     def backward(self, dy):

@@ -12,18 +12,25 @@ their names are dotted paths such as ``"0.weight"`` or ``"3.body.0.bias"``, stab
 architecture, and used by ``state_dict``/``load_state_dict`` and checkpoints.
 
 Buffers are state that is not trained (batch norm's running statistics): floating buffers live
-on the current backend beside the parameters and follow ``to()``; integer buffers (counters such
-as ``num_batches_tracked``) stay NumPy arrays on the host. ``state_dict`` holds both, in
-PyTorch's order: each module's parameters, then its buffers, then its children.
+where the module's parameters live and follow ``to()``; integer buffers (counters such as
+``num_batches_tracked``) stay NumPy arrays on the host. ``state_dict`` holds both, in PyTorch's
+order: each module's parameters, then its buffers, then its children.
+
+Placement: ``model.to(name)`` moves the parameters to backend ``name`` and pins the model there:
+its ``forward`` and ``backward`` (and those of every descendant, bound on the instances by ``to``)
+then run on that backend, as do optimizer updates of its parameters, unless an explicit
+``use_backend`` block encloses the call (the order of precedence is in ``gpuconv.backends``). A
+model never moved follows the backend in force, at no cost per call.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
-from typing import Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..backends import BACKEND_NAMES, BackendUnavailable, get_backend, resolve_backend
+from ..backends import BACKEND_NAMES, Backend, BackendUnavailable, get_backend, resolve_backend, running_on
 
 __all__ = ["Parameter", "Module", "to_host"]
 
@@ -60,13 +67,15 @@ def _slot_value(module: Module, local: str, is_param: bool):
 
 
 class Parameter:
-    """A trainable array and its gradient (None until a backward pass sets it)."""
+    """A trainable array and its gradient (None until a backward pass sets it); ``placement`` is
+    the backend its module was moved to (None: follows the backend in force)."""
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "placement")
 
-    def __init__(self, data) -> None:
+    def __init__(self, data, placement: Optional[Backend] = None) -> None:
         self.data = data
         self.grad = None
+        self.placement = placement
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -84,8 +93,21 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
+def _runs_on(backend: Backend, method):
+    """``method`` (a bound forward or backward) run on ``backend`` (see the module docstring)."""
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with running_on(backend):
+            return method(*args, **kwargs)
+    return run
+
+
 class Module:
-    """Base class of layers and containers (see the module docstring for the gradient rule)."""
+    """Base class of layers and containers (see the module docstring for the gradient rule and
+    placement)."""
+
+    _placement: Optional[Backend] = None
+    generator: Optional[np.random.Generator] = None  # set by layers that draw random numbers
 
     def __init__(self) -> None:
         self._parameters: OrderedDict[str, Parameter] = OrderedDict()
@@ -98,16 +120,16 @@ class Module:
         """Add a parameter from a host array; it is placed on the current backend."""
         if "." in name or not name:
             raise ValueError(f"parameter name must be non-empty without '.', got {name!r}")
-        p = Parameter(get_backend().asarray(np.ascontiguousarray(host_array)))
+        p = Parameter(self._home().asarray(np.ascontiguousarray(host_array)), self._placement)
         self._parameters[name] = p
         return p
 
     def register_buffer(self, name: str, host_array: np.ndarray) -> None:
-        """Add a buffer from a host array: floating arrays are placed on the current backend,
-        integer arrays stay on the host."""
+        """Add a buffer from a host array: floating arrays are placed where the parameters are
+        (the module's placement, else the current backend), integer arrays stay on the host."""
         if "." in name or not name:
             raise ValueError(f"buffer name must be non-empty without '.', got {name!r}")
-        self._buffers[name] = _place_buffer(get_backend(), np.array(host_array, copy=True))
+        self._buffers[name] = _place_buffer(self._home(), np.array(host_array, copy=True))
 
     def add_module(self, name: str, module: Module) -> Module:
         if not isinstance(module, Module):
@@ -228,20 +250,32 @@ class Module:
         Everything is validated first, so on error the module is left unchanged.
         """
         self.check_state_dict(state)
-        backend = get_backend()
         for name, m, local, is_param in self._state_slots():
             host = np.array(to_host(state[name]), copy=True)
             if is_param:
                 p = m._parameters[local]
-                p.data = backend.asarray(host)
+                p.data = (p.placement or get_backend()).asarray(host)
                 p.grad = None
             else:
-                m._buffers[local] = _place_buffer(backend, host)
+                m._buffers[local] = _place_buffer(m._home(), host)
+
+    @property
+    def placement(self) -> Optional[Backend]:
+        """The backend ``to(name)`` pinned this module to, or None (follows the backend in force)."""
+        return self._placement
+
+    def _home(self) -> Backend:
+        return self._placement or get_backend()
 
     def to(self, backend: Optional[str] = None, dtype=None) -> Module:
-        """Move parameters and floating buffers to ``backend`` (a name, default: the current
-        backend) and/or cast them to ``dtype``; gradients are dropped. Returns self."""
-        target = get_backend() if backend is None else resolve_backend(backend)
+        """Move this module and its descendants to ``backend`` (a name or Backend) and pin them
+        there: their forward and backward, and optimizer updates of their parameters, then run on
+        it unless an explicit ``use_backend`` block encloses the call. ``backend=None`` keeps the
+        module where it is (its placement, else the backend in force) and only casts. ``dtype``
+        casts the parameters and floating buffers to float32 or float64. Gradients and forward
+        caches are dropped. Returns self."""
+        placement = self._placement if backend is None else resolve_backend(backend)
+        target = placement or get_backend()
         cast = None if dtype is None else np.dtype(dtype)
         if cast is not None and cast not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {cast}")
@@ -251,18 +285,53 @@ class Module:
                 host = host.astype(cast)
             p.data = target.asarray(np.ascontiguousarray(host))
             p.grad = None
+            p.placement = placement
         for _, m in self.named_modules():
             for name, b in m._buffers.items():
                 host = to_host(b)
                 if cast is not None and host.dtype.kind == "f":
                     host = host.astype(cast)
                 m._buffers[name] = _place_buffer(target, host)
-        for _, m in self.named_modules():
+            m._placement = placement
             m._drop_cache()
+            for name in ("forward", "backward"):
+                m.__dict__.pop(name, None)
+                if placement is not None:
+                    setattr(m, name, _runs_on(placement, getattr(m, name)))
         return self
 
     def _drop_cache(self) -> None:
         """Forget forward-pass caches (called when parameters move)."""
+
+    # ---- random generators --------------------------------------------------------------
+    def _generators(self) -> Dict[str, np.random.Generator]:
+        return {name: m.generator for name, m in self.named_modules() if m.generator is not None}
+
+    def rng_state(self) -> Dict[str, Dict[str, Any]]:
+        """Dotted module name -> bit-generator state (a JSON-serialisable dict) of every layer that
+        draws random numbers (``Dropout``); restoring it repeats the same draws."""
+        return {name: g.bit_generator.state for name, g in self._generators().items()}
+
+    def check_rng_state(self, state: Mapping[str, Any]) -> None:
+        """Raise ValueError unless ``state`` holds a valid state for exactly this module's generators."""
+        own = self._generators()
+        if not isinstance(state, Mapping) or set(state) != set(own):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"random-generator state is for layers {got}, the model's layers with "
+                             f"generators are {sorted(own)}")
+        for name, g in own.items():
+            trial = type(g.bit_generator)()
+            try:
+                trial.state = state[name]
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"random-generator state of layer {name!r} does not fit its "
+                                 f"{type(g.bit_generator).__name__} generator: {exc}") from None
+
+    def load_rng_state(self, state: Mapping[str, Any]) -> None:
+        """Set every generator to its state in ``state`` (checked first; unchanged on error)."""
+        self.check_rng_state(state)
+        for name, g in self._generators().items():
+            g.bit_generator.state = state[name]
 
     # ---- printing -----------------------------------------------------------------------
     def extra_repr(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -33,7 +34,7 @@ def _compiler() -> Dict[str, Any]:
 
 
 def _cuda() -> Dict[str, Any]:
-    from .backends import cuda_unavailable_reason
+    from ..backends import cuda_unavailable_reason
     reason = cuda_unavailable_reason()
     info: Dict[str, Any] = {"available": not reason, "reason": reason, "gpus": []}
     if reason:
@@ -59,13 +60,18 @@ def _cuda() -> Dict[str, Any]:
 
 def collect_info() -> Dict[str, Any]:
     """Everything ``gpuconv info`` reports, as a JSON-serialisable dict."""
-    from . import __version__
+    from .. import __version__
     torch_version = _version("torch")
     torch_cuda = None
     if torch_version is not None:
         import torch
         torch_cuda = torch.version.cuda if torch.cuda.is_available() else None
     gxx, cuda = _compiler(), _cuda()
+    from ..backends import ENV_VAR, auto_choice
+    try:
+        chosen, why = auto_choice()
+    except ValueError as exc:
+        chosen, why = None, str(exc)
     return {
         "gpuconv": __version__,
         "python": f"{platform.python_version()} ({platform.python_implementation()}) on "
@@ -77,6 +83,7 @@ def collect_info() -> Dict[str, Any]:
             "emulator": gxx,
             "cuda": {"available": cuda["available"], "reason": cuda["reason"]}},
         "cuda": cuda,
+        "auto": {"backend": chosen, "why": why, ENV_VAR: os.environ.get(ENV_VAR)},
     }
 
 
@@ -94,6 +101,8 @@ def format_info(info: Dict[str, Any]) -> str:
         status = "available" if b["available"] else "unavailable"
         detail = b.get("detail") if b["available"] else b.get("reason")
         lines.append(f"  {name:9s} {status}" + (f": {detail}" if detail else ""))
+    auto = info["auto"]
+    lines.append(f"  {'auto':9s} -> {auto['backend'] or 'error'} ({auto['why']})")
     cuda = info["cuda"]
     if cuda["available"]:
         lines.append(f"CUDA runtime {cuda['runtime_version']}, driver {cuda['driver_version']}")

@@ -1,20 +1,26 @@
-"""Shared reporting for ``gpuconv check`` and ``gpuconv bench``: the machine's environment,
-plain-text tables, atomic JSON output and a small schema checker for that JSON."""
+"""What the tools report beside their results: the machine's environment (and its schema), and
+plain-text or markdown tables."""
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["environment", "blas_threads", "format_table", "write_json", "schema_errors", "fmt"]
+from .harness import INTEGER, STRING, STRING_OR_NULL, device_attributes, record
+
+__all__ = ["environment", "ENVIRONMENT_SCHEMA", "blas_threads", "format_table", "fmt"]
+
+# The keys every environment block has; GPU keys are present only where a GPU was found.
+ENVIRONMENT_SCHEMA = record({"date": STRING, "gpuconv": STRING, "git_commit": STRING_OR_NULL,
+                             "python": STRING, "numpy": STRING, "cpu": STRING, "threads": INTEGER,
+                             "torch": STRING_OR_NULL})
 
 
 def _git_commit() -> Optional[str]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10)
@@ -48,19 +54,8 @@ def blas_threads() -> tuple:
     return os.cpu_count() or 1, "os.cpu_count (threadpoolctl found no BLAS pool)"
 
 
-def device_attributes() -> Dict[str, int]:
-    """CUDA attributes of the current device by name (``ClockRate`` in kHz, ``L2CacheSize`` in bytes,
-    ``MultiProcessorCount``, ...); empty when CuPy cannot read them. Attributes, not
-    ``cudaDeviceProp``: CUDA 13 removed the clock fields from the latter."""
-    try:
-        import cupy
-        return {str(k): int(v) for k, v in cupy.cuda.Device().attributes.items()}
-    except Exception:
-        return {}
-
-
 def _gpu_environment() -> Dict[str, Any]:
-    from .backends import cuda_unavailable_reason
+    from ..backends import cuda_unavailable_reason
     reason = cuda_unavailable_reason()
     if reason:
         return {"gpu": None, "gpu_unavailable": reason}
@@ -100,7 +95,7 @@ def environment(threads: Optional[int] = None) -> Dict[str, Any]:
     CPU model, thread count, git commit and date."""
     import numpy as np
 
-    from . import __version__
+    from .. import __version__
     n_threads, how = blas_threads()
     env: Dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -156,61 +151,3 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], markdown
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells[1:]]
     return "\n".join(lines)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and obj != obj:
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        return _json_safe(obj.item())
-    return obj
-
-
-def write_json(path: str, obj: Dict[str, Any]) -> None:
-    """Write ``obj`` as JSON atomically (NaN becomes null, NumPy scalars become numbers)."""
-    target = Path(path)
-    if target.parent and not target.parent.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(obj), f, indent=1, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, target)
-
-
-def schema_errors(obj: Any, schema: Any, path: str = "$") -> List[str]:
-    """Check ``obj`` against a minimal schema; returns the list of problems (empty when valid).
-
-    A schema is a type or tuple of types (``None`` stands for null), a dict of required keys to
-    schemas, or a one-element list ``[item_schema]`` for a list whose items all match.
-    """
-    if isinstance(schema, dict):
-        if not isinstance(obj, dict):
-            return [f"{path}: expected an object, got {type(obj).__name__}"]
-        errors: List[str] = []
-        for key, sub in schema.items():
-            if key not in obj:
-                errors.append(f"{path}: missing key {key!r}")
-            else:
-                errors.extend(schema_errors(obj[key], sub, f"{path}.{key}"))
-        return errors
-    if isinstance(schema, list):
-        if not isinstance(obj, list):
-            return [f"{path}: expected a list, got {type(obj).__name__}"]
-        errors = []
-        for i, item in enumerate(obj):
-            errors.extend(schema_errors(item, schema[0], f"{path}[{i}]"))
-        return errors
-    types = schema if isinstance(schema, tuple) else (schema,)
-    types = tuple(type(None) if t is None else t for t in types)
-    if isinstance(obj, bool) and bool not in types:
-        return [f"{path}: expected {'/'.join(t.__name__ for t in types)}, got bool"]
-    if float in types and isinstance(obj, int) and not isinstance(obj, bool):
-        return []
-    if not isinstance(obj, types):
-        return [f"{path}: expected {'/'.join(t.__name__ for t in types)}, got {type(obj).__name__}"]
-    return []

@@ -20,15 +20,30 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import report, tolerances
+from .. import tolerances
+from . import report
+from .harness import (
+    BOOLEAN,
+    INTEGER,
+    NUMBER,
+    NUMBER_OR_NULL,
+    STRING,
+    STRING_OR_NULL,
+    document,
+    list_of,
+    make_backend,
+    record,
+    write_json,
+)
+from .report import ENVIRONMENT_SCHEMA
 
-__all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "MODEL_INPUTS", "format_layers"]
+__all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "CHECK_SET_SCHEMA", "MODEL_INPUTS",
+           "format_layers"]
 
 # model -> (in_channels, image_size, num_classes)
 MODEL_INPUTS: Dict[str, Tuple[int, int, int]] = {
@@ -37,15 +52,18 @@ MODEL_INPUTS: Dict[str, Tuple[int, int, int]] = {
 EMULATOR_DEFAULT_BATCH = 2
 DEFAULT_BATCH = 8
 
-ENTRY_SCHEMA = {"layer": str, "type": str, "tensor": str, "shape": [int], "max_abs_err": (float, None),
-                "rel_err": (float, None), "tolerance": float, "passed": bool}
-CHECK_SCHEMA = {
-    "schema": str, "environment": {"date": str, "cpu": str, "numpy": str},
-    "settings": {"model": str, "backends": [str], "reference": str, "dtype": str, "batch": int,
-                 "seed": int, "data": str, "image_size": int, "in_channels": int, "weights": str,
-                 "mode": str},
-    "entries": [ENTRY_SCHEMA], "passed": bool, "failures": int, "error": (str, None),
-}
+ENTRY_SCHEMA = record({"layer": STRING, "type": STRING, "tensor": STRING, "shape": list_of(INTEGER),
+                       "max_abs_err": NUMBER_OR_NULL, "rel_err": NUMBER_OR_NULL, "tolerance": NUMBER,
+                       "passed": BOOLEAN})
+CHECK_SCHEMA = document("gpuconv-check/1", {
+    "environment": ENVIRONMENT_SCHEMA,
+    "settings": record({"model": STRING, "backends": list_of(STRING), "reference": STRING, "dtype": STRING,
+                        "batch": INTEGER, "seed": INTEGER, "data": STRING, "image_size": INTEGER,
+                        "in_channels": INTEGER, "weights": STRING, "mode": STRING}),
+    "entries": list_of(ENTRY_SCHEMA), "passed": BOOLEAN, "failures": INTEGER, "error": STRING_OR_NULL,
+})
+# Several check documents in one file (scripts/gpu_check.sh).
+CHECK_SET_SCHEMA = document("gpuconv-check-set/1", {"runs": list_of(CHECK_SCHEMA)})
 
 
 @dataclass
@@ -118,9 +136,9 @@ def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int
     ``be``). With ``feed`` (the reference's recording) each leaf layer runs on its own, on the
     reference's input and incoming gradient, so its result measures that layer alone.
     """
-    from . import functional as F
-    from .backends import use_backend
-    from .models import build_model
+    from .. import functional as F
+    from ..backends import use_backend
+    from ..models import build_model
     in_ch, size, classes = x.shape[1], x.shape[2], 10
     with use_backend("numpy"):
         model = build_model(model_name, in_ch, size, classes, seed=seed, dtype=dtype)
@@ -151,17 +169,6 @@ def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int
     return rec
 
 
-def make_backend(name: str):
-    """The backend ``name``; kernel backends are created with poisoned outputs."""
-    from .backends import resolve_backend
-    if name == "numpy":
-        return resolve_backend("numpy")
-    resolve_backend(name)  # raises BackendUnavailable with the reason when it cannot run here
-    from .backends.executors import CupyExecutor, EmulatorExecutor
-    from .backends.kernel_backend import KernelBackend
-    return KernelBackend(CupyExecutor() if name == "cuda" else EmulatorExecutor(), poison=True)
-
-
 def make_batch(data: str, batch: int, in_channels: int, image_size: int, seed: int,
                dtype) -> Tuple[np.ndarray, np.ndarray]:
     """x (batch, in_channels, image_size, image_size) and int32 labels (batch,).
@@ -173,7 +180,7 @@ def make_batch(data: str, batch: int, in_channels: int, image_size: int, seed: i
     in exact arithmetic, so which element of a max-pooling window wins would be decided by
     rounding, differently on each backend, and the routed gradients would differ for no fault.
     """
-    from .datasets import load_digits, synthetic_batch
+    from ..datasets import load_digits, synthetic_batch
     if data == "synthetic":
         return synthetic_batch(batch, in_channels, image_size, image_size, 10, seed, dtype)
     if data != "digits":
@@ -257,7 +264,7 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
     tol = tolerances.tolerance(dtype)
     x, labels = make_batch(data, batch, in_ch, size, seed, np.dtype(dtype))
     doc: Dict[str, Any] = {
-        "schema": "gpuconv-check/1", "environment": report.environment(),
+        "schema": CHECK_SCHEMA["$id"], "environment": report.environment(),
         "settings": {"model": model, "backends": list(backends), "reference": backends[0], "dtype": dtype,
                      "batch": batch, "seed": seed, "data": data, "image_size": size, "in_channels": in_ch,
                      "weights": weights, "mode": mode},
@@ -265,9 +272,9 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
     }
     name = backends[0]
     try:
-        ref = _run_model(model, make_backend(name), x, labels, seed, np.dtype(dtype), weights)
+        ref = _run_model(model, make_backend(name, poison=True), x, labels, seed, np.dtype(dtype), weights)
         name = backends[1]
-        be = make_backend(name)
+        be = make_backend(name, poison=True)
         whole = _run_model(model, be, x, labels, seed, np.dtype(dtype), weights)
         alone = _run_model(model, be, x, labels, seed, np.dtype(dtype), weights, feed=ref) \
             if mode == "layer" else None
@@ -359,19 +366,6 @@ def run(args) -> int:
     print(f"{'PASS' if doc['passed'] else 'FAIL'}: {doc['failures']} comparison(s) failed "
           f"out of {len(doc['entries'])}")
     if args.json:
-        report.write_json(args.json, doc)
+        write_json(args.json, doc, CHECK_SCHEMA)
         print(f"wrote {args.json}")
     return 0 if doc["passed"] else 1
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``gpuconv check`` with ``argv`` (for ``python -m gpuconv.check``)."""
-    parser = argparse.ArgumentParser(prog="gpuconv")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["check", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,6 @@
 """The ``gpuconv`` command: subcommands registered from their modules.
 
 Each subcommand module exposes ``add_parser(subparsers)``, which sets ``func`` (``args -> int``).
-``check`` and ``bench`` are optional: the command works without them.
 
 Bad input (ValueError, TypeError, a missing file, an unavailable backend, a learning rate that makes
 training diverge) prints
@@ -11,18 +10,17 @@ to see the traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from typing import List, Optional
 
-from . import __version__
-from .backends import BackendUnavailable
+from .. import __version__
+from ..backends import BackendUnavailable
+from . import bench, check, evaluate, info, predict, profile, train
 
 __all__ = ["main", "build_parser"]
 
-_REQUIRED = ("train", "info")
-_OPTIONAL = ("check", "bench")
+COMMANDS = (train, evaluate, predict, info, check, bench, profile)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,14 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpuconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in _REQUIRED + _OPTIONAL:
-        try:
-            module = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if name in _OPTIONAL and exc.name == f"{__package__}.{name}":
-                continue
-            raise
-        module.add_parser(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 

@@ -1,8 +1,9 @@
-"""The benchmark suites of PERF.md as data, with FLOP and minimal-byte counts and physical floors.
+"""The benchmark suites as data, with FLOP and minimal-byte counts and physical floors.
 
-A suite entry is a layer shape (``ConvCase`` or ``PoolCase``); ``conv_cost``/``pool_cost`` count
-the arithmetic and the minimal traffic of one pass over a batch, and ``floor_seconds`` turns a
-cost into the physical lower bound max(FLOPs / peak, bytes / bandwidth) on a given GPU.
+A suite entry is a layer shape (``ConvCase`` or ``PoolCase``) whose ``kinds`` select the entries
+of ``gpuconv.tools.bench_ops.OPS`` timed on it; ``conv_cost``/``pool_cost`` count the arithmetic
+and the minimal traffic of one pass over a batch, and ``floor_seconds`` turns a cost into the
+physical lower bound max(FLOPs / peak, bytes / bandwidth) on a given GPU.
 
 Counting rules (float32 storage unless ``itemsize`` says otherwise):
 
@@ -17,9 +18,9 @@ Counting rules (float32 storage unless ``itemsize`` says otherwise):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
-from .geometry import ConvGeometry, PoolGeometry, conv2d_geometry, pool2d_geometry
+from ..geometry import ConvGeometry, PoolGeometry, conv2d_geometry, pool2d_geometry
 
 __all__ = ["ConvCase", "PoolCase", "Cost", "Hardware", "HARDWARE", "SUITES", "CONV_PASSES",
            "POOL_PASSES", "POOL_KINDS", "get_suite", "conv_cost", "pool_cost", "hardware_for",
@@ -36,6 +37,8 @@ INDEX_BYTES = 4  # max-pooling indices are int32
 class ConvCase:
     """One convolution layer of a suite: x (N, C, H, W) * w (K, C, R, S), square kernel."""
 
+    family: ClassVar[str] = "conv"                 # what ``gpuconv bench --ops`` calls it
+    kinds: ClassVar[Tuple[str, ...]] = ("conv",)   # the kinds of op benchmarked on it
     id: str
     layer: str
     C: int
@@ -56,6 +59,7 @@ class ConvCase:
 class PoolCase:
     """One pooling layer of a suite; ``kinds`` are the pooling flavours benchmarked on it."""
 
+    family: ClassVar[str] = "pool"
     id: str
     layer: str
     C: int
@@ -146,17 +150,44 @@ def pool_cost(g: PoolGeometry, kind: str, pass_name: str, itemsize: int = 4) -> 
 
 @dataclass(frozen=True)
 class Hardware:
-    """Peak rates of one GPU: FP32 (FFMA) and TF32 tensor-core FLOP/s, copy bandwidth in bytes/s."""
+    """Peak rates of one GPU: FP32 (FFMA) and TF32 tensor-core FLOP/s, copy bandwidth in bytes/s.
+
+    The fields after ``bandwidth`` describe the chip for the time model of ``gpuconv profile``
+    (``gpuconv.profiler.model``; sources and assumptions in docs/profiling.md): ``arch`` (the
+    SASS it runs), ``sms``, ``clock_hz`` (the boost clock of the FP32 peak), ``dram_bandwidth``
+    (published peak, bytes/s), ``l2_bytes``, ``l2_bytes_per_clock`` (L2 read bandwidth per clock;
+    ``l2_published`` False where NVIDIA publishes none and the A100's figure is assumed),
+    ``smem_bytes_per_clock`` (per SM: 32 banks of 4 bytes) and ``issue_per_clock`` (warp
+    instructions per SM per clock: four schedulers, one each).
+    """
 
     name: str
     fp32_flops: float
     tf32_flops: float
     bandwidth: float
+    arch: str = "sm_90"
+    sms: int = 0
+    clock_hz: float = 0.0
+    dram_bandwidth: float = 0.0
+    l2_bytes: int = 0
+    l2_bytes_per_clock: int = 0
+    l2_published: bool = False
+    smem_bytes_per_clock: int = 128
+    issue_per_clock: int = 4
 
 
+# bandwidth: the floor's copy rate, about 90 % of the published DRAM bandwidth (dram_bandwidth).
 HARDWARE: Dict[str, Hardware] = {
-    "H100": Hardware("NVIDIA H100 SXM", 66.9e12, 494.7e12, 3.0e12),
-    "H200": Hardware("NVIDIA H200", 66.9e12, 494.7e12, 4.3e12),
+    "H100": Hardware("NVIDIA H100 SXM", 66.9e12, 494.7e12, 3.0e12, arch="sm_90", sms=132, clock_hz=1.98e9,
+                     dram_bandwidth=3.35e12, l2_bytes=50 * 2**20, l2_bytes_per_clock=5120),
+    "H200": Hardware("NVIDIA H200", 66.9e12, 494.7e12, 4.3e12, arch="sm_90", sms=132, clock_hz=1.98e9,
+                     dram_bandwidth=4.8e12, l2_bytes=50 * 2**20, l2_bytes_per_clock=5120),
+    "A100": Hardware("NVIDIA A100 SXM 80GB", 19.5e12, 156e12, 0.9 * 2.039e12, arch="sm_80", sms=108,
+                     clock_hz=1.41e9, dram_bandwidth=2.039e12, l2_bytes=40 * 2**20, l2_bytes_per_clock=5120,
+                     l2_published=True),
+    "RTX4090": Hardware("NVIDIA GeForce RTX 4090", 82.6e12, 82.6e12, 0.9 * 1.008e12, arch="sm_89", sms=128,
+                        clock_hz=2.52e9, dram_bandwidth=1.008e12, l2_bytes=72 * 2**20,
+                        l2_bytes_per_clock=5120),
 }
 
 
