@@ -308,13 +308,14 @@ def detect_format(directory: str | os.PathLike[str]) -> str:
 
 
 def load_dataset(data_dir: Optional[str] = None, dtype=np.float32,
-                 num_classes: Optional[int] = None) -> Dataset:
-    """The bundled digits (fixed split) when ``data_dir`` is None, else the data set in
-    ``data_dir``, IDX or CIFAR, as ``detect_format`` finds it."""
+                 num_classes: Optional[int] = None, seed: int = 0) -> Dataset:
+    """The bundled digits when ``data_dir`` is None, split into train and test by ``seed``
+    (``load_digits``), else the data set in ``data_dir``, IDX or CIFAR, as ``detect_format`` finds
+    it; those come split (``seed`` unused)."""
     if data_dir is None:
         if num_classes is not None:
             check_num_classes(num_classes, 10, "the bundled digits")
-        digits = load_digits(dtype=dtype)
+        digits = load_digits(seed=seed, dtype=dtype)
         return digits if num_classes is None else replace(digits, num_classes=int(num_classes))
     fmt = detect_format(data_dir)
     if fmt == "idx":
@@ -337,18 +338,28 @@ def synthetic_batch(n: int, c: int, h: int, w: int, num_classes: int, seed: int,
 
 
 def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool = True,
-                    seed: int = 0, epoch: int = 0, drop_last: bool = False
-                    ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+                    seed: int = 0, epoch: int = 0, drop_last: bool = False,
+                    shard: Tuple[int, int] = (0, 1)) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yield (images[i], labels[i]) batches of ``batch_size`` (the last may be smaller unless
     ``drop_last``). With ``shuffle`` the order is a permutation drawn from a Generator seeded with
-    (seed, epoch): reproducible, and different every epoch."""
+    (seed, epoch): reproducible, and different every epoch.
+
+    ``shard=(rank, ranks)`` yields only rank's part of each batch, its positions rank, rank + ranks,
+    rank + 2*ranks, ...: over all ranks, the batches of one process in the same order (a
+    data-parallel rank's share of each global batch; it may be empty in a last batch smaller
+    than ``ranks``)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if (not isinstance(shard, tuple) or len(shard) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in shard)
+            or not 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be a pair (rank, ranks) of ints with 0 <= rank < ranks, got {shard!r}")
     n = int(labels.shape[0])
     if images.shape[0] != n:
         raise ValueError(f"images has {images.shape[0]} rows but labels has {n}")
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
+    rank, ranks = int(shard[0]), int(shard[1])
     for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start:start + batch_size][rank::ranks]
         yield images[idx], labels[idx]

@@ -1,16 +1,15 @@
 """``gpuconv check``: end to end on numpy vs emulator, JSON schema, failure detection, tolerances."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
+from documents import load_valid
 
 from gpuconv import tolerances
 from gpuconv.tools import check
 from gpuconv.tools.cli import main as cli_main
-from gpuconv.tools.harness import schema_errors
 
 
 def needs_emulator():
@@ -113,8 +112,7 @@ def test_check_lenet_numpy_vs_emulator_passes_with_valid_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "PASS" in out and "Conv2d" in out and "MaxPool2d" in out
-    doc = json.loads(path.read_text())
-    assert schema_errors(doc, check.CHECK_SCHEMA) == []
+    doc = load_valid(path, check.CHECK_SCHEMA)
     assert doc["passed"] is True and doc["settings"]["batch"] == 2
     # 12 leaf layers (output + dx each), 5 with weight and bias, the loss (value and gradient),
     # and the whole network end to end (logits and loss)
@@ -141,7 +139,7 @@ def test_check_exits_1_when_a_backend_is_wrong(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert rc == 1
     assert "FAIL" in out
-    doc = json.loads(path.read_text())
+    doc = load_valid(path, check.CHECK_SCHEMA)
     outputs = [e for e in doc["entries"] if e["tensor"] == "output"]
     first_failure = next(e for e in outputs if not e["passed"])
     # the conv before it agrees; the perturbed ReLU is the first layer whose output fails
@@ -172,9 +170,20 @@ def test_check_reports_a_backend_that_cannot_run(monkeypatch, capsys):
     needs_emulator()
     from gpuconv import backends
     monkeypatch.setattr(backends, "cuda_unavailable_reason", lambda: "no GPU in this test")
+    # unavailable: refused before any work, as an argument problem
     rc = cli_main(["check", "--model", "lenet", "--backends", "numpy,cuda", "--batch", "1"])
+    assert rc == 2 and "no GPU in this test" in capsys.readouterr().err
+    # available but failing while it runs: reported in the result, which fails
+    from gpuconv.backends.kernel_backend import KernelBackend
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("kernel launch failed in this test")
+
+    monkeypatch.setattr(KernelBackend, "conv2d", broken)
+    rc = cli_main(["check", "--model", "lenet", "--backends", "numpy,emulator", "--batch", "1",
+                   "--image-size", "8"])
     out = capsys.readouterr().out
-    assert rc == 1 and "no GPU in this test" in out
+    assert rc == 1 and "backend emulator: RuntimeError: kernel launch failed in this test" in out
 
 
 @pytest.mark.gpu

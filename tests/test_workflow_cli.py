@@ -2,16 +2,19 @@
 detection, --num-classes and GPUCONV_BACKEND."""
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
 import pytest
 from cifar_files import write_cifar10_binary
+from documents import load_valid
 
 from gpuconv import datasets, nn, use_backend
 from gpuconv.models import build_model
 from gpuconv.tools.cli import main
+from gpuconv.tools.evaluate import EVAL_SCHEMA
+from gpuconv.tools.predict import PREDICT_SCHEMA
+from gpuconv.tools.train import METRICS_SCHEMA
 
 FAST = ["--backend", "numpy", "--batch-size", "128", "--quiet"]
 
@@ -59,7 +62,7 @@ def test_resumed_run_ends_with_the_weights_of_a_straight_run_bit_for_bit(tmp_pat
     assert main(["train", "--resume", str(half), "--json", str(tmp_path / "r.json"), "--quiet",
                  "--backend", "numpy"]) == 0
     _same_arrays(_arrays(straight), _arrays(half))      # model, optimizer, schedule, rng: every bit
-    s, r = (json.loads((tmp_path / f).read_text()) for f in ("s.json", "r.json"))
+    s, r = (load_valid(tmp_path / f, METRICS_SCHEMA) for f in ("s.json", "r.json"))
     assert s["history"][3]["test_loss"] == r["history"][3]["test_loss"] and r["epochs"] == 4
     assert [h["epoch"] for h in r["history"]] == [1, 2, 3, 4]
 
@@ -116,11 +119,21 @@ def test_eval_prints_the_figure_train_printed(tmp_path, capsys):
     train_last = capsys.readouterr().out.splitlines()[-1]
     assert main(["eval", str(ckpt), "--backend", "numpy", "--json", str(tmp_path / "e.json")]) == 0
     eval_line = capsys.readouterr().out
-    t, e = json.loads(metrics.read_text()), json.loads((tmp_path / "e.json").read_text())
+    t, e = load_valid(metrics, METRICS_SCHEMA), load_valid(tmp_path / "e.json", EVAL_SCHEMA)
     assert (e["test_accuracy"], e["test_loss"]) == (t["test_accuracy"], t["test_loss"])
-    assert e["epoch"] == 2 and e["test_samples"] == t["test_samples"] and e["schema"] == "gpuconv.eval/1"
+    assert e["epoch"] == 2 and e["test_samples"] == t["test_samples"] and e["schema"] == "gpuconv-eval/1"
     figure = f"test accuracy {100 * t['test_accuracy']:.2f}%  test loss {t['test_loss']:.4f}"
     assert train_last.startswith(figure) and eval_line.startswith(figure)
+
+
+def test_eval_uses_the_digits_split_the_run_was_seeded_with(tmp_path, capsys):
+    # --seed chooses the bundled digits' test images: eval must hold out the same ones
+    ckpt, metrics = tmp_path / "m.npz", tmp_path / "m.json"
+    assert main(["train", "--epochs", "1", "--seed", "3", "--save", str(ckpt), "--json", str(metrics)]
+                + FAST) == 0
+    assert main(["eval", str(ckpt), "--backend", "numpy", "--json", str(tmp_path / "e.json")]) == 0
+    t, e = load_valid(metrics, METRICS_SCHEMA), load_valid(tmp_path / "e.json", EVAL_SCHEMA)
+    assert (e["test_accuracy"], e["test_loss"]) == (t["test_accuracy"], t["test_loss"])
 
 
 def _digits_test_pixels():
@@ -135,7 +148,7 @@ def test_predict_classes_and_probabilities(tmp_path, capsys):
     ckpt = tmp_path / "m.npz"
     metrics = tmp_path / "m.json"
     assert main(["train", "--epochs", "2", "--save", str(ckpt), "--json", str(metrics)] + FAST) == 0
-    accuracy = json.loads(metrics.read_text())["test_accuracy"]
+    accuracy = load_valid(metrics, METRICS_SCHEMA)["test_accuracy"]
     pixels, labels = _digits_test_pixels()
     layouts = {"nhw.npy": pixels, "nchw.npy": pixels[:, None], "nhwc.npy": pixels[..., None],
                "float.npy": pixels.astype(np.float32) / 16}
@@ -144,7 +157,7 @@ def test_predict_classes_and_probabilities(tmp_path, capsys):
         np.save(tmp_path / name, array)
         assert main(["predict", str(ckpt), str(tmp_path / name), "--backend", "numpy",
                      "--json", str(tmp_path / f"{name}.json")]) == 0
-        docs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        docs[name] = load_valid(tmp_path / f"{name}.json", PREDICT_SCHEMA)
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4 * len(labels) and out[0].startswith("image 0: class ")
     classes = np.array([p["class"] for p in docs["nhw.npy"]["predictions"]])
@@ -186,7 +199,7 @@ def test_train_detects_cifar_and_eval_refuses_data_that_does_not_fit(tmp_path, c
     ckpt = tmp_path / "c.npz"
     assert main(["train", "--data", str(tmp_path / "cifar"), "--epochs", "1", "--save", str(ckpt),
                  "--json", str(tmp_path / "c.json")] + FAST) == 0
-    doc = json.loads((tmp_path / "c.json").read_text())
+    doc = load_valid(tmp_path / "c.json", METRICS_SCHEMA)
     assert doc["dataset"] == "cifar10" and doc["train_samples"] == 40 and doc["test_samples"] == 6
     assert main(["eval", str(ckpt), "--backend", "numpy"]) == 0
     # the test images as users hold them, channels first or last: the same classes
@@ -196,7 +209,7 @@ def test_train_detects_cifar_and_eval_refuses_data_that_does_not_fit(tmp_path, c
         np.save(tmp_path / name, images)
         assert main(["predict", str(ckpt), str(tmp_path / name), "--backend", "numpy",
                      "--json", str(tmp_path / f"{name}.json")]) == 0
-        predictions = json.loads((tmp_path / f"{name}.json").read_text())["predictions"]
+        predictions = load_valid(tmp_path / f"{name}.json", PREDICT_SCHEMA)["predictions"]
         classes.append([p["class"] for p in predictions])
     assert classes[0] == classes[1]
     assert np.mean(np.array(classes[0]) == ref["test_y"]) == doc["test_accuracy"]
@@ -224,6 +237,6 @@ def test_auto_backend_honours_GPUCONV_BACKEND(tmp_path, capsys, monkeypatch):
     assert main(["train", "--data", str(tmp_path), "--epochs", "1", "--batch-size", "16",
                  "--json", str(tmp_path / "m.json")]) == 0
     assert "backend auto -> emulator (GPUCONV_BACKEND=emulator)" in capsys.readouterr().err
-    assert json.loads((tmp_path / "m.json").read_text())["backend"] == "emulator"
+    assert load_valid(tmp_path / "m.json", METRICS_SCHEMA)["backend"] == "emulator"
     assert main(["info"]) == 0
     assert "auto      -> emulator (GPUCONV_BACKEND=emulator)" in capsys.readouterr().out

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -68,14 +68,47 @@ def _slot_value(module: Module, local: str, is_param: bool):
 
 class Parameter:
     """A trainable array and its gradient (None until a backward pass sets it); ``placement`` is
-    the backend its module was moved to (None: follows the backend in force)."""
+    the backend its module was moved to (None: follows the backend in force).
 
-    __slots__ = ("data", "grad", "placement")
+    ``register_grad_hook(fn)`` calls ``fn(param)`` each time a new gradient is assigned (not when
+    it is set to None): a layer's backward assigns its parameters' gradients as soon as they are
+    computed, so a hook learns that this gradient is final while the backward pass goes on through
+    the layers before it (``gpuconv.distributed.DataParallel`` starts its all-reduce there).
+    """
+
+    __slots__ = ("data", "_grad", "_grad_hooks", "placement")
 
     def __init__(self, data, placement: Optional[Backend] = None) -> None:
         self.data = data
-        self.grad = None
+        self._grad = None
+        self._grad_hooks: Tuple[Callable[[Parameter], None], ...] = ()
         self.placement = placement
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:
+        self._grad = value
+        if value is not None:
+            for hook in self._grad_hooks:
+                hook(self)
+
+    def register_grad_hook(self, hook: Callable[[Parameter], None]) -> Callable[[], None]:
+        """Call ``hook(self)`` after each assignment of a gradient; returns a function that removes it."""
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        self._grad_hooks += (hook,)
+
+        def remove() -> None:
+            hooks = list(self._grad_hooks)
+            for i, h in enumerate(hooks):
+                if h is hook:
+                    del hooks[i]
+                    self._grad_hooks = tuple(hooks)
+                    return
+        return remove
 
     @property
     def shape(self) -> Tuple[int, ...]:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import tolerances
+from ..backends import resolve_backend
 from . import report
 from .harness import (
     BOOLEAN,
@@ -261,6 +262,12 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
             log(f"note: batch {batch} by default because the emulator runs every CUDA thread on the CPU")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if size < 1:
+        raise ValueError(f"image_size must be >= 1, got {size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    for b in backends:
+        resolve_backend(b)    # BackendUnavailable, saying why, before any work
     tol = tolerances.tolerance(dtype)
     x, labels = make_batch(data, batch, in_ch, size, seed, np.dtype(dtype))
     doc: Dict[str, Any] = {
@@ -320,31 +327,48 @@ def format_layers(doc: Dict[str, Any], markdown: bool = False) -> str:
     return report.format_table(headers, rows, markdown)
 
 
+DESCRIPTION = (
+    "Run one model on two backends from the same weights and the same batch, and compare, layer by "
+    "layer, the output, the gradient passed back and the parameter gradients of the second backend "
+    "with those of the first (the reference). Errors are max|a - b| / max|reference|, held to the "
+    "tolerance of the dtype. Kernel backends run with every output filled with NaN before each "
+    "kernel, so an element a kernel forgets to write fails. Exit status 1 when a comparison fails.")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``gpuconv check``."""
     p = subparsers.add_parser(
         "check", help="layer-by-layer agreement of two backends (forward and gradients)",
-        description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="lenet", choices=sorted(MODEL_INPUTS))
+        description=DESCRIPTION)
+    p.add_argument("--model", default="lenet", choices=sorted(MODEL_INPUTS),
+                   help="the model of the zoo to run (default %(default)s)")
     p.add_argument("--backends", default="numpy,emulator",
-                   help="two of numpy, emulator, cuda; the first is the reference (default numpy,emulator)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+                   help="two of numpy, emulator, cuda; the first is the reference (default %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="precision of weights, inputs and computation (default %(default)s)")
     p.add_argument("--batch", type=int, default=None,
-                   help=f"batch size (default {DEFAULT_BATCH}; {EMULATOR_DEFAULT_BATCH} with the emulator)")
-    p.add_argument("--seed", type=int, default=0)
+                   help=f"images in the batch (default {DEFAULT_BATCH}; {EMULATOR_DEFAULT_BATCH} when one "
+                        f"backend is the emulator, which runs every CUDA thread on the CPU)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the weights, the choice of images and their noise (default %(default)s)")
     p.add_argument("--data", default="digits", choices=("digits", "synthetic"),
-                   help="bundled digits scaled to the model's input, or random images")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default 28 lenet, 32 others)")
+                   help="'digits': bundled digits scaled up to the model's input, with a little noise; "
+                        "'synthetic': random images (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="height and width of the input (default 28 for lenet, 32 for the others)")
     p.add_argument("--weights", default="filled", choices=("filled", "init"),
-                   help="'init': the model's initial weights; 'filled' (default): the same, with every "
-                        "all-zero parameter (zero-initialised residual branches, biases) replaced by seeded "
-                        "random values so that every path carries signal")
+                   help="'init': the model's initial weights; 'filled': the same, with every all-zero "
+                        "parameter (zero-initialised residual branches, biases) replaced by seeded "
+                        "random values so that every path carries signal (default %(default)s)")
     p.add_argument("--mode", default="layer", choices=("layer", "chain"),
-                   help="'layer' (default): every layer of the second backend runs on the reference's input "
+                   help="'layer': every layer of the second backend runs on the reference's input "
                         "and incoming gradient, so each row measures that layer alone, plus an end-to-end "
                         "row (logits, loss); 'chain': the whole network runs on each backend and errors "
-                        "propagate (a near-tie in a max-pooling window may then route a gradient elsewhere)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write every comparison and the environment")
+                        "propagate (a near-tie in a max-pooling window may then route a gradient "
+                        "elsewhere) (default %(default)s)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help=f"write every comparison, the settings and the environment as JSON, schema "
+                        f"{CHECK_SCHEMA['$id']} (default: not written)")
     p.set_defaults(func=run)
     return p
 

@@ -33,8 +33,13 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpuconv", description="Small CNNs on NVIDIA GPUs with hand-written CUDA "
-                     "kernels, checked against a NumPy reference.")
-    parser.add_argument("--version", action="version", version=f"gpuconv {__version__}")
+                     "kernels, checked against a NumPy reference.",
+                     epilog="Run 'gpuconv COMMAND --help' for the options of a command. Bad arguments "
+                            "are refused before any work starts. An error ends a command with "
+                            "'gpuconv: error: ...' and exit status 2; set GPUCONV_DEBUG=1 to see its "
+                            "traceback.")
+    parser.add_argument("--version", action="version", version=f"gpuconv {__version__}",
+                        help="print gpuconv's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for command in COMMANDS:

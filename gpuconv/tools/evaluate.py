@@ -17,14 +17,16 @@ import numpy as np
 from .. import datasets, nn
 from ..backends import BACKEND_NAMES, Backend, resolve_backend, use_backend
 from ..models import build_model
+from . import report
 from .harness import INTEGER, NUMBER, STRING, document, value, write_json
 from .train import evaluate
 
 __all__ = ["load_trained", "evaluate_checkpoint", "add_parser", "run", "EVAL_SCHEMA"]
 
-SCHEMA_ID = "gpuconv.eval/1"
+SCHEMA_ID = "gpuconv-eval/1"
 _FRACTION = value("number", minimum=0.0, maximum=1.0)
 EVAL_SCHEMA: Dict[str, Any] = document(SCHEMA_ID, {
+    "environment": report.ENVIRONMENT_SCHEMA,
     "checkpoint": STRING, "model": STRING, "dataset": STRING, "backend": STRING, "epoch": INTEGER,
     "test_samples": INTEGER, "test_accuracy": _FRACTION, "test_loss": NUMBER,
 }, title="gpuconv eval", description="Accuracy (a fraction) and mean softmax cross-entropy of a "
@@ -65,9 +67,11 @@ def evaluate_checkpoint(path: str, data: Optional[str] = None, backend: str = "a
     data it was trained on)."""
     be = resolve_backend(backend)
     model, meta = load_trained(path, be)
+    settings = meta.get("settings", {})
     if data is None:
-        data = meta.get("settings", {}).get("data")
-    dataset = datasets.load_dataset(data, num_classes=meta["num_classes"])
+        data = settings.get("data")
+    # the run's seed chose the bundled digits' test images: the same split, not another
+    dataset = datasets.load_dataset(data, num_classes=meta["num_classes"], seed=settings.get("seed", 0))
     shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
     wanted = (meta["in_channels"], meta["image_size"], meta["image_size"])
     if shape != wanted or dataset.num_classes != meta["num_classes"]:
@@ -75,7 +79,8 @@ def evaluate_checkpoint(path: str, data: Optional[str] = None, backend: str = "a
                          f"not fit the model in {path} (images {wanted}, {meta['num_classes']} classes)")
     with use_backend(be):
         loss, accuracy = evaluate(model, _as_trained(dataset, meta), be)
-    return {"schema": SCHEMA_ID, "checkpoint": str(path), "model": meta["model"], "dataset": dataset.name,
+    return {"schema": SCHEMA_ID, "environment": report.environment(), "checkpoint": str(path),
+            "model": meta["model"], "dataset": dataset.name,
             "backend": be.name, "epoch": meta["epoch"] or 0, "test_samples": len(dataset.test),
             "test_accuracy": accuracy, "test_loss": loss}
 
@@ -86,13 +91,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "eval", help="test accuracy and loss of a saved model",
         description="Evaluate a checkpoint written by gpuconv train --save on the test split of its "
                     "training data (or of --data DIR) and print the accuracy and mean loss.")
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.npz)")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.npz) of gpuconv train --save")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="data set directory, as for train (default: the one the model was trained on)")
     p.add_argument("--backend", choices=BACKEND_NAMES + ("auto",), default="auto",
                    help="where to run (default %(default)s)")
     p.add_argument("--json", metavar="FILE", default=None,
-                   help=f"write the result as JSON (schema {SCHEMA_ID})")
+                   help=f"write the result and the environment as JSON, schema {SCHEMA_ID} "
+                        f"(default: not written)")
     p.set_defaults(func=run)
     return p
 

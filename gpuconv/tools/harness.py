@@ -5,7 +5,9 @@ one writer).
 Schemas are JSON Schema documents (draft 2020-12) built with ``document``, ``record``,
 ``list_of`` and ``value``; every document names its schema in its key "schema".
 ``schema_errors`` checks the keywords those use: ``type``, ``const``, ``enum``, ``minimum``,
-``maximum``, ``required``, ``properties`` and ``items``; a number must be finite.
+``maximum``, ``required``, ``properties`` and ``items``; a number must be finite. The test suite
+holds it to ``jsonschema``'s verdicts on the tools' schemas and checks every document the tools
+write with both.
 """
 from __future__ import annotations
 

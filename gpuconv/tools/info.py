@@ -66,6 +66,7 @@ def collect_info() -> Dict[str, Any]:
     if torch_version is not None:
         import torch
         torch_cuda = torch.version.cuda if torch.cuda.is_available() else None
+    from ..distributed import distributed_info
     gxx, cuda = _compiler(), _cuda()
     from ..backends import ENV_VAR, auto_choice
     try:
@@ -84,6 +85,7 @@ def collect_info() -> Dict[str, Any]:
             "cuda": {"available": cuda["available"], "reason": cuda["reason"]}},
         "cuda": cuda,
         "auto": {"backend": chosen, "why": why, ENV_VAR: os.environ.get(ENV_VAR)},
+        "distributed": distributed_info(),
     }
 
 
@@ -111,6 +113,16 @@ def format_info(info: Dict[str, Any]) -> str:
                          f"{g['memory_gib']} GiB, {g['multiprocessors']} SMs")
     else:
         lines.append(f"GPU: none usable ({cuda['reason']})")
+    d = info["distributed"]
+    lines.append("data-parallel (gpuconv.distributed): numpy, emulator -> mpi; cuda -> nccl over mpi")
+    lines.append(f"  mpi4py  {d['mpi4py'] or 'not installed (pip install gpuconv[mpi])'}")
+    lines.append(f"  nccl    {d['nccl'] or 'not available (comes with CuPy)'}")
+    if d["launcher"] is None:
+        lines.append("  not started by an MPI launcher: one process")
+    elif "ranks" in d:
+        lines.append(f"  rank {d['rank']} of {d['ranks']}: {d['mpi_library']}")
+    else:
+        lines.append(f"  started by an MPI launcher ({d['launcher']}) but mpi4py is not installed")
     return "\n".join(lines)
 
 
@@ -119,7 +131,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("info", help="backends, GPU, CUDA and library versions",
                               description="Report which backends can run here, the GPU and CUDA "
                                           "versions, and the versions of Python and libraries.")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON instead of text (default: text)")
     p.set_defaults(func=run)
     return p
 

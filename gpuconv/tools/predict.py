@@ -15,15 +15,17 @@ from typing import Any, Dict, Optional, TextIO
 import numpy as np
 
 from ..backends import BACKEND_NAMES, resolve_backend, use_backend
+from . import report
 from .evaluate import load_trained
 from .harness import INTEGER, STRING, document, list_of, record, value, write_json
 from .train import EVAL_BATCH
 
 __all__ = ["read_images", "predict", "add_parser", "run", "PREDICT_SCHEMA"]
 
-SCHEMA_ID = "gpuconv.predict/1"
+SCHEMA_ID = "gpuconv-predict/1"
 _PROB = value("number", minimum=0.0, maximum=1.0)
 PREDICT_SCHEMA: Dict[str, Any] = document(SCHEMA_ID, {
+    "environment": report.ENVIRONMENT_SCHEMA,
     "checkpoint": STRING, "input": STRING, "model": STRING, "backend": STRING, "num_classes": INTEGER,
     "predictions": list_of(record({"index": INTEGER, "class": INTEGER, "probability": _PROB,
                                    "probabilities": list_of(_PROB)})),
@@ -98,7 +100,8 @@ def predict(checkpoint: str, input_path: str, backend: str = "auto") -> Dict[str
     p = np.concatenate(probs)
     predictions = [{"index": i, "class": int(row.argmax()), "probability": float(row.max()),
                     "probabilities": [float(v) for v in row]} for i, row in enumerate(p)]
-    return {"schema": SCHEMA_ID, "checkpoint": str(checkpoint), "input": str(input_path),
+    return {"schema": SCHEMA_ID, "environment": report.environment(), "checkpoint": str(checkpoint),
+            "input": str(input_path),
             "model": meta["model"], "backend": be.name, "num_classes": meta["num_classes"],
             "predictions": predictions}
 
@@ -110,13 +113,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Print the most probable class and the class probabilities of each image in "
                     "INPUT.npy, by a checkpoint written by gpuconv train --save. Integer arrays are "
                     "raw pixels as in the training files; float arrays intensities in [0, 1].")
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.npz)")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.npz) of gpuconv train --save")
     p.add_argument("input", metavar="INPUT.npy",
                    help="images (N, C, H, W) or (N, H, W, C); (N, H, W) for one-channel models")
     p.add_argument("--backend", choices=BACKEND_NAMES + ("auto",), default="auto",
                    help="where to run (default %(default)s)")
     p.add_argument("--json", metavar="FILE", default=None,
-                   help=f"write every probability as JSON (schema {SCHEMA_ID})")
+                   help=f"write every probability and the environment as JSON, schema {SCHEMA_ID} "
+                        f"(default: not written)")
     p.set_defaults(func=run)
     return p
 
