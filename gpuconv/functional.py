@@ -29,7 +29,9 @@ __all__ = [
     "l2_pool2d", "l2_pool2d_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "dropout",
     "add", "mul",
-    "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step",
+    "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step", "adamw_step",
+    "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",
+    "augment",
 ]
 
 Array = Any
@@ -504,10 +506,15 @@ def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
 
 
 @_accepts_foreign
-def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[Array, Array]:
+def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0
+                          ) -> Tuple[Array, Array]:
     """Mean cross-entropy of softmax(logits): logits (N, classes), labels integer (N,) in
-    [0, classes) -> (loss as a 0-d array, dlogits (N, classes)); numerically stable."""
+    [0, classes) -> (loss as a 0-d array, dlogits (N, classes)); numerically stable.
+
+    ``label_smoothing`` e in [0, 1] is PyTorch's: the target of row n is (1 - e) at its label
+    plus e / classes everywhere."""
     backend = get_backend()
+    label_smoothing = geometry.check_real("label_smoothing", label_smoothing, 0.0, 1.0)
     _check_float(backend, "logits", logits)
     _check_rank("logits", logits, 2)
     _check_array(backend, "labels", labels)
@@ -524,7 +531,157 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[Array, Array]:
         raise ValueError(f"logits must have at least one row, got shape {tuple(logits.shape)}")
     if labels.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
         labels = labels.astype(np.int64)
-    return backend.softmax_cross_entropy(logits, labels)
+    return backend.softmax_cross_entropy(logits, labels, label_smoothing)
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+def _check_channel_vector(backend: Backend, name: str, a, g: geometry.NormGeometry) -> None:
+    _check_float(backend, name, a)
+    _check_shape_equals(name, a, g.stats_shape, "one value per channel of x")
+
+
+@_remembered
+def _batch_norm_checks(backend: Backend, x, running_mean, running_var, weight, bias, training,
+                       momentum, eps):
+    _check_float(backend, "x", x)
+    training = _check_bool("training", training)
+    g = geometry.batch_norm_geometry(x.shape, training)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be arrays or both be None, got "
+                         f"{'None' if running_mean is None else 'an array'} and "
+                         f"{'None' if running_var is None else 'an array'}")
+    if running_mean is None and not training:
+        raise ValueError("running_mean and running_var are required when training=False "
+                         "(evaluation normalises with the running statistics)")
+    for name, a in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if a is not None:
+            _check_channel_vector(backend, name, a, g)
+    _check_same_dtype([("x", x), ("running_mean", running_mean), ("running_var", running_var),
+                       ("weight", weight), ("bias", bias)])
+    momentum = geometry.check_real("momentum", momentum, 0.0, 1.0)
+    eps = geometry.check_real("eps", eps, 0.0, lo_open=True)
+    return g, training, momentum, eps
+
+
+@_remembered
+def _batch_norm_backward_checks(backend: Backend, dy, x, y, weight, saved_mean, saved_invstd, training):
+    _check_float(backend, "x", x)
+    training = _check_bool("training", training)
+    g = geometry.batch_norm_geometry(x.shape, training)
+    _check_float(backend, "dy", dy)
+    _check_shape_equals("dy", dy, x.shape, "the shape of x")
+    if y is not None:
+        _check_float(backend, "y", y)
+        _check_shape_equals("y", y, x.shape, "the shape of x (the forward output)")
+    for name, a in (("weight", weight), ("saved_mean", saved_mean), ("saved_invstd", saved_invstd)):
+        if a is not None:
+            _check_channel_vector(backend, name, a, g)
+    _check_same_dtype([("dy", dy), ("x", x), ("y", y), ("weight", weight), ("saved_mean", saved_mean),
+                       ("saved_invstd", saved_invstd)])
+    return g, training
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu: bool):
+    backend = get_backend()
+    g, training, momentum, eps = _batch_norm_checks(backend, x, running_mean, running_var, weight, bias,
+                                                    training, momentum, eps)
+    return backend.batch_norm(x, running_mean, running_var, weight, bias, g, training, momentum, eps,
+                              relu)
+
+
+def _batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, training):
+    backend = get_backend()
+    if saved_mean is None or saved_invstd is None:
+        raise ValueError("saved_mean and saved_invstd (returned by the forward call) are required")
+    g, training = _batch_norm_backward_checks(backend, dy, x, y, weight, saved_mean, saved_invstd,
+                                              training)
+    return backend.batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, g, training)
+
+
+@_accepts_foreign
+def batch_norm(x: Array, running_mean: Optional[Array], running_var: Optional[Array],
+               weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tuple[Array, Array, Array]:
+    """Batch normalisation over channel 1 of x (N, C, *) -> (y, saved_mean (C,), saved_invstd (C,)).
+
+    y = (x - mean) * invstd * weight + bias (weight 1 and bias 0 when None). In training, mean
+    and the biased variance var are the batch's per-channel statistics, invstd = 1/sqrt(var + eps),
+    and, unless they are None, ``running_mean``/``running_var`` are updated in place:
+    running = (1 - momentum) * running + momentum * batch value, with the unbiased variance
+    (var * count / (count - 1)) for running_var. In evaluation the running statistics normalise
+    and are returned as the saved ones (saved_invstd = 1/sqrt(running_var + eps)). See
+    docs/batchnorm.md.
+    """
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, False)
+
+
+@_accepts_foreign
+def batch_norm_backward(dy: Array, x: Array, weight: Optional[Array], saved_mean: Array,
+                        saved_invstd: Array, training: bool = True) -> Tuple[Array, Array, Array]:
+    """Gradients of batch_norm: dy (N, C, *) -> (dx, dweight (C,), dbias (C,)).
+
+    With xhat = (x - saved_mean) * saved_invstd: dbias = sum dy and dweight = sum dy * xhat over
+    each channel (returned whether or not the forward had weight and bias). In training (through
+    the batch statistics, count values per channel)
+    dx = weight * saved_invstd * (dy - dbias / count - xhat * dweight / count); in evaluation
+    (statistics fixed) dx = weight * saved_invstd * dy.
+    """
+    return _batch_norm_backward(dy, x, None, weight, saved_mean, saved_invstd, training)
+
+
+@_accepts_foreign
+def batch_norm_relu(x: Array, running_mean: Optional[Array], running_var: Optional[Array],
+                    weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
+                    momentum: float = 0.1, eps: float = 1e-5) -> Tuple[Array, Array, Array]:
+    """relu(batch_norm(x, ...)) in one pass: the same statistics, running-statistics update and
+    saved values as batch_norm, y = max(batch-normalised x, 0)."""
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, True)
+
+
+@_accepts_foreign
+def batch_norm_relu_backward(dy: Array, x: Array, y: Array, weight: Optional[Array], saved_mean: Array,
+                             saved_invstd: Array, training: bool = True) -> Tuple[Array, Array, Array]:
+    """Gradients of batch_norm_relu: batch_norm_backward of (dy where y > 0, else 0); y is the
+    forward output."""
+    return _batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, training)
+
+
+# ---- batch augmentation --------------------------------------------------------------------
+
+@_accepts_foreign
+def augment(x: Array, seed: int, epoch: int, indices: Optional[Array] = None, *, crop_padding: int = 0,
+            padding_mode: str = "zeros", flip: str = "none", cutout: int = 0) -> Array:
+    """Augment a batch of images x (N, C, H, W) on the device -> y of x's shape and dtype.
+
+    Each image is padded by ``crop_padding`` on every side (``padding_mode`` "zeros" or
+    "reflect") and cropped back to H x W at a random offset, flipped horizontally (``flip``:
+    "none", "random" with probability 1/2, or "alternate": a fixed random half of the images in
+    even epochs and the other half in odd epochs), and a ``cutout`` x ``cutout`` square of it
+    is set to zero (0: none). The draws of image n hash (seed, epoch, indices[n])
+    (``gpuconv.augment_rng``): pass the images' dataset indices, an int array (N,) of the
+    active backend with values in [0, 2^31); None means 0 ... N-1.
+    """
+    backend = get_backend()
+    _check_float(backend, "x", x)
+    spec = geometry.augment_spec(x.shape, crop_padding, padding_mode, flip, cutout)
+    seed = geometry.check_int("seed", seed, 0)
+    epoch = geometry.check_int("epoch", epoch, 0)
+    if indices is None:
+        indices = backend.asarray(np.arange(spec.N, dtype=np.int32))
+    else:
+        _check_array(backend, "indices", indices)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"indices must be an integer array (image indices), got dtype {indices.dtype}")
+        _check_shape_equals("indices", indices, (spec.N,), "one index per image of x")
+        if indices.size:
+            lo, hi = int(indices.min()), int(indices.max())
+            if lo < 0 or hi > geometry.INT32_MAX:
+                raise ValueError(f"indices must lie in [0, 2^31), got values in [{lo}, {hi}]")
+        if indices.dtype != INDEX_DTYPE:
+            indices = indices.astype(INDEX_DTYPE)
+    return backend.augment(x, indices, seed, epoch, spec)
 
 
 # ---- optimizer updates (in place) ----------------------------------------------------------
@@ -568,6 +725,20 @@ def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: f
               weight_decay: float = 0.0) -> None:
     """One Adam update of ``param`` in place (PyTorch's rule, L2 weight decay); ``m`` and ``v``
     (param's shape) are the moment estimates, ``step`` counts updates from 1."""
+    _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, False)
+
+
+@_accepts_foreign
+def adamw_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: float = 1e-3,
+               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+               weight_decay: float = 1e-2) -> None:
+    """One AdamW update of ``param`` in place (PyTorch's rule: decoupled weight decay,
+    param *= 1 - lr * weight_decay, then the Adam update without an L2 term); arguments as
+    adam_step."""
+    _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, True)
+
+
+def _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled: bool) -> None:
     backend = get_backend()
     step = geometry.check_int("step", step, 1, maximum=2**63 - 1)
     lr = geometry.check_real("lr", lr, 0.0)
@@ -576,5 +747,5 @@ def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: f
     eps = geometry.check_real("eps", eps, 0.0)
     weight_decay = geometry.check_real("weight_decay", weight_decay, 0.0)
     _check_state(backend, param, [("grad", grad), ("m", m), ("v", v)])
-    backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)
 

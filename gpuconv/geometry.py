@@ -284,3 +284,83 @@ def check_divisor_override(divisor_override) -> Optional[int]:
     if divisor_override is None:
         return None
     return check_int("divisor_override", divisor_override, 1)
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NormGeometry:
+    """x (N, C, *spatial) seen as (N, C, S): per-channel statistics over the N*S values of a
+    channel (``count``)."""
+
+    N: int
+    C: int
+    S: int
+
+    @property
+    def count(self) -> int:
+        return self.N * self.S
+
+    @property
+    def stats_shape(self) -> Tuple[int]:
+        return (self.C,)
+
+
+def batch_norm_geometry(x_shape, training: bool) -> NormGeometry:
+    """(N, C, S) of a batch-norm input of rank 2 to 4 ((N, C), (N, C, L), (N, C, H, W), as
+    PyTorch's batch_norm). Training needs more than one value per channel: the unbiased variance
+    of the running statistics divides by count - 1, and a single value normalises to 0."""
+    shape = tuple(int(s) for s in x_shape)
+    if not 2 <= len(shape) <= 4:
+        raise ValueError(f"x must have rank 2, 3 or 4 ((N, C), (N, C, L) or (N, C, H, W)), got shape {shape}")
+    if shape[1] < 1:
+        raise ValueError(f"x must have at least one channel (dimension 1), got shape {shape}")
+    check_int32_offsets("x", shape)
+    N, C, S = shape[0], shape[1], math.prod(shape[2:])
+    if training and N * S <= 1:
+        raise ValueError(f"batch norm in training needs more than one value per channel, got x of "
+                         f"shape {shape} ({N * S} per channel)")
+    return NormGeometry(N, C, S)
+
+
+# ---- batch augmentation --------------------------------------------------------------------
+
+FLIP_MODES = ("none", "random", "alternate")
+PADDING_MODES = ("zeros", "reflect")
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """What ``functional.augment`` does to each image of an (N, C, H, W) batch: a random crop of
+    the image padded by ``crop_padding`` on every side (``padding_mode`` zeros or reflect), a
+    horizontal flip (``flip``: none, random, alternate) and a ``cutout`` x ``cutout`` square of
+    zeros (0: none)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    crop_padding: int
+    padding_mode: str
+    flip: str
+    cutout: int
+
+
+def augment_spec(x_shape, crop_padding, padding_mode: str, flip: str, cutout) -> AugmentSpec:
+    shape = check_shape("x", x_shape, 4)
+    check_int32_offsets("x", shape)
+    N, C, H, W = shape
+    crop_padding = check_int("crop_padding", crop_padding, 0)
+    cutout = check_int("cutout", cutout, 0)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
+    if flip not in FLIP_MODES:
+        raise ValueError(f"flip must be one of {', '.join(FLIP_MODES)}, got {flip!r}")
+    if crop_padding > COORD_LIMIT:
+        raise ValueError(f"crop_padding must be at most {COORD_LIMIT}, got {crop_padding}")
+    if padding_mode == "reflect" and crop_padding >= min(H, W):
+        raise ValueError(f"padding_mode 'reflect' needs crop_padding < min(H, W) = {min(H, W)} (a reflection "
+                         f"repeats no edge pixel), got crop_padding={crop_padding}")
+    if cutout > max(H, W):
+        raise ValueError(f"cutout must be at most max(H, W) = {max(H, W)}, got {cutout}")
+    return AugmentSpec(N, C, H, W, crop_padding, padding_mode, flip, cutout)

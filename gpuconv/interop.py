@@ -23,6 +23,10 @@ L2Pool2d                    ``sqrt(avg_pool2d(x * x, divisor_override=1))``: pad
 GlobalAvgPool2d             ``nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())``
 Dropout                     ``nn.Dropout(p)``: same rate, another random stream (the masks
                             differ; compare in eval mode)
+BatchNorm2d                 ``nn.BatchNorm2d`` (same arguments; running statistics and
+                            ``num_batches_tracked`` under the same state_dict keys)
+BatchNormReLU2d             a ``nn.BatchNorm2d`` subclass applying ReLU to its output
+SubsamplePad2d              a module computing ``x[:, :, ::s, ::s]`` between zero channels
 Residual                    a module computing ``body(x) + shortcut(x)`` (identity if None)
 Sequential                  ``nn.Sequential`` with the same child names
 ==========================  ================================================================
@@ -86,13 +90,30 @@ def _modules():
         def forward(self, x):
             return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
 
-    return SameConv2d, L2Pool2d, Residual
+    class BatchNormReLU2d(tnn.BatchNorm2d):
+        """relu(BatchNorm2d(x)), with BatchNorm2d's parameters, buffers and state_dict keys."""
+
+        def forward(self, x):
+            return torch.relu(super().forward(x))
+
+    class SubsamplePad2d(tnn.Module):
+        """x[:, :, ::stride, ::stride] with ``front`` zero channels before and ``back`` after."""
+
+        def __init__(self, front, back, stride):
+            super().__init__()
+            self.front, self.back, self.stride = front, back, stride
+
+        def forward(self, x):
+            s = self.stride
+            return TF.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, self.front, self.back))
+
+    return SameConv2d, L2Pool2d, Residual, BatchNormReLU2d, SubsamplePad2d
 
 
 def _convert(m: nn.Module):
     torch = _torch()
     tnn = torch.nn
-    SameConv2d, L2Pool2d, Residual = _modules()
+    SameConv2d, L2Pool2d, Residual, BatchNormReLU2d, SubsamplePad2d = _modules()
     if isinstance(m, nn.Sequential):
         return tnn.Sequential(OrderedDict((name, _convert(c)) for name, c in m._modules.items()))
     if isinstance(m, nn.Residual):
@@ -118,6 +139,11 @@ def _convert(m: nn.Module):
         return tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Flatten())
     if isinstance(m, nn.Dropout):
         return tnn.Dropout(m.p)
+    if isinstance(m, nn.BatchNorm2d):
+        kind = BatchNormReLU2d if isinstance(m, nn.BatchNormReLU2d) else tnn.BatchNorm2d
+        return kind(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+    if isinstance(m, nn.SubsamplePad2d):
+        return SubsamplePad2d(m.front, m.out_channels - m.in_channels - m.front, m.stride)
     simple = {nn.ReLU: tnn.ReLU, nn.Sigmoid: tnn.Sigmoid, nn.Tanh: tnn.Tanh, nn.Flatten: tnn.Flatten,
               nn.Identity: tnn.Identity}
     if type(m) in simple:
@@ -127,7 +153,8 @@ def _convert(m: nn.Module):
 
 
 _KNOWN = (nn.Sequential, nn.Residual, nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.L2Pool2d,
-          nn.GlobalAvgPool2d, nn.Dropout, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Flatten, nn.Identity)
+          nn.GlobalAvgPool2d, nn.Dropout, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Flatten, nn.Identity,
+          nn.BatchNorm2d, nn.BatchNormReLU2d, nn.SubsamplePad2d)
 
 
 def torch_state_dict(model: nn.Module) -> OrderedDict[str, Any]:
@@ -158,8 +185,8 @@ def to_torch(model: nn.Module, device=None):
 
 def load_torch_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
     """Load a PyTorch ``state_dict`` (tensors on any device, or arrays) into ``model``: keys,
-    shapes and dtypes must match exactly (ValueError naming what differs, e.g. a BatchNorm's
-    running statistics, which gpuconv has no layer for); nothing changes on error."""
+    shapes and dtypes must match exactly (ValueError naming what differs); nothing changes on
+    error."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of name -> tensor, got "
                         f"{type(state_dict).__name__}")

@@ -194,3 +194,30 @@ def test_check_cuda_against_numpy():
         pytest.skip(cuda_unavailable_reason())
     doc = check.run_check("lenet", ["numpy", "cuda"], batch=4)
     assert doc["passed"], [e for e in doc["entries"] if not e["passed"]]
+
+
+@pytest.mark.parametrize("model,size", [("resnet20", 8), ("airbench", 16)])
+def test_check_passes_batch_norm_models_and_lists_running_statistics(model, size):
+    needs_emulator()
+    doc = check.run_check(model, ["numpy", "emulator"], batch=2, image_size=size, log=lambda s: None)
+    assert doc["passed"], [e for e in doc["entries"] if not e["passed"]]
+    stem_bn = [e["tensor"] for e in doc["entries"] if e["layer"] == "1"]
+    assert stem_bn == ["output", "dx", "dweight", "dbias", "running_mean", "running_var"]
+
+
+def test_check_fails_on_drifting_running_statistics_only(monkeypatch):
+    needs_emulator()
+    kwargs = dict(batch=2, image_size=8, log=lambda s: None)
+    from gpuconv.backends.kernel_backend import KernelBackend
+    original = KernelBackend.batch_norm
+
+    def drifting_running_var(self, x, running_mean, running_var, *args):
+        out = original(self, x, running_mean, running_var, *args)
+        if running_var is not None:
+            running_var *= np.float32(1.001)
+        return out
+
+    monkeypatch.setattr(KernelBackend, "batch_norm", drifting_running_var)
+    doc = check.run_check("resnet20", ["numpy", "emulator"], **kwargs)
+    failed = {e["tensor"] for e in doc["entries"] if not e["passed"]}
+    assert failed == {"running_var"}

@@ -52,7 +52,7 @@ def _close(a, b, what=""):
 
 
 @pytest.mark.parametrize("name, c, size", [("lenet", 1, 8), ("lenet", 1, 28), ("cifar-small", 3, 12),
-                                           ("resnet20", 3, 8)])
+                                           ("resnet20", 3, 8), ("resnet20-fixup", 3, 8), ("airbench", 3, 16)])
 def test_zoo_models_compute_the_same_in_both_frameworks(name, c, size):
     model = build_model(name, c, size, 10, seed=3, dtype=np.float64)
     rng = np.random.default_rng(1)
@@ -77,6 +77,29 @@ def test_every_layer_type_computes_the_same_in_both_frameworks():
     for k in g:
         _close(g[k], tg[k], f"gradient of {k}")
     assert not interop.to_torch(model).training and interop.to_torch(model.train()).training
+
+
+def test_batch_norm_layers_convert_with_their_running_statistics():
+    r = np.random.default_rng(4)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False, rng=r, dtype=np.float64),
+                          nn.BatchNormReLU2d(4, dtype=np.float64), nn.SubsamplePad2d(4, 7, 2),
+                          nn.BatchNorm2d(7, momentum=None, dtype=np.float64), nn.Flatten())
+    x = r.standard_normal((3, 2, 7, 6))
+    model.forward(x)                              # running statistics move away from (0, 1)
+    tm = interop.to_torch(model)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(tm.state_dict()[k].numpy(), v, err_msg=k)
+    x2 = r.standard_normal(x.shape)
+    y, ty = model.forward(x2), tm(torch.from_numpy(x2)).detach().numpy()
+    _close(y, ty, "training output")
+    for k, v in model.state_dict().items():       # both updated their statistics alike
+        if v.dtype.kind == "f":
+            _close(v, tm.state_dict()[k].numpy(), k)
+        else:
+            assert int(v) == int(tm.state_dict()[k]) == 2, k
+    model.eval()
+    tm.eval()
+    _close(model.forward(x2), tm(torch.from_numpy(x2)).detach().numpy(), "evaluation output")
 
 
 def test_state_dict_to_torch_and_back():

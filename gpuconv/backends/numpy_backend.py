@@ -33,8 +33,9 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..augment_rng import augment_params
 from ..dropout_rng import dropout_mask
-from ..geometry import ConvGeometry, PoolGeometry, avg_pool_divisor
+from ..geometry import AugmentSpec, ConvGeometry, NormGeometry, PoolGeometry, avg_pool_divisor
 from .base import Backend
 
 # Target size of one batch chunk's working buffer (conv columns, max-pool windows): large enough
@@ -355,6 +356,44 @@ def _in_own_window(indices: np.ndarray, g: PoolGeometry) -> np.ndarray:
     return ok
 
 
+# ---- batch normalisation -------------------------------------------------------------------
+# Statistics and gradient sums are computed in float64 whatever the dtype (two passes: mean, then
+# the mean square deviation), so the reference carries no cancellation of its own; results are
+# rounded to the dtype of x.
+
+def _channels(a: np.ndarray, g: NormGeometry) -> np.ndarray:
+    """(N, C, *) -> float64 view/copy of shape (N, C, S)."""
+    return np.asarray(a).reshape(g.N, g.C, g.S).astype(np.float64, copy=False)
+
+
+def _per_channel(v: Optional[np.ndarray], default: float) -> np.ndarray:
+    """(C,) -> float64 (1, C, 1); None -> the scalar ``default``."""
+    if v is None:
+        return np.float64(default)
+    return np.asarray(v, dtype=np.float64)[None, :, None]
+
+
+# ---- batch augmentation --------------------------------------------------------------------
+
+def _crop_source(origin: np.ndarray, size: int, pad: int, reflect: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Source coordinate (N, size) of each output coordinate of a crop at ``origin`` (N,) of the
+    input padded by ``pad``, and whether it lies inside (zero padding)."""
+    src = origin[:, None] - pad + np.arange(size)[None, :]
+    if reflect:
+        src = np.where(src < 0, -src, src)
+        src = np.where(src >= size, 2 * (size - 1) - src, src)
+        return src, np.ones(src.shape, bool)
+    inside = (src >= 0) & (src < size)
+    return np.clip(src, 0, max(size - 1, 0)), inside
+
+
+def _cutout_mask(centre: np.ndarray, size: int, cutout: int) -> np.ndarray:
+    """(N, size): True on the cutout rows (or columns) of each image."""
+    start = centre[:, None] - cutout // 2
+    pos = np.arange(size)[None, :]
+    return (pos >= start) & (pos < start + cutout)
+
+
 class NumpyBackend(Backend):
     """Vectorised NumPy reference (float32 and float64)."""
 
@@ -494,19 +533,84 @@ class NumpyBackend(Backend):
         dy, x, weight = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(weight)
         return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_db else None)
 
-    def softmax_cross_entropy(self, logits, labels):
+    def softmax_cross_entropy(self, logits, labels, label_smoothing=0.0):
         logits = np.ascontiguousarray(logits)
-        N = logits.shape[0]
+        N, K = logits.shape
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         total = e.sum(axis=1, keepdims=True)
         rows = np.arange(N)
         lab = labels.astype(np.intp, copy=False)
-        loss = np.mean(np.log(total[:, 0]) - shifted[rows, lab])
         d = e / total
-        d[rows, lab] -= 1
+        if label_smoothing:  # target (1 - e) at the label + e / K everywhere
+            keep = 1.0 - label_smoothing
+            row_loss = (np.log(total[:, 0]) - keep * shifted[rows, lab]
+                        - label_smoothing * shifted.mean(axis=1))
+            d[rows, lab] -= keep
+            d -= label_smoothing / K
+        else:
+            row_loss = np.log(total[:, 0]) - shifted[rows, lab]
+            d[rows, lab] -= 1
+        loss = np.mean(row_loss)
         d /= N
         return np.asarray(loss, dtype=logits.dtype), d
+
+    # ---- batch normalisation ------------------------------------------------------------
+    def batch_norm(self, x, running_mean, running_var, weight, bias, g: NormGeometry, training,
+                   momentum, eps, relu):
+        xs = _channels(x, g)
+        if training:
+            mean = xs.mean(axis=(0, 2))
+            var = np.square(xs - mean[None, :, None]).mean(axis=(0, 2))  # biased
+            if running_mean is not None:
+                unbiased = var * (g.count / (g.count - 1))
+                running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+                running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+        else:
+            mean = running_mean.astype(np.float64)
+            var = running_var.astype(np.float64)
+        invstd = 1.0 / np.sqrt(var + eps)
+        y = (xs - mean[None, :, None]) * invstd[None, :, None] * _per_channel(weight, 1.0) \
+            + _per_channel(bias, 0.0)
+        if relu:
+            y = np.maximum(y, 0.0)
+        dt = x.dtype
+        return y.astype(dt).reshape(x.shape), mean.astype(dt), invstd.astype(dt)
+
+    def batch_norm_backward(self, dy, x, y, weight, saved_mean, saved_invstd, g: NormGeometry, training):
+        d = _channels(dy, g)
+        if y is not None:
+            d = np.where(np.asarray(y).reshape(d.shape) > 0, d, 0.0)
+        invstd = _per_channel(saved_invstd, 1.0)
+        xhat = (_channels(x, g) - _per_channel(saved_mean, 0.0)) * invstd
+        dbias = d.sum(axis=(0, 2))
+        dweight = (d * xhat).sum(axis=(0, 2))
+        scale = _per_channel(weight, 1.0) * invstd
+        if training:
+            m = g.count
+            dx = scale * (d - dbias[None, :, None] / m - xhat * (dweight[None, :, None] / m))
+        else:
+            dx = scale * d
+        dt = x.dtype
+        return dx.astype(dt).reshape(x.shape), dweight.astype(dt), dbias.astype(dt)
+
+    # ---- batch augmentation -------------------------------------------------------------
+    def augment(self, x, indices, seed, epoch, spec: AugmentSpec):
+        prm = augment_params(seed, epoch, indices, spec)
+        flip, oy, ox, cy, cx = (prm[:, k].astype(np.int64) for k in range(5))
+        reflect = spec.padding_mode == "reflect"
+        rows, row_in = _crop_source(oy, spec.H, spec.crop_padding, reflect)
+        # flipped: output column w shows the cropped column W - 1 - w
+        cols, col_in = _crop_source(ox, spec.W, spec.crop_padding, reflect)
+        cols = np.where(flip[:, None] == 1, cols[:, ::-1], cols)
+        col_in = np.where(flip[:, None] == 1, col_in[:, ::-1], col_in)
+        n = np.arange(spec.N)[:, None, None]
+        y = x[n, :, rows[:, :, None], cols[:, None, :]].transpose(0, 3, 1, 2)  # (N, C, H, W)
+        keep = row_in[:, :, None] & col_in[:, None, :]
+        if spec.cutout:
+            keep &= ~(_cutout_mask(cy, spec.H, spec.cutout)[:, :, None]
+                      & _cutout_mask(cx, spec.W, spec.cutout)[:, None, :])
+        return np.where(keep[:, None], y, x.dtype.type(0))
 
     # ---- optimizer updates (in place) ---------------------------------------------------
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step):
@@ -520,8 +624,12 @@ class NumpyBackend(Backend):
             d = d + momentum * buf if nesterov else buf
         param -= lr * d
 
-    def adam_step(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
-        g = grad + weight_decay * param if weight_decay else grad
+    def adam_step(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled=False):
+        if decoupled:  # AdamW: shrink param first, no L2 term in the gradient
+            param *= 1.0 - lr * weight_decay
+            g = grad
+        else:
+            g = grad + weight_decay * param if weight_decay else grad
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2

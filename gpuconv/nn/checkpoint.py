@@ -262,10 +262,10 @@ def read_checkpoint(path: os.PathLike[str] | str, model: Optional[Module] = None
             ckpt = _split(path, values)
             if model is not None:
                 model.check_state_dict(ckpt["model"])
-            if optimizer is not None:
+            if optimizer is not None:  # shapes and dtypes here; values once read (restore_checkpoint)
                 if ckpt["optimizer"] is None:
                     raise ValueError(f"checkpoint {path!r} holds no optimizer state")
-                optimizer.check_state_dict(ckpt["optimizer"])
+                optimizer.check_entries(ckpt["optimizer"])
         except ValueError as exc:
             raise _Refused(exc) from None
 

@@ -11,6 +11,11 @@ Parameters are :class:`Parameter` records (``data`` and ``grad`` arrays of the c
 their names are dotted paths such as ``"0.weight"`` or ``"3.body.0.bias"``, stable for a given
 architecture, and used by ``state_dict``/``load_state_dict`` and checkpoints.
 
+Buffers are state that is not trained (batch norm's running statistics): floating buffers live
+where the module's parameters live and follow ``to()``; integer buffers (counters such as
+``num_batches_tracked``) stay NumPy arrays on the host. ``state_dict`` holds both, in PyTorch's
+order: each module's parameters, then its buffers, then its children.
+
 Placement: ``model.to(name)`` moves the parameters to backend ``name`` and pins the model there:
 its ``forward`` and ``backward`` (and those of every descendant, bound on the instances by ``to``)
 then run on that backend, as do optimizer updates of its parameters, unless an explicit
@@ -34,6 +39,8 @@ def to_host(a) -> np.ndarray:
     """Any backend's array -> NumPy array on the host (no copy for NumPy arrays)."""
     if isinstance(a, np.ndarray):
         return a
+    if isinstance(a, np.generic):  # a NumPy scalar, e.g. a counter of a state dict
+        return np.asarray(a)
     current = get_backend()
     if current.is_array(a):
         return np.asarray(current.to_numpy(a))
@@ -46,6 +53,17 @@ def to_host(a) -> np.ndarray:
             return np.asarray(backend.to_numpy(a))
     raise TypeError(f"cannot move an object of type {type(a).__name__} to the host: "
                     f"it is not an array of any available backend")
+
+
+def _place_buffer(backend, host: np.ndarray):
+    """A buffer's home: floating arrays on ``backend`` (contiguous), others on the host."""
+    if host.dtype.kind == "f":
+        return backend.asarray(np.ascontiguousarray(host))
+    return host
+
+
+def _slot_value(module: Module, local: str, is_param: bool):
+    return module._parameters[local].data if is_param else module._buffers[local]
 
 
 class Parameter:
@@ -126,6 +144,7 @@ class Module:
 
     def __init__(self) -> None:
         self._parameters: OrderedDict[str, Parameter] = OrderedDict()
+        self._buffers: OrderedDict[str, object] = OrderedDict()
         self._modules: OrderedDict[str, Module] = OrderedDict()
         self.training = True
 
@@ -137,6 +156,13 @@ class Module:
         p = Parameter(self._home().asarray(np.ascontiguousarray(host_array)), self._placement)
         self._parameters[name] = p
         return p
+
+    def register_buffer(self, name: str, host_array: np.ndarray) -> None:
+        """Add a buffer from a host array: floating arrays are placed where the parameters are
+        (the module's placement, else the current backend), integer arrays stay on the host."""
+        if "." in name or not name:
+            raise ValueError(f"buffer name must be non-empty without '.', got {name!r}")
+        self._buffers[name] = _place_buffer(self._home(), np.array(host_array, copy=True))
 
     def add_module(self, name: str, module: Module) -> Module:
         if not isinstance(module, Module):
@@ -161,6 +187,23 @@ class Module:
             yield (f"{prefix}.{name}" if prefix else name), p
         for name, child in self._modules.items():
             yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def named_buffers(self, prefix: str = "") -> Iterator[Tuple[str, object]]:
+        """(dotted name, array): own buffers first, then each child's, in order."""
+        for name, b in self._buffers.items():
+            yield (f"{prefix}.{name}" if prefix else name), b
+        for name, child in self._modules.items():
+            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    def _state_slots(self, prefix: str = "") -> Iterator[Tuple[str, Module, str, bool]]:
+        """(dotted name, owning module, local name, is a parameter) of every parameter and buffer,
+        in PyTorch's state_dict order: own parameters, own buffers, then each child's."""
+        for name in self._parameters:
+            yield (f"{prefix}.{name}" if prefix else name), self, name, True
+        for name in self._buffers:
+            yield (f"{prefix}.{name}" if prefix else name), self, name, False
+        for name, child in self._modules.items():
+            yield from child._state_slots(f"{prefix}.{name}" if prefix else name)
 
     def parameters(self) -> Iterator[Parameter]:
         for _, p in self.named_parameters():
@@ -206,40 +249,48 @@ class Module:
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
-        """Ordered name -> host (NumPy) copy of each parameter."""
-        return OrderedDict((n, np.array(to_host(p.data), copy=True)) for n, p in self.named_parameters())
+        """Ordered name -> host (NumPy) copy of each parameter and buffer."""
+        return OrderedDict((name, np.array(to_host(_slot_value(m, local, is_param)), copy=True))
+                           for name, m, local, is_param in self._state_slots())
 
     def check_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Raise ValueError unless ``state`` has exactly this module's keys, shapes and dtypes."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a mapping of name -> array, got {type(state).__name__}")
-        own: Dict[str, Parameter] = dict(self.named_parameters())
+        own = {name: (m, local, is_param) for name, m, local, is_param in self._state_slots()}
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own]
         if missing or extra:
             raise ValueError(f"state_dict does not match the model: missing keys {missing}, "
                              f"unexpected keys {extra}")
-        for name, p in own.items():
+        for name, (m, local, is_param) in own.items():
+            current = _slot_value(m, local, is_param)
+            what = "parameter" if is_param else "buffer"
             value = state[name]
             shape = tuple(np.shape(value))
             dtype = np.dtype(getattr(value, "dtype", np.asarray(value).dtype))
-            if shape != p.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {shape}, the model's parameter "
-                                 f"has shape {p.shape}")
-            if dtype != p.dtype:
-                raise ValueError(f"state_dict[{name!r}] has dtype {dtype}, the model's parameter "
-                                 f"has dtype {p.dtype}")
+            if shape != tuple(current.shape):
+                raise ValueError(f"state_dict[{name!r}] has shape {shape}, the model's {what} "
+                                 f"has shape {tuple(current.shape)}")
+            if dtype != np.dtype(current.dtype):
+                raise ValueError(f"state_dict[{name!r}] has dtype {dtype}, the model's {what} "
+                                 f"has dtype {np.dtype(current.dtype)}")
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Copy host arrays into the parameters (strict: keys, shapes and dtypes must match).
+        """Copy host arrays into the parameters and buffers (strict: keys, shapes and dtypes must
+        match).
 
         Everything is validated first, so on error the module is left unchanged.
         """
         self.check_state_dict(state)
-        for name, p in self.named_parameters():
-            backend = p.placement or get_backend()
-            p.data = backend.asarray(np.array(to_host(state[name]), copy=True))
-            p.grad = None
+        for name, m, local, is_param in self._state_slots():
+            host = np.array(to_host(state[name]), copy=True)
+            if is_param:
+                p = m._parameters[local]
+                p.data = (p.placement or get_backend()).asarray(host)
+                p.grad = None
+            else:
+                m._buffers[local] = _place_buffer(m._home(), host)
 
     @property
     def placement(self) -> Optional[Backend]:
@@ -254,8 +305,8 @@ class Module:
         there: their forward and backward, and optimizer updates of their parameters, then run on
         it unless an explicit ``use_backend`` block encloses the call. ``backend=None`` keeps the
         module where it is (its placement, else the backend in force) and only casts. ``dtype``
-        casts the parameters to float32 or float64. Gradients and forward caches are dropped.
-        Returns self."""
+        casts the parameters and floating buffers to float32 or float64. Gradients and forward
+        caches are dropped. Returns self."""
         placement = self._placement if backend is None else resolve_backend(backend)
         target = placement or get_backend()
         cast = None if dtype is None else np.dtype(dtype)
@@ -269,6 +320,11 @@ class Module:
             p.grad = None
             p.placement = placement
         for _, m in self.named_modules():
+            for name, b in m._buffers.items():
+                host = to_host(b)
+                if cast is not None and host.dtype.kind == "f":
+                    host = host.astype(cast)
+                m._buffers[name] = _place_buffer(target, host)
             m._placement = placement
             m._drop_cache()
             for name in ("forward", "backward"):

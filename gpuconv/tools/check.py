@@ -49,7 +49,8 @@ __all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "CHECK_SET_SCHEMA",
 
 # model -> (in_channels, image_size, num_classes)
 MODEL_INPUTS: Dict[str, Tuple[int, int, int]] = {
-    "lenet": (1, 28, 10), "cifar-small": (3, 32, 10), "resnet20": (3, 32, 10)}
+    "lenet": (1, 28, 10), "cifar-small": (3, 32, 10), "resnet20": (3, 32, 10), "resnet20-fixup": (3, 32, 10),
+    "airbench": (3, 32, 10)}
 EMULATOR_DEFAULT_BATCH = 2
 DEFAULT_BATCH = 8
 
@@ -79,6 +80,7 @@ class _Recording:
     dys: Dict[str, np.ndarray] = field(default_factory=dict)
     dx: Dict[str, np.ndarray] = field(default_factory=dict)
     grads: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    buffers: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)  # running statistics
     logits: Optional[np.ndarray] = None
     loss: Optional[np.ndarray] = None
     dlogits: Optional[np.ndarray] = None
@@ -111,12 +113,13 @@ def _instrument(model, be, rec: _Recording) -> None:
 
 
 def fill_zero_params(state: Dict[str, np.ndarray], seed: int) -> Dict[str, np.ndarray]:
-    """Replace every all-zero parameter (zero-initialised residual branches, biases) by seeded
-    random values: N(0, 1/fan_in) for weights, N(0, 0.1²) for vectors. Returns a new dict."""
+    """Replace every all-zero floating parameter or buffer (zero-initialised residual branches,
+    biases, running means; counters stay) by seeded random values: N(0, 1/fan_in) for weights,
+    N(0, 0.1²) for vectors. Returns a new dict."""
     rng = np.random.default_rng(seed + 1)
     out = {}
     for name, a in state.items():
-        if a.size and not np.any(a):
+        if a.size and a.dtype.kind == "f" and not np.any(a):
             scale = 0.1 if a.ndim == 1 else 1.0 / math.sqrt(int(np.prod(a.shape[1:])))
             a = (rng.standard_normal(a.shape) * scale).astype(a.dtype)
         out[name] = a
@@ -164,6 +167,7 @@ def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int
     for name, layer in _leaves(model):
         rec.grads[name] = {p: np.array(be.to_numpy(a), copy=True)
                            for p, a in layer.grads.items() if a is not None}
+        rec.buffers[name] = {b: _host_copy(be, a) for b, a in layer.named_buffers() if a.dtype.kind == "f"}
     return rec
 
 
@@ -211,7 +215,8 @@ def _compare(layer: str, ltype: str, tensor: str, a: Optional[np.ndarray], ref: 
 
 def compare_recordings(ref: _Recording, other: _Recording, tol: float,
                        end_to_end: Optional[_Recording] = None) -> List[Dict[str, Any]]:
-    """One entry per (leaf layer, tensor): output, dx and every parameter gradient; then the loss
+    """One entry per (leaf layer, tensor): output, dx, every parameter gradient and every floating
+    buffer after the step (batch norm's running statistics); then the loss
     (and its gradient); then, given the other backend's whole-network run ``end_to_end``, its
     logits and loss against the reference's."""
     entries = []
@@ -221,6 +226,8 @@ def compare_recordings(ref: _Recording, other: _Recording, tol: float,
         entries.append(_compare(name, t, "dx", other.dx.get(name), ref.dx.get(name), tol))
         for p, g in ref.grads.get(name, {}).items():
             entries.append(_compare(name, t, f"d{p}", other.grads.get(name, {}).get(p), g, tol))
+        for b, v in ref.buffers.get(name, {}).items():
+            entries.append(_compare(name, t, b, other.buffers.get(name, {}).get(b), v, tol))
     entries.append(_compare("loss", "SoftmaxCrossEntropy", "output", other.loss, ref.loss, tol))
     entries.append(_compare("loss", "SoftmaxCrossEntropy", "dx", other.dlogits, ref.dlogits, tol))
     if end_to_end is not None:
