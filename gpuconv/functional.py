@@ -666,8 +666,8 @@ def augment(x: Array, seed: int, epoch: int, indices: Optional[Array] = None, *,
     backend = get_backend()
     _check_float(backend, "x", x)
     spec = geometry.augment_spec(x.shape, crop_padding, padding_mode, flip, cutout)
-    seed = geometry.check_int("seed", seed, 0)
-    epoch = geometry.check_int("epoch", epoch, 0)
+    seed = geometry.check_int("seed", seed, 0, maximum=None)  # hashed modulo 2^64
+    epoch = geometry.check_int("epoch", epoch, 0, maximum=None)  # hashed modulo 2^32
     if indices is None:
         indices = backend.asarray(np.arange(spec.N, dtype=np.int32))
     else:

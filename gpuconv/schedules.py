@@ -64,7 +64,7 @@ class Schedule:
         return None
 
     def lr_at(self, step: int) -> float:
-        return self.base_lr * self.factor(check_int("step", step, 0))
+        return self.base_lr * self.factor(check_int("step", step, 0, maximum=None))
 
     @property
     def lr(self) -> float:
@@ -120,7 +120,7 @@ def _check_state(state) -> int:
         raise TypeError(f"schedule state must be a dict, got {type(state).__name__}")
     if "kind" not in state or "step" not in state:
         raise ValueError(f"schedule state needs 'kind' and 'step', got keys {sorted(state)}")
-    return check_int("schedule state 'step'", state["step"], 0)
+    return check_int("schedule state 'step'", state["step"], 0, maximum=None)
 
 
 class Constant(Schedule):
