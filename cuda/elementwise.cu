@@ -15,19 +15,12 @@
 //
 // Dropout: keep element i iff (h(i) >> 8) >= threshold, where threshold = round(p * 2^24) and
 //   h(i) = mix(mix(i + offset) ^ key),  key = mix(seed_lo ^ mix(seed_hi ^ 0x9e3779b9)),
-//   mix = the "lowbias32" integer hash (xorshift-multiply, two rounds), all in uint32.
+//   mix = the "lowbias32" integer hash (xorshift-multiply, two rounds; cuda/counter_hash.cuh),
+//   all in uint32.
 // mask[i] = keep ? scale : 0 with scale = 1/(1-p), y[i] = x[i] * mask[i]. The same rule is
-// transcribed in NumPy by gpuconv.backends.launch.elementwise.dropout_mask_reference.
+// transcribed in NumPy by gpuconv/dropout_rng.py.
 #include "common.cuh"
-
-__device__ inline unsigned gc_mix32(unsigned x) {
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    x ^= x >> 16;
-    return x;
-}
+#include "counter_hash.cuh"
 
 // ---- element functions ---------------------------------------------------------------------------
 
@@ -158,7 +151,7 @@ template <typename T>
 __global__ void dropout_forward_v1(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ mask,
                                    int n, int seed_lo, int seed_hi, int offset, int threshold,
                                    T scale) {
-    const unsigned key = gc_mix32((unsigned)seed_lo ^ gc_mix32((unsigned)seed_hi ^ 0x9e3779b9u));
+    const unsigned key = gc_seed_key(seed_lo, seed_hi);
     GC_GRID_STRIDE_LOOP(i, n) {
         T m = gc_dropout_keep(i, (unsigned)offset, key, (unsigned)threshold) ? scale : T(0);
         mask[i] = m;
@@ -170,7 +163,7 @@ template <typename T>
 __global__ void dropout_forward_v2(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ mask,
                                    int n, int seed_lo, int seed_hi, int offset, int threshold,
                                    T scale) {
-    const unsigned key = gc_mix32((unsigned)seed_lo ^ gc_mix32((unsigned)seed_hi ^ 0x9e3779b9u));
+    const unsigned key = gc_seed_key(seed_lo, seed_hi);
     const int nv = n / 4;
     const gc_vec4<T>* x4 = reinterpret_cast<const gc_vec4<T>*>(x);
     gc_vec4<T>* y4 = reinterpret_cast<gc_vec4<T>*>(y);

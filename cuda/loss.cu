@@ -1,9 +1,12 @@
 // Softmax cross-entropy (forward and backward in one pass), the batch-mean reduction of the loss,
 // and a row-wise argmax. Templates on T (float, double). Labels are int32 (the host converts).
 //
-// For row n of logits (N, K) with label c:
-//   m = max_k x_k,  s = sum_k exp(x_k - m),  loss_n = log(s) - (x_c - m),
-//   dlogits_nk = (exp(x_k - m) / s - [k == c]) / N.
+// For row n of logits (N, K) with label c and label smoothing e in [0, 1] (PyTorch's definition:
+// the target is q_k = (1 - e) [k == c] + e / K, loss_n = -sum_k q_k log p_k):
+//   m = max_k x_k,  s = sum_k exp(x_k - m),
+//   loss_n = log(s) - (1 - e) (x_c - m) - e * (1/K) sum_k (x_k - m),
+//   dlogits_nk = (exp(x_k - m) / s - (1 - e) [k == c] - e / K) / N.
+// With e = 0 the sum over (x_k - m) is skipped and the terms with e vanish exactly.
 // A label outside [0, K) gives loss_n = NaN and a NaN dlogits row (visible, never a bad read).
 // The batch loss is mean_reduce over loss_n: one block, fixed summation order (deterministic).
 //
@@ -44,7 +47,7 @@ __device__ inline T gc_block_reduce(T v, T* red) {
 template <typename T>
 __global__ void softmax_cross_entropy_v1(const T* __restrict__ logits, const int* __restrict__ labels,
                                          T* __restrict__ dlogits, T* __restrict__ row_loss, int N,
-                                         int K) {
+                                         int K, T smoothing) {
     __shared__ T red[GC_LOSS_BLOCK];
     const int n = blockIdx.x;
     if (n >= N) return;  // uniform over the block
@@ -61,12 +64,19 @@ __global__ void softmax_cross_entropy_v1(const T* __restrict__ logits, const int
     T s = T(0);
     for (int k = threadIdx.x; k < K; k += GC_LOSS_BLOCK) s += gc_exp(x[k] - m);
     s = gc_block_reduce<T, GC_LOSS_BLOCK, false>(s, red);
+    T shifted_sum = T(0);  // sum_k (x_k - m), only for label smoothing
+    if (smoothing != T(0)) {  // uniform over the block
+        for (int k = threadIdx.x; k < K; k += GC_LOSS_BLOCK) shifted_sum += x[k] - m;
+        shifted_sum = gc_block_reduce<T, GC_LOSS_BLOCK, false>(shifted_sum, red);
+    }
 
     const bool valid = label >= 0 && label < K;
     const T bad = valid ? T(0) : gc_nan<T>();
+    const T keep = T(1) - smoothing, spread = smoothing / T(K);
     for (int k = threadIdx.x; k < K; k += GC_LOSS_BLOCK)
-        d[k] = (gc_exp(x[k] - m) / s - (k == label ? T(1) : T(0))) / T(N) + bad;
-    if (threadIdx.x == 0) row_loss[n] = valid ? gc_log(s) - (x[label] - m) : gc_nan<T>();
+        d[k] = (gc_exp(x[k] - m) / s - (k == label ? keep : T(0)) - spread) / T(N) + bad;
+    if (threadIdx.x == 0)
+        row_loss[n] = valid ? gc_log(s) - keep * (x[label] - m) - spread * shifted_sum : gc_nan<T>();
 }
 
 template <typename T>
@@ -88,7 +98,7 @@ __device__ inline T gc_warp_sum(T v) {
 template <typename T>
 __global__ void softmax_cross_entropy_v2(const T* __restrict__ logits, const int* __restrict__ labels,
                                          T* __restrict__ dlogits, T* __restrict__ row_loss, int N,
-                                         int K) {
+                                         int K, T smoothing) {
     // blockDim = (32, rows per block); the whole warp leaves together when its row is past N.
     const int n = blockIdx.x * blockDim.y + threadIdx.y;
     if (n >= N) return;
@@ -106,12 +116,19 @@ __global__ void softmax_cross_entropy_v2(const T* __restrict__ logits, const int
     T s = T(0);
     for (int k = lane; k < K; k += GC_WARP_SIZE) s += gc_exp(x[k] - m);
     s = gc_warp_sum(s);
+    T shifted_sum = T(0);  // sum_k (x_k - m), only for label smoothing
+    if (smoothing != T(0)) {  // uniform over the warp
+        for (int k = lane; k < K; k += GC_WARP_SIZE) shifted_sum += x[k] - m;
+        shifted_sum = gc_warp_sum(shifted_sum);
+    }
 
     const bool valid = label >= 0 && label < K;
     const T bad = valid ? T(0) : gc_nan<T>();
+    const T keep = T(1) - smoothing, spread = smoothing / T(K);
     for (int k = lane; k < K; k += GC_WARP_SIZE)
-        d[k] = (gc_exp(x[k] - m) / s - (k == label ? T(1) : T(0))) / T(N) + bad;
-    if (lane == 0) row_loss[n] = valid ? gc_log(s) - (x[label] - m) : gc_nan<T>();
+        d[k] = (gc_exp(x[k] - m) / s - (k == label ? keep : T(0)) - spread) / T(N) + bad;
+    if (lane == 0)
+        row_loss[n] = valid ? gc_log(s) - keep * (x[label] - m) - spread * shifted_sum : gc_nan<T>();
 }
 
 template <typename T>

@@ -10,10 +10,13 @@
 //   m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
 //   param -= step_size * m / (sqrt(v) / sqrt_bias_correction2 + eps)
 // with step_size = lr / (1 - beta1^step) and sqrt_bias_correction2 = sqrt(1 - beta2^step).
+// AdamW (decoupled weight decay, Loshchilov and Hutter; PyTorch's rule) is the same kernel with
+// weight_decay = 0 and param_scale = 1 - lr * decay, which multiplies param before the update:
+//   param = param * param_scale - step_size * m / (...)    (Adam: param_scale = 1, exact)
 // Every derived constant (1 - beta, 1 - dampening, step_size, the bias correction) is computed on
 // the host in float64 and passed as T: 1 - float(0.999) in float32 would be off by 1.3e-5.
 //
-// Versions (ops "sgd_step", "adam_step"): v1 only (one element per loop step; the update is
+// Versions (ops "sgd_step", "adam_step"; AdamW is adam_step): v1 only (one element per loop step; the update is
 // bandwidth-bound and reads/writes 3-4 arrays once, so there is little left to win).
 #include "common.cuh"
 
@@ -38,7 +41,7 @@ template <typename T>
 __global__ void adam_step_v1(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ m,
                              T* __restrict__ v, int n, T beta1, T one_minus_beta1, T beta2,
                              T one_minus_beta2, T eps, T weight_decay, T step_size,
-                             T sqrt_bias_correction2) {
+                             T sqrt_bias_correction2, T param_scale) {
     GC_GRID_STRIDE_LOOP(i, n) {
         const T p = param[i];
         T g = grad[i];
@@ -47,6 +50,6 @@ __global__ void adam_step_v1(T* __restrict__ param, const T* __restrict__ grad, 
         const T vi = beta2 * v[i] + one_minus_beta2 * (g * g);
         m[i] = mi;
         v[i] = vi;
-        param[i] = p - step_size * (mi / (gc_sqrt(vi) / sqrt_bias_correction2 + eps));
+        param[i] = p * param_scale - step_size * (mi / (gc_sqrt(vi) / sqrt_bias_correction2 + eps));
     }
 }

@@ -9,7 +9,8 @@
 // Rules (shared with the NumPy reference, gpuconv/backends/numpy_backend.py):
 //   max  y = max over the real cells of the window; index = h*W + w inside the input plane of the
 //        first maximum in raster order; the first NaN wins and propagates; padding never wins; a
-//        window without any real cell gives -inf and index -1.
+//        window without any real cell gives -inf and index -1. Backward routes dy only to a cell
+//        of the output's own window that its index names; any other index routes nothing.
 //   avg  y = (sum of real cells) / divisor, divisor = divisor_override if > 0, else the window
 //        clipped to the padded input (count_include_pad) or to the input (dilation must be 1).
 //   l2   y = sqrt(sum of x^2 over real cells); dx = x * sum over covering windows of dy/y,
@@ -142,7 +143,10 @@ __global__ void max_pool2d_backward_v1(const T* __restrict__ dy, const int* __re
         for (int p = p_lo; p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q) {
                 const long long o = base + p * Q + q;
-                if (indices[o] == target) s += dy[o];
+                // Only an index naming a cell of o's own window counts (dilation: on its grid).
+                if (indices[o] == target && (h + pad_h - p * stride_h) % dil_h == 0 &&
+                    (w + pad_w - q * stride_w) % dil_w == 0)
+                    s += dy[o];
             }
         dx[e] = s;
     }
@@ -226,9 +230,13 @@ __global__ void max_pool2d_backward_v2(const T* __restrict__ dy, const int* __re
         for (int p = p_lo; p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q) {
                 const long long o = base + p * Q + q;
-                // An index always lies inside its own window, so matching it is enough.
+                // Only an index naming a cell of o's own window counts (any other routes nothing).
                 const int k_hit = indices[o] - first;
                 if (k_hit < 0 || k_hit >= n) continue;
+                const int col = w0 + k_hit + pad_w - q * stride_w;  // the cell's offset in window q
+                if (col < 0 || col > (S - 1) * dil_w || col % dil_w ||
+                    (h + pad_h - p * stride_h) % dil_h)
+                    continue;
                 const T g = dy[o];
 #pragma unroll
                 for (int k = 0; k < GC_POOL_RUN; ++k)

@@ -13,6 +13,7 @@ the forward function's arguments.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
@@ -28,7 +29,9 @@ __all__ = [
     "l2_pool2d", "l2_pool2d_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "dropout",
     "add", "mul",
-    "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step",
+    "linear", "linear_backward", "softmax_cross_entropy", "sgd_step", "adam_step", "adamw_step",
+    "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",
+    "augment",
 ]
 
 Array = Any
@@ -40,20 +43,93 @@ INDEX_DTYPE = np.dtype(np.int32)
 # ---- shared validators ---------------------------------------------------------------------
 
 def _array_origin(a) -> str:
-    """Which backend an array of this type belongs to, for error messages."""
-    module = type(a).__module__.split(".")[0]
-    return {"numpy": "numpy", "cupy": "cuda"}.get(module, f"{module}.{type(a).__qualname__}")
+    """Which backend an array of this type belongs to ("numpy", "cuda"), or "" for a foreign type."""
+    return {"numpy": "numpy", "cupy": "cuda"}.get(type(a).__module__.split(".")[0], "")
+
+
+# DLPack device types (dlpack.h): host memory, CUDA device memory.
+_DL_CPU, _DL_CUDA = 1, 2
+
+
+def _foreign_device(a) -> Optional[str]:
+    """"cpu" or "cuda" for an array of another library that exports DLPack or the CUDA array
+    interface (a torch tensor, a CuPy array seen from the CPU backends); None otherwise."""
+    if isinstance(a, np.ndarray):
+        return None
+    if hasattr(a, "__cuda_array_interface__"):
+        return "cuda"
+    device = getattr(a, "__dlpack_device__", None)
+    if device is None or not hasattr(a, "__dlpack__"):
+        return None
+    try:
+        kind = int(device()[0])
+    except Exception:  # an object that cannot say where it lives is not one we can take
+        return None
+    return {_DL_CPU: "cpu", _DL_CUDA: "cuda"}.get(kind, f"DLPack device type {kind}")
+
+
+def _describe_type(a) -> str:
+    return f"{type(a).__module__}.{type(a).__qualname__}"
+
+
+def _adopt(backend: Backend, name: str, a):
+    """``a`` as an array of ``backend`` when it is another library's array in the backend's memory
+    (DLPack or CUDA array interface, zero-copy); anything else is returned unchanged."""
+    where = _foreign_device(a)
+    if where is None:
+        return a
+    home = "cpu" if backend.xp is np else "cuda"
+    if where != home:
+        fix = ("move it to the host first (torch: x.cpu(); CuPy: x.get()) or run on the cuda backend"
+               if home == "cpu" else "move it to the GPU first (torch: x.cuda()) or run on a CPU backend")
+        raise TypeError(f"{name} is a {_describe_type(a)} in {where} memory but the active backend "
+                        f"{backend.name!r} works on {home} memory: {fix}")
+    try:
+        if hasattr(a, "__dlpack__"):
+            return backend.xp.from_dlpack(a)
+        return backend.xp.asarray(a)
+    except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+        raise TypeError(f"{name}: cannot take the {_describe_type(a)} through DLPack ({exc}); "
+                        f"convert it to an array of backend {backend.name!r} first") from None
+
+
+class _Foreign(Exception):
+    """Raised by the checks when an argument is another library's array, so ``_accepts_foreign``
+    converts the arguments and calls the op again."""
+
+
+def _accepts_foreign(op: Callable[..., _R]) -> Callable[..., _R]:
+    """Let ``op`` take other libraries' arrays that live where the backend computes (see
+    ``_adopt``). Costs nothing until a check meets one: then every argument is converted and the
+    op runs again (checks come before any work, so nothing ran twice)."""
+    @functools.wraps(op)
+    def call(*args, **kwargs):
+        try:
+            return op(*args, **kwargs)
+        except _Foreign:
+            backend = get_backend()
+            names = list(inspect.signature(op).parameters)
+            args = tuple(_adopt(backend, names[i], a) for i, a in enumerate(args))
+            kwargs = {k: _adopt(backend, k, v) for k, v in kwargs.items()}
+            return op(*args, **kwargs)
+    return call
 
 
 def _check_array(backend: Backend, name: str, a) -> None:
     if not backend.is_array(a):
+        if _foreign_device(a) is not None:
+            raise _Foreign(name)
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"{name} must be an array of the active backend {backend.name!r}, "
                             f"got {type(a).__name__}")
+        origin = _array_origin(a)
+        if not origin:
+            raise TypeError(f"{name} is a {_describe_type(a)}, not an array of the active backend "
+                            f"{backend.name!r}: convert it with get_backend().asarray()")
         raise TypeError(
-            f"{name} is an array of backend {_array_origin(a)!r} ({type(a).__module__}."
-            f"{type(a).__qualname__}) but the active backend is {backend.name!r} (mixed backends): "
-            f"convert it with get_backend().asarray() or run under use_backend({_array_origin(a)!r})")
+            f"{name} is an array of backend {origin!r} ({_describe_type(a)}) but the active backend "
+            f"is {backend.name!r} (mixed backends): convert it with get_backend().asarray() or run "
+            f"under use_backend({origin!r})")
 
 
 def _check_float(backend: Backend, name: str, a) -> None:
@@ -183,6 +259,7 @@ def _conv2d_backward_checks(backend: Backend, dy, x, weight, stride, padding, di
     return g
 
 
+@_accepts_foreign
 def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPair = 1,
            padding: Padding = 0, dilation: IntPair = 1, groups: int = 1) -> Array:
     """2-D cross-correlation: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q).
@@ -195,6 +272,7 @@ def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPai
     return backend.conv2d(x, weight, bias, g)
 
 
+@_accepts_foreign
 def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: Padding = 0,
                     dilation: IntPair = 1, groups: int = 1, *, need_dx: bool = True,
                     need_dw: bool = True, need_db: bool = True
@@ -220,6 +298,7 @@ def _pool_dy(backend: Backend, dy, g: geometry.PoolGeometry) -> None:
     _check_shape_equals("dy", dy, g.y_shape, "the pooling output shape (N, C, P, Q)")
 
 
+@_accepts_foreign
 def max_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                dilation: IntPair = 1, ceil_mode: bool = False) -> Tuple[Array, Array]:
     """Max pooling: x (N, C, H, W) -> (y (N, C, P, Q), indices int32 (N, C, P, Q)).
@@ -234,13 +313,17 @@ def max_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None,
     return backend.max_pool2d(x, g)
 
 
+@_accepts_foreign
 def max_pool2d_backward(dy: Array, indices: Array, x_shape: Sequence[int], kernel_size: IntPair,
                         stride: Optional[IntPair] = None, padding: IntPair = 0, dilation: IntPair = 1,
                         ceil_mode: bool = False) -> Array:
     """Gradient of max_pool2d: dy and indices (N, C, P, Q) -> dx (N, C, H, W) with x_shape.
 
     Each dy element goes to the input element its index names (accumulated where windows
-    overlap); index -1 contributes nothing.
+    overlap) when that element is a cell of the output's own window, as every index
+    ``max_pool2d`` returns is. Any other index (-1 for an empty window, a value outside the
+    input plane, a cell of another window) contributes nothing, on every backend: the kernels
+    apply this rule as they gather, so the device needs no check and no host synchronisation.
     """
     backend = get_backend()
     g = geometry.pool2d_geometry(_check_x_shape(x_shape), kernel_size, stride, padding, dilation,
@@ -255,6 +338,7 @@ def _avg_options(count_include_pad, divisor_override) -> Tuple[bool, Optional[in
             geometry.check_divisor_override(divisor_override))
 
 
+@_accepts_foreign
 def avg_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                ceil_mode: bool = False, count_include_pad: bool = True,
                divisor_override: Optional[int] = None) -> Array:
@@ -266,6 +350,7 @@ def avg_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None,
     return backend.avg_pool2d(x, g, cip, div)
 
 
+@_accepts_foreign
 def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair,
                         stride: Optional[IntPair] = None, padding: IntPair = 0, ceil_mode: bool = False,
                         count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Array:
@@ -277,6 +362,7 @@ def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair,
     return backend.avg_pool2d_backward(dy, g, cip, div, dy.dtype)
 
 
+@_accepts_foreign
 def l2_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
               ceil_mode: bool = False) -> Array:
     """L2-norm pooling: y = sqrt(sum of x^2 over the zero-padded window); (N, C, H, W) -> (N, C, P, Q)."""
@@ -286,6 +372,7 @@ def l2_pool2d(x: Array, kernel_size: IntPair, stride: Optional[IntPair] = None, 
     return backend.l2_pool2d(x, g)
 
 
+@_accepts_foreign
 def l2_pool2d_backward(dy: Array, x: Array, y: Array, kernel_size: IntPair,
                        stride: Optional[IntPair] = None, padding: IntPair = 0,
                        ceil_mode: bool = False) -> Array:
@@ -322,46 +409,55 @@ def _unary_backward(dy, y):
     return _same_shape_pair("dy", dy, "y", y)
 
 
+@_accepts_foreign
 def relu(x: Array) -> Array:
     """max(x, 0), any shape."""
     return _unary("x", x).relu(x)
 
 
+@_accepts_foreign
 def relu_backward(dy: Array, y: Array) -> Array:
     """dy where y > 0 else 0; dy and y (relu's output) of one shape."""
     return _unary_backward(dy, y).relu_backward(dy, y)
 
 
+@_accepts_foreign
 def sigmoid(x: Array) -> Array:
     """1 / (1 + exp(-x)), any shape, without overflow."""
     return _unary("x", x).sigmoid(x)
 
 
+@_accepts_foreign
 def sigmoid_backward(dy: Array, y: Array) -> Array:
     """dy * y * (1 - y); y is sigmoid's output, same shape as dy."""
     return _unary_backward(dy, y).sigmoid_backward(dy, y)
 
 
+@_accepts_foreign
 def tanh(x: Array) -> Array:
     """tanh(x), any shape."""
     return _unary("x", x).tanh(x)
 
 
+@_accepts_foreign
 def tanh_backward(dy: Array, y: Array) -> Array:
     """dy * (1 - y^2); y is tanh's output, same shape as dy."""
     return _unary_backward(dy, y).tanh_backward(dy, y)
 
 
+@_accepts_foreign
 def add(a: Array, b: Array) -> Array:
     """a + b element-wise; a and b of one shape and dtype (residual connections)."""
     return _same_shape_pair("b", b, "a", a).add(a, b)
 
 
+@_accepts_foreign
 def mul(a: Array, b: Array) -> Array:
     """a * b element-wise; a and b of one shape and dtype (dropout's backward)."""
     return _same_shape_pair("b", b, "a", a).mul(a, b)
 
 
+@_accepts_foreign
 def dropout(x: Array, p: float, seed: int) -> Tuple[Array, Array]:
     """Inverted dropout: (y, mask), mask in {0, 1/(1-p)} of x's shape and dtype, y = x * mask.
 
@@ -369,7 +465,7 @@ def dropout(x: Array, p: float, seed: int) -> Tuple[Array, Array]:
     """
     backend = _unary("x", x)
     p = geometry.check_real("p", p, 0.0, 1.0)
-    seed = geometry.check_int("seed", seed, 0)
+    seed = geometry.check_int("seed", seed, 0, maximum=None)
     return backend.dropout(x, p, seed)
 
 
@@ -385,6 +481,7 @@ def _linear_args(backend: Backend, x, weight) -> None:
                          f"{tuple(x.shape)}, got {tuple(weight.shape)}")
 
 
+@_accepts_foreign
 def linear(x: Array, weight: Array, bias: Optional[Array] = None) -> Array:
     """x (N, I) @ weight (O, I)^T + bias (O,) -> (N, O)."""
     backend = get_backend()
@@ -396,6 +493,7 @@ def linear(x: Array, weight: Array, bias: Optional[Array] = None) -> Array:
     return backend.linear(x, weight, bias)
 
 
+@_accepts_foreign
 def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
                     ) -> Tuple[Array, Array, Optional[Array]]:
     """Gradients of linear: dy (N, O) -> (dx (N, I), dweight (O, I), dbias (O,) or None)."""
@@ -407,10 +505,16 @@ def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
     return backend.linear_backward(dy, x, weight, _check_bool("need_db", need_db))
 
 
-def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[Array, Array]:
+@_accepts_foreign
+def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0
+                          ) -> Tuple[Array, Array]:
     """Mean cross-entropy of softmax(logits): logits (N, classes), labels integer (N,) in
-    [0, classes) -> (loss as a 0-d array, dlogits (N, classes)); numerically stable."""
+    [0, classes) -> (loss as a 0-d array, dlogits (N, classes)); numerically stable.
+
+    ``label_smoothing`` e in [0, 1] is PyTorch's: the target of row n is (1 - e) at its label
+    plus e / classes everywhere."""
     backend = get_backend()
+    label_smoothing = geometry.check_real("label_smoothing", label_smoothing, 0.0, 1.0)
     _check_float(backend, "logits", logits)
     _check_rank("logits", logits, 2)
     _check_array(backend, "labels", labels)
@@ -427,7 +531,157 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[Array, Array]:
         raise ValueError(f"logits must have at least one row, got shape {tuple(logits.shape)}")
     if labels.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
         labels = labels.astype(np.int64)
-    return backend.softmax_cross_entropy(logits, labels)
+    return backend.softmax_cross_entropy(logits, labels, label_smoothing)
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+def _check_channel_vector(backend: Backend, name: str, a, g: geometry.NormGeometry) -> None:
+    _check_float(backend, name, a)
+    _check_shape_equals(name, a, g.stats_shape, "one value per channel of x")
+
+
+@_remembered
+def _batch_norm_checks(backend: Backend, x, running_mean, running_var, weight, bias, training,
+                       momentum, eps):
+    _check_float(backend, "x", x)
+    training = _check_bool("training", training)
+    g = geometry.batch_norm_geometry(x.shape, training)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be arrays or both be None, got "
+                         f"{'None' if running_mean is None else 'an array'} and "
+                         f"{'None' if running_var is None else 'an array'}")
+    if running_mean is None and not training:
+        raise ValueError("running_mean and running_var are required when training=False "
+                         "(evaluation normalises with the running statistics)")
+    for name, a in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if a is not None:
+            _check_channel_vector(backend, name, a, g)
+    _check_same_dtype([("x", x), ("running_mean", running_mean), ("running_var", running_var),
+                       ("weight", weight), ("bias", bias)])
+    momentum = geometry.check_real("momentum", momentum, 0.0, 1.0)
+    eps = geometry.check_real("eps", eps, 0.0, lo_open=True)
+    return g, training, momentum, eps
+
+
+@_remembered
+def _batch_norm_backward_checks(backend: Backend, dy, x, y, weight, saved_mean, saved_invstd, training):
+    _check_float(backend, "x", x)
+    training = _check_bool("training", training)
+    g = geometry.batch_norm_geometry(x.shape, training)
+    _check_float(backend, "dy", dy)
+    _check_shape_equals("dy", dy, x.shape, "the shape of x")
+    if y is not None:
+        _check_float(backend, "y", y)
+        _check_shape_equals("y", y, x.shape, "the shape of x (the forward output)")
+    for name, a in (("weight", weight), ("saved_mean", saved_mean), ("saved_invstd", saved_invstd)):
+        if a is not None:
+            _check_channel_vector(backend, name, a, g)
+    _check_same_dtype([("dy", dy), ("x", x), ("y", y), ("weight", weight), ("saved_mean", saved_mean),
+                       ("saved_invstd", saved_invstd)])
+    return g, training
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu: bool):
+    backend = get_backend()
+    g, training, momentum, eps = _batch_norm_checks(backend, x, running_mean, running_var, weight, bias,
+                                                    training, momentum, eps)
+    return backend.batch_norm(x, running_mean, running_var, weight, bias, g, training, momentum, eps,
+                              relu)
+
+
+def _batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, training):
+    backend = get_backend()
+    if saved_mean is None or saved_invstd is None:
+        raise ValueError("saved_mean and saved_invstd (returned by the forward call) are required")
+    g, training = _batch_norm_backward_checks(backend, dy, x, y, weight, saved_mean, saved_invstd,
+                                              training)
+    return backend.batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, g, training)
+
+
+@_accepts_foreign
+def batch_norm(x: Array, running_mean: Optional[Array], running_var: Optional[Array],
+               weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tuple[Array, Array, Array]:
+    """Batch normalisation over channel 1 of x (N, C, *) -> (y, saved_mean (C,), saved_invstd (C,)).
+
+    y = (x - mean) * invstd * weight + bias (weight 1 and bias 0 when None). In training, mean
+    and the biased variance var are the batch's per-channel statistics, invstd = 1/sqrt(var + eps),
+    and, unless they are None, ``running_mean``/``running_var`` are updated in place:
+    running = (1 - momentum) * running + momentum * batch value, with the unbiased variance
+    (var * count / (count - 1)) for running_var. In evaluation the running statistics normalise
+    and are returned as the saved ones (saved_invstd = 1/sqrt(running_var + eps)). See
+    docs/batchnorm.md.
+    """
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, False)
+
+
+@_accepts_foreign
+def batch_norm_backward(dy: Array, x: Array, weight: Optional[Array], saved_mean: Array,
+                        saved_invstd: Array, training: bool = True) -> Tuple[Array, Array, Array]:
+    """Gradients of batch_norm: dy (N, C, *) -> (dx, dweight (C,), dbias (C,)).
+
+    With xhat = (x - saved_mean) * saved_invstd: dbias = sum dy and dweight = sum dy * xhat over
+    each channel (returned whether or not the forward had weight and bias). In training (through
+    the batch statistics, count values per channel)
+    dx = weight * saved_invstd * (dy - dbias / count - xhat * dweight / count); in evaluation
+    (statistics fixed) dx = weight * saved_invstd * dy.
+    """
+    return _batch_norm_backward(dy, x, None, weight, saved_mean, saved_invstd, training)
+
+
+@_accepts_foreign
+def batch_norm_relu(x: Array, running_mean: Optional[Array], running_var: Optional[Array],
+                    weight: Optional[Array] = None, bias: Optional[Array] = None, training: bool = False,
+                    momentum: float = 0.1, eps: float = 1e-5) -> Tuple[Array, Array, Array]:
+    """relu(batch_norm(x, ...)) in one pass: the same statistics, running-statistics update and
+    saved values as batch_norm, y = max(batch-normalised x, 0)."""
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, True)
+
+
+@_accepts_foreign
+def batch_norm_relu_backward(dy: Array, x: Array, y: Array, weight: Optional[Array], saved_mean: Array,
+                             saved_invstd: Array, training: bool = True) -> Tuple[Array, Array, Array]:
+    """Gradients of batch_norm_relu: batch_norm_backward of (dy where y > 0, else 0); y is the
+    forward output."""
+    return _batch_norm_backward(dy, x, y, weight, saved_mean, saved_invstd, training)
+
+
+# ---- batch augmentation --------------------------------------------------------------------
+
+@_accepts_foreign
+def augment(x: Array, seed: int, epoch: int, indices: Optional[Array] = None, *, crop_padding: int = 0,
+            padding_mode: str = "zeros", flip: str = "none", cutout: int = 0) -> Array:
+    """Augment a batch of images x (N, C, H, W) on the device -> y of x's shape and dtype.
+
+    Each image is padded by ``crop_padding`` on every side (``padding_mode`` "zeros" or
+    "reflect") and cropped back to H x W at a random offset, flipped horizontally (``flip``:
+    "none", "random" with probability 1/2, or "alternate": a fixed random half of the images in
+    even epochs and the other half in odd epochs), and a ``cutout`` x ``cutout`` square of it
+    is set to zero (0: none). The draws of image n hash (seed, epoch, indices[n])
+    (``gpuconv.augment_rng``): pass the images' dataset indices, an int array (N,) of the
+    active backend with values in [0, 2^31); None means 0 ... N-1.
+    """
+    backend = get_backend()
+    _check_float(backend, "x", x)
+    spec = geometry.augment_spec(x.shape, crop_padding, padding_mode, flip, cutout)
+    seed = geometry.check_int("seed", seed, 0, maximum=None)  # hashed modulo 2^64
+    epoch = geometry.check_int("epoch", epoch, 0, maximum=None)  # hashed modulo 2^32
+    if indices is None:
+        indices = backend.asarray(np.arange(spec.N, dtype=np.int32))
+    else:
+        _check_array(backend, "indices", indices)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"indices must be an integer array (image indices), got dtype {indices.dtype}")
+        _check_shape_equals("indices", indices, (spec.N,), "one index per image of x")
+        if indices.size:
+            lo, hi = int(indices.min()), int(indices.max())
+            if lo < 0 or hi > geometry.INT32_MAX:
+                raise ValueError(f"indices must lie in [0, 2^31), got values in [{lo}, {hi}]")
+        if indices.dtype != INDEX_DTYPE:
+            indices = indices.astype(INDEX_DTYPE)
+    return backend.augment(x, indices, seed, epoch, spec)
 
 
 # ---- optimizer updates (in place) ----------------------------------------------------------
@@ -440,6 +694,7 @@ def _check_state(backend: Backend, param, named: Sequence[Tuple[str, Any]]) -> N
     _check_same_dtype([("param", param), *named])
 
 
+@_accepts_foreign
 def sgd_step(param: Array, grad: Array, buf: Optional[Array] = None, *, lr: float,
              momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
              nesterov: bool = False, first_step: bool = False) -> None:
@@ -464,17 +719,33 @@ def sgd_step(param: Array, grad: Array, buf: Optional[Array] = None, *, lr: floa
                      nesterov, first_step)
 
 
+@_accepts_foreign
 def adam_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: float = 1e-3,
               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
               weight_decay: float = 0.0) -> None:
     """One Adam update of ``param`` in place (PyTorch's rule, L2 weight decay); ``m`` and ``v``
     (param's shape) are the moment estimates, ``step`` counts updates from 1."""
+    _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, False)
+
+
+@_accepts_foreign
+def adamw_step(param: Array, grad: Array, m: Array, v: Array, step: int, *, lr: float = 1e-3,
+               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+               weight_decay: float = 1e-2) -> None:
+    """One AdamW update of ``param`` in place (PyTorch's rule: decoupled weight decay,
+    param *= 1 - lr * weight_decay, then the Adam update without an L2 term); arguments as
+    adam_step."""
+    _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, True)
+
+
+def _adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled: bool) -> None:
     backend = get_backend()
-    step = geometry.check_int("step", step, 1)
+    step = geometry.check_int("step", step, 1, maximum=2**63 - 1)
     lr = geometry.check_real("lr", lr, 0.0)
     beta1 = geometry.check_real("beta1", beta1, 0.0, 1.0, hi_open=True)
     beta2 = geometry.check_real("beta2", beta2, 0.0, 1.0, hi_open=True)
     eps = geometry.check_real("eps", eps, 0.0)
     weight_decay = geometry.check_real("weight_decay", weight_decay, 0.0)
     _check_state(backend, param, [("grad", grad), ("m", m), ("v", v)])
-    backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    backend.adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)
+

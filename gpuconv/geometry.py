@@ -18,6 +18,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
+import numpy as np
+
 IntPair = Union[int, Tuple[int, int]]
 Padding = Union[int, Tuple[int, int], str]
 
@@ -27,14 +29,17 @@ INT32_MAX = 2**31 - 1
 COORD_LIMIT = 2**29
 
 
-def check_int(name: str, value, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``: Python and NumPy integers pass; bools (NumPy's are not
-    Integral either) and floats do not."""
+def check_int(name: str, value, minimum: int, maximum: Optional[int] = INT32_MAX) -> int:
+    """``value`` as an int in [``minimum``, ``maximum``]: Python and NumPy integers pass; bools
+    (NumPy's are not Integral either) and floats do not. The default maximum is the int32 limit
+    of the kernels' arguments; ``maximum=None`` means unbounded."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -238,6 +243,15 @@ def pool2d_geometry(x_shape, kernel_size: IntPair, stride: Optional[IntPair] = N
         raise ValueError(
             f"padding {(ph, pw)} must be at most half the effective window {(eh, ew)}, "
             f"i.e. at most {(eh // 2, ew // 2)}")
+    for axis, size, pad, eff in (("height", H, ph, eh), ("width", W, pw, ew)):
+        if size + pad + eff > INT32_MAX:
+            raise ValueError(
+                f"input {axis} {size} plus padding {pad} plus effective window {eff} exceeds "
+                f"{INT32_MAX}, the limit of the kernels' int32 coordinates: reduce padding, "
+                f"kernel_size or dilation")
+    if kh * kw > INT32_MAX:
+        raise ValueError(f"kernel_size {(kh, kw)} covers {kh * kw} cells, more than {INT32_MAX} "
+                         f"(the kernels count window cells in int32)")
     P = pool_output_size(H, kh, sh, ph, dh, bool(ceil_mode))
     Q = pool_output_size(W, kw, sw, pw, dw, bool(ceil_mode))
     if P < 1 or Q < 1:
@@ -251,7 +265,8 @@ def pool2d_geometry(x_shape, kernel_size: IntPair, stride: Optional[IntPair] = N
 
 def avg_pool_divisor(g: PoolGeometry, oh: int, ow: int, count_include_pad: bool,
                      divisor_override: Optional[int]) -> int:
-    """PyTorch's average-pooling divisor for output cell (oh, ow) (dilation must be 1).
+    """PyTorch's average-pooling divisor for output cell (oh, ow) (dilation must be 1); ``oh``
+    and ``ow`` may be integer arrays, which broadcast.
 
     The window is clipped to the padded input; ``count_include_pad`` counts the padded cells
     inside that, otherwise only the real input cells count.
@@ -259,13 +274,93 @@ def avg_pool_divisor(g: PoolGeometry, oh: int, ow: int, count_include_pad: bool,
     if divisor_override is not None:
         return divisor_override
     h0, w0 = oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w
-    h1, w1 = min(h0 + g.R, g.H + g.pad_h), min(w0 + g.S, g.W + g.pad_w)
+    h1, w1 = np.minimum(h0 + g.R, g.H + g.pad_h), np.minimum(w0 + g.S, g.W + g.pad_w)
     if count_include_pad:
         return (h1 - h0) * (w1 - w0)
-    return (min(h1, g.H) - max(h0, 0)) * (min(w1, g.W) - max(w0, 0))
+    return (np.minimum(h1, g.H) - np.maximum(h0, 0)) * (np.minimum(w1, g.W) - np.maximum(w0, 0))
 
 
 def check_divisor_override(divisor_override) -> Optional[int]:
     if divisor_override is None:
         return None
     return check_int("divisor_override", divisor_override, 1)
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NormGeometry:
+    """x (N, C, *spatial) seen as (N, C, S): per-channel statistics over the N*S values of a
+    channel (``count``)."""
+
+    N: int
+    C: int
+    S: int
+
+    @property
+    def count(self) -> int:
+        return self.N * self.S
+
+    @property
+    def stats_shape(self) -> Tuple[int]:
+        return (self.C,)
+
+
+def batch_norm_geometry(x_shape, training: bool) -> NormGeometry:
+    """(N, C, S) of a batch-norm input of rank 2 to 4 ((N, C), (N, C, L), (N, C, H, W), as
+    PyTorch's batch_norm). Training needs more than one value per channel: the unbiased variance
+    of the running statistics divides by count - 1, and a single value normalises to 0."""
+    shape = tuple(int(s) for s in x_shape)
+    if not 2 <= len(shape) <= 4:
+        raise ValueError(f"x must have rank 2, 3 or 4 ((N, C), (N, C, L) or (N, C, H, W)), got shape {shape}")
+    if shape[1] < 1:
+        raise ValueError(f"x must have at least one channel (dimension 1), got shape {shape}")
+    check_int32_offsets("x", shape)
+    N, C, S = shape[0], shape[1], math.prod(shape[2:])
+    if training and N * S <= 1:
+        raise ValueError(f"batch norm in training needs more than one value per channel, got x of "
+                         f"shape {shape} ({N * S} per channel)")
+    return NormGeometry(N, C, S)
+
+
+# ---- batch augmentation --------------------------------------------------------------------
+
+FLIP_MODES = ("none", "random", "alternate")
+PADDING_MODES = ("zeros", "reflect")
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """What ``functional.augment`` does to each image of an (N, C, H, W) batch: a random crop of
+    the image padded by ``crop_padding`` on every side (``padding_mode`` zeros or reflect), a
+    horizontal flip (``flip``: none, random, alternate) and a ``cutout`` x ``cutout`` square of
+    zeros (0: none)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    crop_padding: int
+    padding_mode: str
+    flip: str
+    cutout: int
+
+
+def augment_spec(x_shape, crop_padding, padding_mode: str, flip: str, cutout) -> AugmentSpec:
+    shape = check_shape("x", x_shape, 4)
+    check_int32_offsets("x", shape)
+    N, C, H, W = shape
+    crop_padding = check_int("crop_padding", crop_padding, 0)
+    cutout = check_int("cutout", cutout, 0)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
+    if flip not in FLIP_MODES:
+        raise ValueError(f"flip must be one of {', '.join(FLIP_MODES)}, got {flip!r}")
+    if crop_padding > COORD_LIMIT:
+        raise ValueError(f"crop_padding must be at most {COORD_LIMIT}, got {crop_padding}")
+    if padding_mode == "reflect" and crop_padding >= min(H, W):
+        raise ValueError(f"padding_mode 'reflect' needs crop_padding < min(H, W) = {min(H, W)} (a reflection "
+                         f"repeats no edge pixel), got crop_padding={crop_padding}")
+    if cutout > max(H, W):
+        raise ValueError(f"cutout must be at most max(H, W) = {max(H, W)}, got {cutout}")
+    return AugmentSpec(N, C, H, W, crop_padding, padding_mode, flip, cutout)

@@ -32,7 +32,10 @@ FLOAT32_RTOL = 1e-5
 FLOAT64_RTOL = 1e-12
 TF32_RTOL = 1e-3
 
-__all__ = ["FLOAT32_RTOL", "FLOAT64_RTOL", "TF32_RTOL", "tolerance", "scaled_error", "passes"]
+PRECISIONS = ("fp32", "tf32")
+
+__all__ = ["FLOAT32_RTOL", "FLOAT64_RTOL", "TF32_RTOL", "PRECISIONS", "tolerance", "tolerance_for",
+           "scaled_error", "passes"]
 
 
 def tolerance(dtype) -> float:
@@ -43,6 +46,17 @@ def tolerance(dtype) -> float:
     if dt == np.float64:
         return FLOAT64_RTOL
     raise TypeError(f"dtype must be float32 or float64, got {dt}")
+
+
+def tolerance_for(precision: str, dtype=np.float32) -> float:
+    """The tolerance of a result computed at ``precision`` in ``dtype``: "tf32" for operands rounded
+    to TF32 (kernel versions a launch module lists in its PRECISION table, the torch-tf32
+    baseline), "fp32" for the dtype's own precision (``tolerance(dtype)``)."""
+    if precision == "tf32":
+        return TF32_RTOL
+    if precision == "fp32":
+        return tolerance(dtype)
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def scaled_error(out: np.ndarray, ref: np.ndarray) -> tuple:

@@ -1,10 +1,12 @@
-"""Speed of the CPU emulator: threads per second, compile time and warm re-load time.
+"""Speed of the CPU emulator: threads per second, launch cost, compile time and warm re-load time.
 
     python scripts/emulator_speed.py
 
 Runs an element-wise kernel (no barriers) and a shared-memory block reduction (block 256, nine
-__syncthreads per thread), times a cold compile of one .cu with the runtime already built (in a
-fresh cache directory) and a warm re-load in a new process, which must not recompile.
+__syncthreads per thread), measures the cost of launching a one-block kernel (on 64-element
+arrays, and on two 16 MiB arrays, which are copied to and from their guarded staging copies),
+times a cold compile of one .cu with the runtime already built and a warm re-load in a new
+process, which must not recompile.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def rates(fn, threads: int, repeats: int = 3) -> tuple:
 
 def main() -> None:
     import gpuconv.emulator as emu
-    from gpuconv.emulator import build
+    from gpuconv.emulator import build, cache
 
     build.runtime()  # the runtime and the precompiled header are built once, outside the timings
     emu.RawModule(code=SOURCE)
@@ -63,8 +65,8 @@ def main() -> None:
     out = subprocess.run([sys.executable, "-c", LOAD, unique], capture_output=True, text=True, check=True,
                          env=dict(os.environ)).stdout.split()
     reload_s, recompiles = float(out[0]), int(out[1])
-    for leftover in (mod.library_path, mod.library_path.with_suffix(".cu")):
-        leftover.unlink(missing_ok=True)
+    cache.discard(mod.library_path.parent)
+    (cache.root() / f"src-{mod.library_path.parent.name}.cu").unlink(missing_ok=True)
 
     n = 1 << 21
     x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
@@ -77,9 +79,18 @@ def main() -> None:
     red = rates(lambda: bsum((nb // 256,), (256,), (x[:nb], out_sum, np.int32(nb))), nb)
     assert np.allclose(out_sum, x[:nb].reshape(-1, 256).sum(1), atol=1e-3)
 
+    small, tiny_out = x[:64], np.zeros(64, np.float32)
+    launches = 2000
+    tiny = rates(lambda: [axpy((1,), (64,), (small, tiny_out, np.float32(2), np.int32(64)))
+                          for _ in range(launches)], launches)
+    big_in, big_out = x[: 1 << 22].copy(), np.zeros(1 << 22, np.float32)
+    big = rates(lambda: axpy((1,), (64,), (big_in, big_out, np.float32(2), np.int32(64))), 1)
+
     for what, (wall, cpu), target in (("element-wise kernel:        ", ew, 5),
                                       ("block reduction, 9 barriers:", red, 1)):
         print(f"{what} {wall / 1e6:6.2f} M threads/s wall, {cpu / 1e6:6.2f} CPU time (target >= {target})")
+    print(f"launch of one 64-thread block: {1e6 / tiny[0]:6.1f} us wall, {1e6 / tiny[1]:6.1f} us CPU time")
+    print(f"... with two 16 MiB arrays:   {1e3 / big[0]:6.2f} ms wall, {1e3 / big[1]:6.2f} ms CPU time")
     print(f"cold compile of one .cu:     {compile_s:6.2f} s with the runtime and header built (target <= 3)")
     print(f"warm re-load, new process:   {reload_s:6.3f} s, recompilations: {recompiles} (target 0)")
 

@@ -11,6 +11,7 @@
 #   check    gpuconv check, cuda vs numpy, every model in float32 and lenet in float64
 #   bench    gpuconv bench conv+pool on cuda, every kernel version, baselines torch, torch-tf32, cupy-gemm
 #   step     gpuconv bench --ops step (eager, CUDA graph, torch FP32/TF32)
+#   nccl     scripts/nccl_check.py: gpuconv.distributed's NCCL communicator, one rank, against host values
 # and, on the CPU in the background meanwhile, gpuconv profile (the time model's predictions, put
 # beside the measured times in the summary; docs/profiling.md),
 # and writes at most 8 files into OUTDIR (default benchmarks/results/<gpu>-<date>):
@@ -22,9 +23,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 
-# Stage limits in seconds: with the 5 s grace of each `timeout --kill-after`, about 8 minutes in
+# Stage limits in seconds: with the 5 s grace of each `timeout --kill-after`, about 9 minutes in
 # all; upper bounds chosen for an H100, not measured stage times (not yet run on a GPU).
-T_INSTALL=40 T_INFO=25 T_PYTEST=100 T_CHECK=75 T_BENCH=150 T_STEP=50
+T_INSTALL=40 T_INFO=25 T_PYTEST=100 T_CHECK=75 T_BENCH=150 T_STEP=50 T_NCCL=30
 
 GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -c 'A-Za-z0-9._\n-' '-' | sed 's/-*$//')"
 OUT="${1:-benchmarks/results/${GPU_NAME:-no-gpu}-$(date -u +%Y%m%d-%H%M)}"
@@ -108,8 +109,8 @@ export PY TMP
 run_stage check "$T_CHECK" "$LOG" bash -c check_all
 
 # -- bench ------------------------------------------------------------------------------------------
-# The chart needs matplotlib, which a GPU machine may lack: without it the stage would fail after
-# its measurements were written, so the chart is asked for only where matplotlib imports.
+# The chart needs matplotlib, which a GPU machine may lack: without it the stage would be refused
+# before measuring anything, so the chart is asked for only where matplotlib imports.
 PLOT=()
 if "$PY" -c "import matplotlib" >/dev/null 2>&1; then
     PLOT=(--plot "$OUT/bench.png")
@@ -120,6 +121,9 @@ run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv bench --suite small-cnn --ops
     --versions all --baseline torch,torch-tf32,cupy-gemm --json "$OUT/bench.json" ${PLOT[@]+"${PLOT[@]}"}
 run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv bench --ops step --backend cuda \
     --baseline torch,torch-tf32 --repeat 20 --json "$OUT/step.json"
+
+# -- nccl -------------------------------------------------------------------------------------------
+run_stage nccl "$T_NCCL" "$LOG" "$PY" scripts/nccl_check.py
 
 # -- summary -----------------------------------------------------------------------------------------
 # The model's predictions are informational: a failed profile (no NVRTC/cuobjdump/nvdisasm here, say)

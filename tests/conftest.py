@@ -31,6 +31,11 @@ The PyTorch tier
     the suite can be run as a machine without it runs it: scripts/mutants.py measures the kill rate
     both ways. ``GPUCONV_TESTS_REQUIRE_TORCH=1`` (set by .ci/run) makes a torch that cannot be
     imported a usage error instead of a tier that silently skips.
+
+Hypothesis
+    Profile "ci" (the default) draws the same examples on every run, so property tests and
+    fuzzing never fail at random; ``GPUCONV_HYPOTHESIS_PROFILE=explore`` draws new ones, more of
+    them. Without Hypothesis installed those tests skip themselves.
 """
 from __future__ import annotations
 
@@ -152,16 +157,13 @@ def assert_close(out, ref, dtype=None, rtol: Optional[float] = None, precision: 
     """Assert that ``out`` agrees with the reference ``ref``; return the scaled error.
 
     The error is ``tolerances.scaled_error``: max|out - ref| / max|ref|. The tolerance is ``rtol``
-    when given, else ``TF32_RTOL`` for ``precision="tf32"``, else ``tolerances.tolerance(dtype)``
+    when given, else ``tolerances.tolerance_for(precision, dtype)``
     (``dtype`` defaults to out's). NaN never passes; equal infinities (an empty max-pool window)
     count as agreement.
     """
     out, ref = _host(out), _host(ref)
-    if precision not in ("fp32", "tf32"):
-        raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
     dt = np.dtype(dtype if dtype is not None else out.dtype)
-    tol = rtol if rtol is not None else (tolerances.TF32_RTOL if precision == "tf32"
-                                         else tolerances.tolerance(dt))
+    tol = rtol if rtol is not None else tolerances.tolerance_for(precision, dt)
     label = f"{what} ({dt.name}{', tf32' if precision == 'tf32' else ''})"
     assert out.shape == ref.shape, f"{label}: shape {out.shape} != reference shape {ref.shape}"
     same_inf = np.isinf(ref) & (out == ref)
@@ -230,3 +232,13 @@ def assert_deterministic(be, call: Union[str, Callable[..., Any]], *args, what: 
         if a is not None:
             assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), \
                 f"{what}: output {i} differs between two runs in different thread orders"
+
+
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:
+    _hypothesis_settings = None
+if _hypothesis_settings is not None:
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+    _hypothesis_settings.register_profile("explore", max_examples=1000, database=None, print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("GPUCONV_HYPOTHESIS_PROFILE", "ci"))

@@ -2,21 +2,18 @@
 timer behaviour, and the torch model used as the training-step baseline."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+from documents import check_document, load_valid
 
 from gpuconv import tolerances
 from gpuconv.tools import bench, bench_step
 from gpuconv.tools.cli import main as cli_main
-from gpuconv.tools.harness import CudaEventTimer, Timing, WallTimer, schema_errors
+from gpuconv.tools.harness import CudaEventTimer, Timing, WallTimer
 
 
 def load(path):
-    doc = json.loads(path.read_text())
-    assert schema_errors(doc, bench.BENCH_SCHEMA) == []
-    return doc
+    return load_valid(path, bench.BENCH_SCHEMA)
 
 
 # ---- timers -----------------------------------------------------------------------------------------
@@ -145,7 +142,7 @@ def test_adding_an_op_to_the_bench_is_one_entry(monkeypatch):
     assert rows[0]["rel_err"] == 0.0
     assert rows[0]["ratio"]["torch"] == pytest.approx(rows[0]["us"] / rows[1]["us"])
     assert rows[0]["gflops"] * rows[0]["us"] * 1e3 == pytest.approx(2 * 6 * 14 * 14)
-    assert schema_errors(doc, bench.BENCH_SCHEMA) == []
+    check_document(doc, bench.BENCH_SCHEMA)
 
 
 def test_bad_arguments_are_refused():
@@ -193,27 +190,14 @@ def test_bench_emulator_checks_every_version(tmp_path, capsys):
 
 
 # ---- training steps -------------------------------------------------------------------------------------
-def test_torch_conversion_matches_the_model(monkeypatch):
-    torch = pytest.importorskip("torch")
-    from gpuconv.backends import use_backend
-    from gpuconv.models import build_model
-    rng = np.random.default_rng(0)
-    for name, (c, size) in (("lenet", (1, 8)), ("resnet20", (3, 8))):
-        with use_backend("numpy"):
-            model = build_model(name, c, size, 10, seed=3, dtype=np.float64)
-            x = rng.standard_normal((2, c, size, size))
-            ours = model.forward(x)
-        theirs = bench_step.to_torch(model, torch.nn)(torch.from_numpy(x)).detach().numpy()
-        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
-
-
 def test_step_bench_on_numpy_runs_eager_and_torch(monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.setattr(bench_step, "STEP_MODELS", {"lenet": (1, 28)})
     rows = bench_step.run_steps("numpy", ["torch"], batch=2, repeat=1, timer=WallTimer(),
                                 log=lambda s: None)
     assert [(r["model"], r["variant"]) for r in rows] == [("lenet", "gpuconv eager"), ("lenet", "torch")]
-    assert all(schema_errors(r, bench_step.STEP_SCHEMA) == [] for r in rows)
+    for r in rows:
+        check_document(r, bench_step.STEP_SCHEMA)
     assert all(r["status"] == "ok" and r["us"] > 0 for r in rows)
     assert rows[1]["rel_err"] <= 1e-5            # the torch model computes the same first loss
     assert rows[0]["vs_torch"] == pytest.approx(rows[0]["us"] / rows[1]["us"])

@@ -1,16 +1,15 @@
 """``gpuconv check``: end to end on numpy vs emulator, JSON schema, failure detection, tolerances."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
+from documents import load_valid
 
 from gpuconv import tolerances
 from gpuconv.tools import check
 from gpuconv.tools.cli import main as cli_main
-from gpuconv.tools.harness import schema_errors
 
 
 def needs_emulator():
@@ -113,8 +112,7 @@ def test_check_lenet_numpy_vs_emulator_passes_with_valid_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "PASS" in out and "Conv2d" in out and "MaxPool2d" in out
-    doc = json.loads(path.read_text())
-    assert schema_errors(doc, check.CHECK_SCHEMA) == []
+    doc = load_valid(path, check.CHECK_SCHEMA)
     assert doc["passed"] is True and doc["settings"]["batch"] == 2
     # 12 leaf layers (output + dx each), 5 with weight and bias, the loss (value and gradient),
     # and the whole network end to end (logits and loss)
@@ -146,7 +144,7 @@ def test_check_exits_1_when_a_backend_is_wrong(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert rc == 1
     assert "FAIL" in out
-    doc = json.loads(path.read_text())
+    doc = load_valid(path, check.CHECK_SCHEMA)
     outputs = [e for e in doc["entries"] if e["tensor"] == "output"]
     first_failure = next(e for e in outputs if not e["passed"])
     # the conv before it agrees; the perturbed ReLU is the first layer whose output fails
@@ -177,9 +175,20 @@ def test_check_reports_a_backend_that_cannot_run(monkeypatch, capsys):
     needs_emulator()
     from gpuconv import backends
     monkeypatch.setattr(backends, "cuda_unavailable_reason", lambda: "no GPU in this test")
+    # unavailable: refused before any work, as an argument problem
     rc = cli_main(["check", "--model", "lenet", "--backends", "numpy,cuda", "--batch", "1"])
+    assert rc == 2 and "no GPU in this test" in capsys.readouterr().err
+    # available but failing while it runs: reported in the result, which fails
+    from gpuconv.backends.kernel_backend import KernelBackend
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("kernel launch failed in this test")
+
+    monkeypatch.setattr(KernelBackend, "conv2d", broken)
+    rc = cli_main(["check", "--model", "lenet", "--backends", "numpy,emulator", "--batch", "1",
+                   "--image-size", "8"])
     out = capsys.readouterr().out
-    assert rc == 1 and "no GPU in this test" in out
+    assert rc == 1 and "backend emulator: RuntimeError: kernel launch failed in this test" in out
 
 
 @pytest.mark.gpu
@@ -190,3 +199,30 @@ def test_check_cuda_against_numpy():
         pytest.skip(cuda_unavailable_reason())
     doc = check.run_check("lenet", ["numpy", "cuda"], batch=4)
     assert doc["passed"], [e for e in doc["entries"] if not e["passed"]]
+
+
+@pytest.mark.parametrize("model,size", [("resnet20", 8), ("airbench", 16)])
+def test_check_passes_batch_norm_models_and_lists_running_statistics(model, size):
+    needs_emulator()
+    doc = check.run_check(model, ["numpy", "emulator"], batch=2, image_size=size, log=lambda s: None)
+    assert doc["passed"], [e for e in doc["entries"] if not e["passed"]]
+    stem_bn = [e["tensor"] for e in doc["entries"] if e["layer"] == "1"]
+    assert stem_bn == ["output", "dx", "dweight", "dbias", "running_mean", "running_var"]
+
+
+def test_check_fails_on_drifting_running_statistics_only(monkeypatch):
+    needs_emulator()
+    kwargs = dict(batch=2, image_size=8, log=lambda s: None)
+    from gpuconv.backends.kernel_backend import KernelBackend
+    original = KernelBackend.batch_norm
+
+    def drifting_running_var(self, x, running_mean, running_var, *args):
+        out = original(self, x, running_mean, running_var, *args)
+        if running_var is not None:
+            running_var *= np.float32(1.001)
+        return out
+
+    monkeypatch.setattr(KernelBackend, "batch_norm", drifting_running_var)
+    doc = check.run_check("resnet20", ["numpy", "emulator"], **kwargs)
+    failed = {e["tensor"] for e in doc["entries"] if not e["passed"]}
+    assert failed == {"running_var"}

@@ -1,14 +1,21 @@
 """Checkpoints: round trip, atomic writes, and validation of what is loaded."""
 from __future__ import annotations
 
+import io
 import os
 import stat
+import struct
+import tracemalloc
+import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpuconv import nn, optim
+from gpuconv import nn, optim, schedules
 from gpuconv.models import build_model
+from gpuconv.nn.checkpoint import read_checkpoint
 
 
 def _trained(seed: int = 0):
@@ -145,3 +152,230 @@ def test_checkpoint_file_gets_the_umask_permissions_of_a_regular_file(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "m.npz").st_mode) == 0o644
     assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
+
+
+# ---- memory bounded by the model: headers are checked before any data is read -----------------
+
+def _npy_header(shape, dtype) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue()
+
+
+def _npy(value) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _write_zip(path, members) -> None:
+    """A zip of deflated members written by hand, so that a member may be a header followed by
+    ``zeros`` zero bytes (deflated by repeating one fully flushed block: 256 MiB cost ~0.3 MB and
+    no time to build), with honest sizes and CRC-32."""
+    chunk = bytes(1 << 20)
+    out, central = bytearray(), bytearray()
+    for name, head, zeros in members:
+        assert zeros % len(chunk) == 0
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+        block = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)  # the same bytes for every chunk
+        data += block * (zeros // len(chunk)) + c.flush()
+        crc = zlib.crc32(head)
+        for _ in range(zeros // len(chunk)):
+            crc = zlib.crc32(chunk, crc)
+        size, raw = len(head) + zeros, name.encode()
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(data), size,
+                               len(raw), 0, 0, 0, 0, 0, len(out)) + raw
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(data), size, len(raw), 0)
+        out += raw + data
+    n = len(members)
+    out += central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(central), len(out), 0)
+    Path(path).write_bytes(bytes(out))
+
+
+def _members_of(model, **override):
+    """The members of a valid checkpoint of ``model``, with some replaced: name -> (header, zeros)."""
+    members = {"format.npy": (_npy("gpuconv-checkpoint/1"), 0), "meta.npy": (_npy("{}"), 0)}
+    members.update((f"model/{k}.npy", (_npy(v), 0)) for k, v in model.state_dict().items())
+    members.update(override)
+    return [(name, head, zeros) for name, (head, zeros) in members.items()]
+
+
+def _peak(fn):
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_large_entry_of_the_wrong_shape_is_refused_from_its_header(tmp_path):
+    """256 MiB declared (0.3 MB of file): the old reader decompressed all of it before the shape
+    check; now the declared shape is compared with the model's before any data is read."""
+    model, _ = _trained(0)
+    path = tmp_path / "big.npz"
+    big = 1 << 28
+    _write_zip(path, _members_of(model, **{"model/0.weight.npy": (_npy_header((big // 4,), "<f4"), big)}))
+    assert path.stat().st_size < 1 << 20
+    with zipfile.ZipFile(path) as zf:  # a well-formed zip: every CRC checks out
+        assert zf.testzip() is None
+    before = model.state_dict()
+
+    def load():
+        with pytest.raises(ValueError, match=r"0\.weight.*\(67108864,\).*\(32, 1, 5, 5\)"):
+            nn.load_checkpoint(path, model)
+
+    assert _peak(load) < 8 << 20
+    assert all(np.array_equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_documents_first_then_arrays_checked_against_the_model_built_from_them(tmp_path):
+    """What train --resume, eval and predict do: read the documents only (to learn the model),
+    build the model, then load the arrays, each checked against it before its data is read."""
+    model, _ = _trained(0)
+    path = tmp_path / "big.npz"
+    big = 1 << 28
+    _write_zip(path, _members_of(model, **{"meta.npy": (_npy('{"model": "lenet"}'), 0),
+                                           "model/0.weight.npy": (_npy_header((big // 4,), "<f4"), big)}))
+    seen = {}
+
+    def documents():
+        seen["ckpt"] = read_checkpoint(path, arrays=False)
+
+    assert _peak(documents) < 8 << 20
+    ckpt = seen["ckpt"]
+    assert ckpt["meta"] == {"model": "lenet"} and ckpt["model"] is None and ckpt["version"] == 1
+    with pytest.raises(ValueError, match="without its arrays"):
+        nn.restore_checkpoint(ckpt, model)
+
+    def arrays():
+        with pytest.raises(ValueError, match=r"0\.weight.*\(67108864,\)"):
+            read_checkpoint(path, model)
+
+    assert _peak(arrays) < 8 << 20
+
+
+@pytest.mark.parametrize("key, head, match", [
+    # 373 GiB declared by the header, a few bytes held: a raw MemoryError before
+    ("model/0.weight.npy", _npy_header((100_000_000_000,), "<f4"), "declares shape"),
+    ("optimizer/state.0.exp_avg.npy", _npy_header((10**6, 10**6), "<f8"), "declares shape"),
+    # a 0-d string entry of 400 MB declared
+    ("meta.npy", _npy_header((), "<U100000000"), "declares shape|0-d"),
+    ("model/0.weight.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|O'}   \n", "corrupt"),
+])
+def test_entries_declaring_more_than_their_member_holds_are_refused_without_reading(tmp_path, key, head,
+                                                                                       match):
+    model, opt = _trained(0)
+    path = tmp_path / "lie.npz"
+    _write_zip(path, _members_of(model, **{key: (head, 0)}))
+    for read in (lambda: read_checkpoint(path), lambda: nn.load_checkpoint(path, model, opt)):
+        def run(read=read):
+            with pytest.raises(ValueError, match=match):
+                read()
+        assert _peak(run) < 4 << 20
+
+
+# ---- format 2: what a resumed run needs -------------------------------------------------------
+
+def _with_dropout(seed: int):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32, rng=seed), nn.ReLU(), nn.Dropout(0.5, seed=seed),
+                          nn.Linear(32, 10, rng=seed + 1))
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    return model, opt, schedules.Cosine(opt, total_steps=50)
+
+
+def _steps(model, opt, sched, n: int, seed: int = 5):
+    """n training steps on fixed batches; returns the losses."""
+    rng = np.random.default_rng(seed)
+    loss_fn, losses = nn.SoftmaxCrossEntropy(), []
+    for _ in range(n):
+        x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+        losses.append(float(loss_fn(model.forward(x), np.arange(4))))
+        model.backward(loss_fn.backward())
+        opt.step()
+        sched.step()
+    return losses
+
+
+def test_format_2_carries_schedule_epoch_seed_and_dropout_generators(tmp_path):
+    model, opt, sched = _with_dropout(0)
+    _steps(model, opt, sched, 3)
+    path = tmp_path / "ckpt.npz"
+    nn.save_checkpoint(path, model, opt, sched, epoch=3, data_seed=7, meta={"note": "x"})
+    expected = _steps(model, opt, sched, 4)          # what the original run does next
+
+    other, other_opt, other_sched = _with_dropout(1)  # other weights, other dropout stream
+    assert nn.load_checkpoint(path, other, other_opt, other_sched) == {"note": "x"}
+    assert other_sched.last_step == 3 and other_opt.lr == sched.lr_at(3)
+    assert _steps(other, other_opt, other_sched, 4) == expected  # bit for bit, dropout included
+    assert _same(model, other)
+    ckpt = nn.read_checkpoint(path)
+    assert (ckpt["version"], ckpt["epoch"], ckpt["data_seed"]) == (2, 3, 7)
+    assert ckpt["schedule"]["kind"] == "cosine" and set(ckpt["rng"]) == {"3"}
+
+
+def test_format_1_files_still_load_without_training_state(tmp_path):
+    model, _ = _trained(0)
+    path = tmp_path / "v1.npz"
+    np.savez(path, format=np.array("gpuconv-checkpoint/1"), meta=np.array('{"old": true}'),
+             **{f"model/{k}": v for k, v in model.state_dict().items()})
+    target, opt = _trained(1)
+    assert nn.load_checkpoint(path, target) == {"old": True}
+    assert _same(model, target)
+    ckpt = nn.read_checkpoint(path)
+    assert ckpt["version"] == 1 and ckpt["epoch"] is None and ckpt["schedule"] is None
+    with pytest.raises(ValueError, match="no learning-rate schedule state.*format 1 predates it"):
+        nn.load_checkpoint(path, target, schedule=schedules.Constant(opt))
+
+
+def test_unknown_versions_and_bad_training_state_are_named(tmp_path):
+    model, opt, sched = _with_dropout(0)
+    path = tmp_path / "ckpt.npz"
+    nn.save_checkpoint(path, model, opt, sched, epoch=1)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+
+    def variant(name, **changes):
+        p = tmp_path / name
+        np.savez(p, **dict(arrays, **changes))
+        return p
+
+    with pytest.raises(ValueError, match="format 'gpuconv-checkpoint/3'.*upgrade gpuconv"):
+        nn.read_checkpoint(variant("v3.npz", format=np.array("gpuconv-checkpoint/3")))
+    with pytest.raises(ValueError, match="not a gpuconv checkpoint"):
+        nn.read_checkpoint(variant("other.npz", format=np.array("someone-else/2")))
+    with pytest.raises(ValueError, match="unreadable 'training'"):
+        nn.read_checkpoint(variant("json.npz", training=np.array("{not json")))
+    with pytest.raises(ValueError, match="'epoch' must be a non-negative int"):
+        nn.read_checkpoint(variant("epoch.npz", training=np.array(
+            '{"epoch": -1, "data_seed": null, "schedule": null, "rng": {}}')))
+    with pytest.raises(ValueError, match="has no 'training' entry"):
+        nn.read_checkpoint(_without(tmp_path, arrays))
+
+    target, target_opt, _ = _with_dropout(1)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match="'total_steps' is 50 in the state and 60 here"):
+        nn.load_checkpoint(path, target, target_opt, schedules.Cosine(target_opt, total_steps=60))
+    no_dropout = nn.Sequential(nn.Flatten(), nn.Linear(64, 32, rng=0), nn.ReLU(), nn.Identity(),
+                               nn.Linear(32, 10, rng=1))
+    with pytest.raises(ValueError, match=r"random-generator state is for layers \['3'\]"):
+        nn.load_checkpoint(path, no_dropout)
+    assert all(np.array_equal(v, before[k]) for k, v in target.state_dict().items())
+
+
+def _without(tmp_path, arrays):
+    p = tmp_path / "no-training.npz"
+    np.savez(p, **{k: v for k, v in arrays.items() if k != "training"})
+    return p
+
+
+def test_save_refuses_bad_epoch_and_seed(tmp_path):
+    model, _ = _trained(0)
+    with pytest.raises(TypeError, match="epoch"):
+        nn.save_checkpoint(tmp_path / "x.npz", model, epoch=-1)
+    with pytest.raises(TypeError, match="data_seed"):
+        nn.save_checkpoint(tmp_path / "x.npz", model, data_seed=1.5)
+    assert os.listdir(tmp_path) == []

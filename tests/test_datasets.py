@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -110,7 +112,7 @@ def test_idx_dataset_errors(tmp_path):
         datasets.load_idx_dataset(tmp_path / "nowhere")
     files = _write_mnist(tmp_path)
     files[("t10k", "labels-idx1-ubyte")][0].unlink()
-    with pytest.raises(FileNotFoundError, match="missing t10k-labels-idx1-ubyte"):
+    with pytest.raises(FileNotFoundError, match="missing the test labels IDX file.*t10k-labels-idx1-ubyte"):
         datasets.load_idx_dataset(tmp_path)
     # labels and images swapped (an idx1 file where an idx3 file belongs)
     files = _write_mnist(tmp_path)
@@ -124,8 +126,8 @@ def test_idx_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="holds 12 images but .* holds 11 labels"):
         datasets.load_idx_dataset(tmp_path)
     lbl_path.write_bytes(_idx_bytes(np.full(12, 10, np.uint8)))
-    with pytest.raises(ValueError, match=r"label 10 out of range \[0, 10\)"):
-        datasets.load_idx_dataset(tmp_path)
+    with pytest.raises(ValueError, match="labels need 11 classes but num_classes is 10"):
+        datasets.load_idx_dataset(tmp_path, num_classes=10)
     lbl_path.write_bytes(lbl[:-3])
     with pytest.raises(ValueError, match="truncated"):
         datasets.load_idx_dataset(tmp_path)
@@ -165,3 +167,154 @@ def test_iterate_batches_covers_everything_reproducibly():
     np.testing.assert_array_equal(plain, y)
     with pytest.raises(ValueError, match="batch_size"):
         next(datasets.iterate_batches(x, y, 0))
+
+
+# ---- memory follows the header; constant data is refused -------------------------------------
+
+def _gzip_of(head: bytes, zeros: int) -> bytes:
+    """A gzip member of ``head`` followed by ``zeros`` zero bytes, built by repeating one fully
+    flushed deflate block (64 MiB of zeros cost ~64 KB and no time)."""
+    chunk = bytes(1 << 20)
+    assert zeros % len(chunk) == 0
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    body += (c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)) * (zeros // len(chunk)) + c.flush()
+    crc = zlib.crc32(head)
+    for _ in range(zeros // len(chunk)):
+        crc = zlib.crc32(chunk, crc)
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + body
+            + struct.pack("<II", crc, (len(head) + zeros) & 0xFFFFFFFF))
+
+
+def _peak(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_gzip_stream_longer_than_its_header_is_refused_without_inflating_it(tmp_path):
+    """64 MiB of zeros after an 18-byte array: the old reader inflated all of it (a 4 MB file
+    expanding to 4 GiB took 8.4 GB) before comparing sizes; now reading stops after the declared
+    data and one chunk more."""
+    path = tmp_path / "bomb.gz"
+    good = _idx_bytes(np.zeros((2, 3, 3), np.uint8))
+    path.write_bytes(_gzip_of(good, 64 << 20))
+    assert gzip.decompress(path.read_bytes())[:len(good)] == good  # a valid gzip stream
+
+    def read():
+        with pytest.raises(ValueError, match=r"unexpected bytes after the data of shape \(2, 3, 3\)"):
+            datasets.read_idx(path)
+
+    assert _peak(read) < 4 << 20
+
+
+def test_headers_declaring_more_than_the_file_can_hold_are_refused_before_reading(tmp_path):
+    head = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", 65536, 256, 256)  # 4 GiB
+    for name, data, match in (("plain", head + bytes(100), "file holds 100"),
+                              ("gz", gzip.compress(head + bytes(100)), "compressed bytes can expand to")):
+        (tmp_path / name).write_bytes(data)
+
+        def read(name=name, match=match):
+            with pytest.raises(ValueError, match=match):
+                datasets.read_idx(tmp_path / name)
+
+        assert _peak(read) < 1 << 20
+
+
+def test_constant_training_images_are_refused(tmp_path):
+    """Every pixel 7: float64 rounding gave a std of 1e-17, which passed 'std == 0', and training
+    'succeeded' with a test loss of 1.2e17."""
+    files = _write_mnist(tmp_path, n_train=50)
+    path, images = files[("train", "images-idx3-ubyte")]
+    path.write_bytes(_idx_bytes(np.full_like(images, 7)))
+    with pytest.raises(ValueError, match="training images are constant"):
+        datasets.load_idx_dataset(tmp_path)
+    path.write_bytes(_idx_bytes(np.zeros_like(images)))
+    with pytest.raises(ValueError, match="training images are constant"):
+        datasets.load_idx_dataset(tmp_path)
+    # One 8-bit step in one pixel is real variation, however large the set.
+    nearly = np.full((2000, 28, 28), 200, np.uint8)
+    nearly[0, 0, 0] = 201
+    path.write_bytes(_idx_bytes(nearly))
+    files[("train", "labels-idx1-ubyte")][0].write_bytes(_idx_bytes(np.zeros(2000, np.uint8)))
+    files[("t10k", "images-idx3-ubyte")][0].write_bytes(_idx_bytes(np.zeros((5, 28, 28), np.uint8)))
+    d = datasets.load_idx_dataset(tmp_path)
+    assert np.isfinite(d.train.images).all() and abs(float(d.train.images.std()) - 1) < 1e-3
+
+
+def _write_idx_set(directory, names, n_train=6, n_test=4, classes=3, gz=False, seed=0):
+    """IDX files under the given spellings {(split, kind): file name}; returns the arrays."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        out[(split, "images")] = rng.integers(0, 256, size=(n, 5, 5), dtype=np.uint8)
+        out[(split, "labels")] = rng.permutation(np.arange(n) % classes).astype(np.uint8)
+    for key, name in names.items():
+        data = _idx_bytes(out[key])
+        (directory / name).write_bytes(gzip.compress(data) if gz else data)
+    return out
+
+
+_SPELLINGS = {
+    "lecun": {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
+              ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"},
+    "dotted": {("train", "images"): "train-images.idx3-ubyte", ("train", "labels"): "train-labels.idx1-ubyte",
+               ("test", "images"): "t10k-images.idx3-ubyte", ("test", "labels"): "t10k-labels.idx1-ubyte"},
+    "test-prefix": {("train", "images"): "train-images-idx3-ubyte",
+                    ("train", "labels"): "train-labels.idx1-ubyte",
+                    ("test", "images"): "test-images-idx3-ubyte",
+                    ("test", "labels"): "test-labels.idx1-ubyte"},
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(_SPELLINGS))
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("subdir", ["", "raw", "MNIST/raw", "FashionMNIST/raw"])
+def test_idx_files_under_every_common_spelling_and_layout(tmp_path, spelling, gz, subdir):
+    names = {k: v + (".gz" if gz else "") for k, v in _SPELLINGS[spelling].items()}
+    ref = _write_idx_set(tmp_path / subdir if subdir else tmp_path, names)
+    assert datasets.detect_format(tmp_path) == "idx"
+    d = datasets.load_dataset(str(tmp_path))
+    assert d.num_classes == 3                                  # from the labels
+    np.testing.assert_array_equal(d.train.labels, ref[("train", "labels")])
+    np.testing.assert_array_equal(d.test.labels, ref[("test", "labels")])
+    np.testing.assert_allclose(d.test.images[:, 0] * d.std + d.mean, ref[("test", "images")] / 255.0,
+                               atol=1e-5)
+    expected_name = subdir.split("/")[0] if "/" in subdir else tmp_path.name
+    assert d.name == f"idx:{expected_name}"
+
+
+def test_idx_plain_and_gzip_copies_side_by_side_take_the_plain_one(tmp_path):
+    names = _SPELLINGS["lecun"]
+    ref = _write_idx_set(tmp_path, names)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b broken: must not be read")
+    np.testing.assert_array_equal(datasets.load_dataset(str(tmp_path)).train.labels, ref[("train", "labels")])
+
+
+def test_idx_ambiguous_spellings_and_places_are_refused(tmp_path):
+    _write_idx_set(tmp_path / "a", _SPELLINGS["lecun"])
+    _write_idx_set(tmp_path / "a", {("test", "labels"): "test-labels-idx1-ubyte"})
+    with pytest.raises(ValueError, match="ambiguous test labels: both t10k-labels-idx1-ubyte and test-"):
+        datasets.load_dataset(str(tmp_path / "a"))
+    _write_idx_set(tmp_path / "b" / "MNIST" / "raw", _SPELLINGS["lecun"])
+    _write_idx_set(tmp_path / "b" / "FashionMNIST" / "raw", _SPELLINGS["lecun"])
+    with pytest.raises(ValueError, match="holds IDX files in several places"):
+        datasets.load_dataset(str(tmp_path / "b"))
+
+
+def test_num_classes_given_or_from_labels(tmp_path):
+    _write_idx_set(tmp_path, _SPELLINGS["lecun"], classes=4)
+    assert datasets.load_dataset(str(tmp_path)).num_classes == 4
+    assert datasets.load_dataset(str(tmp_path), num_classes=10).num_classes == 10
+    with pytest.raises(ValueError, match="labels need 4 classes but num_classes is 3"):
+        datasets.load_dataset(str(tmp_path), num_classes=3)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
+        datasets.load_dataset(str(tmp_path), num_classes=1)
+    assert datasets.load_dataset(None, num_classes=12).num_classes == 12
+    with pytest.raises(ValueError, match="labels need 10 classes"):
+        datasets.load_dataset(None, num_classes=9)

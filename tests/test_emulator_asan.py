@@ -29,8 +29,8 @@ pytestmark = pytest.mark.asan
 # The kernel tests, on the emulator only, with conftest.sample's few random cases per list. Thread
 # orders and determinism are the normal suite's business (and costly here): deselected.
 KERNEL_TESTS = ("tests/test_kernels_conv.py", "tests/test_kernels_pool.py",
-                "tests/test_kernels_elementwise.py",
-                "tests/test_kernel_backend.py::test_training_steps_match_numpy")
+                "tests/test_kernels_elementwise.py", "tests/test_kernels_batchnorm.py",
+                "tests/test_augment.py", "tests/test_kernel_backend.py::test_training_steps_match_numpy")
 DESELECT = "not order and not deterministic"
 TIMEOUT_S = 1800
 

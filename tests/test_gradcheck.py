@@ -221,20 +221,64 @@ def test_linear_gradients():
     jacobian_check(*linear_fns(), tiny)
 
 
-def test_softmax_cross_entropy_gradient():
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_softmax_cross_entropy_gradient(smoothing):
     rng = np.random.default_rng(17)
     for shape in [(5, 4), (16, 10)]:
         logits = tie_free(rng, shape, 5.0)
         labels = rng.integers(0, shape[1], shape[0])
-        loss, d = F.softmax_cross_entropy(logits, labels)
+        loss, d = F.softmax_cross_entropy(logits, labels, smoothing)
         numeric = np.empty(logits.size)
         for i in range(logits.size):
             step = np.zeros(logits.size)
             step[i] = H_STEP
             step = step.reshape(shape)
-            numeric[i] = (F.softmax_cross_entropy(logits + step, labels)[0]
-                          - F.softmax_cross_entropy(logits - step, labels)[0]) / (2 * H_STEP)
+            numeric[i] = (F.softmax_cross_entropy(logits + step, labels, smoothing)[0]
+                          - F.softmax_cross_entropy(logits - step, labels, smoothing)[0]) / (2 * H_STEP)
         np.testing.assert_allclose(d.ravel(), numeric, atol=1e-8, rtol=1e-6)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        direct = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(shape[0]), labels])
-        np.testing.assert_allclose(loss, direct, rtol=1e-14)
+        # the definition: -sum_k q_k log p_k, q = (1 - e) onehot + e / K, averaged over rows
+        log_p = logits - logits.max(axis=1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+        q = np.full(shape, smoothing / shape[1])
+        q[np.arange(shape[0]), labels] += 1 - smoothing
+        np.testing.assert_allclose(loss, np.mean(-(q * log_p).sum(axis=1)), rtol=1e-13)
+
+
+# ---- batch normalisation ---------------------------------------------------------------------
+
+def batch_norm_fns(training, relu, running=None):
+    """y of F.batch_norm(_relu) and its gradients; in evaluation ``running`` = (mean, var)."""
+    fwd = F.batch_norm_relu if relu else F.batch_norm
+    rm, rv = running if running is not None else (None, None)
+
+    def forward(x, weight, bias):
+        return fwd(x, rm, rv, weight, bias, training=training, eps=1e-3)[0]
+
+    def backward(dy, x, weight, bias):
+        y, mean, invstd = fwd(x, rm, rv, weight, bias, training=training, eps=1e-3)
+        if relu:
+            dx, dw, db = F.batch_norm_relu_backward(dy, x, y, weight, mean, invstd, training=training)
+        else:
+            dx, dw, db = F.batch_norm_backward(dy, x, weight, mean, invstd, training=training)
+        return {"x": dx, "weight": dw, "bias": db}
+    return forward, backward
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (5, 4), (3, 2, 7)])
+def test_batch_norm_random_direction(shape, training, relu):
+    rng = np.random.default_rng(len(shape) + 2 * training + relu)
+    C = shape[1]
+    running = None if training else (tie_free(rng, (C,)), 0.5 + np.abs(tie_free(rng, (C,))))
+    inputs = dict(x=tie_free(rng, shape, 3.0), weight=tie_free(rng, (C,)), bias=tie_free(rng, (C,)))
+    directional_check(*batch_norm_fns(training, relu, running), inputs, rng)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_full_jacobian(training, relu):
+    rng = np.random.default_rng(21 + 2 * training + relu)
+    running = None if training else (tie_free(rng, (2,)), 0.5 + np.abs(tie_free(rng, (2,))))
+    inputs = dict(x=tie_free(rng, (3, 2, 2, 2), 2.0), weight=tie_free(rng, (2,)), bias=tie_free(rng, (2,)))
+    jacobian_check(*batch_norm_fns(training, relu, running), inputs)

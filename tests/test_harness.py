@@ -104,11 +104,11 @@ def test_write_json_is_atomic_and_synced(tmp_path, monkeypatch):
 
 # ---- backends and tolerances --------------------------------------------------------------------
 def test_tolerance_for_picks_tf32_or_the_dtypes_own():
-    assert harness.tolerance_for("tf32", np.float32) == tolerances.TF32_RTOL
-    assert harness.tolerance_for("fp32", np.float32) == tolerances.FLOAT32_RTOL
-    assert harness.tolerance_for("fp32", np.float64) == tolerances.FLOAT64_RTOL
+    assert tolerances.tolerance_for("tf32", np.float32) == tolerances.TF32_RTOL
+    assert tolerances.tolerance_for("fp32", np.float32) == tolerances.FLOAT32_RTOL
+    assert tolerances.tolerance_for("fp32", np.float64) == tolerances.FLOAT64_RTOL
     with pytest.raises(ValueError, match="precision"):
-        harness.tolerance_for("bf16", np.float32)
+        tolerances.tolerance_for("bf16", np.float32)
 
 
 def test_make_backend_and_device():

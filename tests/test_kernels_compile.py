@@ -6,12 +6,7 @@ Each test skips with the reason when its compiler is missing. ``pytest -s`` prin
 """
 from __future__ import annotations
 
-import ctypes
-import glob
-import importlib.util
-import os
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,91 +16,22 @@ from gpuconv._paths import cuda_dir
 from gpuconv.backends import launch
 from gpuconv.backends.executors import source_hash
 from gpuconv.backends.kernel_backend import compile_options
+from gpuconv.profiler import resources
 
 ARCHS = ("sm_80", "sm_90")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _resource_usage_module():
-    spec = importlib.util.spec_from_file_location("resource_usage", ROOT / "scripts" / "resource_usage.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["resource_usage"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _find_libnvrtc():
-    import site
-    dirs = site.getsitepackages() + [site.getusersitepackages()]
-    for d in dirs:
-        for pattern in ("nvidia/cu*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*"):
-            for path in sorted(glob.glob(os.path.join(d, pattern)), reverse=True):
-                if "builtins" not in os.path.basename(path):
-                    return path
-    return None
-
-
-class Nvrtc:
-    """The few libnvrtc entry points the test needs, through ctypes."""
-
-    def __init__(self, path: str) -> None:
-        lib = ctypes.CDLL(path)
-        self.lib = lib
-        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
-        lib.nvrtcCreateProgram.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_char_p,
-                                           ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-        lib.nvrtcAddNameExpression.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nvrtcCompileProgram.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
-        lib.nvrtcGetProgramLogSize.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
-        lib.nvrtcGetProgramLog.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nvrtcGetLoweredName.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)]
-        lib.nvrtcGetPTXSize.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
-        lib.nvrtcDestroyProgram.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
-
-    def _check(self, status: int, what: str) -> None:
-        if status != 0:
-            raise RuntimeError(f"{what}: {self.lib.nvrtcGetErrorString(status).decode()}")
-
-    def compile(self, source: str, name: str, options, name_expressions):
-        """-> (ok, log, {expression: lowered name}, PTX size)."""
-        prog = ctypes.c_void_p()
-        self._check(self.lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0,
-                                                None, None), "nvrtcCreateProgram")
-        try:
-            for e in name_expressions:
-                self._check(self.lib.nvrtcAddNameExpression(prog, e.encode()), f"nvrtcAddNameExpression({e})")
-            opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
-            status = self.lib.nvrtcCompileProgram(prog, len(options), opts)
-            size = ctypes.c_size_t()
-            self._check(self.lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size)), "nvrtcGetProgramLogSize")
-            buf = ctypes.create_string_buffer(size.value)
-            self._check(self.lib.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
-            log = buf.value.decode(errors="replace")
-            if status != 0:
-                return False, log, {}, 0
-            lowered = {}
-            for e in name_expressions:
-                out = ctypes.c_char_p()
-                self._check(self.lib.nvrtcGetLoweredName(prog, e.encode(), ctypes.byref(out)),
-                            f"nvrtcGetLoweredName({e})")
-                lowered[e] = out.value.decode()
-            ptx = ctypes.c_size_t()
-            self._check(self.lib.nvrtcGetPTXSize(prog, ctypes.byref(ptx)), "nvrtcGetPTXSize")
-            return True, log, lowered, ptx.value
-        finally:
-            self.lib.nvrtcDestroyProgram(ctypes.byref(prog))
-
-
 @pytest.fixture(scope="module")
 def nvrtc():
-    path = _find_libnvrtc()
-    if path is None:
+    binding = resources.nvrtc()
+    if binding is None:
         pytest.skip("libnvrtc not found: pip install nvidia-cuda-nvrtc")
-    return Nvrtc(path)
+    return binding
 
 
 def _files():
-    return sorted(_resource_usage_module().expressions_by_file().items())
+    return sorted(resources.expressions_by_file().items())
 
 
 def test_every_family_module_is_present_and_consistent():
@@ -141,25 +67,25 @@ def test_nvrtc_compiles_every_file_and_name_expression(nvrtc, arch):
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(one, _files()))
     failures = []
-    for filename, (ok, log, lowered, ptx) in results:
-        if not ok:
-            failures.append(f"{filename} ({arch}):\n{log}")
+    for filename, res in results:
+        if not res.ok:
+            failures.append(f"{filename} ({arch}):\n{res.log}")
             continue
-        assert ptx > 0, filename
-        assert all(lowered.values()), filename
+        assert res.binary, filename
+        assert all(res.lowered.values()), filename
     assert not failures, "\n".join(failures)
 
 
 def test_nvrtc_reports_host_header_errors(nvrtc):
     """The compile check is able to fail: a host header is refused by NVRTC."""
-    ok, log, _, _ = nvrtc.compile('#include <cstdint>\n__global__ void k() {}\n', "bad.cu",
-                                  compile_options() + ("--gpu-architecture=compute_90",), ())
-    assert not ok and "cstdint" in log
+    res = nvrtc.compile('#include <cstdint>\n__global__ void k() {}\n', "bad.cu",
+                        compile_options() + ("--gpu-architecture=compute_90",), ())
+    assert not res.ok and "cstdint" in res.log
 
 
 @pytest.fixture(scope="module")
 def usage():
-    mod = _resource_usage_module()
+    mod = resources
     if mod.find_nvcc() is None:
         pytest.skip("nvcc not found")
     return mod, mod.resource_usage(ARCHS)

@@ -220,8 +220,9 @@ def test_softmax_cross_entropy_matches_reference(be, version, dtype):
         for i, (n, k) in enumerate(_loss_cases()):
             logits = rng.standard_normal((n, k)) * 5 + (100 if i % 7 == 0 else 0)  # large offsets: stable?
             labels = rng.integers(0, k, n).astype(np.int64 if i % 2 else np.int32)
-            loss, d = be.softmax_cross_entropy(be.asarray(logits, dtype), be.asarray(labels))
-            loss_r, d_r = REF.softmax_cross_entropy(logits, labels)
+            smoothing = (0.0, 0.1, 1.0, 0.35)[i % 4]
+            loss, d = be.softmax_cross_entropy(be.asarray(logits, dtype), be.asarray(labels), smoothing)
+            loss_r, d_r = REF.softmax_cross_entropy(logits, labels, smoothing)
             assert loss.shape == () and loss.dtype == dtype and be.is_array(loss)
             assert_close(be.to_numpy(loss), loss_r, dtype, what=f"loss {(n, k)}")
             assert_close(be.to_numpy(d), d_r, dtype, what=f"dlogits {(n, k)}")
@@ -245,10 +246,11 @@ def test_softmax_cross_entropy_is_deterministic(be):
                                  what=f"softmax_cross_entropy v{v}")
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("name,block,grid", [("softmax_cross_entropy_v1<float>", (128,), (5,)),
                                              ("softmax_cross_entropy_v2<float>", (32, 4), (2,)),
                                              ("softmax_cross_entropy_v2<double>", (32, 4), (2,))])
-def test_loss_kernels_are_thread_order_independent(emu, name, block, grid):
+def test_loss_kernels_are_thread_order_independent(emu, name, block, grid, smoothing):
     rng = np.random.default_rng(44)
     n, k = 5, 45
     dt = np.float64 if "double" in name else np.float32
@@ -256,7 +258,7 @@ def test_loss_kernels_are_thread_order_independent(emu, name, block, grid):
     labels = rng.integers(0, k, n).astype(np.int32)
     d, rows = np.full((n, k), np.nan, dt), np.full(n, np.nan, dt)
     check_orders(emu.function("loss.cu", name), grid, block,
-                 (logits, labels, d, rows, np.int32(n), np.int32(k)))
+                 (logits, labels, d, rows, np.int32(n), np.int32(k), dt(smoothing)))
 
 
 def test_mean_reduce_is_thread_order_independent(emu):
@@ -303,15 +305,16 @@ def test_sgd_steps_match_reference(be, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_adam_steps_match_reference(be, weight_decay, dtype):
+def test_adam_steps_match_reference(be, weight_decay, decoupled, dtype):
     rng = np.random.default_rng(61)
     p_ref, m_ref, v_ref = rng.standard_normal(53), np.zeros(53), np.zeros(53)
     p = be.asarray(p_ref.copy(), dtype)
     m, v = be.asarray(np.zeros(53, dtype)), be.asarray(np.zeros(53, dtype))
     for step in range(1, 5):
         g = rng.standard_normal(53)
-        args = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
+        args = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, decoupled=decoupled)
         REF.adam_step(p_ref, g, m_ref, v_ref, step, **args)
         be.adam_step(p, be.asarray(g, dtype), m, v, step, **args)
         for out, ref, what in ((p, p_ref, "param"), (m, m_ref, "m"), (v, v_ref, "v")):

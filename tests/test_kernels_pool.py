@@ -64,6 +64,60 @@ MAX_GEOMS = _geometries()
 AVG_GEOMS = _geometries(avg=True)
 
 
+def _own_window_rule(dy: np.ndarray, indices: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """max_pool2d_backward's documented rule, written out loop by loop: each dy goes to the cell
+    its index names if that cell is one of the output's own window cells, else nowhere."""
+    dx = np.zeros(g.x_shape, dtype=np.float64)
+    for n in range(g.N):
+        for c in range(g.C):
+            for p in range(g.P):
+                for q in range(g.Q):
+                    cells = {h * g.W + w
+                             for h in range(p * g.stride_h - g.pad_h, p * g.stride_h - g.pad_h
+                                            + (g.R - 1) * g.dil_h + 1, g.dil_h)
+                             for w in range(q * g.stride_w - g.pad_w, q * g.stride_w - g.pad_w
+                                            + (g.S - 1) * g.dil_w + 1, g.dil_w)
+                             if 0 <= h < g.H and 0 <= w < g.W}
+                    i = int(indices[n, c, p, q])
+                    if i in cells:
+                        dx[n, c, i // g.W, i % g.W] += dy[n, c, p, q]
+    return dx
+
+
+def _tampered(rng, idx: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """max_pool2d's indices with about half replaced: -1, values past either end of the plane,
+    and cells of the plane anywhere (mostly outside the own window)."""
+    plane = g.H * g.W
+    bad = rng.integers(-3, plane + 3, idx.shape)
+    bad[rng.random(idx.shape) < 0.1] = np.iinfo(np.int32).max
+    bad[rng.random(idx.shape) < 0.1] = np.iinfo(np.int32).min
+    return np.where(rng.random(idx.shape) < 0.5, bad, idx).astype(np.int32)
+
+
+def test_reference_routes_only_indices_of_the_own_window():
+    rng = np.random.default_rng(5)
+    for g in MAX_GEOMS:
+        x = _distinct(rng, g.x_shape)
+        idx = _tampered(rng, REF.max_pool2d(x, g)[1], g)
+        dy = rng.standard_normal(g.y_shape)
+        np.testing.assert_allclose(REF.max_pool2d_backward(dy, idx, g), _own_window_rule(dy, idx, g),
+                                   rtol=1e-12, atol=0, err_msg=str(g))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_tampered_indices_route_the_same_gradient_as_the_reference(be, version):
+    """Out-of-range indices and in-range cells of another window contribute nothing, on every
+    backend, with no check on the host (the kernels gather by the same rule)."""
+    rng = np.random.default_rng(9)
+    with be.use_versions({"max_pool2d_backward": version}):
+        for g in MAX_GEOMS:
+            x = _distinct(rng, g.x_shape)
+            idx = _tampered(rng, REF.max_pool2d(x, g)[1], g)
+            dy = rng.standard_normal(g.y_shape)
+            dx = be.max_pool2d_backward(be.asarray(dy, np.float64), be.asarray(idx), g)
+            assert_close(_np(be, dx), REF.max_pool2d_backward(dy, idx, g), np.float64, what=str(g))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("version", [1, 2])
 def test_max_pool_matches_reference(be, dtype, version):

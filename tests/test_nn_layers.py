@@ -204,8 +204,40 @@ def test_same_seed_gives_same_weights_and_models_run():
         assert a.backward(np.ones_like(y)).shape == x.shape
 
 
-def test_resnet20_topology_and_zero_initialised_branches():
+def test_resnet20_is_he_et_als_cifar_network():
     model = build_model("resnet20", 3, 32, 10, seed=0)
+    convs = [m for _, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for _, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert len(convs) + len(linears) == 20 and all(c.bias is None for c in convs)
+    assert [c.out_channels for c in convs] == [16] * 7 + [32] * 6 + [64] * 6
+    assert [c.stride for c in convs if c.stride != (1, 1)] == [(2, 2)] * 2
+    norms = [m for _, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 19 and sum(isinstance(m, nn.BatchNormReLU2d) for m in norms) == 10
+    residuals = [m for _, m in model.named_modules() if isinstance(m, nn.Residual)]
+    assert [type(r.shortcut).__name__ for r in residuals] == ["NoneType"] * 3 + (
+        ["SubsamplePad2d"] + ["NoneType"] * 2) * 2
+    assert model.num_parameters() == 269722  # He et al.'s table 6: 0.27 M
+    y = model.forward(np.zeros((2, 3, 32, 32), np.float32))
+    assert y.shape == (2, 10)
+
+
+def test_subsample_pad_matches_its_definition_and_gradient():
+    rng = np.random.default_rng(5)
+    layer = nn.SubsamplePad2d(3, 8, 2)
+    x = rng.standard_normal((2, 3, 5, 4))
+    y = layer.forward(x)
+    want = np.zeros((2, 8, 3, 2))
+    want[:, 2:5] = x[:, :, ::2, ::2]
+    np.testing.assert_array_equal(y, want)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    assert np.vdot(dx, x) == pytest.approx(np.vdot(dy, y))  # a linear map and its adjoint
+    with pytest.raises(ValueError, match="out_channels"):
+        nn.SubsamplePad2d(4, 2)
+
+
+def test_resnet20_fixup_topology_and_zero_initialised_branches():
+    model = build_model("resnet20-fixup", 3, 32, 10, seed=0)
     convs = [m for _, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 1 + 9 * 2 + 2  # stem, 9 blocks x 2 convs, 2 projection shortcuts
     linears = [m for _, m in model.named_modules() if isinstance(m, nn.Linear)]

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from documents import load_valid
 
 from gpuconv.profiler import sass
 from gpuconv.profiler.model import LAUNCH_LATENCY_S, Work, instruction_estimate, predict
 from gpuconv.profiler.occupancy import occupancy
 from gpuconv.tools import suites
 from gpuconv.tools.cli import main
-from gpuconv.tools.profile import ROW_KEYS, sample_blocks
+from gpuconv.tools.profile import PROFILE_SCHEMA, ROW_KEYS, sample_blocks
 
 H100 = suites.HARDWARE["H100"]
 
@@ -307,7 +307,7 @@ def test_profile_command_rows_and_json(tmp_path, capsys):
         )
         == 0
     )
-    doc = json.loads(out.read_text())
+    doc = load_valid(out, PROFILE_SCHEMA)
     rows = doc["rows"]
     assert [(r["layer"], r["op"], r["kernel"]) for r in rows] == [
         ("C5", "conv2d_forward", "conv2d_forward_v2<float, 64>"),

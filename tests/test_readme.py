@@ -18,12 +18,15 @@ def _synopsis() -> dict:
     """command -> the text of its entry in the README's command-line block."""
     block = README.split("## Command line", 1)[1].split("```", 2)[1]
     entries: dict = {}
+    command = None
     for line in block.splitlines():
         m = re.match(r"gpuconv (\w+)", line)
         if m:
             command = m.group(1)
             entries[command] = ""
-        if line.strip():
+        elif not line.startswith(" "):
+            command = None  # another program's line (mpirun ...)
+        if command and line.strip():
             entries[command] += " " + line.split("#")[0]
     return entries
 
@@ -34,7 +37,7 @@ def _subparsers() -> dict:
     return sub.choices
 
 
-def test_cli_synopsis_lists_every_option_of_every_command_as_optional():
+def test_cli_synopsis_lists_every_argument_of_every_command():
     synopsis, parsers = _synopsis(), _subparsers()
     assert set(synopsis) == set(parsers)
     for command, parser in parsers.items():
@@ -44,7 +47,11 @@ def test_cli_synopsis_lists_every_option_of_every_command_as_optional():
                    if s.startswith("--") and s != "--help"}
         assert shown == options, f"gpuconv {command}: README {sorted(shown)}, parser {sorted(options)}"
         for action in parser._actions:
-            if not action.option_strings or action.dest == "help":
+            if not action.option_strings:  # a positional argument: shown by its metavar, unbracketed
+                name = action.metavar or action.dest.upper()
+                assert re.search(rf"(^|\s){re.escape(name)}(\s|$)", text), f"gpuconv {command}: {name}"
+                continue
+            if action.dest == "help":
                 continue
             opt = action.option_strings[-1]
             m = re.search(r"\[" + re.escape(opt) + r"(?: ([^\]]*))?\]", text)

@@ -283,3 +283,73 @@ def test_optimizer_steps_match_torch():
         opt.step()
         F.adam_step(p, g, m, v, step, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05)
     assert_close(p, tp, np.float64, what="adam")
+
+
+# ---- batch normalisation ---------------------------------------------------------------------
+
+def test_batch_norm_matches_torch():
+    """F.batch_norm(_relu) and their backward against torch's batch_norm (autograd) over random
+    shapes of rank 2 to 4, training and evaluation, with and without affine parameters and
+    running statistics; saved_mean/saved_invstd against torch's native_batch_norm."""
+    rng = np.random.default_rng(13)
+    for case in range(CASES):
+        rank = int(rng.integers(2, 5))
+        shape = (int(rng.integers(1, 5)), int(rng.integers(1, 5))) + tuple(
+            int(rng.integers(1, 6)) for _ in range(rank - 2))
+        training = bool(rng.random() < 0.6)
+        while training and shape[0] * int(np.prod(shape[2:])) < 3:
+            # (two values per channel normalise to -1 and 1 whatever x is: dx is exactly 0, and
+            # both sides return rounding noise)
+            shape = (shape[0] + 1,) + shape[1:]
+        C = shape[1]
+        affine, track, relu = (bool(rng.random() < 0.7) for _ in range(3))
+        track = track or not training
+        momentum, eps = float(rng.uniform(0, 1)), float(rng.choice([1e-5, 1e-3, 0.1]))
+        # Normal draws: evenly spaced values put a normalised value exactly on relu's kink.
+        x = rng.standard_normal(shape) * 3 + rng.standard_normal()
+        w, b = (rng.standard_normal(C), rng.standard_normal(C)) if affine else (None, None)
+        rm, rv = (rng.standard_normal(C), rng.uniform(0.2, 2.0, C)) if track else (None, None)
+        ctx = (case, shape, training, affine, track, relu, momentum, eps)
+        tx = torch_leaf(x)
+        tw, tb = (torch_leaf(w), torch_leaf(b)) if affine else (None, None)
+        trm, trv = (torch.tensor(rm), torch.tensor(rv)) if track else (None, None)
+        ty = TF.batch_norm(tx, trm, trv, tw, tb, training=training, momentum=momentum, eps=eps)
+        if relu:
+            ty = torch.relu(ty)
+        dy = rng.standard_normal(shape)
+        ty.backward(torch.tensor(dy))
+
+        fwd = F.batch_norm_relu if relu else F.batch_norm
+        y, mean, invstd = fwd(x, rm, rv, w, b, training=training, momentum=momentum, eps=eps)
+        assert_close(y, ty, np.float64, what=f"y {ctx}")
+        if track:
+            assert_close(rm, trm, np.float64, what=f"running_mean {ctx}")
+            assert_close(rv, trv, np.float64, what=f"running_var {ctx}")
+        if training:
+            _, tmean, tinv = torch.ops.aten.native_batch_norm(torch.tensor(x), None, None, None, None, True,
+                                                              0.0, eps)
+            assert_close(mean, tmean, np.float64, what=f"saved_mean {ctx}")
+            assert_close(invstd, tinv, np.float64, what=f"saved_invstd {ctx}")
+        if relu:
+            dx, dw, db = F.batch_norm_relu_backward(dy, x, y, w, mean, invstd, training=training)
+        else:
+            dx, dw, db = F.batch_norm_backward(dy, x, w, mean, invstd, training=training)
+        assert_close(dx, tx.grad, np.float64, what=f"dx {ctx}")
+        if affine:
+            assert_close(dw, tw.grad, np.float64, what=f"dweight {ctx}")
+            assert_close(db, tb.grad, np.float64, what=f"dbias {ctx}")
+
+
+def test_label_smoothing_matches_torch():
+    rng = np.random.default_rng(14)
+    for case in range(CASES):
+        N, K = int(rng.integers(1, 9)), int(rng.integers(1, 12))
+        eps = float(rng.choice([0.0, 1.0, rng.uniform(0, 1)]))
+        logits = rng.standard_normal((N, K)) * 4 + rng.standard_normal() * 50
+        labels = rng.integers(0, K, N)
+        tl = torch_leaf(logits)
+        tloss = TF.cross_entropy(tl, torch.tensor(labels), label_smoothing=eps)
+        tloss.backward()
+        loss, d = F.softmax_cross_entropy(logits, labels, label_smoothing=eps)
+        assert_close(loss, tloss, np.float64, what=f"loss {(case, N, K, eps)}")
+        assert_close(d, tl.grad, np.float64, what=f"dlogits {(case, N, K, eps)}")

@@ -7,9 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from documents import load_valid
 
 from gpuconv import nn
 from gpuconv.models import build_model
+from gpuconv.tools import report
 from gpuconv.tools.cli import main
 from gpuconv.tools.train import METRICS_SCHEMA, validate_metrics
 
@@ -21,7 +23,7 @@ def test_train_end_to_end_writes_valid_metrics_and_checkpoint(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "epoch   1/2" in out and "samples/s" in out and "test accuracy" in out
-    doc = json.loads(metrics_path.read_text())
+    doc = load_valid(metrics_path, METRICS_SCHEMA)
     validate_metrics(doc)
     assert set(METRICS_SCHEMA["required"]) <= set(doc)
     assert doc["backend"] == "numpy" and doc["model"] == "lenet" and doc["dataset"] == "digits"
@@ -40,7 +42,7 @@ def test_default_training_reaches_97_percent_on_the_bundled_digits(tmp_path, cap
     rc = main(["train", "--backend", "numpy", "--quiet", "--json", str(metrics_path)])
     assert rc == 0
     assert capsys.readouterr().out == ""
-    doc = json.loads(metrics_path.read_text())
+    doc = load_valid(metrics_path, METRICS_SCHEMA)
     validate_metrics(doc)
     assert (doc["model"], doc["optimizer"], doc["seed"], doc["dataset"]) == ("lenet", "adam", 0, "digits")
     assert doc["train_samples"] + doc["test_samples"] == 1797  # every bundled image is used once
@@ -118,15 +120,17 @@ def test_plot_needs_matplotlib_or_writes_a_png(tmp_path, capsys):
 
 def test_validate_metrics_rejects_bad_documents():
     good = {k: 0 for k in METRICS_SCHEMA["required"]}
-    good.update(schema=METRICS_SCHEMA["$id"], model="lenet", backend="numpy", dataset="digits",
-                optimizer="adam", lr=0.1, epochs=1, test_accuracy=0.5, train_accuracy=0.5,
+    good.update(schema=METRICS_SCHEMA["$id"], environment=report.environment(), model="lenet",
+                backend="numpy", dataset="digits", optimizer="adam", lr=0.1, epochs=1, test_accuracy=0.5,
+                train_accuracy=0.5,
                 history=[{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0,
                           "test_accuracy": 0.5, "seconds": 1.0, "samples_per_second": 10.0}])
     validate_metrics(good)
     for key, value, match in (("test_accuracy", 1.5, r"\$\.test_accuracy: must be <= 1"),
                               ("model", 3, r"\$\.model: expected string"),
                               ("epochs", 2, "1 history entries for 2 epochs"),
-                              ("schema", "x", r"\$\.schema: must be 'gpuconv.train.metrics/1'"),
+                              ("schema", "x", r"\$\.schema: must be 'gpuconv-train/1'"),
+                              ("environment", {}, r"\$\.environment: missing key 'date'"),
                               ("wall_seconds", float("nan"), r"\$\.wall_seconds: expected number, got nan")):
         with pytest.raises(ValueError, match=match):
             validate_metrics(dict(good, **{key: value}))
@@ -156,22 +160,3 @@ def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "gpuconv", "train", "--epochs", "-1"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "gpuconv: error: --epochs must be >= 1" in proc.stderr
-
-
-def test_progress_bar_draws_and_clears_only_when_enabled():
-    import io
-
-    from gpuconv.tools.train import ProgressBar
-    stream = io.StringIO()
-    bar = ProgressBar(stream, enabled=True, width=10)
-    bar.update("epoch 1/2", 5, 10)
-    bar.update("epoch 1/2", 10, 10)
-    text = stream.getvalue()
-    assert "\repoch 1/2 [#####.....] 5/10" in text and "[##########] 10/10" in text
-    bar.clear()
-    assert stream.getvalue().endswith("\r")
-    quiet = io.StringIO()
-    off = ProgressBar(quiet, enabled=False)
-    off.update("epoch 1/1", 1, 1)
-    off.clear()
-    assert quiet.getvalue() == ""

@@ -87,9 +87,9 @@ struct dim3 {
 #define warpSize 32
 
 // ---- assertions and traps ----------------------------------------------------------------------
-#undef assert
-#define assert(e) \
-  ((e) ? (void)0 : gpuconv_emu_fail(GPUCONV_EMU_ERR_ASSERT, "assertion '" #e "' failed", __FILE__, __LINE__))
+// assert is the C library's (from <assert.h>, honouring NDEBUG, whether or not the kernel includes
+// <assert.h>/<cassert> itself): kernel modules are linked with __assert_fail, exit and abort
+// redirected to the runtime, which ends the launch with an error naming the thread.
 
 inline void __trap(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   gpuconv_emu_fail(GPUCONV_EMU_ERR_TRAP, "__trap() called", file, line);

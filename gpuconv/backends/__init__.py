@@ -1,9 +1,19 @@
 """Backend registry and selection.
 
-Backends are chosen explicitly: ``use_backend(name)`` (context manager), ``set_backend(name)``,
-the ``GPUCONV_BACKEND`` environment variable, or ``--backend`` on the command line. ``"auto"``
-means ``"cuda"`` when CuPy sees a usable device and ``"numpy"`` otherwise, and logs which it took.
-Asking for ``"cuda"`` where there is none raises ``BackendUnavailable`` saying why.
+The backend an op runs on is, in this order of precedence:
+
+1. the innermost ``use_backend(name)`` block around the call (thread-local, nestable);
+2. the backend a model was moved to with ``model.to(name)``, while that model's ``forward`` or
+   ``backward`` runs (and an optimizer's update of that model's parameters; see
+   ``gpuconv.nn.Module.to``) -- ``running_on`` is the mechanism;
+3. ``set_backend(name)``, the process-wide default;
+4. the ``GPUCONV_BACKEND`` environment variable;
+5. ``numpy``.
+
+``"auto"`` (``--backend auto`` on the command line) means ``GPUCONV_BACKEND`` when that is set,
+else ``"cuda"`` when CuPy sees a usable device and ``"numpy"`` otherwise; it logs which it took
+(``auto_choice`` says which and why). Asking for ``"cuda"`` where there is none raises
+``BackendUnavailable`` saying why.
 """
 from __future__ import annotations
 
@@ -11,16 +21,18 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Callable, Dict, Iterator, Union
+from typing import Callable, Dict, Iterator, Tuple, Union
 
 from .base import Backend
 
 __all__ = ["Backend", "BackendUnavailable", "BACKEND_NAMES", "get_backend", "set_backend",
-           "use_backend", "resolve_backend", "cuda_unavailable_reason"]
+           "use_backend", "running_on", "resolve_backend", "auto_choice", "cuda_unavailable_reason",
+           "ENV_VAR"]
 
 log = logging.getLogger("gpuconv")
 
 BACKEND_NAMES = ("numpy", "emulator", "cuda")
+ENV_VAR = "GPUCONV_BACKEND"
 
 
 class BackendUnavailable(RuntimeError):
@@ -71,17 +83,29 @@ def cuda_unavailable_reason() -> str:
     return ""
 
 
+def auto_choice() -> Tuple[str, str]:
+    """(backend name, why) for ``"auto"``: ``GPUCONV_BACKEND`` when set (and not itself "auto"),
+    else cuda when CuPy sees a usable device, else numpy."""
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if env and env != "auto":
+        if env not in _FACTORIES:
+            raise ValueError(f"{ENV_VAR} must be one of {', '.join(BACKEND_NAMES)} or 'auto', "
+                             f"got {os.environ[ENV_VAR]!r}")
+        return env, f"{ENV_VAR}={env}"
+    reason = cuda_unavailable_reason()
+    return ("numpy", reason) if reason else ("cuda", "CuPy sees a CUDA device")
+
+
 def resolve_backend(name: Union[str, Backend]) -> Backend:
-    """Return the (cached) backend instance for ``name``; ``"auto"`` picks cuda or numpy."""
+    """Return the (cached) backend instance for ``name``; ``"auto"`` as ``auto_choice`` says."""
     if isinstance(name, Backend):
         return name
     if not isinstance(name, str):
         raise TypeError(f"backend must be a name (one of {', '.join(BACKEND_NAMES)}, auto), got {name!r}")
     key = name.strip().lower()
     if key == "auto":
-        reason = cuda_unavailable_reason()
-        key = "cuda" if not reason else "numpy"
-        log.info("backend 'auto' chose %r%s", key, "" if not reason else f" ({reason})")
+        key, why = auto_choice()
+        log.info("backend 'auto' chose %r (%s)", key, why)
     if key not in _FACTORIES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)} or 'auto', got {name!r}")
     with _lock:
@@ -91,15 +115,20 @@ def resolve_backend(name: Union[str, Backend]) -> Backend:
 
 
 def get_backend() -> Backend:
-    """The backend in force: innermost ``use_backend``, else ``set_backend``, else
-    ``GPUCONV_BACKEND``, else numpy."""
-    stack = getattr(_state, "stack", None)
-    if stack:
-        return stack[-1]
+    """The backend in force (see the module docstring for the order of precedence)."""
+    current = getattr(_state, "current", None)
+    if current is not None:
+        return current
     global _default
     if _default is None:
-        _default = resolve_backend(os.environ.get("GPUCONV_BACKEND", "numpy") or "numpy")
+        _default = resolve_backend(os.environ.get(ENV_VAR, "numpy") or "numpy")
     return _default
+
+
+def _update_current() -> None:
+    """Cache the innermost explicit backend, else the innermost placement, for get_backend."""
+    explicit, placed = getattr(_state, "stack", None), getattr(_state, "placed", None)
+    _state.current = explicit[-1] if explicit else (placed[-1] if placed else None)
 
 
 def set_backend(name: Union[str, Backend]) -> Backend:
@@ -117,7 +146,33 @@ def use_backend(name: Union[str, Backend]) -> Iterator[Backend]:
     if stack is None:
         stack = _state.stack = []
     stack.append(backend)
+    _update_current()
     try:
         yield backend
     finally:
         stack.pop()
+        _update_current()
+
+
+class running_on:
+    """``with running_on(backend):`` runs the block on ``backend`` (a Backend instance, or None
+    for no change) unless a ``use_backend`` block encloses it: the precedence of a model's
+    placement (``Module.to``). Cheaper than ``use_backend``: layers enter it on every call."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: Union[Backend, None]) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> None:
+        if self.backend is not None:
+            placed = getattr(_state, "placed", None)
+            if placed is None:
+                placed = _state.placed = []
+            placed.append(self.backend)
+            _update_current()
+
+    def __exit__(self, *exc) -> None:
+        if self.backend is not None:
+            _state.placed.pop()
+            _update_current()

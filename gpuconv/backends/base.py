@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-from ..geometry import ConvGeometry, PoolGeometry
+from ..geometry import AugmentSpec, ConvGeometry, NormGeometry, PoolGeometry
 
 Array = Any
 
@@ -120,8 +120,29 @@ class Backend:
                         ) -> Tuple[Array, Array, Optional[Array]]:
         raise NotImplementedError
 
-    def softmax_cross_entropy(self, logits: Array, labels: Array) -> Tuple[Array, Array]:
-        """(loss as a 0-d array, dlogits), mean over the batch."""
+    def softmax_cross_entropy(self, logits: Array, labels: Array, label_smoothing: float = 0.0
+                              ) -> Tuple[Array, Array]:
+        """(loss as a 0-d array, dlogits), mean over the batch; PyTorch's label smoothing."""
+        raise NotImplementedError
+
+    # ---- batch normalisation ------------------------------------------------------------
+    def batch_norm(self, x: Array, running_mean: Optional[Array], running_var: Optional[Array],
+                   weight: Optional[Array], bias: Optional[Array], g: NormGeometry, training: bool,
+                   momentum: float, eps: float, relu: bool) -> Tuple[Array, Array, Array]:
+        """(y, saved_mean, saved_invstd) of functional.batch_norm (relu: y = max(y, 0)); running
+        statistics, when given and training, are updated in place."""
+        raise NotImplementedError
+
+    def batch_norm_backward(self, dy: Array, x: Array, y: Optional[Array], weight: Optional[Array],
+                            saved_mean: Array, saved_invstd: Array, g: NormGeometry, training: bool
+                            ) -> Tuple[Array, Array, Array]:
+        """(dx, dweight, dbias) of functional.batch_norm_backward; with ``y`` (the output of the
+        fused forward) dy counts only where y > 0."""
+        raise NotImplementedError
+
+    # ---- batch augmentation -------------------------------------------------------------
+    def augment(self, x: Array, indices: Array, seed: int, epoch: int, spec: AugmentSpec) -> Array:
+        """functional.augment; ``indices`` int32 (N,), the draws of ``gpuconv.augment_rng``."""
         raise NotImplementedError
 
     # ---- optimizer updates (in place) ---------------------------------------------------
@@ -131,6 +152,8 @@ class Backend:
         raise NotImplementedError
 
     def adam_step(self, param: Array, grad: Array, m: Array, v: Array, step: int, lr: float,
-                  beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-        """PyTorch's Adam rule (L2 weight decay added to the gradient); ``step`` starts at 1."""
+                  beta1: float, beta2: float, eps: float, weight_decay: float,
+                  decoupled: bool = False) -> None:
+        """PyTorch's Adam rule (L2 weight decay added to the gradient), or with ``decoupled``
+        AdamW's (param *= 1 - lr * weight_decay first, no L2 term); ``step`` starts at 1."""
         raise NotImplementedError

@@ -196,5 +196,10 @@ class KernelBackend(Backend):
     softmax_cross_entropy = launch.loss.softmax_cross_entropy
     argmax = launch.loss.argmax  # row-wise argmax of (N, K) scores as int32 (N,); ties -> first, NaN wins
 
+    batch_norm = launch.batchnorm.forward
+    batch_norm_backward = launch.batchnorm.backward
+
+    augment = launch.augment.augment
+
     sgd_step = launch.optim.sgd_step
     adam_step = launch.optim.adam_step

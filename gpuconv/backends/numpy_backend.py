@@ -13,22 +13,29 @@ batch chunks small enough to stay in cache:
     dilated kernel extent with the flipped filter (the seed's full convolution); otherwise
     weight^T dy per image followed by one strided add per tap, accumulating overlapping windows
     in a fixed order (deterministic).
-  * pooling: max copies the kh*kw window elements once to a contiguous (kh*kw, n, C, P, Q)
-    buffer and reduces there; average and L2 sum tap by tap; global windows are one reduction.
-    Max backward scatters dy to its indices (np.bincount where windows overlap, accumulating);
-    average/L2 backward add one strided view per window offset.
+  * pooling: max copies the window elements once to a contiguous (taps, n, C, P, Q) buffer and
+    reduces there; average and L2 sum tap by tap; global windows are one reduction. Max backward
+    scatters dy to its indices (np.bincount where windows overlap, accumulating); average/L2
+    backward add one strided view per window offset.
+
+Padding is never materialised beyond what the work needs: pooling and the strided convolution
+paths copy, tap by tap, only the part of the input a tap reaches (``_axis_taps``), and skip taps
+that reach no input at all, so memory and time follow the input, the output and the taps that
+touch data, not the padding or dilation (a 1x1 input with padding 2^29 and dilation 2^30 costs
+what a 1x1 input costs). The stride-1 convolution pads its input only when the padded plane is
+at most a few times the input and output planes (``_flat_fits``).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..augment_rng import augment_params
 from ..dropout_rng import dropout_mask
-from ..geometry import ConvGeometry, PoolGeometry, avg_pool_divisor
+from ..geometry import AugmentSpec, ConvGeometry, NormGeometry, PoolGeometry, avg_pool_divisor
 from .base import Backend
 
 # Target size of one batch chunk's working buffer (conv columns, max-pool windows): large enough
@@ -42,15 +49,23 @@ def _chunks(n: int, bytes_per_item: int) -> Iterator[slice]:
         yield slice(start, min(n, start + step))
 
 
-def _pad_nchw(x: np.ndarray, top: int, bottom: int, left: int, right: int,
-              fill: float = 0.0) -> np.ndarray:
-    """x (N, C, H, W) with ``fill`` added around the spatial dimensions (x itself when no padding)."""
-    if top == bottom == left == right == 0:
-        return x
-    N, C, H, W = x.shape
-    out = np.full((N, C, H + top + bottom, W + left + right), fill, dtype=x.dtype)
-    out[:, :, top:top + H, left:left + W] = x
-    return out
+def _axis_taps(k: int, d: int, pad: int, out: int, s: int, size: int) -> List[Tuple[int, slice, slice]]:
+    """Along one axis, the window offsets r in [0, k) that reach the input for some output:
+    (r, outputs o with 0 <= o*s + r*d - pad < size, the matching input positions), as slices.
+
+    Only offsets between the first and the last that can reach the input are visited, so the
+    loop is bounded by the input and output sizes, not by ``k``, the padding or the dilation.
+    """
+    taps = []
+    r_lo = max(0, -(((out - 1) * s - pad) // d))  # r*d - pad + (out-1)*s >= 0
+    r_hi = min(k - 1, (size - 1 + pad) // d)       # r*d - pad <= size - 1
+    for r in range(r_lo, r_hi + 1):
+        off = r * d - pad
+        lo = max(0, -(off // s))
+        hi = min(out, (size - 1 - off) // s + 1)
+        if lo < hi:
+            taps.append((r, slice(lo, hi), slice(lo * s + off, (hi - 1) * s + off + 1, s)))
+    return taps
 
 
 def _tap(a: np.ndarray, h0: int, w0: int, P: int, Q: int, sh: int, sw: int) -> np.ndarray:
@@ -62,7 +77,8 @@ def _tap(a: np.ndarray, h0: int, w0: int, P: int, Q: int, sh: int, sw: int) -> n
 
 @dataclass(frozen=True)
 class _Taps:
-    """A correlation over an already padded input: R x S taps, dilation, stride, output P x Q."""
+    """A correlation: R x S taps, dilation, stride, output P x Q, and whether it runs ``flat``
+    (stride 1 over the padded input, each tap's columns one contiguous run of it)."""
 
     R: int
     S: int
@@ -72,11 +88,18 @@ class _Taps:
     stride_w: int
     dil_h: int
     dil_w: int
+    flat: bool
 
-    @property
-    def flat(self) -> bool:
-        """Stride 1: each tap's columns are one contiguous run of the flattened padded input."""
-        return self.stride_h == 1 and self.stride_w == 1
+
+def _flat_fits(H: int, W: int, pads: Tuple[int, int, int, int], P: int, Q: int) -> bool:
+    """Whether the padded plane (one extra row) stays within a few input and output planes."""
+    top, bottom, left, right = pads
+    return (H + top + bottom + 1) * (W + left + right) <= 4 * (H * W + P * Q)
+
+
+def _make_taps(R: int, S: int, P: int, Q: int, sh: int, sw: int, dh: int, dw: int, H: int, W: int,
+               pads: Tuple[int, int, int, int]) -> _Taps:
+    return _Taps(R, S, P, Q, sh, sw, dh, dw, sh == sw == 1 and _flat_fits(H, W, pads, P, Q))
 
 
 def _padded(x: np.ndarray, top: int, bottom: int, left: int, right: int, extra_row: bool) -> np.ndarray:
@@ -92,29 +115,32 @@ def _padded(x: np.ndarray, top: int, bottom: int, left: int, right: int, extra_r
     return out
 
 
-def _columns(xp: np.ndarray, t: _Taps) -> Tuple[np.ndarray, int]:
-    """Padded x (n, C, Hp, Wp) -> (columns (n, C*R*S, P*L), L).
+def _columns(x: np.ndarray, pads: Tuple[int, int, int, int], t: _Taps) -> Tuple[np.ndarray, int]:
+    """x (n, C, H, W) and its padding (top, bottom, left, right; negative crops) ->
+    (columns (n, C*R*S, P*L), L).
 
-    With stride 1 the columns of tap (r, s) are the flattened input from offset r*dh*Wp + s*dw:
-    one contiguous copy per tap and per (n, C), computing L = Wp outputs per row of which the
-    last Wp - Q are discarded. Otherwise L = Q and each tap is a strided (P, Q) copy.
+    Flat (stride 1): the columns of tap (r, s) are the flattened padded input from offset
+    r*dh*Wp + s*dw, one contiguous copy per tap and per (n, C), computing L = Wp outputs per row
+    of which the last Wp - Q are discarded. Otherwise L = Q and each tap copies the strided part
+    of the unpadded input it reaches into zeroed columns.
     """
-    n, C, Hp, Wp = xp.shape
+    n, C, H, W = x.shape
     if t.flat:
+        xp = _padded(x, *pads, extra_row=True)
+        Hp, Wp = xp.shape[2:]
         L = Wp
         flat = xp.reshape(n, C, Hp * Wp)
-        cols = np.empty((n, C, t.R, t.S, t.P * L), dtype=xp.dtype)
+        cols = np.empty((n, C, t.R, t.S, t.P * L), dtype=x.dtype)
         for r in range(t.R):
             for s in range(t.S):
                 start = r * t.dil_h * Wp + s * t.dil_w
                 cols[:, :, r, s] = flat[:, :, start:start + t.P * L]
-    else:
-        L = t.Q
-        cols = np.empty((n, C, t.R, t.S, t.P, t.Q), dtype=xp.dtype)
-        for r in range(t.R):
-            for s in range(t.S):
-                cols[:, :, r, s] = _tap(xp, r * t.dil_h, s * t.dil_w, t.P, t.Q, t.stride_h, t.stride_w)
-    return cols.reshape(n, C * t.R * t.S, t.P * L), L
+        return cols.reshape(n, C * t.R * t.S, t.P * L), L
+    cols = np.zeros((n, C, t.R, t.S, t.P, t.Q), dtype=x.dtype)
+    for r, ps, hs in _axis_taps(t.R, t.dil_h, pads[0], t.P, t.stride_h, H):
+        for s, qs, ws in _axis_taps(t.S, t.dil_w, pads[2], t.Q, t.stride_w, W):
+            cols[:, :, r, s, ps, qs] = x[:, :, hs, ws]
+    return cols.reshape(n, C * t.R * t.S, t.P * t.Q), t.Q
 
 
 def _correlate(x: np.ndarray, wm: np.ndarray, pads: Tuple[int, int, int, int], t: _Taps) -> np.ndarray:
@@ -126,7 +152,7 @@ def _correlate(x: np.ndarray, wm: np.ndarray, pads: Tuple[int, int, int, int], t
     y = np.empty((N, K, t.P, t.Q), dtype=x.dtype)
     row = x.shape[3] + pads[2] + pads[3] if t.flat else t.Q
     for sl in _chunks(N, C * t.R * t.S * t.P * row * x.itemsize):
-        cols, L = _columns(_padded(x[sl], *pads, extra_row=t.flat), t)
+        cols, L = _columns(x[sl], pads, t)
         n = cols.shape[0]
         out = np.matmul(wm, cols.reshape(n, G, -1, t.P * L))
         y[sl] = out.reshape(n, K, t.P, L)[..., :t.Q]
@@ -134,7 +160,8 @@ def _correlate(x: np.ndarray, wm: np.ndarray, pads: Tuple[int, int, int, int], t
 
 
 def _conv_taps(g: ConvGeometry) -> _Taps:
-    return _Taps(g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w, g.dil_h, g.dil_w)
+    return _make_taps(g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.H, g.W,
+                      _conv_pads(g))
 
 
 def _conv_pads(g: ConvGeometry) -> Tuple[int, int, int, int]:
@@ -160,7 +187,7 @@ def _backward_data_stride1(dy: np.ndarray, weight: np.ndarray, g: ConvGeometry) 
     the flipped filter (the seed's full convolution)."""
     eh, ew = (g.R - 1) * g.dil_h, (g.S - 1) * g.dil_w
     pads = (eh - g.pad_h, eh - g.pad_bottom, ew - g.pad_w, ew - g.pad_right)
-    t = _Taps(g.R, g.S, g.H, g.W, 1, 1, g.dil_h, g.dil_w)
+    t = _make_taps(g.R, g.S, g.H, g.W, 1, 1, g.dil_h, g.dil_w, g.P, g.Q, pads)
     return _correlate(dy, _flipped_weight_matrix(weight, g), pads, t)
 
 
@@ -168,18 +195,17 @@ def _backward_data_columns(dy: np.ndarray, weight: np.ndarray, g: ConvGeometry) 
     """dx via columns: (C*R*S, P*Q) = weight^T dy per image, then one strided add per tap."""
     G, Kg, PQ = g.groups, g.K // g.groups, g.P * g.Q
     wmt = _weight_matrix(weight, g).transpose(0, 2, 1)
-    dx = np.empty(g.x_shape, dtype=dy.dtype)
-    Hp, Wp = g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right
+    dx = np.zeros(g.x_shape, dtype=dy.dtype)
+    rows = _axis_taps(g.R, g.dil_h, g.pad_h, g.P, g.stride_h, g.H)
+    cols = _axis_taps(g.S, g.dil_w, g.pad_w, g.Q, g.stride_w, g.W)
     for sl in _chunks(g.N, g.C * g.R * g.S * PQ * dy.itemsize):
         dyc = dy[sl].reshape(-1, G, Kg, PQ)
         n = dyc.shape[0]
         dcols = np.matmul(wmt, dyc).reshape(n, g.C, g.R, g.S, g.P, g.Q)
-        dxp = np.zeros((n, g.C, Hp, Wp), dtype=dy.dtype)
-        for r in range(g.R):
-            for s in range(g.S):
-                view = _tap(dxp, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
-                view += dcols[:, :, r, s]
-        dx[sl] = dxp[:, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W]
+        dxc = dx[sl]
+        for r, ps, hs in rows:
+            for s, qs, ws in cols:
+                dxc[:, :, hs, ws] += dcols[:, :, r, s, ps, qs]
     return dx
 
 
@@ -190,7 +216,7 @@ def _backward_filter(dy: np.ndarray, x: np.ndarray, g: ConvGeometry) -> np.ndarr
     dw = np.zeros((G, Kg, (g.C // G) * g.R * g.S), dtype=x.dtype)
     row = g.W + g.pad_w + g.pad_right if t.flat else g.Q
     for sl in _chunks(g.N, g.C * g.R * g.S * g.P * row * x.itemsize):
-        cols, L = _columns(_padded(x[sl], *_conv_pads(g), extra_row=t.flat), t)
+        cols, L = _columns(x[sl], _conv_pads(g), t)
         n = cols.shape[0]
         dyc = dy[sl]
         if L != g.Q:  # zero gradient for the discarded outputs of the flat columns
@@ -204,41 +230,24 @@ def _backward_filter(dy: np.ndarray, x: np.ndarray, g: ConvGeometry) -> np.ndarr
 
 # ---- pooling -------------------------------------------------------------------------------
 
-def _pool_padded_extent(g: PoolGeometry) -> Tuple[int, int]:
-    """Bottom/right padding that keeps every window (ceil_mode included) inside the buffer."""
-    hp = max(g.H + 2 * g.pad_h, (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1)
-    wp = max(g.W + 2 * g.pad_w, (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1)
-    return hp - g.H - g.pad_h, wp - g.W - g.pad_w
-
-
-def _pool_offsets(g: PoolGeometry) -> List[Tuple[int, int]]:
-    """Window offsets (i, j) in raster order."""
-    return [(i, j) for i in range(g.R) for j in range(g.S)]
-
-
-def _window_rows(g: PoolGeometry, i: int) -> np.ndarray:
-    """Input row of window offset i for each output row (may lie in the padding)."""
-    return np.arange(g.P) * g.stride_h - g.pad_h + i * g.dil_h
-
-
-def _window_cols(g: PoolGeometry, j: int) -> np.ndarray:
-    return np.arange(g.Q) * g.stride_w - g.pad_w + j * g.dil_w
+def _pool_taps(g: PoolGeometry) -> List[Tuple[int, int, Tuple[slice, slice], Tuple[slice, slice]]]:
+    """The window offsets (i, j) that reach the input, in raster order, each with the outputs it
+    reaches and the input cells it reads there: (i, j, (output rows, cols), (input rows, cols))."""
+    rows = _axis_taps(g.R, g.dil_h, g.pad_h, g.P, g.stride_h, g.H)
+    cols = _axis_taps(g.S, g.dil_w, g.pad_w, g.Q, g.stride_w, g.W)
+    return [(i, j, (ps, qs), (hs, ws)) for i, ps, hs in rows for j, qs, ws in cols]
 
 
 def _windows_overlap(g: PoolGeometry) -> bool:
     return g.stride_h < (g.R - 1) * g.dil_h + 1 or g.stride_w < (g.S - 1) * g.dil_w + 1
 
 
-@lru_cache(maxsize=256)
-def _avg_divisors(g: PoolGeometry, count_include_pad: bool,
-                  divisor_override: Optional[int]) -> np.ndarray:
-    """(P, Q) float64 divisors, PyTorch's rule (geometry.avg_pool_divisor)."""
-    d = np.empty((g.P, g.Q), dtype=np.float64)
-    for oh in range(g.P):
-        for ow in range(g.Q):
-            d[oh, ow] = avg_pool_divisor(g, oh, ow, count_include_pad, divisor_override)
-    d.setflags(write=False)
-    return d
+def _avg_divisors(g: PoolGeometry, count_include_pad: bool, divisor_override: Optional[int]) -> np.ndarray:
+    """(P, Q) float64 divisors, PyTorch's rule (geometry.avg_pool_divisor, evaluated on arrays)."""
+    oh = np.arange(g.P, dtype=np.int64)[:, None]
+    ow = np.arange(g.Q, dtype=np.int64)[None, :]
+    d = avg_pool_divisor(g, oh, ow, count_include_pad, divisor_override)
+    return np.broadcast_to(np.asarray(d, dtype=np.float64), (g.P, g.Q))
 
 
 def _is_global(g: PoolGeometry) -> bool:
@@ -249,80 +258,140 @@ def _is_global(g: PoolGeometry) -> bool:
 
 def _window_sum_scatter(grad: np.ndarray, g: PoolGeometry) -> np.ndarray:
     """Adjoint of the zero-padded window sum: grad (N, C, P, Q) -> (N, C, H, W)."""
-    pb, pr = _pool_padded_extent(g)
     N, C = grad.shape[:2]
     if _is_global(g):
         return np.ascontiguousarray(np.broadcast_to(grad, (N, C, g.H, g.W)))
-    if not _windows_overlap(g) and g.pad_h == g.pad_w == pb == pr == 0:
-        dx = np.zeros((N, C, g.H, g.W), dtype=grad.dtype)
-        for i, j in _pool_offsets(g):
-            _tap(dx, i * g.dil_h, j * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)[...] = grad
-        return dx
-    dxp = np.zeros((N, C, g.H + g.pad_h + pb, g.W + g.pad_w + pr), dtype=grad.dtype)
-    for i, j in _pool_offsets(g):
-        _tap(dxp, i * g.dil_h, j * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)[...] += grad
-    return np.ascontiguousarray(dxp[:, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W])
+    dx = np.zeros((N, C, g.H, g.W), dtype=grad.dtype)
+    for _, _, out, inp in _pool_taps(g):
+        dx[(..., *inp)] += grad[(..., *out)]
+    return dx
 
 
 def _window_sum(x: np.ndarray, g: PoolGeometry) -> np.ndarray:
     """Sum over each zero-padded window: x (N, C, H, W) -> (N, C, P, Q)."""
     if _is_global(g):
         return np.ascontiguousarray(x).reshape(g.N, g.C, -1).sum(axis=2).reshape(g.y_shape)
-    pb, pr = _pool_padded_extent(g)
-    xp = _pad_nchw(x, g.pad_h, pb, g.pad_w, pr)
-    out = None
-    for i, j in _pool_offsets(g):
-        v = _tap(xp, i * g.dil_h, j * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
-        if out is None:
-            out = v.copy()
-        else:
-            out += v
+    out = np.zeros(g.y_shape, dtype=x.dtype)
+    for _, _, o, inp in _pool_taps(g):
+        out[(..., *o)] += x[(..., *inp)]
     return out
 
 
 def _first_hit(hits, deltas: List[int], shape) -> Tuple[np.ndarray, np.ndarray]:
-    """For boolean arrays ``hits`` in raster order: (the delta of the first true one, any true)."""
-    delta = np.zeros(shape, dtype=np.int32)
+    """For boolean arrays ``hits`` in order: (the delta of the first true one, any true)."""
+    delta = np.zeros(shape, dtype=np.int64)
     found = np.zeros(shape, dtype=bool)
     for hit, d in zip(hits, deltas):
         first = np.greater(hit, found)  # hit and not found before
         if d:
-            delta += first.view(np.uint8) * np.int32(d)
+            delta += first.view(np.uint8) * np.int64(d)
         found |= hit
     return delta, found
 
 
-def _max_pool_chunk(xp: np.ndarray, g: PoolGeometry) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """Padded (-inf) x (n, C, Hp, Wp) -> (y, winner offset from the window origin in the flat
-    input plane, mask of windows without any input element or None).
+def _max_pool_chunk(x: np.ndarray, g: PoolGeometry, taps) -> Tuple[np.ndarray, np.ndarray]:
+    """x (n, C, H, W) -> (y, indices) over the windows' taps that reach the input.
 
-    The windows are first copied to (kh*kw, n, C, P, Q) so that the reductions below run over
-    contiguous memory. Ties: the first maximum in raster order; NaN: the first NaN; padding
-    (-inf) never wins.
+    The windows are first copied to (taps, n, C, P, Q) (-inf where a tap falls in the padding for
+    that output) so that the reductions below run over contiguous memory. Ties: the first
+    maximum in raster order; NaN: the first NaN; padding never wins; a window without any input
+    element gives -inf and index -1.
     """
-    offsets = _pool_offsets(g)
-    deltas = [i * g.dil_h * g.W + j * g.dil_w for i, j in offsets]
-    windows = np.empty((len(offsets),) + xp.shape[:2] + (g.P, g.Q), dtype=xp.dtype)
-    for t, (i, j) in enumerate(offsets):
-        windows[t] = _tap(xp, i * g.dil_h, j * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w)
+    shape = x.shape[:2] + (g.P, g.Q)
+    if not taps:
+        return np.full(shape, -np.inf, dtype=x.dtype), np.full(shape, -1, dtype=np.int32)
+    windows = np.empty((len(taps),) + shape, dtype=x.dtype)
+    for t, (_, _, out, inp) in enumerate(taps):
+        if out != (slice(0, g.P), slice(0, g.Q)):
+            windows[t].fill(-np.inf)
+        windows[(t, Ellipsis, *out)] = x[(..., *inp)]
+    deltas = [i * g.dil_h * g.W + j * g.dil_w for i, j, _, _ in taps]  # from the window origin
     y = windows.max(axis=0)  # NaN propagates
-    delta, _ = _first_hit((w == y for w in windows), deltas, y.shape)
+    delta, _ = _first_hit((w == y for w in windows), deltas, shape)
     nan_out = np.isnan(y)
     if nan_out.any():  # the only windows with no element equal to their maximum
-        nan_delta, _ = _first_hit((np.isnan(w) for w in windows), deltas, y.shape)
-        np.copyto(delta, nan_delta, where=nan_out)
+        np.copyto(delta, _first_hit((np.isnan(w) for w in windows), deltas, shape)[0], where=nan_out)
     neg_inf = y == -np.inf
     empty = None
     if neg_inf.any():
         # Padding equals -inf too: the first real element wins; windows without one are empty.
         valid = []
-        for i, j in offsets:
-            rows, cols = _window_rows(g, i), _window_cols(g, j)
-            valid.append(((rows >= 0) & (rows < g.H))[:, None] & ((cols >= 0) & (cols < g.W))[None, :])
-        inf_delta, found = _first_hit((np.broadcast_to(v, y.shape) for v in valid), deltas, y.shape)
+        for _, _, (ps, qs), _ in taps:
+            v = np.zeros((g.P, g.Q), dtype=bool)
+            v[ps, qs] = True
+            valid.append(np.broadcast_to(v, shape))
+        inf_delta, found = _first_hit(valid, deltas, shape)
         np.copyto(delta, inf_delta, where=neg_inf)
         empty = neg_inf & ~found
-    return y, delta, empty
+    delta += ((np.arange(g.P, dtype=np.int64) * g.stride_h - g.pad_h)[:, None] * g.W
+              + (np.arange(g.Q, dtype=np.int64) * g.stride_w - g.pad_w)[None, :])  # window origins
+    idx = delta.astype(np.int32)
+    if empty is not None:
+        idx[empty] = -1
+    return y, idx
+
+
+def _in_own_window(indices: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """Whether each index names an input cell of its own output's window (max_pool2d_backward's
+    rule: any other value, -1 included, routes no gradient).
+
+    int32 arithmetic throughout (the geometry keeps every coordinate of an index inside the plane
+    below 2^31; values outside the plane may wrap, and ``inside`` rejects them anyway). An
+    offset a lies in [0, span] exactly when its uint32 view is <= span.
+    """
+    idx = indices.astype(np.int32, copy=False)
+    W = np.int32(g.W)
+    a = idx // W  # row, then offset from the window's first row
+    b = idx - a * W  # column, then offset from the window's first column
+    a -= (np.arange(g.P, dtype=np.int32) * np.int32(g.stride_h) - np.int32(g.pad_h))[:, None]
+    b -= (np.arange(g.Q, dtype=np.int32) * np.int32(g.stride_w) - np.int32(g.pad_w))[None, :]
+    ok = idx >= 0
+    ok &= idx < g.H * g.W
+    ok &= a.view(np.uint32) <= (g.R - 1) * g.dil_h
+    ok &= b.view(np.uint32) <= (g.S - 1) * g.dil_w
+    if g.dil_h > 1:
+        ok &= a % np.int32(g.dil_h) == 0
+    if g.dil_w > 1:
+        ok &= b % np.int32(g.dil_w) == 0
+    return ok
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+# Statistics and gradient sums are computed in float64 whatever the dtype (two passes: mean, then
+# the mean square deviation), so the reference carries no cancellation of its own; results are
+# rounded to the dtype of x.
+
+def _channels(a: np.ndarray, g: NormGeometry) -> np.ndarray:
+    """(N, C, *) -> float64 view/copy of shape (N, C, S)."""
+    return np.asarray(a).reshape(g.N, g.C, g.S).astype(np.float64, copy=False)
+
+
+def _per_channel(v: Optional[np.ndarray], default: float) -> np.ndarray:
+    """(C,) -> float64 (1, C, 1); None -> the scalar ``default``."""
+    if v is None:
+        return np.float64(default)
+    return np.asarray(v, dtype=np.float64)[None, :, None]
+
+
+# ---- batch augmentation --------------------------------------------------------------------
+
+def _crop_source(origin: np.ndarray, size: int, pad: int, reflect: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Source coordinate (N, size) of each output coordinate of a crop at ``origin`` (N,) of the
+    input padded by ``pad``, and whether it lies inside (zero padding)."""
+    src = origin[:, None] - pad + np.arange(size)[None, :]
+    if reflect:
+        src = np.where(src < 0, -src, src)
+        src = np.where(src >= size, 2 * (size - 1) - src, src)
+        return src, np.ones(src.shape, bool)
+    inside = (src >= 0) & (src < size)
+    return np.clip(src, 0, max(size - 1, 0)), inside
+
+
+def _cutout_mask(centre: np.ndarray, size: int, cutout: int) -> np.ndarray:
+    """(N, size): True on the cutout rows (or columns) of each image."""
+    start = centre[:, None] - cutout // 2
+    pos = np.arange(size)[None, :]
+    return (pos >= start) & (pos < start + cutout)
 
 
 class NumpyBackend(Backend):
@@ -377,32 +446,20 @@ class NumpyBackend(Backend):
             idx = planes.argmax(axis=1)
             y = planes[np.arange(g.N * g.C), idx]
             return y.reshape(g.y_shape), idx.astype(np.int32).reshape(g.y_shape)
-        pb, pr = _pool_padded_extent(g)
+        taps = _pool_taps(g)
         y = np.empty(g.y_shape, dtype=x.dtype)
         idx = np.empty(g.y_shape, dtype=np.int32)
-        empties = []
-        for sl in _chunks(g.N, g.R * g.S * g.C * g.P * g.Q * x.itemsize):
-            xpad = _pad_nchw(x[sl], g.pad_h, pb, g.pad_w, pr, fill=-np.inf)
-            y[sl], idx[sl], empty = _max_pool_chunk(xpad, g)
-            if empty is not None:
-                empties.append((sl, empty))
-        idx += ((np.arange(g.P, dtype=np.int32) * g.stride_h - g.pad_h)[:, None] * np.int32(g.W)
-                + (np.arange(g.Q, dtype=np.int32) * g.stride_w - g.pad_w)[None, :])  # window origins
-        for sl, empty in empties:
-            idx[sl][empty] = -1
+        for sl in _chunks(g.N, max(1, len(taps)) * g.C * g.P * g.Q * x.itemsize):
+            y[sl], idx[sl] = _max_pool_chunk(x[sl], g, taps)
         return y, idx
 
     def max_pool2d_backward(self, dy, indices, g: PoolGeometry):
         N, C = g.N, g.C
         plane = g.H * g.W
+        keep = _in_own_window(indices, g).reshape(N * C, g.P * g.Q)
         idx = indices.reshape(N * C, g.P * g.Q)
-        if idx.size and (int(idx.max()) >= plane or int(idx.min()) < -1):
-            raise ValueError(
-                f"indices must lie in [-1, {plane}) (flat offsets inside the {g.H}x{g.W} input "
-                f"plane, -1 for an empty window), got values in [{int(idx.min())}, {int(idx.max())}]")
         target = idx + (np.arange(N * C, dtype=np.int64) * plane)[:, None]
         grad = dy.reshape(N * C, g.P * g.Q)
-        keep = idx >= 0
         if not keep.all():
             target, grad = target[keep], grad[keep]
         if not _windows_overlap(g):
@@ -463,27 +520,97 @@ class NumpyBackend(Backend):
         return a + b
 
     # ---- dense layers and loss ----------------------------------------------------------
+    # Dense ops and the loss take C-contiguous copies first: BLAS and NumPy's reductions sum in an
+    # order that depends on the strides, and the reference gives the same bits for any layout.
     def linear(self, x, weight, bias):
+        x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
         y = x @ weight.T
         if bias is not None:
             y += bias
         return y
 
     def linear_backward(self, dy, x, weight, need_db=True):
+        dy, x, weight = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(weight)
         return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_db else None)
 
-    def softmax_cross_entropy(self, logits, labels):
-        N = logits.shape[0]
+    def softmax_cross_entropy(self, logits, labels, label_smoothing=0.0):
+        logits = np.ascontiguousarray(logits)
+        N, K = logits.shape
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         total = e.sum(axis=1, keepdims=True)
         rows = np.arange(N)
         lab = labels.astype(np.intp, copy=False)
-        loss = np.mean(np.log(total[:, 0]) - shifted[rows, lab])
         d = e / total
-        d[rows, lab] -= 1
+        if label_smoothing:  # target (1 - e) at the label + e / K everywhere
+            keep = 1.0 - label_smoothing
+            row_loss = (np.log(total[:, 0]) - keep * shifted[rows, lab]
+                        - label_smoothing * shifted.mean(axis=1))
+            d[rows, lab] -= keep
+            d -= label_smoothing / K
+        else:
+            row_loss = np.log(total[:, 0]) - shifted[rows, lab]
+            d[rows, lab] -= 1
+        loss = np.mean(row_loss)
         d /= N
         return np.asarray(loss, dtype=logits.dtype), d
+
+    # ---- batch normalisation ------------------------------------------------------------
+    def batch_norm(self, x, running_mean, running_var, weight, bias, g: NormGeometry, training,
+                   momentum, eps, relu):
+        xs = _channels(x, g)
+        if training:
+            mean = xs.mean(axis=(0, 2))
+            var = np.square(xs - mean[None, :, None]).mean(axis=(0, 2))  # biased
+            if running_mean is not None:
+                unbiased = var * (g.count / (g.count - 1))
+                running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+                running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+        else:
+            mean = running_mean.astype(np.float64)
+            var = running_var.astype(np.float64)
+        invstd = 1.0 / np.sqrt(var + eps)
+        y = (xs - mean[None, :, None]) * invstd[None, :, None] * _per_channel(weight, 1.0) \
+            + _per_channel(bias, 0.0)
+        if relu:
+            y = np.maximum(y, 0.0)
+        dt = x.dtype
+        return y.astype(dt).reshape(x.shape), mean.astype(dt), invstd.astype(dt)
+
+    def batch_norm_backward(self, dy, x, y, weight, saved_mean, saved_invstd, g: NormGeometry, training):
+        d = _channels(dy, g)
+        if y is not None:
+            d = np.where(np.asarray(y).reshape(d.shape) > 0, d, 0.0)
+        invstd = _per_channel(saved_invstd, 1.0)
+        xhat = (_channels(x, g) - _per_channel(saved_mean, 0.0)) * invstd
+        dbias = d.sum(axis=(0, 2))
+        dweight = (d * xhat).sum(axis=(0, 2))
+        scale = _per_channel(weight, 1.0) * invstd
+        if training:
+            m = g.count
+            dx = scale * (d - dbias[None, :, None] / m - xhat * (dweight[None, :, None] / m))
+        else:
+            dx = scale * d
+        dt = x.dtype
+        return dx.astype(dt).reshape(x.shape), dweight.astype(dt), dbias.astype(dt)
+
+    # ---- batch augmentation -------------------------------------------------------------
+    def augment(self, x, indices, seed, epoch, spec: AugmentSpec):
+        prm = augment_params(seed, epoch, indices, spec)
+        flip, oy, ox, cy, cx = (prm[:, k].astype(np.int64) for k in range(5))
+        reflect = spec.padding_mode == "reflect"
+        rows, row_in = _crop_source(oy, spec.H, spec.crop_padding, reflect)
+        # flipped: output column w shows the cropped column W - 1 - w
+        cols, col_in = _crop_source(ox, spec.W, spec.crop_padding, reflect)
+        cols = np.where(flip[:, None] == 1, cols[:, ::-1], cols)
+        col_in = np.where(flip[:, None] == 1, col_in[:, ::-1], col_in)
+        n = np.arange(spec.N)[:, None, None]
+        y = x[n, :, rows[:, :, None], cols[:, None, :]].transpose(0, 3, 1, 2)  # (N, C, H, W)
+        keep = row_in[:, :, None] & col_in[:, None, :]
+        if spec.cutout:
+            keep &= ~(_cutout_mask(cy, spec.H, spec.cutout)[:, :, None]
+                      & _cutout_mask(cx, spec.W, spec.cutout)[:, None, :])
+        return np.where(keep[:, None], y, x.dtype.type(0))
 
     # ---- optimizer updates (in place) ---------------------------------------------------
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step):
@@ -497,8 +624,12 @@ class NumpyBackend(Backend):
             d = d + momentum * buf if nesterov else buf
         param -= lr * d
 
-    def adam_step(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
-        g = grad + weight_decay * param if weight_decay else grad
+    def adam_step(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled=False):
+        if decoupled:  # AdamW: shrink param first, no L2 term in the gradient
+            param *= 1.0 - lr * weight_decay
+            g = grad
+        else:
+            g = grad + weight_decay * param if weight_decay else grad
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2

@@ -17,13 +17,16 @@ from .errors import (
                      DivergentBarrierError,
                      EmulatorError,
                      ExitAtBarrierError,
+                     IntegerDivisionError,
                      KernelAssertionError,
                      KernelNotFoundError,
                      KernelTrapError,
                      LaunchError,
+                     LaunchTimeoutError,
                      LintError,
                      MemoryFaultError,
                      OrderDependenceError,
+                     OutOfBoundsError,
                      SharedMemoryOverrunError,
                      StackOverflowError,
                      WarpSyncError,
@@ -37,4 +40,4 @@ __all__ = ["RawModule", "RawKernel", "Kernel", "GlobalMemory", "check_orders", "
            "DivergentBarrierError",
            "ExitAtBarrierError", "DeadlockError", "WarpSyncError", "SharedMemoryOverrunError",
            "KernelAssertionError", "KernelTrapError", "StackOverflowError", "MemoryFaultError",
-           "OrderDependenceError"]
+           "OutOfBoundsError", "IntegerDivisionError", "LaunchTimeoutError", "OrderDependenceError"]

@@ -62,11 +62,24 @@ class MemoryFaultError(EmulatorError):
     """A thread touched invalid memory (segmentation fault caught by the emulator)."""
 
 
+class OutOfBoundsError(MemoryFaultError, IndexError):
+    """A thread read or wrote outside an array: past the end or before the start of an array
+    argument, or at an index outside a fixed-size (``__shared__`` or local) array."""
+
+
+class IntegerDivisionError(EmulatorError, ArithmeticError):
+    """Integer division (or remainder) by zero, or ``INT_MIN / -1``, in a kernel."""
+
+
+class LaunchTimeoutError(EmulatorError, TimeoutError):
+    """A launch ran longer than ``GPUCONV_EMU_TIMEOUT`` seconds (an endless loop, a huge grid)."""
+
+
 class OrderDependenceError(EmulatorError):
     """``check_orders``: results differ between thread orders (missing barrier, race)."""
 
 
-# Codes of emu_runtime.h's gpuconv_emu_error.
+# Codes of emu_runtime.h's gpuconv_emu_error -> the exception raised.
 BY_CODE = {
     1: LaunchError,
     2: DivergentBarrierError,
@@ -78,4 +91,9 @@ BY_CODE = {
     8: KernelTrapError,
     9: StackOverflowError,
     10: MemoryFaultError,
+    11: OutOfBoundsError,
+    12: IntegerDivisionError,
+    13: LaunchTimeoutError,
+    14: KeyboardInterrupt,  # SIGINT stopped the launch
+    15: ValueError,  # GPUCONV_EMU_STACK_KB or GPUCONV_EMU_TIMEOUT is malformed
 }

@@ -1,7 +1,9 @@
 """``RawModule``/``RawKernel`` look-alikes that run CUDA kernels on the CPU, and ``check_orders``."""
 from __future__ import annotations
 
+import _signal  # signal.getsignal's implementation: 0.1 us, where signal.getsignal takes 5
 import ctypes
+import signal
 import threading
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -16,6 +18,10 @@ from .errors import BY_CODE, EmulatorError, KernelNotFoundError, LaunchError, Or
 Dims = Union[int, Tuple[int, ...]]
 
 launch_lock = threading.Lock()
+
+# emu_runtime.h's gpuconv_emu_arg_kind.
+_ARG_VALUE, _ARG_CONST_ARRAY, _ARG_ARRAY = 0, 1, 2
+_DESCRIBE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 
 # Scalar codes of the kernel signature -> (accepted NumPy scalar types, C spelling).
 _SCALARS = {
@@ -79,10 +85,11 @@ class _Param:
     def _where(self) -> str:
         return f"kernel {self.kernel!r} argument {self.index} ({self.ctype})"
 
-    def slot(self, a: Any) -> int:
+    def slot(self, a: Any) -> Tuple[int, int, int]:
+        """(slot value, array bytes, kind | element size << 8) as gpuconv_emu_launch takes them."""
         if self.pointer:
             if a is None:
-                return 0
+                return 0, 0, _ARG_VALUE
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"{self._where()}: expected a NumPy array (or None for a null pointer), got "
                                 f"{type(a).__name__}")
@@ -93,11 +100,16 @@ class _Param:
             if not a.flags.c_contiguous:
                 raise ValueError(f"{self._where()}: the array must be C-contiguous (a kernel sees only its "
                                  f"base pointer), got strides {a.strides}")
+            if not self.const and not a.flags.writeable:
+                raise ValueError(f"{self._where()}: the array is read-only (writeable=False), and the kernel "
+                                 f"may write through this pointer to non-const; pass a writable array (or a "
+                                 f"copy)")
             addr = a.ctypes.data
             if addr % self.align:
                 raise ValueError(f"{self._where()}: data must be {self.align}-byte aligned, the array's data "
                                  f"address 0x{addr:x} is not")
-            return addr
+            kind = _ARG_CONST_ARRAY if self.const else _ARG_ARRAY
+            return addr, a.nbytes, kind | a.dtype.itemsize << 8
         if not self.types:
             raise TypeError(f"{self._where()}: the emulator cannot pass this parameter type")
         if type(a) not in self.types:
@@ -106,7 +118,14 @@ class _Param:
             if isinstance(a, (bool, int, float)):
                 got = f"Python {got} {a!r} (CuPy would pass it as 8 bytes)"
             raise TypeError(f"{self._where()}: expected a NumPy scalar {want}, got {got}")
-        return _slot_of_scalar(a)
+        return _slot_of_scalar(a), 0, _ARG_VALUE
+
+
+def stop_on_sigint() -> bool:
+    """Whether SIGINT should stop a launch: where Python would raise KeyboardInterrupt (the main
+    thread, the default handler). Another handler runs when the launch has ended."""
+    return (threading.get_ident() == threading.main_thread().ident
+            and _signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 
 
 class Kernel:
@@ -129,6 +148,9 @@ class Kernel:
         codes = signature.split(":", 1)[1].split(",") if ":" in signature else []
         self.param_codes = codes
         self._params = [_Param(name, i, c) for i, c in enumerate(codes)]
+        n = max(len(codes), 1)  # what gpuconv_emu_launch takes, filled under the launch lock
+        self._slots, self._sizes = (ctypes.c_ulonglong * n)(), (ctypes.c_ulonglong * n)()
+        self._kinds = (ctypes.c_uint * n)()
         self._smem = ctypes.cast(module._lib.gpuconv_emu_smem, ctypes.c_void_p).value
 
     def __repr__(self) -> str:
@@ -145,16 +167,26 @@ class Kernel:
             raise TypeError(f"kernel {self.name!r} takes {len(self._params)} arguments "
                             f"({', '.join(p.ctype for p in self._params)}), got {len(args)}")
         n = len(args)
-        slots = (ctypes.c_ulonglong * max(n, 1))(*[p.slot(a) for p, a in zip(self._params, args)])
+        packed = [p.slot(a) for p, a in zip(self._params, args)]
         grid_c = (ctypes.c_uint * 3)(*g)
         block_c = (ctypes.c_uint * 3)(*b)
         rt = build.runtime()
+        slots, sizes, kinds = self._slots, self._sizes, self._kinds
+        sigint = stop_on_sigint()
         with launch_lock:
-            rc = rt.gpuconv_emu_launch(self._entry, slots, n, grid_c, block_c, int(shared_mem), ORDERS[order],
-                                       int(seed) & 0xFFFFFFFFFFFFFFFF, self._name_bytes, self._smem)
+            for i, (v, nbytes, kind) in enumerate(packed):
+                slots[i], sizes[i], kinds[i] = v, nbytes, kind
+            rc = rt.gpuconv_emu_launch(self._entry, slots, sizes, kinds, n, grid_c, block_c, int(shared_mem),
+                                       ORDERS[order], int(seed) & 0xFFFFFFFFFFFFFFFF, self._name_bytes,
+                                       self._smem, sigint)
             if rc:
                 msg = rt.gpuconv_emu_error_message().decode(errors="replace")
+                pc = rt.gpuconv_emu_error_pc()
         if rc:
+            if pc:
+                line = build.source_line(self.module.library_path, pc - 1)
+                if line:
+                    msg += f" (at {line})"
             raise BY_CODE.get(rc, EmulatorError)(msg)
 
 
@@ -230,7 +262,9 @@ class RawModule:
         self._functions: dict = {}
 
     def _describe(self, name: str) -> Tuple[int, str, int]:
-        fn = getattr(self._lib, f"gpuconv_emu_describe_{self._entities[name]}")
+        table = ctypes.cast(ctypes.addressof(ctypes.c_void_p.in_dll(self._lib, "gpuconv_emu_describe_table")),
+                            ctypes.POINTER(ctypes.c_void_p))
+        fn = _DESCRIBE(table[self._entities[name]])
         entry, sig, addr = ctypes.c_void_p(), ctypes.c_char_p(), ctypes.c_void_p()
         fn(ctypes.byref(entry), ctypes.byref(sig), ctypes.byref(addr))
         return entry.value or 0, sig.value.decode(), addr.value or 0

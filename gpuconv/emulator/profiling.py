@@ -36,7 +36,7 @@ from ..cuda_limits import check_launch
 from . import build
 from .constants import MAX_DYN_SMEM
 from .errors import BY_CODE, EmulatorError, LaunchError
-from .module import Dims, Kernel, RawModule, launch_lock
+from .module import Dims, Kernel, RawModule, launch_lock, stop_on_sigint
 
 __all__ = ["profile", "Report", "SUMMARY_KEYS"]
 
@@ -210,7 +210,10 @@ def profile(kernel: Kernel, grid: Dims, block: Dims, args: Sequence[Any], shared
     selected = None if blocks is None else _block_list(blocks, g)
     pk = _profiled(kernel)
     n = len(args)
-    slots = (ctypes.c_ulonglong * max(n, 1))(*[p.slot(a) for p, a in zip(pk._params, args)])
+    # Every slot passed as a value: the arrays stay where they are (not staged, as a normal launch
+    # does), so the accesses the profile records fall in the regions computed from them.
+    slots = (ctypes.c_ulonglong * max(n, 1))(*[p.slot(a)[0] for p, a in zip(pk._params, args)])
+    in_place = (ctypes.c_ulonglong * max(n, 1))(), (ctypes.c_uint * max(n, 1))()
     regions = _regions(args)
     reg_c = (ctypes.c_ulonglong * max(2 * len(regions), 1))(*[v for lo, hi, _ in regions for v in (lo, hi)])
     blk_c = (ctypes.c_ulonglong * max(len(selected or ()), 1))(*(selected or ()))
@@ -225,8 +228,8 @@ def profile(kernel: Kernel, grid: Dims, block: Dims, args: Sequence[Any], shared
             raise EmulatorError(f"kernel {kernel.name!r}: the profile runtime refused the launch (code {rc}: "
                                 f"more than 64 array arguments, or the module's shared memory not found)")
         try:
-            rc = rt.gpuconv_emu_launch(entry, slots, n, grid_c, block_c, int(shared_mem), 0, 0,
-                                       kernel.name.encode(), pk._smem)
+            rc = rt.gpuconv_emu_launch(entry, slots, *in_place, n, grid_c, block_c, int(shared_mem), 0, 0,
+                                       kernel.name.encode(), pk._smem, stop_on_sigint())
             msg = rt.gpuconv_emu_error_message().decode(errors="replace") if rc else ""
         finally:
             overflow = prt.gpuconv_prof_end()

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from . import init
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
 from .layers import (
                      AvgPool2d,
+                     BatchNorm2d,
+                     BatchNormReLU2d,
                      Conv2d,
                      Dropout,
                      Flatten,
@@ -17,6 +19,7 @@ from .layers import (
                      Residual,
                      Sequential,
                      Sigmoid,
+                     SubsamplePad2d,
                      Tanh,
 )
 from .loss import SoftmaxCrossEntropy
@@ -24,4 +27,5 @@ from .module import Module, Parameter, to_host
 
 __all__ = ["init", "Module", "Parameter", "to_host", "Conv2d", "MaxPool2d", "AvgPool2d", "L2Pool2d",
            "GlobalAvgPool2d", "ReLU", "Sigmoid", "Tanh", "Identity", "Flatten", "Linear", "Dropout",
-           "Sequential", "Residual", "SoftmaxCrossEntropy", "save_checkpoint", "load_checkpoint"]
+           "Sequential", "Residual", "SoftmaxCrossEntropy", "save_checkpoint", "load_checkpoint",
+           "read_checkpoint", "restore_checkpoint", "BatchNorm2d", "BatchNormReLU2d", "SubsamplePad2d"]

@@ -1,9 +1,10 @@
-"""Layers: convolution, pooling, activations, dense, dropout and containers.
+"""Layers: convolution, pooling, activations, dense, dropout, batch normalisation and containers.
 
-Every layer computes through ``gpuconv.functional`` (plus reshapes, which every backend's array
-type provides; the residual sum and the dropout mask go through ``functional.add``/``mul``), so one
-model runs unchanged on the numpy, emulator and cuda backends. Gradient rule (see
-``module.py``): ``backward(dy)`` returns the input gradient and *sets* each parameter's ``grad``.
+Every layer computes through ``gpuconv.functional`` (plus reshapes and strided slices, which every
+backend's array type provides; the residual sum and the dropout mask go through
+``functional.add``/``mul``), so one model runs unchanged on the numpy, emulator and cuda backends.
+Gradient rule (see ``module.py``): ``backward(dy)`` returns the input gradient and *sets* each
+parameter's ``grad``.
 
 Default initialisation: weights He-normal (fan_in, ReLU gain; ``init="glorot"`` for
 Xavier-uniform, ``init="zeros"`` for zeros), biases zero. Weights are drawn on the host from
@@ -17,12 +18,14 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from .. import functional as F
-from ..geometry import check_int, pair
+from ..backends import get_backend
+from ..geometry import check_int, check_real, pair
 from . import init as initializers
 from .module import Module
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "L2Pool2d", "GlobalAvgPool2d", "ReLU", "Sigmoid",
-           "Tanh", "Flatten", "Linear", "Dropout", "Sequential", "Residual", "Identity"]
+           "Tanh", "Flatten", "Linear", "Dropout", "Sequential", "Residual", "Identity", "BatchNorm2d",
+           "BatchNormReLU2d", "SubsamplePad2d"]
 
 IntPair = Union[int, Tuple[int, int]]
 _INITS = ("he", "glorot", "zeros")
@@ -341,8 +344,9 @@ class Linear(Module):
 
 class Dropout(Module):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest
-    by 1/(1-p); identity in eval mode. Each forward draws a new mask seed from a generator seeded
-    with ``seed`` (None: unseeded)."""
+    by 1/(1-p); identity in eval mode. Each forward in training draws a new mask seed from
+    ``self.generator``, a ``numpy.random.Generator`` seeded with ``seed`` (None: unseeded) whose
+    state checkpoints carry (``Module.rng_state``)."""
 
     def __init__(self, p: float = 0.5, seed: Optional[int] = None) -> None:
         super().__init__()
@@ -351,7 +355,7 @@ class Dropout(Module):
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"p must be in [0, 1), got {p}")
         self.p = float(p)
-        self._rng = np.random.default_rng(seed)
+        self.generator = np.random.default_rng(seed)
         self._mask = None
         self._active = False
 
@@ -362,7 +366,7 @@ class Dropout(Module):
         self._active = self.training and self.p > 0.0
         if not self._active:
             return x
-        y, self._mask = F.dropout(x, self.p, int(self._rng.integers(0, 2**31 - 1)))
+        y, self._mask = F.dropout(x, self.p, int(self.generator.integers(0, 2**31 - 1)))
         return y
 
     def backward(self, dy):
@@ -373,6 +377,140 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+class BatchNorm2d(Module):
+    """Batch normalisation of x (N, C, H, W) per channel, PyTorch's ``nn.BatchNorm2d``.
+
+    In training mode the batch's statistics normalise and, with ``track_running_stats``, update
+    the buffers ``running_mean``/``running_var`` (``momentum``; None: the cumulative average,
+    1 / num_batches_tracked) and count ``num_batches_tracked``; in eval mode the running
+    statistics normalise (without ``track_running_stats`` the batch's always do). ``affine``
+    adds the parameters ``weight`` (ones) and ``bias`` (zeros). The state_dict keys are
+    PyTorch's: weight, bias, running_mean, running_var, num_batches_tracked.
+    """
+
+    _relu = False
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *, dtype=np.float32) -> None:
+        super().__init__()
+        self.num_features = _positive_int("num_features", num_features)
+        self.eps = check_real("eps", eps, 0.0, lo_open=True)
+        self.momentum = None if momentum is None else check_real("momentum", momentum, 0.0, 1.0)
+        for name, flag in (("affine", affine), ("track_running_stats", track_running_stats)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        dt = _check_dtype(dtype)
+        C = self.num_features
+        self.weight = self.register_parameter("weight", np.ones(C, dt)) if self.affine else None
+        self.bias = self.register_parameter("bias", np.zeros(C, dt)) if self.affine else None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(C, dt))
+            self.register_buffer("running_var", np.ones(C, dt))
+            self.register_buffer("num_batches_tracked", np.array(0, np.int64))
+        self._cache = None
+
+    @property
+    def running_mean(self):
+        return self._buffers.get("running_mean")
+
+    @property
+    def running_var(self):
+        return self._buffers.get("running_var")
+
+    @property
+    def num_batches_tracked(self) -> int:
+        return int(self._buffers["num_batches_tracked"]) if self.track_running_stats else 0
+
+    def _drop_cache(self) -> None:
+        self._cache = None
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"{type(self).__name__} expects x of rank 4 (N, C, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        batch_stats = self.training or not self.track_running_stats
+        tracking = self.training and self.track_running_stats
+        factor = 0.0 if self.momentum is None else self.momentum
+        if tracking and self.momentum is None:  # cumulative average over the batches seen
+            factor = 1.0 / (self.num_batches_tracked + 1)
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        fn = F.batch_norm_relu if self._relu else F.batch_norm
+        y, mean, invstd = fn(x, self.running_mean, self.running_var, w, b, training=batch_stats,
+                             momentum=factor, eps=self.eps)
+        if tracking:
+            self._buffers["num_batches_tracked"] = np.array(self.num_batches_tracked + 1, np.int64)
+        self._cache = (x, y if self._relu else None, mean, invstd, batch_stats)
+        return y
+
+    def backward(self, dy):
+        _need_forward(self, self._cache)
+        x, y, mean, invstd, batch_stats = self._cache
+        w = None if self.weight is None else self.weight.data
+        if self._relu:
+            dx, dw, db = F.batch_norm_relu_backward(dy, x, y, w, mean, invstd, training=batch_stats)
+        else:
+            dx, dw, db = F.batch_norm_backward(dy, x, w, mean, invstd, training=batch_stats)
+        if self.affine:
+            self.weight.grad, self.bias.grad = dw, db
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNormReLU2d(BatchNorm2d):
+    """``BatchNorm2d`` followed by a ReLU, in one fused pass forward and backward (the same
+    parameters, buffers and state_dict keys as BatchNorm2d)."""
+
+    _relu = True
+
+
+class SubsamplePad2d(Module):
+    """x (N, in_channels, H, W) -> x[:, :, ::stride, ::stride] between zero channels, (N,
+    out_channels, ceil(H/stride), ceil(W/stride)): the parameter-free shortcut of He et al.'s
+    CIFAR ResNets ("option A"), (out - in) // 2 zero channels before the input's and the rest
+    after."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        if self.out_channels < self.in_channels:
+            raise ValueError(f"out_channels={out_channels} must be >= in_channels={in_channels}")
+        self.stride = _positive_int("stride", stride)
+        self.front = (self.out_channels - self.in_channels) // 2
+        self._shape = None
+
+    def _drop_cache(self) -> None:
+        self._shape = None
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SubsamplePad2d expects x of shape (N, {self.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}")
+        s, lo = self.stride, self.front
+        sub = x[:, :, ::s, ::s]
+        y = get_backend().zeros((x.shape[0], self.out_channels) + tuple(sub.shape[2:]), x.dtype)
+        y[:, lo:lo + self.in_channels] = sub
+        self._shape = tuple(x.shape)
+        return y
+
+    def backward(self, dy):
+        _need_forward(self, self._shape)
+        s, lo = self.stride, self.front
+        dx = get_backend().zeros(self._shape, dy.dtype)
+        dx[:, :, ::s, ::s] = dy[:, lo:lo + self.in_channels]
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
 
 class Sequential(Module):

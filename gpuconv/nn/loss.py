@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 from .. import functional as F
+from ..geometry import check_real
 
 __all__ = ["SoftmaxCrossEntropy"]
 
 
 class SoftmaxCrossEntropy:
     """Mean softmax cross-entropy: ``forward(logits (N, classes), labels (N,))`` -> 0-d loss
-    array; ``backward()`` -> dloss/dlogits (N, classes) of the last forward."""
+    array; ``backward()`` -> dloss/dlogits (N, classes) of the last forward. ``label_smoothing``
+    as in PyTorch's CrossEntropyLoss."""
 
-    def __init__(self) -> None:
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
         self._dlogits = None
 
     def forward(self, logits, labels):
-        loss, self._dlogits = F.softmax_cross_entropy(logits, labels)
+        loss, self._dlogits = F.softmax_cross_entropy(logits, labels, self.label_smoothing)
         return loss
 
     __call__ = forward
@@ -25,4 +28,5 @@ class SoftmaxCrossEntropy:
         return self._dlogits
 
     def __repr__(self) -> str:
-        return "SoftmaxCrossEntropy()"
+        return (f"SoftmaxCrossEntropy(label_smoothing={self.label_smoothing})" if self.label_smoothing
+                else "SoftmaxCrossEntropy()")

@@ -10,15 +10,27 @@ whose gradient is None.
 Parameters are :class:`Parameter` records (``data`` and ``grad`` arrays of the current backend);
 their names are dotted paths such as ``"0.weight"`` or ``"3.body.0.bias"``, stable for a given
 architecture, and used by ``state_dict``/``load_state_dict`` and checkpoints.
+
+Buffers are state that is not trained (batch norm's running statistics): floating buffers live
+where the module's parameters live and follow ``to()``; integer buffers (counters such as
+``num_batches_tracked``) stay NumPy arrays on the host. ``state_dict`` holds both, in PyTorch's
+order: each module's parameters, then its buffers, then its children.
+
+Placement: ``model.to(name)`` moves the parameters to backend ``name`` and pins the model there:
+its ``forward`` and ``backward`` (and those of every descendant, bound on the instances by ``to``)
+then run on that backend, as do optimizer updates of its parameters, unless an explicit
+``use_backend`` block encloses the call (the order of precedence is in ``gpuconv.backends``). A
+model never moved follows the backend in force, at no cost per call.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
-from typing import Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..backends import BACKEND_NAMES, BackendUnavailable, get_backend, resolve_backend
+from ..backends import BACKEND_NAMES, Backend, BackendUnavailable, get_backend, resolve_backend, running_on
 
 __all__ = ["Parameter", "Module", "to_host"]
 
@@ -27,6 +39,8 @@ def to_host(a) -> np.ndarray:
     """Any backend's array -> NumPy array on the host (no copy for NumPy arrays)."""
     if isinstance(a, np.ndarray):
         return a
+    if isinstance(a, np.generic):  # a NumPy scalar, e.g. a counter of a state dict
+        return np.asarray(a)
     current = get_backend()
     if current.is_array(a):
         return np.asarray(current.to_numpy(a))
@@ -41,14 +55,60 @@ def to_host(a) -> np.ndarray:
                     f"it is not an array of any available backend")
 
 
+def _place_buffer(backend, host: np.ndarray):
+    """A buffer's home: floating arrays on ``backend`` (contiguous), others on the host."""
+    if host.dtype.kind == "f":
+        return backend.asarray(np.ascontiguousarray(host))
+    return host
+
+
+def _slot_value(module: Module, local: str, is_param: bool):
+    return module._parameters[local].data if is_param else module._buffers[local]
+
+
 class Parameter:
-    """A trainable array and its gradient (None until a backward pass sets it)."""
+    """A trainable array and its gradient (None until a backward pass sets it); ``placement`` is
+    the backend its module was moved to (None: follows the backend in force).
 
-    __slots__ = ("data", "grad")
+    ``register_grad_hook(fn)`` calls ``fn(param)`` each time a new gradient is assigned (not when
+    it is set to None): a layer's backward assigns its parameters' gradients as soon as they are
+    computed, so a hook learns that this gradient is final while the backward pass goes on through
+    the layers before it (``gpuconv.distributed.DataParallel`` starts its all-reduce there).
+    """
 
-    def __init__(self, data) -> None:
+    __slots__ = ("data", "_grad", "_grad_hooks", "placement")
+
+    def __init__(self, data, placement: Optional[Backend] = None) -> None:
         self.data = data
-        self.grad = None
+        self._grad = None
+        self._grad_hooks: Tuple[Callable[[Parameter], None], ...] = ()
+        self.placement = placement
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:
+        self._grad = value
+        if value is not None:
+            for hook in self._grad_hooks:
+                hook(self)
+
+    def register_grad_hook(self, hook: Callable[[Parameter], None]) -> Callable[[], None]:
+        """Call ``hook(self)`` after each assignment of a gradient; returns a function that removes it."""
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        self._grad_hooks += (hook,)
+
+        def remove() -> None:
+            hooks = list(self._grad_hooks)
+            for i, h in enumerate(hooks):
+                if h is hook:
+                    del hooks[i]
+                    self._grad_hooks = tuple(hooks)
+                    return
+        return remove
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -66,11 +126,25 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
+def _runs_on(backend: Backend, method):
+    """``method`` (a bound forward or backward) run on ``backend`` (see the module docstring)."""
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with running_on(backend):
+            return method(*args, **kwargs)
+    return run
+
+
 class Module:
-    """Base class of layers and containers (see the module docstring for the gradient rule)."""
+    """Base class of layers and containers (see the module docstring for the gradient rule and
+    placement)."""
+
+    _placement: Optional[Backend] = None
+    generator: Optional[np.random.Generator] = None  # set by layers that draw random numbers
 
     def __init__(self) -> None:
         self._parameters: OrderedDict[str, Parameter] = OrderedDict()
+        self._buffers: OrderedDict[str, object] = OrderedDict()
         self._modules: OrderedDict[str, Module] = OrderedDict()
         self.training = True
 
@@ -79,9 +153,16 @@ class Module:
         """Add a parameter from a host array; it is placed on the current backend."""
         if "." in name or not name:
             raise ValueError(f"parameter name must be non-empty without '.', got {name!r}")
-        p = Parameter(get_backend().asarray(np.ascontiguousarray(host_array)))
+        p = Parameter(self._home().asarray(np.ascontiguousarray(host_array)), self._placement)
         self._parameters[name] = p
         return p
+
+    def register_buffer(self, name: str, host_array: np.ndarray) -> None:
+        """Add a buffer from a host array: floating arrays are placed where the parameters are
+        (the module's placement, else the current backend), integer arrays stay on the host."""
+        if "." in name or not name:
+            raise ValueError(f"buffer name must be non-empty without '.', got {name!r}")
+        self._buffers[name] = _place_buffer(self._home(), np.array(host_array, copy=True))
 
     def add_module(self, name: str, module: Module) -> Module:
         if not isinstance(module, Module):
@@ -106,6 +187,23 @@ class Module:
             yield (f"{prefix}.{name}" if prefix else name), p
         for name, child in self._modules.items():
             yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def named_buffers(self, prefix: str = "") -> Iterator[Tuple[str, object]]:
+        """(dotted name, array): own buffers first, then each child's, in order."""
+        for name, b in self._buffers.items():
+            yield (f"{prefix}.{name}" if prefix else name), b
+        for name, child in self._modules.items():
+            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    def _state_slots(self, prefix: str = "") -> Iterator[Tuple[str, Module, str, bool]]:
+        """(dotted name, owning module, local name, is a parameter) of every parameter and buffer,
+        in PyTorch's state_dict order: own parameters, own buffers, then each child's."""
+        for name in self._parameters:
+            yield (f"{prefix}.{name}" if prefix else name), self, name, True
+        for name in self._buffers:
+            yield (f"{prefix}.{name}" if prefix else name), self, name, False
+        for name, child in self._modules.items():
+            yield from child._state_slots(f"{prefix}.{name}" if prefix else name)
 
     def parameters(self) -> Iterator[Parameter]:
         for _, p in self.named_parameters():
@@ -151,45 +249,66 @@ class Module:
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
-        """Ordered name -> host (NumPy) copy of each parameter."""
-        return OrderedDict((n, np.array(to_host(p.data), copy=True)) for n, p in self.named_parameters())
+        """Ordered name -> host (NumPy) copy of each parameter and buffer."""
+        return OrderedDict((name, np.array(to_host(_slot_value(m, local, is_param)), copy=True))
+                           for name, m, local, is_param in self._state_slots())
 
     def check_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Raise ValueError unless ``state`` has exactly this module's keys, shapes and dtypes."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a mapping of name -> array, got {type(state).__name__}")
-        own: Dict[str, Parameter] = dict(self.named_parameters())
+        own = {name: (m, local, is_param) for name, m, local, is_param in self._state_slots()}
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own]
         if missing or extra:
             raise ValueError(f"state_dict does not match the model: missing keys {missing}, "
                              f"unexpected keys {extra}")
-        for name, p in own.items():
+        for name, (m, local, is_param) in own.items():
+            current = _slot_value(m, local, is_param)
+            what = "parameter" if is_param else "buffer"
             value = state[name]
             shape = tuple(np.shape(value))
             dtype = np.dtype(getattr(value, "dtype", np.asarray(value).dtype))
-            if shape != p.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {shape}, the model's parameter "
-                                 f"has shape {p.shape}")
-            if dtype != p.dtype:
-                raise ValueError(f"state_dict[{name!r}] has dtype {dtype}, the model's parameter "
-                                 f"has dtype {p.dtype}")
+            if shape != tuple(current.shape):
+                raise ValueError(f"state_dict[{name!r}] has shape {shape}, the model's {what} "
+                                 f"has shape {tuple(current.shape)}")
+            if dtype != np.dtype(current.dtype):
+                raise ValueError(f"state_dict[{name!r}] has dtype {dtype}, the model's {what} "
+                                 f"has dtype {np.dtype(current.dtype)}")
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Copy host arrays into the parameters (strict: keys, shapes and dtypes must match).
+        """Copy host arrays into the parameters and buffers (strict: keys, shapes and dtypes must
+        match).
 
         Everything is validated first, so on error the module is left unchanged.
         """
         self.check_state_dict(state)
-        backend = get_backend()
-        for name, p in self.named_parameters():
-            p.data = backend.asarray(np.array(to_host(state[name]), copy=True))
-            p.grad = None
+        for name, m, local, is_param in self._state_slots():
+            host = np.array(to_host(state[name]), copy=True)
+            if is_param:
+                p = m._parameters[local]
+                p.data = (p.placement or get_backend()).asarray(host)
+                p.grad = None
+            else:
+                m._buffers[local] = _place_buffer(m._home(), host)
+
+    @property
+    def placement(self) -> Optional[Backend]:
+        """The backend ``to(name)`` pinned this module to, or None (follows the backend in force)."""
+        return self._placement
+
+    def _home(self) -> Backend:
+        return self._placement or get_backend()
 
     def to(self, backend: Optional[str] = None, dtype=None) -> Module:
-        """Move parameters to ``backend`` (a name, default: the current backend) and/or cast them
-        to ``dtype``; gradients are dropped. Returns self."""
-        target = get_backend() if backend is None else resolve_backend(backend)
+        """Move this module and its descendants to ``backend`` (a name or Backend) and pin them
+        there: their forward and backward, and optimizer updates of their parameters, then run on
+        it unless an explicit ``use_backend`` block encloses the call. ``backend=None`` keeps the
+        module where it is (its placement, else the backend in force) and only casts. ``dtype``
+        casts the parameters and floating buffers to float32 or float64. Gradients and forward
+        caches are dropped. Returns self."""
+        placement = self._placement if backend is None else resolve_backend(backend)
+        target = placement or get_backend()
         cast = None if dtype is None else np.dtype(dtype)
         if cast is not None and cast not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {cast}")
@@ -199,12 +318,53 @@ class Module:
                 host = host.astype(cast)
             p.data = target.asarray(np.ascontiguousarray(host))
             p.grad = None
+            p.placement = placement
         for _, m in self.named_modules():
+            for name, b in m._buffers.items():
+                host = to_host(b)
+                if cast is not None and host.dtype.kind == "f":
+                    host = host.astype(cast)
+                m._buffers[name] = _place_buffer(target, host)
+            m._placement = placement
             m._drop_cache()
+            for name in ("forward", "backward"):
+                m.__dict__.pop(name, None)
+                if placement is not None:
+                    setattr(m, name, _runs_on(placement, getattr(m, name)))
         return self
 
     def _drop_cache(self) -> None:
         """Forget forward-pass caches (called when parameters move)."""
+
+    # ---- random generators --------------------------------------------------------------
+    def _generators(self) -> Dict[str, np.random.Generator]:
+        return {name: m.generator for name, m in self.named_modules() if m.generator is not None}
+
+    def rng_state(self) -> Dict[str, Dict[str, Any]]:
+        """Dotted module name -> bit-generator state (a JSON-serialisable dict) of every layer that
+        draws random numbers (``Dropout``); restoring it repeats the same draws."""
+        return {name: g.bit_generator.state for name, g in self._generators().items()}
+
+    def check_rng_state(self, state: Mapping[str, Any]) -> None:
+        """Raise ValueError unless ``state`` holds a valid state for exactly this module's generators."""
+        own = self._generators()
+        if not isinstance(state, Mapping) or set(state) != set(own):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"random-generator state is for layers {got}, the model's layers with "
+                             f"generators are {sorted(own)}")
+        for name, g in own.items():
+            trial = type(g.bit_generator)()
+            try:
+                trial.state = state[name]
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"random-generator state of layer {name!r} does not fit its "
+                                 f"{type(g.bit_generator).__name__} generator: {exc}") from None
+
+    def load_rng_state(self, state: Mapping[str, Any]) -> None:
+        """Set every generator to its state in ``state`` (checked first; unchanged on error)."""
+        self.check_rng_state(state)
+        for name, g in self._generators().items():
+            g.bit_generator.state = state[name]
 
     # ---- printing -----------------------------------------------------------------------
     def extra_repr(self) -> str:

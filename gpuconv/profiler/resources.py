@@ -23,7 +23,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .._paths import cuda_dir
 from ..backends import launch
@@ -166,29 +166,37 @@ class Compiled:
     compiler: str
 
 
-class _Nvrtc:
-    """The few libnvrtc entry points needed, through ctypes."""
+@dataclass
+class NvrtcResult:
+    """One NVRTC compile: whether it succeeded, its log, expression -> lowered (mangled) name, and
+    the binary (a cubin for a real architecture such as sm_90, PTX for a virtual one)."""
+
+    ok: bool
+    log: str
+    lowered: Dict[str, str]
+    binary: bytes
+
+
+class Nvrtc:
+    """The few libnvrtc entry points gpuconv needs, through ctypes (no GPU, no CuPy)."""
 
     def __init__(self, path: str) -> None:
         lib = ctypes.CDLL(path)
         self.lib = lib
         p = ctypes.c_void_p
+        size = ctypes.POINTER(ctypes.c_size_t)
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
-        lib.nvrtcCreateProgram.argtypes = [
-            ctypes.POINTER(p),
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_int,
-            p,
-            p,
-        ]
+        lib.nvrtcCreateProgram.argtypes = [ctypes.POINTER(p), ctypes.c_char_p, ctypes.c_char_p,
+                                           ctypes.c_int, p, p]
         lib.nvrtcAddNameExpression.argtypes = [p, ctypes.c_char_p]
         lib.nvrtcCompileProgram.argtypes = [p, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
-        lib.nvrtcGetProgramLogSize.argtypes = [p, ctypes.POINTER(ctypes.c_size_t)]
+        lib.nvrtcGetProgramLogSize.argtypes = [p, size]
         lib.nvrtcGetProgramLog.argtypes = [p, ctypes.c_char_p]
         lib.nvrtcGetLoweredName.argtypes = [p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)]
-        lib.nvrtcGetCUBINSize.argtypes = [p, ctypes.POINTER(ctypes.c_size_t)]
+        lib.nvrtcGetCUBINSize.argtypes = [p, size]
         lib.nvrtcGetCUBIN.argtypes = [p, ctypes.c_char_p]
+        lib.nvrtcGetPTXSize.argtypes = [p, size]
+        lib.nvrtcGetPTX.argtypes = [p, ctypes.c_char_p]
         lib.nvrtcDestroyProgram.argtypes = [ctypes.POINTER(p)]
         lib.nvrtcVersion.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
 
@@ -201,52 +209,53 @@ class _Nvrtc:
         if status != 0:
             raise RuntimeError(f"{what}: {self.lib.nvrtcGetErrorString(status).decode()}")
 
-    def compile(
-        self, source: str, name: str, options: List[str], exprs: List[str]
-    ) -> Tuple[bytes, str, Dict[str, str]]:
+    def _blob(self, prog, get_size, get) -> bytes:
+        n = ctypes.c_size_t()
+        self._check(get_size(prog, ctypes.byref(n)), get_size.__name__)
+        buf = ctypes.create_string_buffer(n.value)
+        self._check(get(prog, buf), get.__name__)
+        return buf.raw
+
+    def compile(self, source: str, name: str, options: Sequence[str], exprs: Sequence[str]) -> NvrtcResult:
+        """Compile ``source`` with ``options``; a failed compile is a result with ``ok`` False."""
         prog = ctypes.c_void_p()
-        self._check(
-            self.lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None),
-            "nvrtcCreateProgram",
-        )
+        self._check(self.lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0,
+                                                None, None), "nvrtcCreateProgram")
         try:
             for e in exprs:
                 self._check(self.lib.nvrtcAddNameExpression(prog, e.encode()), f"nvrtcAddNameExpression({e})")
             opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
             status = self.lib.nvrtcCompileProgram(prog, len(options), opts)
-            size = ctypes.c_size_t()
-            self._check(self.lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size)), "nvrtcGetProgramLogSize")
-            buf = ctypes.create_string_buffer(size.value)
-            self._check(self.lib.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
-            log = buf.value.decode(errors="replace")
+            log = self._blob(prog, self.lib.nvrtcGetProgramLogSize, self.lib.nvrtcGetProgramLog)
+            log = log.rstrip(b"\0").decode(errors="replace")
             if status != 0:
-                raise RuntimeError(f"NVRTC failed on {name}:\n{log}")
+                return NvrtcResult(False, log, {}, b"")
             lowered = {}
             for e in exprs:
                 out = ctypes.c_char_p()
-                self._check(
-                    self.lib.nvrtcGetLoweredName(prog, e.encode(), ctypes.byref(out)), "nvrtcGetLoweredName"
-                )
+                self._check(self.lib.nvrtcGetLoweredName(prog, e.encode(), ctypes.byref(out)),
+                            f"nvrtcGetLoweredName({e})")
                 lowered[e] = out.value.decode()
-            self._check(self.lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "nvrtcGetCUBINSize")
-            cubin = ctypes.create_string_buffer(size.value)
-            self._check(self.lib.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-            return cubin.raw, log, lowered
+            real = any(re.search(r"(?:-arch=|--gpu-architecture=)sm_", o) for o in options)
+            binary = (self._blob(prog, self.lib.nvrtcGetCUBINSize, self.lib.nvrtcGetCUBIN) if real
+                      else self._blob(prog, self.lib.nvrtcGetPTXSize, self.lib.nvrtcGetPTX))
+            return NvrtcResult(True, log, lowered, binary)
         finally:
             self.lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
 @functools.cache
-def _nvrtc() -> Optional[_Nvrtc]:
+def nvrtc() -> Optional[Nvrtc]:
+    """The NVRTC binding, or None where libnvrtc is not found."""
     path = find_libnvrtc()
-    return _Nvrtc(path) if path else None
+    return Nvrtc(path) if path else None
 
 
 def available_compiler(compiler: str = "auto") -> Optional[str]:
     """ "nvrtc" or "nvcc" (``auto``: NVRTC, the compiler CuPy uses, else nvcc), or None when absent."""
     if compiler not in ("auto", "nvrtc", "nvcc"):
         raise ValueError(f"compiler must be 'auto', 'nvrtc' or 'nvcc', got {compiler!r}")
-    if compiler in ("auto", "nvrtc") and _nvrtc() is not None:
+    if compiler in ("auto", "nvrtc") and nvrtc() is not None:
         return "nvrtc"
     if compiler in ("auto", "nvcc") and find_nvcc() is not None:
         return "nvcc"
@@ -255,7 +264,7 @@ def available_compiler(compiler: str = "auto") -> Optional[str]:
 
 def compiler_version(compiler: str) -> str:
     if compiler == "nvrtc":
-        nv = _nvrtc()
+        nv = nvrtc()
         return nv.version() if nv else "none"
     nvcc = find_nvcc()
     return (
@@ -290,8 +299,11 @@ def compile_file(
             f"--gpu-architecture={arch}",
             "-Xptxas=-v",
         ]
-        cubin, log, symbols = _nvrtc().compile(path.read_text(), filename, opts, list(exprs))
-        return Compiled(filename, arch, cubin, _usage_by_expression(log, arch, symbols), symbols, which)
+        res = nvrtc().compile(path.read_text(), filename, opts, list(exprs))
+        if not res.ok:
+            raise RuntimeError(f"NVRTC failed on {filename}:\n{res.log}")
+        return Compiled(filename, arch, res.binary, _usage_by_expression(res.log, arch, res.lowered),
+                        res.lowered, which)
     nvcc = find_nvcc()
     opts = [o for o in compile_options() if not o.startswith("-I")]
     with tempfile.TemporaryDirectory() as tmp:

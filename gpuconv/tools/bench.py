@@ -20,20 +20,34 @@ What is timed for each op and pass is one entry of ``gpuconv.tools.bench_ops.OPS
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+import importlib.util
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-from ..backends import BackendUnavailable
-from . import report, suites
-from .bench_kernels import ROW_SCHEMA, SUMMARY_SCHEMA, BenchContext, run_kernels, summarize
-from .bench_ops import Torch
+from .. import fileio
+from . import plots, report, suites
+from .bench_kernels import ROW_SCHEMA, SUMMARY_SCHEMA, BenchContext, plan, run_kernels, summarize
+from .bench_ops import Torch, baseline_names
 from .bench_step import STEP_SCHEMA, format_steps, run_steps
-from .harness import INTEGER, STRING, device, document, list_of, make_backend, record, timer_for, write_json
+from .harness import (
+    INTEGER,
+    KERNEL_BACKENDS,
+    STRING,
+    check_json_path,
+    device,
+    document,
+    list_of,
+    make_backend,
+    record,
+    timer_for,
+    write_json,
+)
 from .report import ENVIRONMENT_SCHEMA
 
-__all__ = ["add_parser", "run", "run_bench", "format_rows", "format_summary", "plot", "BENCH_SCHEMA"]
+__all__ = ["add_parser", "run", "run_bench", "check_request", "check_plot", "format_rows", "format_summary",
+           "plot", "BENCH_SCHEMA", "OPS_CHOICES"]
+
+OPS_CHOICES = ("conv", "pool", "step")
 
 BASELINES = ("torch", "torch-tf32", "cupy-gemm")
 DEFAULT_BATCH = {"cuda": suites.DEFAULT_BATCH, "numpy": 32, "emulator": 2}
@@ -48,52 +62,94 @@ BENCH_SCHEMA = document("gpuconv-bench/1", {
     "rows": list_of(ROW_SCHEMA), "steps": list_of(STEP_SCHEMA), "summary": list_of(SUMMARY_SCHEMA)})
 
 
-def run_bench(suite: str = "small-cnn", ops: Sequence[str] = ("conv", "pool"), backend: str = "numpy",
-              baselines: Sequence[str] = ("torch",), versions: str = "default", batch: Optional[int] = None,
-              repeat: Optional[int] = None, layers: Optional[Sequence[str]] = None, seed: int = 0,
-              threads: Optional[int] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Run the benchmark and return the result document (see ``BENCH_SCHEMA``)."""
+def check_request(suite: str, ops: Sequence[str], backend: str, baselines: Sequence[str], versions: str,
+                  batch: Optional[int], repeat: Optional[int], layers: Optional[Sequence[str]], seed: int,
+                  threads: Optional[int]) -> Tuple[Any, ...]:
+    """Refuse, with a ValueError naming the option, a request that cannot run or means nothing;
+    return the suite layers it runs on. Nothing is measured or loaded here."""
     if backend not in DEFAULT_BATCH:
-        raise ValueError(f"backend must be one of {', '.join(DEFAULT_BATCH)}, got {backend!r}")
-    for b in baselines:
-        if b not in BASELINES:
-            raise ValueError(f"baseline must be one of {', '.join(BASELINES)} or none, got {b!r}")
+        raise ValueError(f"--backend must be one of {', '.join(DEFAULT_BATCH)}, got {backend!r}")
+    for name, items, allowed in (("--ops", ops, OPS_CHOICES), ("--baseline", baselines, BASELINES)):
+        for item in items:
+            if item not in allowed:
+                raise ValueError(f"{name} must be a comma list of {', '.join(allowed)}, got {item!r}")
+        if len(set(items)) != len(items):
+            raise ValueError(f"{name} names an item twice: {','.join(items)}")
+    if not ops:
+        raise ValueError("--ops must name at least one of " + ", ".join(OPS_CHOICES))
     if device(backend) != "cuda" and ("torch-tf32" in baselines or "cupy-gemm" in baselines):
-        raise ValueError(f"baselines torch-tf32 and cupy-gemm need --backend cuda, got --backend {backend}")
-    for op in ops:
-        if op not in ("conv", "pool", "step"):
-            raise ValueError(f"ops must be a comma list of conv, pool, step, got {op!r}")
+        raise ValueError(f"--baseline torch-tf32 and cupy-gemm need --backend cuda, got --backend {backend}")
     if versions not in ("all", "default"):
-        raise ValueError(f"versions must be 'all' or 'default', got {versions!r}")
-    batch = DEFAULT_BATCH[backend] if batch is None else batch
-    repeat = DEFAULT_REPEAT[backend] if repeat is None else repeat
-    if batch < 1 or repeat < 1:
-        raise ValueError(f"batch and repeat must be >= 1, got batch={batch}, repeat={repeat}")
+        raise ValueError(f"--versions must be 'all' or 'default', got {versions!r}")
+    if versions == "all" and backend not in KERNEL_BACKENDS:
+        raise ValueError(f"--versions all applies to the kernel backends ({', '.join(KERNEL_BACKENDS)}); "
+                         f"--backend {backend} has one version of each op")
+    for name, n in (("--batch", batch), ("--repeat", repeat), ("--threads", threads)):
+        if n is not None and n < 1:
+            raise ValueError(f"{name} must be >= 1, got {n}")
+    if threads is not None and device(backend) == "cuda":
+        raise ValueError("--threads sets PyTorch's CPU threads, and --backend cuda runs on the GPU")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
     cases = suites.get_suite(suite)
     if layers:
         known = {c.id for c in cases}
         bad = [x for x in layers if x not in known]
         if bad:
-            raise ValueError(f"layers must be among {', '.join(sorted(known))}, got {bad}")
+            raise ValueError(f"--layers must be among {', '.join(sorted(known))}, got {bad}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"--layers names a layer twice: {','.join(layers)}")
         cases = tuple(c for c in cases if c.id in layers)
+        idle = [c.id for c in cases if c.family not in ops]
+        if idle:
+            raise ValueError(f"--layers {','.join(idle)}: not {' or '.join(o for o in ops if o != 'step')} "
+                             f"layers, so --ops {','.join(ops)} times nothing on them")
+    return cases
 
+
+def check_plot(cases: Sequence[Any], ops: Sequence[str], backend: str, baselines: Sequence[str]) -> None:
+    """Refuse --plot, before any measurement, when matplotlib is missing or no row of the run can
+    have a ratio to draw (no baseline, no conv or pool op, or no baseline of the ops asked for)."""
+    plots.require_matplotlib()
+    if not baselines:
+        usable = [b for b in BASELINES if b == "torch" or device(backend) == "cuda"]
+        raise ValueError(f"--plot draws gpuconv time / baseline time and needs a baseline: pass "
+                         f"--baseline {' or '.join(usable)} (with PyTorch installed), or drop --plot")
+    timed = plan(cases, ops, backend)
+    if not timed:
+        raise ValueError("--plot draws the conv and pool rows, and --ops "
+                         f"{','.join(ops)} times none: add conv or pool to --ops, or drop --plot")
+    if not any(baseline_names(entry, baselines) for _, entry in timed):
+        raise ValueError(f"--plot: --baseline {','.join(baselines)} times none of the ops asked for "
+                         f"(--ops {','.join(ops)}), so there is no ratio to draw")
+
+
+def run_bench(suite: str = "small-cnn", ops: Sequence[str] = ("conv", "pool"), backend: str = "numpy",
+              baselines: Sequence[str] = ("torch",), versions: str = "default", batch: Optional[int] = None,
+              repeat: Optional[int] = None, layers: Optional[Sequence[str]] = None, seed: int = 0,
+              threads: Optional[int] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Run the benchmark and return the result document (see ``BENCH_SCHEMA``)."""
+    cases = check_request(suite, ops, backend, baselines, versions, batch, repeat, layers, seed, threads)
+    batch = DEFAULT_BATCH[backend] if batch is None else batch
+    repeat = DEFAULT_REPEAT[backend] if repeat is None else repeat
     on_gpu = device(backend) == "cuda"
     threads_source = "--threads"
     if threads is None and not on_gpu:
         threads, threads_source = report.blas_threads()
-    env = report.environment(None if on_gpu else threads)
+    tch = None
+    if baselines:
+        try:
+            tch = Torch(device(backend), threads)
+        except ImportError:
+            raise ValueError("--baseline torch needs PyTorch; install it or pass --baseline none") from None
+    env = report.environment(None if on_gpu else threads)    # after torch's import: its CUDA, cuDNN
     if not on_gpu:
         env["threads_source"] = threads_source
     hw = None
     if on_gpu:
         hw, matched = suites.hardware_for(env.get("gpu"))
         env["floor_hardware"] = hw.name + ("" if matched else " (assumed: GPU not in the table)")
-    tch = None
-    if baselines:
-        try:
-            tch = Torch(device(backend), threads)
-        except ImportError:
-            raise ValueError("baseline torch needs PyTorch; install it or pass --baseline none") from None
+    if tch is not None:
         env["torch_threads"] = tch.torch.get_num_threads()
     ctx = BenchContext(make_backend(backend), make_backend(backend, poison=True), backend, batch,
                        N_INPUT_SETS[backend], versions, tuple(baselines), tch, seed)
@@ -144,34 +200,8 @@ def format_summary(doc: Dict[str, Any]) -> str:
 
 
 def plot(doc: Dict[str, Any], path: str) -> None:
-    """Bar chart of gpuconv time / baseline time per row (needs matplotlib)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("--plot needs matplotlib, which is not installed (pip install matplotlib)") from None
-    rows = [r for r in doc["rows"] if r["kind"] == "gpuconv" and r["ratio"]]
-    names = list(doc["settings"]["baselines"])
-    if not rows or not names:
-        raise ValueError("--plot needs timed rows with a baseline (--baseline torch, ...)")
-    fig, ax = plt.subplots(figsize=(min(40.0, max(6.0, 0.35 * len(rows))), 4.5))
-    width = 0.8 / len(names)
-    xs = np.arange(len(rows))
-    for j, b in enumerate(names):
-        ax.bar(xs + j * width, [r["ratio"].get(b) or 0.0 for r in rows], width, label=f"÷ {b}")
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks(xs + 0.4 - width / 2)
-    ax.set_xticklabels([f"{r['layer']} {r['op'].replace('conv2d_', '').replace('_pool2d', '')} {r['version']}"
-                        for r in rows], rotation=90, fontsize=7)
-    ax.set_ylabel("gpuconv time / baseline time")
-    env = doc["environment"]
-    ax.set_title(f"gpuconv bench on {env.get('gpu') or env.get('cpu')} ({doc['settings']['backend']}, "
-                 f"batch {doc['settings']['batch']})", fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Bar chart of gpuconv time / baseline time per row (``plots.bench_ratios``; needs matplotlib)."""
+    plots.bench_ratios(doc, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,55 +212,82 @@ def _csv(name: str, value: str) -> List[str]:
     return items
 
 
+DESCRIPTION = (
+    "Time gpuconv's kernels on the layers of a benchmark suite against baselines: cuDNN (through "
+    "PyTorch) and cuBLAS (through CuPy) on a GPU, PyTorch on the CPU. Every result is first checked "
+    "against a float64 NumPy reference; a kernel version that fails is reported, not timed, and makes "
+    "the exit status 1. On the emulator the times are CPU emulation times, not GPU timings.")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``gpuconv bench``."""
     p = subparsers.add_parser(
         "bench", help="time the kernels of a suite against cuDNN / cuBLAS / PyTorch CPU",
-        description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", default="small-cnn", choices=sorted(suites.SUITES))
-    p.add_argument("--ops", default="conv,pool", help="comma list of conv, pool, step (default conv,pool)")
-    p.add_argument("--backend", default="numpy", choices=("cuda", "numpy", "emulator"))
+        description=DESCRIPTION)
+    ids = ", ".join(c.id for c in suites.get_suite("small-cnn"))
+    p.add_argument("--suite", default="small-cnn", choices=sorted(suites.SUITES),
+                   help="the layers to time (default %(default)s)")
+    p.add_argument("--ops", default="conv,pool",
+                   help="comma list of conv (convolution layers), pool (pooling layers), step (whole "
+                        "training steps of small models) (default %(default)s)")
+    p.add_argument("--backend", default="numpy", choices=("cuda", "numpy", "emulator"),
+                   help="cuda: the kernels on the GPU; numpy: the NumPy backend; emulator: the kernels "
+                        "on the CPU emulator (default %(default)s)")
     p.add_argument("--baseline", default=None,
-                   help="comma list of torch, torch-tf32, cupy-gemm, or none (default: torch if installed)")
+                   help="comma list of torch, torch-tf32 and cupy-gemm (these two with --backend cuda "
+                        "only), or none (default: torch when PyTorch is installed, else none)")
     p.add_argument("--versions", default="default", choices=("all", "default"),
-                   help="time every kernel version or only the defaults")
+                   help="'default': the version of each op that gpuconv uses; 'all': every kernel "
+                        "version, on the emulator and cuda backends (default: 'default')")
     p.add_argument("--batch", type=int, default=None,
-                   help="batch size (default 128 on cuda, 32 on numpy, 2 on the emulator)")
-    p.add_argument("--repeat", type=int, default=None, help="timed runs per row (default 30 cuda, 5 numpy)")
-    p.add_argument("--layers", default=None, help="comma list of suite ids to run (default: all)")
+                   help=f"batch size (default {DEFAULT_BATCH['cuda']} on cuda, {DEFAULT_BATCH['numpy']} on "
+                        f"numpy, {DEFAULT_BATCH['emulator']} on the emulator)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help=f"timed runs per row (default {DEFAULT_REPEAT['cuda']} on cuda, "
+                        f"{DEFAULT_REPEAT['numpy']} on numpy, {DEFAULT_REPEAT['emulator']} on the emulator)")
+    p.add_argument("--layers", default=None,
+                   help=f"comma list of the suite's layer ids to time, among {ids} (default: all)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: NumPy's BLAS thread count)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, metavar="FILE", help="write all rows and the environment")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of ratios (matplotlib)")
+                   help="PyTorch's CPU threads, on the numpy and emulator backends (default: NumPy's "
+                        "BLAS thread count)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help=f"write every row, the settings and the environment as JSON, schema "
+                        f"{BENCH_SCHEMA['$id']} (default: not written)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="draw gpuconv time / baseline time of every row to this image; needs "
+                        "matplotlib and a baseline (default: not drawn)")
     p.set_defaults(func=run)
     return p
 
 
-def _default_baselines(backend: str) -> List[str]:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return []
-    return ["torch"]
+def _default_baselines() -> List[str]:
+    """torch when PyTorch is installed (found, not imported), else none."""
+    return ["torch"] if importlib.util.find_spec("torch") is not None else []
 
 
 def run(args) -> int:
-    """CLI entry: print the table and summary; exit 1 if any gpuconv version failed its check."""
+    """CLI entry: print the table and summary; exit 1 if any gpuconv version failed its check.
+    Every argument is checked (``check_request``, ``check_plot``) before anything is measured."""
     ops = _csv("ops", args.ops)
     if args.baseline is None:
-        baselines = _default_baselines(args.backend)
+        baselines = _default_baselines()
     elif args.baseline.strip().lower() == "none":
         baselines = []
     else:
         baselines = _csv("baseline", args.baseline)
     layers = _csv("layers", args.layers) if args.layers else None
-    try:
-        doc = run_bench(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
-                        layers, args.seed, args.threads)
-    except (ValueError, BackendUnavailable) as exc:
-        print(f"gpuconv bench: error: {exc}", file=sys.stderr)
-        return 2
+    cases = check_request(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
+                          layers, args.seed, args.threads)
+    if args.plot:
+        check_plot(cases, ops, args.backend, baselines)
+        if args.json and os.path.abspath(args.json) == os.path.abspath(args.plot):
+            raise ValueError(f"--json and --plot name the same file {args.json!r}")
+        fileio.check_writable(args.plot, "--plot")
+        fileio.figure_format(args.plot, "--plot")
+    check_json_path(args.json)
+    doc = run_bench(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
+                    layers, args.seed, args.threads)
     env = doc["environment"]
     print(f"\ngpuconv bench --backend {args.backend}: {env.get('gpu') or env['cpu']}, "
           f"{env['threads']} threads, batch {doc['settings']['batch']}, {doc['settings']['repeat']} runs, "

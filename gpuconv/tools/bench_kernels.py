@@ -31,10 +31,9 @@ from .harness import (
     Timing,
     make_backend,
     record,
-    tolerance_for,
 )
 
-__all__ = ["BenchContext", "run_kernels", "summarize", "ROW_SCHEMA", "SUMMARY_SCHEMA"]
+__all__ = ["BenchContext", "plan", "run_kernels", "summarize", "ROW_SCHEMA", "SUMMARY_SCHEMA"]
 
 CPU_TARGET_MEDIAN = 2.0
 CPU_TARGET_MAX = 4.0
@@ -219,7 +218,7 @@ def _row(ctx: BenchContext, spec: PassSpec, cand: Candidate, tol: float, status:
 
 
 def _bench_spec(ctx: BenchContext, spec: PassSpec, timer, repeat: int, hw, log) -> List[Dict[str, Any]]:
-    tols = {id(c): tolerance_for(c.math, np.float32) for c in spec.candidates}
+    tols = {id(c): tolerances.tolerance_for(c.math, np.float32) for c in spec.candidates}
     checked = [(c, *_check(spec, c, tols[id(c)])) for c in spec.candidates]
     # a failing gpuconv version is not timed; a baseline outside its tolerance still is
     timed = [c for c, status, _, _ in checked
@@ -273,24 +272,30 @@ def _row_line(r: Dict[str, Any]) -> str:
             f"us={t} {extra} {r['note']}").rstrip()
 
 
+def plan(cases: Sequence[Any], families: Sequence[str], backend: str) -> List[Tuple[Any, BenchOp]]:
+    """The (suite layer, OPS entry) pairs a run times, in order: the layers of ``cases`` of the op
+    ``families`` asked for ("conv", "pool"), each with the entries of its kinds that ``backend``
+    times."""
+    return [(case, e) for case in cases if case.family in families
+            for kind in case.kinds for e in OPS if e.kind == kind and backend in e.backends]
+
+
 def run_kernels(ctx: BenchContext, cases: Sequence[Any], families: Sequence[str], timer, repeat: int, hw,
                 log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
-    """One row per (layer, op and pass, kernel version or baseline) over the suite layers ``cases``
-    of the op ``families`` asked for ("conv", "pool"); ``hw``: the GPU whose floors are reported
-    (None on the CPU)."""
+    """One row per (layer, op and pass, kernel version or baseline) over ``plan(cases, families,
+    ctx.backend)``; ``hw``: the GPU whose floors are reported (None on the CPU)."""
     rows: List[Dict[str, Any]] = []
-    for case in cases:
-        if case.family not in families:
-            continue
+    layer, sets = None, {}    # the random input sets of one layer, by shapes: shared between its passes
+    for case, entry in plan(cases, families, ctx.backend):
+        if case is not layer:
+            layer, sets = case, {}
         g = case.geometry(ctx.batch)
-        sets: Dict[Any, List[Dict[str, np.ndarray]]] = {}    # by input shapes: shared between passes
-        for entry in (e for kind in case.kinds for e in OPS if e.kind == kind and ctx.backend in e.backends):
-            shapes = entry.inputs(g)
-            key = tuple(shapes.items())
-            if key not in sets:
-                sets[key] = _rng_sets(shapes, ctx.n_sets, ctx.seed)
-            new = _bench_spec(ctx, _spec(ctx, entry, case, sets[key]), timer, repeat, hw, log)
-            rows += new
-            for r in new:
-                log(_row_line(r))
+        shapes = entry.inputs(g)
+        key = tuple(shapes.items())
+        if key not in sets:
+            sets[key] = _rng_sets(shapes, ctx.n_sets, ctx.seed)
+        new = _bench_spec(ctx, _spec(ctx, entry, case, sets[key]), timer, repeat, hw, log)
+        rows += new
+        for r in new:
+            log(_row_line(r))
     return rows

@@ -8,8 +8,9 @@ LeNet-5-style model (1×28×28) and ResNet-20 (3×32×32). Variants:
   stream (``Stream.begin_capture``/``end_capture``) and replayed with ``Graph.launch``; the loss
   stays on the device. The replay is verified against an eager step from the same state first.
   When capture fails, the row says why;
-* ``torch`` / ``torch-tf32``: an equivalent ``torch.nn`` model (same weights, converted layer by
-  layer, its first loss compared with gpuconv's) with ``torch.optim.SGD``, eager, on the same device.
+* ``torch`` / ``torch-tf32``: the equivalent ``torch.nn`` model (``gpuconv.interop.to_torch``:
+  same weights, its first loss compared with gpuconv's) with ``torch.optim.SGD``, eager, on the
+  same device.
 
 On a GPU the time per step is taken from CUDA events around several back-to-back steps, so host
 launch overhead counts: that is what a training loop pays.
@@ -23,9 +24,9 @@ import numpy as np
 
 from .. import tolerances
 from . import report
-from .harness import INTEGER, NUMBER_OR_NULL, STRING, device, make_backend, record, tolerance_for
+from .harness import INTEGER, NUMBER_OR_NULL, STRING, device, make_backend, record
 
-__all__ = ["run_steps", "format_steps", "to_torch", "STEP_MODELS", "STEP_SCHEMA"]
+__all__ = ["run_steps", "format_steps", "STEP_MODELS", "STEP_SCHEMA"]
 
 # model -> (in_channels, image_size)
 STEP_MODELS = {"lenet": (1, 28), "resnet20": (3, 32)}
@@ -35,65 +36,6 @@ _OPT = NUMBER_OR_NULL
 STEP_SCHEMA = record({"model": STRING, "variant": STRING, "batch": INTEGER, "status": STRING, "note": STRING,
                       "us": _OPT, "p10_us": _OPT, "p90_us": _OPT, "host_us": _OPT, "rel_err": _OPT,
                       "vs_torch": _OPT})
-
-
-def to_torch(model, torch_nn):
-    """An equivalent ``torch.nn`` module with copies of ``model``'s weights, in their dtype."""
-    from .. import nn
-    from ..nn.module import to_host
-    tnn = torch_nn
-
-    def conv(m):
-        if isinstance(m.padding, str):
-            raise ValueError(f"layer {m!r}: string padding has no torch.nn equivalent here")
-        t = tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                       m.groups, bias=m.bias is not None)
-        return t
-
-    def convert(m):
-        if isinstance(m, nn.Sequential):
-            return tnn.Sequential(*[convert(c) for c in m])
-        if isinstance(m, nn.Residual):
-            return _TorchResidual(tnn, convert(m.body), None if m.shortcut is None else convert(m.shortcut))
-        if isinstance(m, nn.Conv2d):
-            t = conv(m)
-        elif isinstance(m, nn.Linear):
-            t = tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        elif isinstance(m, nn.ReLU):
-            return tnn.ReLU()
-        elif isinstance(m, nn.MaxPool2d):
-            return tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
-        elif isinstance(m, nn.Flatten):
-            return tnn.Flatten()
-        elif isinstance(m, nn.GlobalAvgPool2d):
-            return tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Flatten())
-        else:
-            raise ValueError(f"layer {type(m).__name__} has no torch.nn conversion")
-        import torch
-        w = torch.from_numpy(np.array(to_host(m.weight.data)))
-        t = t.to(w.dtype)
-        with torch.no_grad():
-            t.weight.copy_(w)
-            if m.bias is not None:
-                t.bias.copy_(torch.from_numpy(np.array(to_host(m.bias.data))))
-        return t
-
-    return convert(model)
-
-
-class _TorchResidual:
-    """Factory for y = body(x) + shortcut(x) as a torch.nn.Module (built lazily to keep torch optional)."""
-
-    def __new__(cls, tnn, body, shortcut):
-        class Residual(tnn.Module):
-            def __init__(self):
-                super().__init__()
-                self.body = body
-                self.shortcut = shortcut
-
-            def forward(self, x):
-                return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
-        return Residual()
 
 
 class _GpuconvStep:
@@ -180,7 +122,7 @@ def _verify_and_time(step: _GpuconvStep, graph, stream, timer, repeat: int) -> D
         step()
     stream.synchronize()
     rel = _max_rel(replayed, step.state())
-    if not tolerances.passes(rel, tolerance_for("fp32", np.float32)):
+    if not tolerances.passes(rel, tolerances.tolerance_for("fp32", np.float32)):
         return {"status": "failed", "rel_err": rel,
                 "note": f"graph replay differs from an eager step: rel err {rel:.3g}"}
     t = timer.throughput(lambda: graph.launch(stream), repeat, INNER_STEPS, stream=stream)
@@ -233,7 +175,7 @@ def run_steps(backend: str, baselines: Sequence[str], batch: int, repeat: int, t
             status = "ok" if math.isfinite(first_loss) else "failed"
             if k in torch_loss:
                 rel = abs(torch_loss[k] - first_loss) / abs(torch_loss[k])
-                ok = rel <= tolerance_for("tf32" if k == "torch-tf32" else "fp32", np.float32)
+                ok = rel <= tolerances.tolerance_for("tf32" if k == "torch-tf32" else "fp32", np.float32)
                 status = "ok" if ok else "mismatch"
             note = "first loss vs gpuconv's" if k in torch_loss else f"first loss {first_loss:.6g}"
             rows.append(_row(name, k, batch, status, note, t, rel))
@@ -261,7 +203,9 @@ def _torch_step(host_model, x: np.ndarray, labels: np.ndarray, device: str, tf32
     """(step function, first loss): torch eager SGD step on an equivalent model."""
     import torch
     import torch.nn.functional as F
-    tm = to_torch(host_model, torch.nn).to(device)
+
+    from ..interop import to_torch
+    tm = to_torch(host_model, device)
     opt = torch.optim.SGD(tm.parameters(), lr=LR, momentum=MOMENTUM)
     tx = torch.from_numpy(x).to(device)
     ty = torch.from_numpy(labels.astype(np.int64)).to(device)

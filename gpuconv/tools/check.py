@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import tolerances
+from ..backends import resolve_backend
 from . import report
 from .harness import (
     BOOLEAN,
@@ -34,6 +35,7 @@ from .harness import (
     NUMBER_OR_NULL,
     STRING,
     STRING_OR_NULL,
+    check_json_path,
     document,
     list_of,
     make_backend,
@@ -47,7 +49,8 @@ __all__ = ["add_parser", "run", "run_check", "CHECK_SCHEMA", "CHECK_SET_SCHEMA",
 
 # model -> (in_channels, image_size, num_classes)
 MODEL_INPUTS: Dict[str, Tuple[int, int, int]] = {
-    "lenet": (1, 28, 10), "cifar-small": (3, 32, 10), "resnet20": (3, 32, 10)}
+    "lenet": (1, 28, 10), "cifar-small": (3, 32, 10), "resnet20": (3, 32, 10), "resnet20-fixup": (3, 32, 10),
+    "airbench": (3, 32, 10)}
 EMULATOR_DEFAULT_BATCH = 2
 DEFAULT_BATCH = 8
 
@@ -77,6 +80,7 @@ class _Recording:
     dys: Dict[str, np.ndarray] = field(default_factory=dict)
     dx: Dict[str, np.ndarray] = field(default_factory=dict)
     grads: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    buffers: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)  # running statistics
     logits: Optional[np.ndarray] = None
     loss: Optional[np.ndarray] = None
     dlogits: Optional[np.ndarray] = None
@@ -109,12 +113,13 @@ def _instrument(model, be, rec: _Recording) -> None:
 
 
 def fill_zero_params(state: Dict[str, np.ndarray], seed: int) -> Dict[str, np.ndarray]:
-    """Replace every all-zero parameter (zero-initialised residual branches, biases) by seeded
-    random values: N(0, 1/fan_in) for weights, N(0, 0.1²) for vectors. Returns a new dict."""
+    """Replace every all-zero floating parameter or buffer (zero-initialised residual branches,
+    biases, running means; counters stay) by seeded random values: N(0, 1/fan_in) for weights,
+    N(0, 0.1²) for vectors. Returns a new dict."""
     rng = np.random.default_rng(seed + 1)
     out = {}
     for name, a in state.items():
-        if a.size and not np.any(a):
+        if a.size and a.dtype.kind == "f" and not np.any(a):
             scale = 0.1 if a.ndim == 1 else 1.0 / math.sqrt(int(np.prod(a.shape[1:])))
             a = (rng.standard_normal(a.shape) * scale).astype(a.dtype)
         out[name] = a
@@ -162,6 +167,7 @@ def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int
     for name, layer in _leaves(model):
         rec.grads[name] = {p: np.array(be.to_numpy(a), copy=True)
                            for p, a in layer.grads.items() if a is not None}
+        rec.buffers[name] = {b: _host_copy(be, a) for b, a in layer.named_buffers() if a.dtype.kind == "f"}
     return rec
 
 
@@ -209,7 +215,8 @@ def _compare(layer: str, ltype: str, tensor: str, a: Optional[np.ndarray], ref: 
 
 def compare_recordings(ref: _Recording, other: _Recording, tol: float,
                        end_to_end: Optional[_Recording] = None) -> List[Dict[str, Any]]:
-    """One entry per (leaf layer, tensor): output, dx and every parameter gradient; then the loss
+    """One entry per (leaf layer, tensor): output, dx, every parameter gradient and every floating
+    buffer after the step (batch norm's running statistics); then the loss
     (and its gradient); then, given the other backend's whole-network run ``end_to_end``, its
     logits and loss against the reference's."""
     entries = []
@@ -219,6 +226,8 @@ def compare_recordings(ref: _Recording, other: _Recording, tol: float,
         entries.append(_compare(name, t, "dx", other.dx.get(name), ref.dx.get(name), tol))
         for p, g in ref.grads.get(name, {}).items():
             entries.append(_compare(name, t, f"d{p}", other.grads.get(name, {}).get(p), g, tol))
+        for b, v in ref.buffers.get(name, {}).items():
+            entries.append(_compare(name, t, b, other.buffers.get(name, {}).get(b), v, tol))
     entries.append(_compare("loss", "SoftmaxCrossEntropy", "output", other.loss, ref.loss, tol))
     entries.append(_compare("loss", "SoftmaxCrossEntropy", "dx", other.dlogits, ref.dlogits, tol))
     if end_to_end is not None:
@@ -254,6 +263,12 @@ def run_check(model: str, backends: Sequence[str], dtype: str = "float32", batch
             log(f"note: batch {batch} by default because the emulator runs every CUDA thread on the CPU")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if size < 1:
+        raise ValueError(f"image_size must be >= 1, got {size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    for b in backends:
+        resolve_backend(b)    # BackendUnavailable, saying why, before any work
     tol = tolerances.tolerance(dtype)
     x, labels = make_batch(data, batch, in_ch, size, seed, np.dtype(dtype))
     doc: Dict[str, Any] = {
@@ -313,31 +328,48 @@ def format_layers(doc: Dict[str, Any], markdown: bool = False) -> str:
     return report.format_table(headers, rows, markdown)
 
 
+DESCRIPTION = (
+    "Run one model on two backends from the same weights and the same batch, and compare, layer by "
+    "layer, the output, the gradient passed back and the parameter gradients of the second backend "
+    "with those of the first (the reference). Errors are max|a - b| / max|reference|, held to the "
+    "tolerance of the dtype. Kernel backends run with every output filled with NaN before each "
+    "kernel, so an element a kernel forgets to write fails. Exit status 1 when a comparison fails.")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``gpuconv check``."""
     p = subparsers.add_parser(
         "check", help="layer-by-layer agreement of two backends (forward and gradients)",
-        description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="lenet", choices=sorted(MODEL_INPUTS))
+        description=DESCRIPTION)
+    p.add_argument("--model", default="lenet", choices=sorted(MODEL_INPUTS),
+                   help="the model of the zoo to run (default %(default)s)")
     p.add_argument("--backends", default="numpy,emulator",
-                   help="two of numpy, emulator, cuda; the first is the reference (default numpy,emulator)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+                   help="two of numpy, emulator, cuda; the first is the reference (default %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="precision of weights, inputs and computation (default %(default)s)")
     p.add_argument("--batch", type=int, default=None,
-                   help=f"batch size (default {DEFAULT_BATCH}; {EMULATOR_DEFAULT_BATCH} with the emulator)")
-    p.add_argument("--seed", type=int, default=0)
+                   help=f"images in the batch (default {DEFAULT_BATCH}; {EMULATOR_DEFAULT_BATCH} when one "
+                        f"backend is the emulator, which runs every CUDA thread on the CPU)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the weights, the choice of images and their noise (default %(default)s)")
     p.add_argument("--data", default="digits", choices=("digits", "synthetic"),
-                   help="bundled digits scaled to the model's input, or random images")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default 28 lenet, 32 others)")
+                   help="'digits': bundled digits scaled up to the model's input, with a little noise; "
+                        "'synthetic': random images (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="height and width of the input (default 28 for lenet, 32 for the others)")
     p.add_argument("--weights", default="filled", choices=("filled", "init"),
-                   help="'init': the model's initial weights; 'filled' (default): the same, with every "
-                        "all-zero parameter (zero-initialised residual branches, biases) replaced by seeded "
-                        "random values so that every path carries signal")
+                   help="'init': the model's initial weights; 'filled': the same, with every all-zero "
+                        "parameter (zero-initialised residual branches, biases) replaced by seeded "
+                        "random values so that every path carries signal (default %(default)s)")
     p.add_argument("--mode", default="layer", choices=("layer", "chain"),
-                   help="'layer' (default): every layer of the second backend runs on the reference's input "
+                   help="'layer': every layer of the second backend runs on the reference's input "
                         "and incoming gradient, so each row measures that layer alone, plus an end-to-end "
                         "row (logits, loss); 'chain': the whole network runs on each backend and errors "
-                        "propagate (a near-tie in a max-pooling window may then route a gradient elsewhere)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write every comparison and the environment")
+                        "propagate (a near-tie in a max-pooling window may then route a gradient "
+                        "elsewhere) (default %(default)s)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help=f"write every comparison, the settings and the environment as JSON, schema "
+                        f"{CHECK_SCHEMA['$id']} (default: not written)")
     p.set_defaults(func=run)
     return p
 
@@ -345,6 +377,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     """CLI entry: print the table; exit 1 when any comparison fails or a backend cannot run."""
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    check_json_path(args.json)
     doc = run_check(args.model, backends, args.dtype, args.batch, args.seed, args.data, args.image_size,
                     args.weights, args.mode)
     s = doc["settings"]

@@ -2,10 +2,11 @@
 
 Each subcommand module exposes ``add_parser(subparsers)``, which sets ``func`` (``args -> int``).
 
-Bad input (ValueError, TypeError, a missing file, an unavailable backend, a learning rate that makes
-training diverge) prints
-``gpuconv: error: ...`` and exits with status 2, without a traceback; set ``GPUCONV_DEBUG=1``
-to see the traceback.
+Bad input (ValueError, TypeError, an unavailable backend, a learning rate that makes training
+diverge), any OS error (a missing or unreadable file, an unwritable directory, a full disk), a
+missing compiler for the emulator and running out of memory print ``gpuconv: error: ...`` and
+exit with status 2, without a traceback; set ``GPUCONV_DEBUG=1`` to see the traceback. Status 1
+is left to a command's own verdict (a failed ``gpuconv check`` comparison).
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from typing import List, Optional
 
 from .. import __version__
 from ..backends import BackendUnavailable
-from . import bench, check, info, profile, train
+from ..emulator.errors import CompileError
+from . import bench, check, evaluate, info, predict, profile, train
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (train, info, check, bench, profile)
+COMMANDS = (train, evaluate, predict, info, check, bench, profile)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,8 +35,13 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpuconv", description="Small CNNs on NVIDIA GPUs with hand-written CUDA "
-                     "kernels, checked against a NumPy reference.")
-    parser.add_argument("--version", action="version", version=f"gpuconv {__version__}")
+                     "kernels, checked against a NumPy reference.",
+                     epilog="Run 'gpuconv COMMAND --help' for the options of a command. Bad arguments "
+                            "are refused before any work starts. An error ends a command with "
+                            "'gpuconv: error: ...' and exit status 2; set GPUCONV_DEBUG=1 to see its "
+                            "traceback.")
+    parser.add_argument("--version", action="version", version=f"gpuconv {__version__}",
+                        help="print gpuconv's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for command in COMMANDS:
@@ -51,11 +58,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, BackendUnavailable, FloatingPointError) as exc:
+    except (ValueError, TypeError, OSError, BackendUnavailable, FloatingPointError, CompileError,
+            MemoryError) as exc:
         if os.environ.get("GPUCONV_DEBUG"):
             raise
         sys.stdout.flush()
-        sys.stderr.write(f"gpuconv: error: {exc}\n")
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            text = f"out of memory ({text}): use a smaller --batch-size, smaller images or a smaller model"
+        sys.stderr.write(f"gpuconv: error: {text}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("gpuconv: interrupted\n")

@@ -5,29 +5,28 @@ one writer).
 Schemas are JSON Schema documents (draft 2020-12) built with ``document``, ``record``,
 ``list_of`` and ``value``; every document names its schema in its key "schema".
 ``schema_errors`` checks the keywords those use: ``type``, ``const``, ``enum``, ``minimum``,
-``maximum``, ``required``, ``properties`` and ``items``; a number must be finite.
+``maximum``, ``required``, ``properties`` and ``items``; a number must be finite. The test suite
+holds it to ``jsonschema``'s verdicts on the tools' schemas and checks every document the tools
+write with both.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .. import tolerances
+from .. import fileio
 from ..backends import BACKEND_NAMES, Backend, resolve_backend
 
 __all__ = ["KERNEL_BACKENDS", "make_backend", "device", "timer_for", "device_attributes", "Timing",
-           "WallTimer", "CudaEventTimer", "PRECISIONS", "tolerance_for", "value", "record", "document",
+           "WallTimer", "CudaEventTimer", "value", "record", "document",
            "list_of", "STRING", "INTEGER", "NUMBER", "BOOLEAN", "OBJECT", "NUMBER_OR_NULL", "STRING_OR_NULL",
-           "schema_errors", "validate", "write_json"]
+           "schema_errors", "validate", "check_json_path", "write_json"]
 
 # ---- backends -----------------------------------------------------------------------------------
 KERNEL_BACKENDS = ("emulator", "cuda")   # the backends that run gpuconv's CUDA kernels, in versions
@@ -201,21 +200,6 @@ class CudaEventTimer:
 
 
 # ---- tolerances ---------------------------------------------------------------------------------
-PRECISIONS = ("fp32", "tf32")
-
-
-def tolerance_for(precision: str, dtype=np.float32) -> float:
-    """The relative tolerance of a result computed at ``precision`` in ``dtype``: "tf32" for
-    operands rounded to TF32 (kernel versions a launch module lists in its PRECISION table, the
-    torch-tf32 baseline), "fp32" for the dtype's own precision. The numbers are those of
-    ``gpuconv.tolerances``."""
-    if precision == "tf32":
-        return tolerances.TF32_RTOL
-    if precision == "fp32":
-        return tolerances.tolerance(dtype)
-    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-
-
 # ---- JSON documents -----------------------------------------------------------------------------
 Schema = Dict[str, Any]
 _TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list,
@@ -316,33 +300,18 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def check_json_path(path: Optional[str]) -> None:
+    """Refuse, before any work, a ``--json`` path that ``write_json`` could not write
+    (``gpuconv.fileio``'s rule; a missing directory is fine, ``write_json`` creates it)."""
+    if path is not None:
+        fileio.check_writable(path, "--json", make_parents=True)
+
+
 def write_json(path: str, doc: Dict[str, Any], schema: Schema) -> None:
     """Write ``doc`` to ``path`` as JSON after checking it against ``schema`` (NaN becomes null,
-    NumPy scalars become numbers). Atomic: the text goes to a new file in the same directory,
-    is flushed to disk, then renamed over ``path``, so a reader sees the old file or the whole new
-    one. A missing parent directory is created."""
+    NumPy scalars become numbers). Atomic, by ``gpuconv.fileio``'s rule for every file gpuconv
+    writes (temporary file in the same directory, synced, renamed over ``path``; links followed,
+    devices and directories refused). A missing parent directory is created."""
     doc = _json_safe(doc)
     validate(doc, schema, f"the document for {path}")
-    text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(target.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)        # the rename itself reaches the disk
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fileio.write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n", "--json", make_parents=True)

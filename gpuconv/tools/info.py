@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -65,7 +66,13 @@ def collect_info() -> Dict[str, Any]:
     if torch_version is not None:
         import torch
         torch_cuda = torch.version.cuda if torch.cuda.is_available() else None
+    from ..distributed import distributed_info
     gxx, cuda = _compiler(), _cuda()
+    from ..backends import ENV_VAR, auto_choice
+    try:
+        chosen, why = auto_choice()
+    except ValueError as exc:
+        chosen, why = None, str(exc)
     return {
         "gpuconv": __version__,
         "python": f"{platform.python_version()} ({platform.python_implementation()}) on "
@@ -77,6 +84,8 @@ def collect_info() -> Dict[str, Any]:
             "emulator": gxx,
             "cuda": {"available": cuda["available"], "reason": cuda["reason"]}},
         "cuda": cuda,
+        "auto": {"backend": chosen, "why": why, ENV_VAR: os.environ.get(ENV_VAR)},
+        "distributed": distributed_info(),
     }
 
 
@@ -94,6 +103,8 @@ def format_info(info: Dict[str, Any]) -> str:
         status = "available" if b["available"] else "unavailable"
         detail = b.get("detail") if b["available"] else b.get("reason")
         lines.append(f"  {name:9s} {status}" + (f": {detail}" if detail else ""))
+    auto = info["auto"]
+    lines.append(f"  {'auto':9s} -> {auto['backend'] or 'error'} ({auto['why']})")
     cuda = info["cuda"]
     if cuda["available"]:
         lines.append(f"CUDA runtime {cuda['runtime_version']}, driver {cuda['driver_version']}")
@@ -102,6 +113,16 @@ def format_info(info: Dict[str, Any]) -> str:
                          f"{g['memory_gib']} GiB, {g['multiprocessors']} SMs")
     else:
         lines.append(f"GPU: none usable ({cuda['reason']})")
+    d = info["distributed"]
+    lines.append("data-parallel (gpuconv.distributed): numpy, emulator -> mpi; cuda -> nccl over mpi")
+    lines.append(f"  mpi4py  {d['mpi4py'] or 'not installed (pip install gpuconv[mpi])'}")
+    lines.append(f"  nccl    {d['nccl'] or 'not available (comes with CuPy)'}")
+    if d["launcher"] is None:
+        lines.append("  not started by an MPI launcher: one process")
+    elif "ranks" in d:
+        lines.append(f"  rank {d['rank']} of {d['ranks']}: {d['mpi_library']}")
+    else:
+        lines.append(f"  started by an MPI launcher ({d['launcher']}) but mpi4py is not installed")
     return "\n".join(lines)
 
 
@@ -110,7 +131,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("info", help="backends, GPU, CUDA and library versions",
                               description="Report which backends can run here, the GPU and CUDA "
                                           "versions, and the versions of Python and libraries.")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON instead of text (default: text)")
     p.set_defaults(func=run)
     return p
 

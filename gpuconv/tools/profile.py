@@ -26,13 +26,13 @@ from ..backends.executors import EmulatorExecutor
 from ..backends.kernel_backend import KernelBackend
 from ..backends.numpy_backend import NumpyBackend
 from ..cuda_limits import check_launch
-from . import harness, suites
+from . import harness, report, suites
+from .harness import INTEGER, NUMBER, NUMBER_OR_NULL, STRING, STRING_OR_NULL, document, list_of, record
 from .suites import ConvCase, PoolCase
 
-__all__ = ["add_parser", "run", "profile_suite", "ROW_KEYS", "SAMPLE_BLOCKS"]
+__all__ = ["add_parser", "run", "profile_suite", "ROW_KEYS", "SAMPLE_BLOCKS", "PROFILE_SCHEMA"]
 
 SAMPLE_BLOCKS = 4
-PROFILE_SCHEMA = {"schema": str, "settings": dict, "rows": [dict]}
 ROW_KEYS = (
     "layer",
     "op",
@@ -51,6 +51,14 @@ ROW_KEYS = (
     "floor_us",
     "bound",
 )
+ROW_SCHEMA = record({
+    "layer": STRING, "op": STRING, "version": INTEGER, "kernel": STRING, "gpu": STRING, "arch": STRING,
+    **{k: NUMBER_OR_NULL for k in ROW_KEYS[4:-2]}, "floor_us": NUMBER, "bound": STRING_OR_NULL})
+PROFILE_SCHEMA = document("gpuconv-profile/1", {
+    "environment": report.ENVIRONMENT_SCHEMA,
+    "settings": record({"suite": STRING, "batch": INTEGER, "gpu": STRING, "arch": STRING, "versions": STRING,
+                        "blocks_per_launch": INTEGER, "compiler": STRING, "seconds": NUMBER}),
+    "rows": list_of(ROW_SCHEMA)})
 CONV_OPS = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias")
 POOL_OPS = tuple(f"{k}_pool2d_{p}" for k in suites.POOL_KINDS for p in ("forward", "backward"))
 
@@ -361,24 +369,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "profile",
         help="memory, bank-conflict, SASS and time-model profile, no GPU",
-        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        description=(
+            "Profile every kernel the benchmark suite launches, without a GPU: each launch runs on the "
+            "CPU emulator for a sample of its blocks, with every global and shared memory access "
+            "recorded (load and store efficiency, sectors per request, bank conflicts); the kernels are "
+            "compiled for the chosen GPU for registers, spills, occupancy and the instructions of the "
+            "hot loop; a model turns it all into a predicted time, printed beside the physical floor."
+        ),
     )
-    p.add_argument("--suite", default="small-cnn", help="benchmark suite (default small-cnn)")
-    p.add_argument("--layers", help="comma-separated layer ids (default: all)")
-    p.add_argument("--ops", help="comma-separated: conv, pool or op names (default: conv,pool)")
-    p.add_argument("--versions", default="default", choices=("default", "all"))
-    p.add_argument("--gpu", default="h100", help="h100, h200, a100 or rtx4090 (default h100)")
-    p.add_argument("--batch", type=int, default=suites.DEFAULT_BATCH)
-    p.add_argument("--blocks", type=int, default=SAMPLE_BLOCKS, help="blocks profiled per launch (default 4)")
+    p.add_argument("--suite", default="small-cnn", choices=sorted(suites.SUITES),
+                   help="benchmark suite (default %(default)s)")
+    p.add_argument("--layers", help="comma list of the suite's layer ids (default: all)")
+    p.add_argument("--ops", help="comma list of conv, pool or op names (default: conv,pool)")
+    p.add_argument("--versions", default="default", choices=("default", "all"),
+                   help="'default': the version of each op that gpuconv uses; 'all': every kernel "
+                        "version (default: 'default')")
+    p.add_argument("--gpu", default="h100", help="h100, h200, a100 or rtx4090 (default %(default)s)")
+    p.add_argument("--batch", type=int, default=suites.DEFAULT_BATCH, help="batch size (default %(default)s)")
+    p.add_argument("--blocks", type=int, default=SAMPLE_BLOCKS,
+                   help="blocks profiled per launch (default %(default)s)")
     p.add_argument(
         "--compiler",
         default="auto",
         choices=("auto", "nvrtc", "nvcc", "none"),
-        help="for registers and SASS (none: skip them and the time estimate)",
+        help="compiler for registers and SASS; auto: NVRTC, else nvcc; none: skip them and the time "
+             "estimate (default %(default)s)",
     )
-    p.add_argument("--json", help="write the rows to this file")
+    p.add_argument("--json", metavar="FILE",
+                   help=f"write the settings, every row and the environment as JSON, schema "
+                        f"{PROFILE_SCHEMA['$id']} (default: not written)")
     p.add_argument(
-        "--sites", action="store_true", help="list the 3 most wasteful source lines of each kernel"
+        "--sites", action="store_true",
+        help="list the 3 most wasteful source lines of each kernel (default: off)"
     )
     p.set_defaults(func=run)
     return p
@@ -388,6 +410,7 @@ def run(args: argparse.Namespace) -> int:
     def split(s: Optional[str]) -> Optional[List[str]]:
         return [t.strip() for t in s.split(",") if t.strip()] if s else None
 
+    harness.check_json_path(args.json)
     t0 = time.perf_counter()
     hw = hardware(args.gpu)
     rows = profile_suite(
@@ -411,7 +434,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_rows(rows))
     if args.json:
         doc = {
-            "schema": "gpuconv-profile-1",
+            "schema": PROFILE_SCHEMA["$id"],
+            "environment": report.environment(),
             "settings": {
                 "suite": args.suite,
                 "batch": args.batch,

@@ -2,33 +2,77 @@
 plain-text or markdown tables."""
 from __future__ import annotations
 
+import configparser
 import datetime
+import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .harness import INTEGER, STRING, STRING_OR_NULL, device_attributes, record
 
-__all__ = ["environment", "ENVIRONMENT_SCHEMA", "blas_threads", "format_table", "fmt"]
+__all__ = ["environment", "ENVIRONMENT_SCHEMA", "blas_threads", "gpuconv_commit", "installed_version",
+           "format_table", "fmt"]
 
-# The keys every environment block has; GPU keys are present only where a GPU was found.
+# The keys every environment block has: versions (null: not installed), the GPU (null: none usable;
+# the other GPU keys are present only where one was found) and gpuconv's own git commit (null: not
+# run from a git checkout of gpuconv, e.g. an installed wheel).
 ENVIRONMENT_SCHEMA = record({"date": STRING, "gpuconv": STRING, "git_commit": STRING_OR_NULL,
-                             "python": STRING, "numpy": STRING, "cpu": STRING, "threads": INTEGER,
-                             "torch": STRING_OR_NULL})
+                             "python": STRING, "numpy": STRING, "cupy": STRING_OR_NULL,
+                             "torch": STRING_OR_NULL, "gpu": STRING_OR_NULL, "cpu": STRING,
+                             "threads": INTEGER})
+
+_DISTRIBUTIONS = {"torch": ("torch",), "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy")}
 
 
-def _git_commit() -> Optional[str]:
-    root = Path(__file__).resolve().parents[2]
+def installed_version(module: str) -> Optional[str]:
+    """The version of ``module`` ("torch", "cupy", ...): the imported module's when it is imported,
+    else its installed distribution's, read without importing it; None when not installed."""
+    loaded = sys.modules.get(module)
+    if loaded is not None and getattr(loaded, "__version__", None):
+        return str(loaded.__version__)
+    for dist in _DISTRIBUTIONS.get(module, (module,)):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _package_dir() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def gpuconv_commit(package_dir: Optional[Path] = None) -> Optional[str]:
+    """The git commit of the gpuconv source that is running (``package_dir``: the ``gpuconv``
+    package directory, default this one), or None.
+
+    A commit is reported only when the package directory is ``gpuconv/`` at the top level of a
+    git work tree whose ``setup.cfg`` names the project gpuconv: a copy installed into
+    site-packages, even one inside some other git repository, reports None."""
+    pkg = (_package_dir() if package_dir is None else Path(package_dir)).resolve()
+    root = pkg.parent
+    cfg = configparser.ConfigParser()
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
+        cfg.read(root / "setup.cfg", encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return None
+    if pkg.name != "gpuconv" or cfg.get("metadata", "name", fallback=None) != "gpuconv":
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
+    lines = out.stdout.split("\n")
+    if out.returncode != 0 or len(lines) < 2 or not lines[1].strip():
         return None
-    return out.stdout.strip() or None
+    if Path(lines[0]).resolve() != root:
+        return None
+    return lines[1].strip()
 
 
 def _cpu_model() -> str:
@@ -75,7 +119,6 @@ def _gpu_environment() -> Dict[str, Any]:
         "memory_bytes": int(props.get("totalGlobalMem", 0)) or None,
         "cuda_driver": rt.driverGetVersion(),
         "cuda_runtime": rt.runtimeGetVersion(),
-        "cupy": cupy.__version__,
     }
     try:
         q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.mem,clocks.max.sm",
@@ -91,8 +134,9 @@ def _gpu_environment() -> Dict[str, Any]:
 
 
 def environment(threads: Optional[int] = None) -> Dict[str, Any]:
-    """Everything a result needs to be interpreted: GPU, clocks, driver, CUDA, library versions,
-    CPU model, thread count, git commit and date."""
+    """Everything a result needs to be interpreted (``ENVIRONMENT_SCHEMA``): GPU, clocks, driver,
+    CUDA, library versions, CPU model, thread count, gpuconv's git commit and date. PyTorch is not
+    imported for this: its CUDA and cuDNN versions are reported when a caller has imported it."""
     import numpy as np
 
     from .. import __version__
@@ -100,9 +144,11 @@ def environment(threads: Optional[int] = None) -> Dict[str, Any]:
     env: Dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gpuconv": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": gpuconv_commit(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "cupy": installed_version("cupy"),
+        "torch": installed_version("torch"),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": threads if threads is not None else n_threads,
@@ -110,13 +156,10 @@ def environment(threads: Optional[int] = None) -> Dict[str, Any]:
         "platform": platform.platform(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-    try:
-        import torch
-        env["torch"] = torch.__version__
+    torch = sys.modules.get("torch")
+    if torch is not None:
         env["torch_cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    except ImportError:
-        env["torch"] = None
     env.update(_gpu_environment())
     return env
 

@@ -76,7 +76,7 @@ extern "C" __global__ void stack_overflow(float* x, int depth) {
 extern "C" __global__ void null_write(float* x) {
   float* p = x;
   if (threadIdx.x == 3) p = nullptr;
-  p[threadIdx.x] = 1.0f;
+  p[threadIdx.x] = 1.0f;  // @null
 }
 
 extern "C" __global__ void read_past_end(const float* x, float* y, int n) {

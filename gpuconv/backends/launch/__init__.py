@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-from . import conv, elementwise, linear, loss, optim, pool
+from . import augment, batchnorm, conv, elementwise, linear, loss, optim, pool
 
 __all__ = ["FAMILIES", "VERSIONS", "DEFAULT_VERSIONS", "PRECISION", "LIBRARY_VERSIONS", "precision",
-           "default_versions", "defines", "name_expressions", "conv", "elementwise", "linear", "loss",
-           "optim", "pool"]
+           "default_versions", "defines", "name_expressions", "augment", "batchnorm", "conv", "elementwise",
+           "linear", "loss", "optim", "pool"]
 
-FAMILIES = (conv, pool, elementwise, linear, loss, optim)
+FAMILIES = (conv, pool, elementwise, linear, loss, optim, batchnorm, augment)
 
 VERSIONS: Dict[str, Tuple[int, ...]] = {op: vs for mod in FAMILIES for op, vs in mod.VERSIONS.items()}
 DEFAULT_VERSIONS: Dict[str, int] = {op: v for mod in FAMILIES for op, v in mod.DEFAULT_VERSIONS.items()}

@@ -53,6 +53,8 @@ def _matmul(be, a, a_strides: Tuple[int, int], b, b_strides: Tuple[int, int], M:
                       (c, bias, np.int32(M), np.int32(N)))
         return c
     c = be.empty((M, N), dt)
+    if c.size == 0:  # an empty batch or layer: nothing to launch (a grid of 0 blocks is invalid)
+        return c
     has_bias = bias is not None
     grid = (-(-M // TILE), -(-N // TILE), 1)  # rows (the batch) on grid.x: no 65535-tile limit
     be.launch(be.function(FILE, f"gemm_v1<{ctype(dt)}>"), grid, (TILE, TILE, 1),

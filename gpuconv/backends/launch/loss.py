@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import check_elements, ctype, grid_1d
+from .common import check_elements, ctype, grid_1d, scalar
 
 FILE = "loss.cu"
 
@@ -27,10 +27,11 @@ def _check_logits(logits) -> None:
     check_elements("logits", logits.size)
 
 
-def softmax_cross_entropy(be, logits, labels):
+def softmax_cross_entropy(be, logits, labels, label_smoothing: float = 0.0):
     """logits (N, K), labels (N,) int32/int64 -> (loss 0-d array of logits' dtype, dlogits (N, K)).
 
     The loss is the mean over the batch; it stays on the device (no host round trip).
+    ``label_smoothing`` in [0, 1] as in PyTorch (cuda/loss.cu states the formula).
     """
     _check_logits(logits)
     N, K = logits.shape
@@ -49,7 +50,8 @@ def softmax_cross_entropy(be, logits, labels):
         grid, block = (N, 1, 1), (LOSS_BLOCK, 1, 1)
     else:
         grid, block = (-(-N // ROWS_PER_BLOCK), 1, 1), (32, ROWS_PER_BLOCK, 1)
-    be.launch(fn, grid, block, (logits, labels, dlogits, row_loss, np.int32(N), np.int32(K)))
+    be.launch(fn, grid, block, (logits, labels, dlogits, row_loss, np.int32(N), np.int32(K),
+                                scalar(logits.dtype, label_smoothing)))
     loss = be.empty((), logits.dtype)
     be.launch(be.function(FILE, f"mean_reduce_v1<{t}>"), (1, 1, 1), (REDUCE_BLOCK, 1, 1),
               (row_loss, loss, np.int32(N)))

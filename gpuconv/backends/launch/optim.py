@@ -1,4 +1,4 @@
-"""Launches of ``cuda/optim.cu``: SGD and Adam updates in place (PyTorch's rules)."""
+"""Launches of ``cuda/optim.cu``: SGD, Adam and AdamW updates in place (PyTorch's rules)."""
 from __future__ import annotations
 
 import math
@@ -48,8 +48,9 @@ def sgd_step(be, param, grad, buf: Optional[object], lr: float, momentum: float,
 
 
 def adam_step(be, param, grad, m, v, step: int, lr: float, beta1: float, beta2: float, eps: float,
-              weight_decay: float) -> None:
-    """Update ``param``, ``m`` and ``v`` in place; ``step`` counts from 1."""
+              weight_decay: float, decoupled: bool = False) -> None:
+    """Update ``param``, ``m`` and ``v`` in place; ``step`` counts from 1. ``decoupled``: AdamW
+    (param scaled by 1 - lr * weight_decay before the update) instead of L2 weight decay."""
     if isinstance(step, bool) or int(step) != step or step < 1:
         raise ValueError(f"step must be an int >= 1, got {step!r}")
     for name, a in (("param", param), ("grad", grad), ("m", m), ("v", v)):
@@ -62,5 +63,6 @@ def adam_step(be, param, grad, m, v, step: int, lr: float, beta1: float, beta2: 
     sqrt_bc2 = math.sqrt(1.0 - beta2 ** int(step))
     fn = be.function(FILE, f"adam_step_v{be.version('adam_step')}<{ctype(dt)}>")
     grid, block = grid_1d(n, BLOCK)
-    consts = (beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, step_size, sqrt_bc2)
+    l2, param_scale = (0.0, 1.0 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
+    consts = (beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, l2, step_size, sqrt_bc2, param_scale)
     be.launch(fn, grid, block, (param, grad, m, v, np.int32(n)) + tuple(scalar(dt, c) for c in consts))
