@@ -6,7 +6,9 @@ deselects ``asan`` by default). The kernels run in a subprocess with libasan pre
 because ASan must be the first library loaded; NumPy buffers then get red zones around them, and
 a kernel that reads or writes one element past an array aborts with the .cu line. A read past
 the end that does not change the result (a tail predicate off by one, whose value is multiplied
-by zero) passes every comparison with the reference; only this tier sees it.
+by zero) passes every comparison with the reference: the emulator's guard pages catch most such
+accesses in the normal suite, and this tier the rest (a read in the up to 15 bytes after an
+array, just before its start, or farther away than the guards reach; docs/emulator.md).
 
 The tier needs libasan (GCC's): selecting it without libasan is a failure, not a skip.
 """
