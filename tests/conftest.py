@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tracemalloc
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
@@ -242,3 +243,15 @@ if _hypothesis_settings is not None:
     _hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
     _hypothesis_settings.register_profile("explore", max_examples=1000, database=None, print_blob=True)
     _hypothesis_settings.load_profile(os.environ.get("GPUCONV_HYPOTHESIS_PROFILE", "ci"))
+
+
+# ---- memory -------------------------------------------------------------------------------------
+
+def peak_memory(fn: Callable[[], Any]) -> Tuple[Any, int]:
+    """(fn's result, the peak bytes Python and NumPy allocated while it ran, by tracemalloc)."""
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

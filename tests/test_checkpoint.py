@@ -5,13 +5,13 @@ import io
 import os
 import stat
 import struct
-import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import peak_memory
 
 from gpuconv import nn, optim, schedules
 from gpuconv.models import build_model
@@ -202,15 +202,6 @@ def _members_of(model, **override):
     return [(name, head, zeros) for name, (head, zeros) in members.items()]
 
 
-def _peak(fn):
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
 
 def test_a_large_entry_of_the_wrong_shape_is_refused_from_its_header(tmp_path):
     """256 MiB declared (0.3 MB of file): the old reader decompressed all of it before the shape
@@ -228,7 +219,7 @@ def test_a_large_entry_of_the_wrong_shape_is_refused_from_its_header(tmp_path):
         with pytest.raises(ValueError, match=r"0\.weight.*\(67108864,\).*\(32, 1, 5, 5\)"):
             nn.load_checkpoint(path, model)
 
-    assert _peak(load) < 8 << 20
+    assert peak_memory(load)[1] < 8 << 20
     assert all(np.array_equal(v, before[k]) for k, v in model.state_dict().items())
 
 
@@ -245,7 +236,7 @@ def test_documents_first_then_arrays_checked_against_the_model_built_from_them(t
     def documents():
         seen["ckpt"] = read_checkpoint(path, arrays=False)
 
-    assert _peak(documents) < 8 << 20
+    assert peak_memory(documents)[1] < 8 << 20
     ckpt = seen["ckpt"]
     assert ckpt["meta"] == {"model": "lenet"} and ckpt["model"] is None and ckpt["version"] == 1
     with pytest.raises(ValueError, match="without its arrays"):
@@ -255,7 +246,7 @@ def test_documents_first_then_arrays_checked_against_the_model_built_from_them(t
         with pytest.raises(ValueError, match=r"0\.weight.*\(67108864,\)"):
             read_checkpoint(path, model)
 
-    assert _peak(arrays) < 8 << 20
+    assert peak_memory(arrays)[1] < 8 << 20
 
 
 @pytest.mark.parametrize("key, head, match", [
@@ -275,7 +266,7 @@ def test_entries_declaring_more_than_their_member_holds_are_refused_without_read
         def run(read=read):
             with pytest.raises(ValueError, match=match):
                 read()
-        assert _peak(run) < 4 << 20
+        assert peak_memory(run)[1] < 4 << 20
 
 
 # ---- format 2: what a resumed run needs -------------------------------------------------------

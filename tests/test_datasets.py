@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import gzip
 import struct
-import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
+from conftest import peak_memory
 
 from gpuconv import datasets
 
@@ -186,15 +186,6 @@ def _gzip_of(head: bytes, zeros: int) -> bytes:
             + struct.pack("<II", crc, (len(head) + zeros) & 0xFFFFFFFF))
 
 
-def _peak(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
 
 def test_gzip_stream_longer_than_its_header_is_refused_without_inflating_it(tmp_path):
     """64 MiB of zeros after an 18-byte array: the old reader inflated all of it (a 4 MB file
@@ -209,7 +200,7 @@ def test_gzip_stream_longer_than_its_header_is_refused_without_inflating_it(tmp_
         with pytest.raises(ValueError, match=r"unexpected bytes after the data of shape \(2, 3, 3\)"):
             datasets.read_idx(path)
 
-    assert _peak(read) < 4 << 20
+    assert peak_memory(read)[1] < 4 << 20
 
 
 def test_headers_declaring_more_than_the_file_can_hold_are_refused_before_reading(tmp_path):
@@ -222,7 +213,7 @@ def test_headers_declaring_more_than_the_file_can_hold_are_refused_before_readin
             with pytest.raises(ValueError, match=match):
                 datasets.read_idx(tmp_path / name)
 
-        assert _peak(read) < 1 << 20
+        assert peak_memory(read)[1] < 1 << 20
 
 
 def test_constant_training_images_are_refused(tmp_path):

@@ -4,10 +4,9 @@ input, output and taps that touch data (never the padded extent), equal on numpy
 emulator."""
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
+from conftest import peak_memory
 
 from gpuconv import functional as F
 from gpuconv import get_backend, use_backend
@@ -58,14 +57,6 @@ def test_pool_windows_beyond_int32_arithmetic_are_refused(call, name):
         call()
 
 
-def _peak_bytes(fn):
-    tracemalloc.start()
-    try:
-        out = fn()
-        return out, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
 
 def _max_backward(x, kernel_size, **kw):
     y, idx = F.max_pool2d(x, kernel_size, **kw)
@@ -112,7 +103,7 @@ HUGE_PADDING = [
 def test_huge_padding_and_dilation_cost_what_the_data_costs_and_match_the_emulator(case):
     call, _ = HUGE_PADDING[case]
     with use_backend("numpy"):
-        ref, peak = _peak_bytes(call)
+        ref, peak = peak_memory(call)
     assert peak < 1 << 20, f"numpy reference took {peak} bytes"
     with use_backend("emulator"):
         out = call()

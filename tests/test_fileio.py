@@ -259,6 +259,11 @@ def test_bench_and_check_check_their_outputs_first(tmp_path, capsys):
     assert rc == 2 and "--json" in err and "not a directory" in err.lower()
     rc, _, err = _run(["bench", "--backend", "numpy", "--json", str(tmp_path / "file" / "b.json")], capsys)
     assert rc == 2 and "--json" in err and "not a directory" in err.lower()
+
+
+def test_bench_checks_its_plot_path_first(tmp_path, capsys):
+    """--plot needs a baseline; on numpy the default one is PyTorch, so this needs it installed."""
+    pytest.importorskip("torch")
     rc, _, err = _run(["bench", "--backend", "numpy", "--plot", str(tmp_path / "no" / "b.png")], capsys)
     assert rc == 2 and "--plot: directory" in err
 

@@ -4,10 +4,10 @@ MemoryError traceback: LeNet's dense layer alone had 120 x 3,968,064 weights).""
 from __future__ import annotations
 
 import struct
-import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import peak_memory
 
 from gpuconv import datasets
 from gpuconv.models import MAX_DENSE_WEIGHTS, build_model
@@ -24,22 +24,13 @@ def _write_idx(directory, n_train: int, n_test: int, size: int, seed: int = 0) -
             (directory / f"{prefix}-{kind}").write_bytes(head + a.tobytes())
 
 
-def _peak(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
 
 def test_lenet_refuses_images_whose_dense_layer_would_not_be_small():
     def build():
         with pytest.raises(ValueError, match=r"lenet.*2000x2000.*476167680 weights.*cifar-small"):
             build_model("lenet", 1, 2000, 10)
 
-    assert _peak(build) < 1 << 20
+    assert peak_memory(build)[1] < 1 << 20
     assert build_model("lenet", 1, 28, 10).num_parameters() < 100_000  # MNIST: unchanged
     assert 16 * ((256 // 2 - 4) // 2) ** 2 * 120 <= MAX_DENSE_WEIGHTS  # 256x256 still builds
 
@@ -51,7 +42,7 @@ def test_training_on_two_2000x2000_images_fails_fast_with_a_clear_error(tmp_path
         assert main(["train", "--backend", "numpy", "--data", str(tmp_path), "--epochs", "1",
                      "--quiet"]) == 2
 
-    assert _peak(run) < 200 << 20  # the images, their float64 standardisation, no model
+    assert peak_memory(run)[1] < 200 << 20  # the images, their float64 standardisation, no model
     err = capsys.readouterr().err
     assert err.startswith("gpuconv: error: model 'lenet' on 2000x2000 images") and "Traceback" not in err
 
