@@ -25,3 +25,14 @@ def cuda_dir() -> Path:
     if env:
         return Path(env)
     return _installed_or_checkout()
+
+
+def cache_root() -> Path:
+    """Where gpuconv keeps its caches (compiled emulator modules, profiler facts, kernel choices):
+    ``GPUCONV_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/gpuconv``, else ``~/.cache/gpuconv``.
+    Not created here."""
+    env = os.environ.get("GPUCONV_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "gpuconv"

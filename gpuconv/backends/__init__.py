@@ -14,6 +14,17 @@ The backend an op runs on is, in this order of precedence:
 else ``"cuda"`` when CuPy sees a usable device and ``"numpy"`` otherwise; it logs which it took
 (``auto_choice`` says which and why). Asking for ``"cuda"`` where there is none raises
 ``BackendUnavailable`` saying why.
+
+Two process-wide settings steer which kernel version the cuda and emulator backends run for each
+convolution shape (``gpuconv.backends.select``; docs/kernels.md, "Choosing a version"), read
+at every call as ``torch.backends.cudnn.benchmark`` and ``torch.backends.cuda.matmul.allow_tf32``
+are:
+
+* ``allow_tf32`` (default False; ``GPUCONV_ALLOW_TF32=1``): float32 convolutions may run on TF32
+  tensor-core versions (operands rounded to a 10-bit mantissa, about 1e-3 relative error).
+* ``benchmark`` (default False; ``GPUCONV_BENCHMARK=1``): on a GPU, the first call of each
+  (op, shape, dtype) times every eligible version and keeps the fastest, remembered on disk per
+  GPU; off, a fixed rule picks.
 """
 from __future__ import annotations
 
@@ -25,14 +36,29 @@ from typing import Callable, Dict, Iterator, Tuple, Union
 
 from .base import Backend
 
-__all__ = ["Backend", "BackendUnavailable", "BACKEND_NAMES", "get_backend", "set_backend",
-           "use_backend", "running_on", "resolve_backend", "auto_choice", "cuda_unavailable_reason",
-           "ENV_VAR"]
+__all__ = ["Backend", "BackendUnavailable", "BACKEND_NAMES", "allow_tf32", "benchmark", "env_flag",
+           "get_backend", "set_backend", "use_backend", "running_on", "resolve_backend", "auto_choice",
+           "cuda_unavailable_reason", "ENV_VAR"]
 
 log = logging.getLogger("gpuconv")
 
 BACKEND_NAMES = ("numpy", "emulator", "cuda")
 ENV_VAR = "GPUCONV_BACKEND"
+
+
+def env_flag(name: str) -> bool:
+    """The boolean environment variable ``name``: unset, empty, 0, false, no or off is False; 1,
+    true, yes or on is True; anything else is a ValueError naming the variable."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be 1 or 0 (or true/false, yes/no, on/off), got {os.environ[name]!r}")
+
+
+allow_tf32: bool = env_flag("GPUCONV_ALLOW_TF32")
+benchmark: bool = env_flag("GPUCONV_BENCHMARK")
 
 
 class BackendUnavailable(RuntimeError):

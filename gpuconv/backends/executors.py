@@ -8,6 +8,10 @@ Both executors expose the same small interface, used only by ``KernelBackend``:
   ``launch(fn, grid, block, args, shared_mem=0)``  (``KernelBackend.launch`` is this method)
   ``synchronize()``
   ``describe()``           one line for logs
+  ``device_name()``        the device's name (the kernel-choice cache is kept per name)
+
+``CupyExecutor`` also has ``time_call(run)``, seconds per call timed with CUDA events, which the
+kernel-version selector uses when ``gpuconv.backends.benchmark`` is on.
 
 CuPy's compile cache keys on the source text and the options only, so ``CupyExecutor.load``
 adds ``-DGPUCONV_SRC_HASH=<hash>`` computed over the ``.cu`` file and every header in the CUDA
@@ -81,11 +85,28 @@ class CupyExecutor:
     def synchronize(self) -> None:
         self._cupy.cuda.get_current_stream().synchronize()
 
+    def time_call(self, run, warmup: int = 2, repeat: int = 5) -> float:
+        """Seconds per call of ``run`` (kernel launches on the current stream): ``warmup`` calls,
+        then ``repeat`` calls between two CUDA events."""
+        cupy = self._cupy
+        for _ in range(warmup):
+            run()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        for _ in range(repeat):
+            run()
+        end.record()
+        end.synchronize()
+        return cupy.cuda.get_elapsed_time(start, end) / 1e3 / repeat
+
+    def device_name(self) -> str:
+        props = self._cupy.cuda.runtime.getDeviceProperties(self._cupy.cuda.Device().id)
+        return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+
     def describe(self) -> str:
         cupy = self._cupy
         dev = cupy.cuda.Device()
-        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
-        gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        gpu = self.device_name()
         cc = dev.compute_capability
         rt = cupy.cuda.runtime.runtimeGetVersion()
         return (f"cuda: {gpu} (sm_{cc}), CuPy {cupy.__version__}, "
@@ -123,6 +144,9 @@ class EmulatorExecutor:
 
     def synchronize(self) -> None:
         """Emulated launches are synchronous."""
+
+    def device_name(self) -> str:
+        return "emulator"
 
     def describe(self) -> str:
         return f"emulator: CUDA kernels on the CPU (thread order {self.order})"

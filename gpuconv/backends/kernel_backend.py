@@ -13,7 +13,9 @@ Kernel versions: each launch module declares ``VERSIONS`` and ``DEFAULT_VERSIONS
 defaults in force depend on the executor (``launch.default_versions``: on the emulator no op
 defaults to a version that calls the array library);
 ``KernelBackend(executor, versions={"max_pool2d_backward": 1})`` or
-``with backend.use_versions({...}):`` selects others (used by tests and benchmarks).
+``with backend.use_versions({...}):`` selects others (used by tests and benchmarks). Ops that
+pass their geometry (the conv ops) ask ``select`` instead, which returns such an override, else
+the choice of ``gpuconv.backends.select`` for the call's shape and dtype.
 
 Debug poisoning: with ``poison=True`` (or ``GPUCONV_POISON=1`` in the environment) every output
 buffer is filled with NaN (integer buffers with -7) before the kernel writes it, so an element a
@@ -33,6 +35,7 @@ import numpy as np
 from .._paths import cuda_dir
 from . import launch
 from .base import Array, Backend
+from .select import Choice, selector_for
 
 __all__ = ["KernelBackend", "compile_options"]
 
@@ -64,7 +67,9 @@ class KernelBackend(Backend):
         self._functions: Dict[Tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._overrides = [self._check_versions(versions or {})]
+        self._forced: Dict[str, int] = {}  # op -> version of the overrides alone
         self._active = self._merged()  # op -> version in force, read on every op call
+        self.selector = selector_for(executor)
 
     # ---- arrays -------------------------------------------------------------------------
     def is_array(self, a) -> bool:
@@ -147,10 +152,11 @@ class KernelBackend(Backend):
         return {op: int(v) for op, v in versions.items()}
 
     def _merged(self) -> Dict[str, int]:
-        active = self.default_versions()
+        forced: Dict[str, int] = {}
         for layer in self._overrides:
-            active.update(layer)
-        return active
+            forced.update(layer)
+        self._forced = forced
+        return {**self.default_versions(), **forced}
 
     def version(self, op: str) -> int:
         """The version of ``op`` in force (innermost override, else the launch module default)."""
@@ -158,6 +164,21 @@ class KernelBackend(Backend):
             return self._active[op]
         except KeyError:
             raise ValueError(f"unknown op {op!r}; known ops: {', '.join(sorted(self._active))}") from None
+
+    def select(self, op: str, g, dtype, run) -> Choice:
+        """The version (and tile width) of ``op`` for geometry ``g`` and ``dtype``: an override
+        when there is one, else the selector's choice (``gpuconv.backends.select``), which may call
+        ``run(version, tile)`` to time the candidates."""
+        v = self._forced.get(op)
+        if v is not None:
+            return Choice(v, None, "override")
+        return self.selector.choose(op, g, dtype, run)
+
+    def chosen(self, op: str, g, dtype) -> Optional[Choice]:
+        """What ``select`` returns for these arguments, without launching anything; None when the
+        selector has yet to time them."""
+        v = self._forced.get(op)
+        return Choice(v, None, "override") if v is not None else self.selector.chosen(op, g, dtype)
 
     @contextlib.contextmanager
     def use_versions(self, versions: Dict[str, int]) -> Iterator[KernelBackend]:

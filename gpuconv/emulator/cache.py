@@ -7,7 +7,8 @@ record before anything is loaded from it: a damaged or incomplete entry (a libra
 a full disk or a crash, a file edited by hand) is removed and the caller builds it again,
 instead of crashing in ``dlopen``.
 
-Root: ``$GPUCONV_CACHE_DIR/emu`` or ``~/.cache/gpuconv/emu``.
+Root: ``gpuconv._paths.cache_root() / "emu"`` (``$GPUCONV_CACHE_DIR/emu``, else under
+``$XDG_CACHE_HOME`` or ``~/.cache``: ``.../gpuconv/emu``).
 """
 from __future__ import annotations
 
@@ -21,15 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .._paths import cache_root
+
 SUMS = "SHA256SUMS"
 _STALE_TEMP_S = 24 * 3600  # temporary directories older than this were left by killed builds
 _swept = set()
 
 
 def root() -> Path:
-    env = os.environ.get("GPUCONV_CACHE_DIR")
-    base = Path(env) if env else Path.home() / ".cache" / "gpuconv"
-    d = base / "emu"
+    d = cache_root() / "emu"
     d.mkdir(parents=True, exist_ok=True)
     if d not in _swept:
         _swept.add(d)

@@ -6,7 +6,7 @@ JSON-ready dict: ``registers``, ``stack_frame``, ``spill_stores``, ``spill_loads
 (static bytes), ``mix`` (the whole kernel, ``sass.Mix.as_dict``), ``loop`` (the innermost hot
 loop's mix, or None), ``fma_before_use`` and ``loads_before_multiply`` (``sass``).
 
-Results are cached under ``$GPUCONV_CACHE_DIR/profile`` (default ``~/.cache/gpuconv/profile``),
+Results are cached under ``cache_root() / "profile"`` (default ``~/.cache/gpuconv/profile``),
 keyed by the .cu and every header beside it, the expressions, the architecture and the compiler
 and its version.
 """
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .._paths import cuda_dir
+from .._paths import cache_root, cuda_dir
 from ..backends import launch
 from ..backends.executors import source_hash
 from . import sass
@@ -32,8 +32,7 @@ FORMAT = "2"
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("GPUCONV_CACHE_DIR")
-    d = (Path(env) if env else Path.home() / ".cache" / "gpuconv") / "profile"
+    d = cache_root() / "profile"
     d.mkdir(parents=True, exist_ok=True)
     return d
 

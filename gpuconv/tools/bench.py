@@ -24,15 +24,17 @@ import importlib.util
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import fileio
+from .. import backends, fileio
 from . import plots, report, suites
 from .bench_kernels import ROW_SCHEMA, SUMMARY_SCHEMA, BenchContext, plan, run_kernels, summarize
 from .bench_ops import Torch, baseline_names
 from .bench_step import STEP_SCHEMA, format_steps, run_steps
 from .harness import (
+    BOOLEAN,
     INTEGER,
     KERNEL_BACKENDS,
     STRING,
+    add_allow_tf32,
     check_json_path,
     device,
     document,
@@ -60,6 +62,9 @@ BENCH_SCHEMA = document("gpuconv-bench/1", {
                         "baselines": list_of(STRING), "versions": STRING, "batch": INTEGER, "repeat": INTEGER,
                         "timer": STRING, "input_sets": INTEGER, "seed": INTEGER}),
     "rows": list_of(ROW_SCHEMA), "steps": list_of(STEP_SCHEMA), "summary": list_of(SUMMARY_SCHEMA)})
+# The selection settings in force (gpuconv.backends.allow_tf32, .benchmark). Not required: older
+# files lack them.
+BENCH_SCHEMA["properties"]["settings"]["properties"].update(allow_tf32=BOOLEAN, benchmark=BOOLEAN)
 
 
 def check_request(suite: str, ops: Sequence[str], backend: str, baselines: Sequence[str], versions: str,
@@ -127,8 +132,22 @@ def check_plot(cases: Sequence[Any], ops: Sequence[str], backend: str, baselines
 def run_bench(suite: str = "small-cnn", ops: Sequence[str] = ("conv", "pool"), backend: str = "numpy",
               baselines: Sequence[str] = ("torch",), versions: str = "default", batch: Optional[int] = None,
               repeat: Optional[int] = None, layers: Optional[Sequence[str]] = None, seed: int = 0,
-              threads: Optional[int] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Run the benchmark and return the result document (see ``BENCH_SCHEMA``)."""
+              threads: Optional[int] = None, log: Callable[[str], None] = print,
+              allow_tf32: Optional[bool] = None) -> Dict[str, Any]:
+    """Run the benchmark and return the result document (see ``BENCH_SCHEMA``). ``allow_tf32``
+    sets ``gpuconv.backends.allow_tf32`` for the run (None: as it is)."""
+    if allow_tf32 is None:
+        return _run_bench(suite, ops, backend, baselines, versions, batch, repeat, layers, seed, threads, log)
+    if not isinstance(allow_tf32, bool):
+        raise TypeError(f"allow_tf32 must be True, False or None, got {allow_tf32!r}")
+    before, backends.allow_tf32 = backends.allow_tf32, allow_tf32
+    try:
+        return _run_bench(suite, ops, backend, baselines, versions, batch, repeat, layers, seed, threads, log)
+    finally:
+        backends.allow_tf32 = before
+
+
+def _run_bench(suite, ops, backend, baselines, versions, batch, repeat, layers, seed, threads, log):
     cases = check_request(suite, ops, backend, baselines, versions, batch, repeat, layers, seed, threads)
     batch = DEFAULT_BATCH[backend] if batch is None else batch
     repeat = DEFAULT_REPEAT[backend] if repeat is None else repeat
@@ -163,19 +182,22 @@ def run_bench(suite: str = "small-cnn", ops: Sequence[str] = ("conv", "pool"), b
         "schema": BENCH_SCHEMA["$id"], "environment": env,
         "settings": {"suite": suite, "backend": backend, "ops": list(ops), "baselines": list(baselines),
                      "versions": versions, "batch": batch, "repeat": repeat, "timer": timer.description,
-                     "input_sets": ctx.n_sets, "seed": seed},
+                     "input_sets": ctx.n_sets, "seed": seed, "allow_tf32": backends.allow_tf32,
+                     "benchmark": backends.benchmark},
         "rows": rows, "steps": steps, "summary": summary,
     }
 
 
 TABLE_HEADERS = ("layer", "op", "version", "status", "rel err", "µs", "p10", "p90", "host µs", "GFLOP/s",
                  "GB/s", "×floor")
+# after the baselines' columns: why the backend runs its version (gpuconv.backends.select)
+PICK_HEADER = "pick"
 
 
 def format_rows(doc: Dict[str, Any], markdown: bool = False) -> str:
     """The result table: one row per (op, layer, version or baseline)."""
     base_names = list(doc["settings"]["baselines"])
-    headers = list(TABLE_HEADERS) + [h for b in base_names for h in (f"{b} µs", f"÷{b}")]
+    headers = list(TABLE_HEADERS) + [h for b in base_names for h in (f"{b} µs", f"÷{b}")] + [PICK_HEADER]
     rows = []
     for r in doc["rows"]:
         cells = [r["layer"], r["op"], r["version"] + ("*" if r.get("default") and r["kind"] == "gpuconv"
@@ -184,7 +206,7 @@ def format_rows(doc: Dict[str, Any], markdown: bool = False) -> str:
                  r["gbs"], r["floor_multiple"]]
         for b in base_names:
             cells += [r["baseline_us"].get(b), r["ratio"].get(b)]
-        rows.append(cells)
+        rows.append(cells + [r.get("pick", "")])
     return report.format_table(headers, rows, markdown)
 
 
@@ -251,6 +273,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="PyTorch's CPU threads, on the numpy and emulator backends (default: NumPy's "
                         "BLAS thread count)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
+    add_allow_tf32(p)
     p.add_argument("--json", default=None, metavar="FILE",
                    help=f"write every row, the settings and the environment as JSON, schema "
                         f"{BENCH_SCHEMA['$id']} (default: not written)")
@@ -287,7 +310,7 @@ def run(args) -> int:
         fileio.figure_format(args.plot, "--plot")
     check_json_path(args.json)
     doc = run_bench(args.suite, ops, args.backend, baselines, args.versions, args.batch, args.repeat,
-                    layers, args.seed, args.threads)
+                    layers, args.seed, args.threads, allow_tf32=True if args.allow_tf32 else None)
     env = doc["environment"]
     print(f"\ngpuconv bench --backend {args.backend}: {env.get('gpu') or env['cpu']}, "
           f"{env['threads']} threads, batch {doc['settings']['batch']}, {doc['settings']['repeat']} runs, "
@@ -296,8 +319,8 @@ def run(args) -> int:
         print("(emulator: times are CPU emulation times, not GPU timings)")
     if doc["rows"]:
         print(format_rows(doc))
-        print("* default version; rel err = max|out - ref| / max|ref| against the float64 NumPy reference; "
-              "÷baseline = gpuconv time / baseline time")
+        print("* the version the backend runs (pick: why); rel err = max|out - ref| / max|ref| against "
+              "the float64 NumPy reference; ÷baseline = gpuconv time / baseline time")
     if doc["steps"]:
         print(format_steps(doc["steps"]))
     if doc["summary"]:

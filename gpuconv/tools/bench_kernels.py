@@ -44,6 +44,9 @@ ROW_SCHEMA = record({
     "batch": INTEGER, "status": STRING, "note": STRING, "rel_err": _OPT, "tolerance": NUMBER, "us": _OPT,
     "p10_us": _OPT, "p90_us": _OPT, "host_us": _OPT, "gflops": _OPT, "gbs": _OPT, "floor_us": _OPT,
     "floor_multiple": _OPT, "baseline_us": OBJECT, "ratio": OBJECT, "default": BOOLEAN})
+# Why the backend runs the version it does (gpuconv.backends.select: "rule: ...", "timed: ...",
+# "default", "override"), on its default row; "" elsewhere. Not required: older files lack it.
+ROW_SCHEMA["properties"]["pick"] = STRING
 SUMMARY_SCHEMA = record({"what": STRING, "baseline": STRING, "layers": INTEGER, "median_ratio": NUMBER,
                          "max_ratio": NUMBER})
 
@@ -67,6 +70,7 @@ class PassSpec:
     pass_name: str
     case: Any
     cost: suites.Cost
+    geometry: Any
     reference: Tuple[np.ndarray, ...]
     candidates: List[Candidate]
     exact: Tuple[bool, ...] = ()   # outputs compared exactly (max-pool indices)
@@ -94,10 +98,11 @@ def _rng_sets(shapes: Dict[str, Tuple[int, ...]], n_sets: int, seed: int) -> Lis
 
 
 def _versions(ctx: BenchContext, op: str) -> List[Optional[int]]:
-    """The kernel versions of ``op`` to time; [None] where the backend has no versions of it."""
-    if ctx.backend not in KERNEL_BACKENDS or op not in VERSIONS:
+    """The kernel versions of ``op`` to time; [None] for the backend's own choice (``--versions
+    default``, or a backend without versions of ``op``)."""
+    if ctx.backend not in KERNEL_BACKENDS or op not in VERSIONS or ctx.versions == "default":
         return [None]
-    return [ctx.be.version(op)] if ctx.versions == "default" else list(VERSIONS[op])
+    return list(VERSIONS[op])
 
 
 def _in_version(be, op: str, v: Optional[int]):
@@ -165,16 +170,18 @@ def _spec(ctx: BenchContext, entry: BenchOp, case, sets: List[Dict[str, np.ndarr
         cand = _BASELINE_CANDIDATE[name](ctx, entry, name, g, sets)
         if cand is not None:
             cands.append(cand)
-    return PassSpec(entry.op, entry.pass_name, case, entry.cost(g), reference, cands, entry.exact)
+    return PassSpec(entry.op, entry.pass_name, case, entry.cost(g), g, reference, cands, entry.exact)
 
 
 # ----------------------------------------------------------------------------------------------
-def _check(spec: PassSpec, cand: Candidate, tol: float) -> Tuple[str, float, str]:
-    """(status, rel_err, note) of one candidate against the float64 reference."""
+def _check(spec: PassSpec, cand: Candidate, tolerance: Callable[[], float]) -> Tuple[str, float, str]:
+    """(status, rel_err, note) of one candidate against the float64 reference; ``tolerance()`` is
+    asked once the candidate has run (its version may be chosen by that run)."""
     try:
         outs = cand.check()
     except Exception as exc:  # a failing version is reported, not fatal
         return "error", math.nan, f"{type(exc).__name__}: {exc}"
+    tol = tolerance()
     if len(outs) != len(spec.reference):
         return "failed", math.nan, f"returned {len(outs)} outputs, expected {len(spec.reference)}"
     worst, notes = 0.0, []
@@ -217,9 +224,23 @@ def _row(ctx: BenchContext, spec: PassSpec, cand: Candidate, tol: float, status:
     return row
 
 
+def _pick(ctx: BenchContext, spec: PassSpec):
+    """The backend's choice for this pass (``KernelBackend.chosen``), None where it has none (yet)."""
+    if ctx.backend not in KERNEL_BACKENDS or spec.op not in VERSIONS:
+        return None
+    return ctx.be.chosen(spec.op, spec.geometry, np.float32)
+
+
 def _bench_spec(ctx: BenchContext, spec: PassSpec, timer, repeat: int, hw, log) -> List[Dict[str, Any]]:
     tols = {id(c): tolerances.tolerance_for(c.math, np.float32) for c in spec.candidates}
-    checked = [(c, *_check(spec, c, tols[id(c)])) for c in spec.candidates]
+
+    def tolerance(c: Candidate) -> float:
+        pick = _pick(ctx, spec) if c.kind == "gpuconv" and c.version == "default" else None
+        if pick is not None:  # the backend's own choice, made by the check's run: its precision
+            c.math = precision(spec.op, pick.version)
+            tols[id(c)] = tolerances.tolerance_for(c.math, np.float32)
+        return tols[id(c)]
+    checked = [(c, *_check(spec, c, lambda c=c: tolerance(c))) for c in spec.candidates]
     # a failing gpuconv version is not timed; a baseline outside its tolerance still is
     timed = [c for c, status, _, _ in checked
              if status == "ok" or (c.kind == "baseline" and status == "failed")]
@@ -232,9 +253,13 @@ def _bench_spec(ctx: BenchContext, spec: PassSpec, timer, repeat: int, hw, log) 
             log(f"  timing {spec.op} {spec.case.id} failed: {type(exc).__name__}: {exc}")
     rows = [_row(ctx, spec, c, tols[id(c)], status, rel, note, timings.get(id(c)), hw)
             for c, status, rel, note in checked]
-    default = "default" if _versions(ctx, spec.op) == [None] else f"v{ctx.be.version(spec.op)}"
+    pick = _pick(ctx, spec)  # made when the checks ran the pass without a version, or by the rule
     for r in rows:
-        r["default"] = r["kind"] == "gpuconv" and r["version"] == default
+        if r["kind"] == "gpuconv" and r["version"] == "default" and pick is not None:
+            r["version"] = f"v{pick.version}"
+        r["default"] = r["kind"] == "gpuconv" and (r["version"] == "default" or (
+            pick is not None and r["version"] == f"v{pick.version}"))
+        r["pick"] = pick.reason if pick is not None and r["default"] else ""
     base = {r["version"]: r["us"] for r in rows if r["kind"] == "baseline"}
     for r in rows:
         if r["kind"] == "gpuconv":

@@ -23,13 +23,21 @@ import numpy as np
 from .. import fileio
 from ..backends import BACKEND_NAMES, Backend, resolve_backend
 
-__all__ = ["KERNEL_BACKENDS", "make_backend", "device", "timer_for", "device_attributes", "Timing",
-           "WallTimer", "CudaEventTimer", "value", "record", "document",
+__all__ = ["KERNEL_BACKENDS", "make_backend", "add_allow_tf32", "device", "timer_for", "device_attributes",
+           "Timing", "WallTimer", "CudaEventTimer", "value", "record", "document",
            "list_of", "STRING", "INTEGER", "NUMBER", "BOOLEAN", "OBJECT", "NUMBER_OR_NULL", "STRING_OR_NULL",
            "schema_errors", "validate", "check_json_path", "write_json"]
 
 # ---- backends -----------------------------------------------------------------------------------
 KERNEL_BACKENDS = ("emulator", "cuda")   # the backends that run gpuconv's CUDA kernels, in versions
+
+
+def add_allow_tf32(parser) -> None:
+    """``--allow-tf32``: the command sets ``gpuconv.backends.allow_tf32`` (the one definition)."""
+    parser.add_argument("--allow-tf32", action="store_true",
+                        help="let float32 convolutions run on TF32 tensor-core kernel versions (about 1e-3 "
+                             "relative error) where the version selector picks them; like "
+                             "GPUCONV_ALLOW_TF32=1 (default: off, every result in full float32)")
 
 
 def make_backend(name: str, poison: bool = False) -> Backend:

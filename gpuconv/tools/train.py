@@ -33,11 +33,22 @@ from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 import numpy as np
 
-from .. import datasets, distributed, fileio, nn, optim, schedules
+from .. import backends, datasets, distributed, fileio, nn, optim, schedules
 from ..backends import BACKEND_NAMES, auto_choice, resolve_backend, use_backend
 from ..models import MODEL_NAMES, build_model
 from . import plots, report
-from .harness import INTEGER, NUMBER, STRING, document, list_of, record, validate, value, write_json
+from .harness import (
+    INTEGER,
+    NUMBER,
+    STRING,
+    add_allow_tf32,
+    document,
+    list_of,
+    record,
+    validate,
+    value,
+    write_json,
+)
 from .progress import Reporter
 
 __all__ = ["TrainConfig", "train", "evaluate", "make_schedule", "add_parser", "run", "METRICS_SCHEMA",
@@ -406,6 +417,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKEND_NAMES + ("auto",), default=d.backend,
                    help="where to run; auto = $GPUCONV_BACKEND when set, else cuda when a GPU is usable, "
                         "else numpy (default %(default)s)")
+    add_allow_tf32(p)
     p.add_argument("--epochs", type=int, default=None,
                    help=f"length of the run in passes over the training set (default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=None,
@@ -479,5 +491,7 @@ def run(args: argparse.Namespace) -> int:
         if name in given and getattr(cfg, other) != needed:
             raise ValueError(f"--{name.replace('_', '-')} applies to --{other} {needed} only, not "
                              f"{getattr(cfg, other)}")
+    if args.allow_tf32:
+        backends.allow_tf32 = True
     train(cfg)
     return 0

@@ -18,9 +18,9 @@ from typing import Dict, Tuple
 
 from . import augment, batchnorm, conv, elementwise, linear, loss, optim, pool
 
-__all__ = ["FAMILIES", "VERSIONS", "DEFAULT_VERSIONS", "PRECISION", "LIBRARY_VERSIONS", "precision",
-           "default_versions", "defines", "name_expressions", "augment", "batchnorm", "conv", "elementwise",
-           "linear", "loss", "optim", "pool"]
+__all__ = ["FAMILIES", "VERSIONS", "DEFAULT_VERSIONS", "PRECISION", "FLOAT32_ONLY", "TILES",
+           "LIBRARY_VERSIONS", "precision", "default_versions", "defines", "name_expressions", "augment",
+           "batchnorm", "conv", "elementwise", "linear", "loss", "optim", "pool"]
 
 FAMILIES = (conv, pool, elementwise, linear, loss, optim, batchnorm, augment)
 
@@ -29,6 +29,11 @@ DEFAULT_VERSIONS: Dict[str, int] = {op: v for mod in FAMILIES for op, v in mod.D
 # (op, version) -> "tf32" for versions that compute with TF32 operands; every other is full precision.
 PRECISION: Dict[Tuple[str, int], str] = {key: p for mod in FAMILIES
                                          for key, p in getattr(mod, "PRECISION", {}).items()}
+# (op, version) of versions that refuse float64.
+FLOAT32_ONLY = frozenset(key for mod in FAMILIES for key in getattr(mod, "FLOAT32_ONLY", ()))
+# (op, version) -> the tile widths a version can be launched with (the selector's choice).
+TILES: Dict[Tuple[str, int], Tuple[int, ...]] = {key: w for mod in FAMILIES
+                                                 for key, w in getattr(mod, "TILES", {}).items()}
 # (op, version) of versions that call the array library (cupy.matmul: cuBLAS) instead of a kernel.
 LIBRARY_VERSIONS = frozenset(key for mod in FAMILIES for key in getattr(mod, "LIBRARY_VERSIONS", ()))
 

@@ -9,7 +9,11 @@ Ops and versions (see the header of conv2d.cu for what each version changes):
   * ``conv2d_backward_filter``  1 one thread per weight, 2 implicit GEMM with a fixed split of the
                                 N*P*Q reduction and an ordered sum of the partials (default)
   * ``conv2d_backward_bias``    1 one thread per channel, 2 two-stage ordered reduction (default)
-Every backward result is bitwise reproducible: split counts depend on the sizes only.
+Every backward result is bitwise reproducible: split counts depend on the sizes (and the tile
+width) only.
+
+Without a ``version=`` argument, each call asks the backend which version and tile width to run
+for its geometry and dtype (``be.select``; ``gpuconv.backends.select``).
 """
 from __future__ import annotations
 
@@ -57,6 +61,8 @@ DEFINES = {
     "GC_CONV_V4_TILE": 64,        # rows and columns of forward v4's output tile
 }
 TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (the template argument)
+# Versions whose tile width the selector may choose (by timing); otherwise _tile_width's rule.
+TILES = {(op, 2): TILE_WIDTHS for op in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_filter")}
 TILE_AREA = DEFINES["GC_CONV_TILE_AREA"]
 BLOCK = DEFINES["GC_CONV_THREADS"]
 MAX_GRID_Y = MAX_GRID[1]  # the tiled kernels loop over blockIdx.y, so a larger count is folded
@@ -102,12 +108,15 @@ def _tile_width(cols: int) -> int:
     return TILE_WIDTHS[-1]
 
 
-def _pick(be, op: str, version: Optional[int]) -> int:
+def _pick(be, op: str, version: Optional[int], g: ConvGeometry, dtype, run) -> Tuple[int, Optional[int]]:
+    """(version, tile width or None) of this call: ``version`` when given, else the backend's choice
+    for the geometry and dtype (``run(version, tile)`` launches a candidate, should it time them)."""
     if version is None:
-        return be.version(op)  # checked when it was selected
-    if version not in VERSIONS[op]:
+        choice = be.select(op, g, dtype, run)  # checked when it was chosen
+        return choice.version, choice.tile
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version not in VERSIONS[op]:
         raise ValueError(f"{op}: version must be one of {VERSIONS[op]}, got {version!r}")
-    return int(version)
+    return int(version), None
 
 
 def _dtype_of(x, w) -> np.dtype:
@@ -118,15 +127,16 @@ def _dtype_of(x, w) -> np.dtype:
 
 
 @functools.lru_cache(maxsize=1024)
-def _forward_plan(g: ConvGeometry, v: int, t: str):
-    """(kernel, grid, block) of forward version ``v`` for geometry ``g`` and C type ``t``."""
+def _forward_plan(g: ConvGeometry, v: int, t: str, bn: Optional[int] = None):
+    """(kernel, grid, block) of forward version ``v`` for geometry ``g``, C type ``t`` and tile width
+    ``bn`` (v2 only; None: the narrowest that covers the output channels)."""
     Kg = g.K // g.groups
     M = g.N * g.P * g.Q
     if v == 1:
         grid, block = grid_1d(check_elements("output", M * g.K), BLOCK)
         return f"conv2d_forward_v1<{t}>", grid, block
     if v == 2:
-        bn = _tile_width(Kg)
+        bn = bn or _tile_width(Kg)
         grid = (math.ceil(M / (TILE_AREA // bn)), min(g.groups * math.ceil(Kg / bn), MAX_GRID_Y), 1)
         return f"conv2d_forward_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
     if v == 3:
@@ -138,8 +148,13 @@ def _forward_plan(g: ConvGeometry, v: int, t: str):
 
 def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
     """y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C/groups, R, S)) + b (K,) or no bias."""
-    v = _pick(be, "conv2d_forward", version)
     dtype = _dtype_of(x, w)
+    v, bn = _pick(be, "conv2d_forward", version, g, dtype,
+                  lambda v, bn: _forward(be, x, w, b, g, v, bn, dtype))
+    return _forward(be, x, w, b, g, v, bn, dtype)
+
+
+def _forward(be, x, w, b, g: ConvGeometry, v: int, bn: Optional[int], dtype):
     t = ctype(dtype)
     if ("conv2d_forward", v) in FLOAT32_ONLY and dtype != np.float32:
         raise ValueError(f"conv2d_forward v{v} (TF32 tensor cores) needs float32 x and weight, got {dtype}; "
@@ -148,44 +163,50 @@ def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
     has_bias = b is not None
     b = be.contiguous(b) if has_bias else w  # any array of the right type when there is no bias
     y = be.empty(g.y_shape, dtype)
-    name, grid, block = _forward_plan(g, v, t)
+    name, grid, block = _forward_plan(g, v, t, bn)
     be.launch(be.function(FILE, name), grid, block,
               (x, w, b, y, _INT32[has_bias]) + _geometry_args(g))
     return y
 
 
 @functools.lru_cache(maxsize=1024)
-def _backward_data_plan(g: ConvGeometry, v: int, t: str):
-    """(kernel, grid, block) of backward-data version ``v``."""
+def _backward_data_plan(g: ConvGeometry, v: int, t: str, bn: Optional[int] = None):
+    """(kernel, grid, block) of backward-data version ``v`` (tile width ``bn`` as for forward)."""
     if v == 1:
         grid, block = grid_1d(check_elements("x", g.N * g.C * g.H * g.W), BLOCK)
         return f"conv2d_backward_data_v1<{t}>", grid, block
     Cg = g.C // g.groups
-    bn = _tile_width(Cg)
+    bn = bn or _tile_width(Cg)
     grid = (math.ceil(g.N * g.H * g.W / (TILE_AREA // bn)), min(g.groups * math.ceil(Cg / bn), MAX_GRID_Y), 1)
     return f"conv2d_backward_data_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
 
 
 def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None):
     """dx (N, C, H, W) from dy (N, K, P, Q) and w (K, C/groups, R, S)."""
-    v = _pick(be, "conv2d_backward_data", version)
     dtype = _dtype_of(dy, w)
+    v, bn = _pick(be, "conv2d_backward_data", version, g, dtype,
+                  lambda v, bn: _backward_data(be, dy, w, g, v, bn, dtype))
+    return _backward_data(be, dy, w, g, v, bn, dtype)
+
+
+def _backward_data(be, dy, w, g: ConvGeometry, v: int, bn: Optional[int], dtype):
     dy, w = be.contiguous(dy), be.contiguous(w)
     dx = be.empty(g.x_shape, dtype)
-    name, grid, block = _backward_data_plan(g, v, ctype(dtype))
+    name, grid, block = _backward_data_plan(g, v, ctype(dtype), bn)
     be.launch(be.function(FILE, name), grid, block, (dy, w, dx) + _geometry_args(g))
     return dx
 
 
 @functools.lru_cache(maxsize=1024)
-def filter_splits(g: ConvGeometry, dtype) -> Tuple[int, int, int]:
-    """(tile rows, splits, chunk) of conv2d_backward_filter_v2 for geometry ``g``.
+def filter_splits(g: ConvGeometry, dtype, rows: Optional[int] = None) -> Tuple[int, int, int]:
+    """(tile rows, splits, chunk) of conv2d_backward_filter_v2 for geometry ``g`` and tile rows
+    ``rows`` (None: the narrowest that covers the output channels).
 
-    Depends on the sizes and dtype only, so every run (and every GPU) adds the same partial sums
-    in the same order.
+    Depends on the sizes, dtype and tile only, so every run (and every GPU) with the same tile adds
+    the same partial sums in the same order.
     """
     Kg, CRS = g.K // g.groups, (g.C // g.groups) * g.R * g.S
-    rows = _tile_width(Kg)
+    rows = rows or _tile_width(Kg)
     cols = TILE_AREA // rows
     step = 64 // np.dtype(dtype).itemsize  # BK of the kernel
     M = g.N * g.P * g.Q
@@ -198,14 +219,14 @@ def filter_splits(g: ConvGeometry, dtype) -> Tuple[int, int, int]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _backward_filter_plan(g: ConvGeometry, v: int, dtype: np.dtype):
+def _backward_filter_plan(g: ConvGeometry, v: int, dtype: np.dtype, bn: Optional[int] = None):
     """Launches of backward-filter version ``v``: (kernel, grid, block, extra args, splits) and,
     when the reduction is split, the launch that sums the partial results in a fixed order."""
     t = ctype(dtype)
     if v == 1:
         grid, block = grid_1d(check_elements("weight", math.prod(g.w_shape)), BLOCK)
         return (f"conv2d_backward_filter_v1<{t}>", grid, block, (), 1), None
-    rows, splits, chunk = filter_splits(g, dtype)
+    rows, splits, chunk = filter_splits(g, dtype, bn)
     Kg, CRS = g.K // g.groups, (g.C // g.groups) * g.R * g.S
     grid = (math.ceil(CRS / (TILE_AREA // rows)), min(g.groups * math.ceil(Kg / rows), MAX_GRID_Y), splits)
     main = (f"conv2d_backward_filter_v2<{t}, {rows}>", grid, (BLOCK, 1, 1), (np.int32(chunk),), splits)
@@ -219,11 +240,16 @@ def _backward_filter_plan(g: ConvGeometry, v: int, dtype: np.dtype):
 
 def backward_filter(be, dy, x, g: ConvGeometry, version: Optional[int] = None):
     """dw (K, C/groups, R, S) from dy (N, K, P, Q) and x (N, C, H, W)."""
-    v = _pick(be, "conv2d_backward_filter", version)
     dtype = _dtype_of(dy, x)
+    v, bn = _pick(be, "conv2d_backward_filter", version, g, dtype,
+                  lambda v, bn: _backward_filter(be, dy, x, g, v, bn, dtype))
+    return _backward_filter(be, dy, x, g, v, bn, dtype)
+
+
+def _backward_filter(be, dy, x, g: ConvGeometry, v: int, bn: Optional[int], dtype):
     dy, x = be.contiguous(dy), be.contiguous(x)
     dw = be.empty(g.w_shape, dtype)
-    (name, grid, block, extra, splits), sum_splits = _backward_filter_plan(g, v, dtype)
+    (name, grid, block, extra, splits), sum_splits = _backward_filter_plan(g, v, dtype, bn)
     partial = dw if splits == 1 else be.empty((splits,) + g.w_shape, dtype)
     be.launch(be.function(FILE, name), grid, block, (dy, x, partial) + extra + _geometry_args(g))
     if sum_splits is not None:
@@ -261,7 +287,12 @@ def _backward_bias_plan(g: ConvGeometry, v: int, t: str):
 
 def backward_bias(be, dy, g: ConvGeometry, version: Optional[int] = None):
     """db (K,) = dy (N, K, P, Q) summed over N, P, Q."""
-    v = _pick(be, "conv2d_backward_bias", version)
+    v, _ = _pick(be, "conv2d_backward_bias", version, g, dy.dtype,
+                 lambda v, bn: _backward_bias(be, dy, g, v))
+    return _backward_bias(be, dy, g, v)
+
+
+def _backward_bias(be, dy, g: ConvGeometry, v: int):
     (name, grid, block, extra, chunks), sum_chunks = _backward_bias_plan(g, v, ctype(dy.dtype))
     dy = be.contiguous(dy)
     db = be.empty((g.K,), dy.dtype)
