@@ -417,6 +417,41 @@ __device__ __forceinline__ void gc_mma_tf32_m16n8k8(float (&d)[4], const unsigne
 #endif
 }
 
+// One reduction step of a TF32 tile (forward v4, backward-data v4, backward-filter v4): the warp's
+// 32 x 32 sub-tile at rows wm, columns wn of the 64 x 64 tile, 2 x 4 m16n8 fragments, acc[i][j] the
+// fragment at rows wm + 16 i, columns wn + 8 j. As[k][row] and Bs[k][column] hold TF32-rounded
+// operands, k-major. All lanes of the warp call it together.
+template <int BK, int LD>
+__device__ __forceinline__ void conv_tf32_multiply(const float (*__restrict__ As)[LD],
+                                                   const float (*__restrict__ Bs)[LD], float (&acc)[2][4][4],
+                                                   int wm, int wn) {
+    const int lane = threadIdx.x % GC_WARP_SIZE;
+    const int fg = lane >> 2, ft = lane & 3;  // fragment groupID, threadID_in_group
+#pragma unroll
+    for (int k8 = 0; k8 < BK; k8 += 8) {
+        unsigned af[2][4], bf[4][2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = wm + 16 * i + fg;
+            af[i][0] = __float_as_uint(As[k8 + ft][r]);
+            af[i][1] = __float_as_uint(As[k8 + ft][r + 8]);
+            af[i][2] = __float_as_uint(As[k8 + ft + 4][r]);
+            af[i][3] = __float_as_uint(As[k8 + ft + 4][r + 8]);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int c = wn + 8 * j + fg;
+            bf[j][0] = __float_as_uint(Bs[k8 + ft][c]);
+            bf[j][1] = __float_as_uint(Bs[k8 + ft + 4][c]);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) gc_mma_tf32_m16n8k8(acc[i][j], af[i], bf[j]);
+        }
+    }
+}
+
 // ============================================================================================
 // conv2d_forward_v4: the implicit GEMM of v2 on TF32 tensor cores (float only)
 // ============================================================================================
@@ -464,33 +499,9 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
         float acc[2][4][4];
         conv_zero(acc);
 
-        auto multiply = [&](int buf) {
-#pragma unroll
-            for (int k8 = 0; k8 < BK; k8 += 8) {
-                unsigned af[2][4], bf[4][2];
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const int r = wm + 16 * i + fg;
-                    af[i][0] = __float_as_uint(As[buf][k8 + ft][r]);
-                    af[i][1] = __float_as_uint(As[buf][k8 + ft][r + 8]);
-                    af[i][2] = __float_as_uint(As[buf][k8 + ft + 4][r]);
-                    af[i][3] = __float_as_uint(As[buf][k8 + ft + 4][r + 8]);
-                }
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int c = wn + 8 * j + fg;
-                    bf[j][0] = __float_as_uint(Bs[buf][k8 + ft][c]);
-                    bf[j][1] = __float_as_uint(Bs[buf][k8 + ft + 4][c]);
-                }
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) gc_mma_tf32_m16n8k8(acc[i][j], af[i], bf[j]);
-                }
-            }
-        };
         conv_forward_steps<BK>(tbl, ld, xg, wg, k0, Kg, CRS, RS, S, H, W, dil_h, dil_w,
-                               [&](int buf) { ld.store(As[buf], Bs[buf], tf32); }, multiply);
+                               [&](int buf) { ld.store(As[buf], Bs[buf], tf32); },
+                               [&](int buf) { conv_tf32_multiply<BK, LD>(As[buf], Bs[buf], acc, wm, wn); });
 
         // Epilogue: accumulator e of fragment (i, j) is row 16i + fg + 8 (e >> 1), column
         // 8j + 2 ft + (e & 1) of the warp's sub-tile.

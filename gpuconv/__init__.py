@@ -1,9 +1,8 @@
 """gpuconv: small CNNs on NVIDIA GPUs with hand-written CUDA kernels, checked against NumPy."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .backends import BackendUnavailable, get_backend, set_backend, use_backend  # noqa: E402
+from ._version import __version__
+from .backends import BackendUnavailable, get_backend, set_backend, use_backend
 
 __all__ = ["__version__", "BackendUnavailable", "get_backend", "set_backend", "use_backend",
            "functional", "nn", "optim"]

@@ -206,12 +206,12 @@ def recording_launches(be, run: bool = True) -> Iterator[List[Launch]]:
 
 def in_another_order(be):
     """The backend for the second run of a determinism check: on the emulator a fresh one running
-    threads and blocks in a seeded random order, with ``be``'s versions in force; else ``be``."""
+    threads and blocks in a seeded random order, with ``be``'s overrides in force (and, as every
+    emulator backend, its selector's choices); else ``be``."""
     if be.name != "emulator":
         return be
-    versions = {op: be.version(op) for op in be.default_versions()}
     return make_backend("emulator", order="random", seed=OTHER_ORDER_SEED, poison=be.poison,
-                        versions=versions)
+                        versions=be.overrides())
 
 
 def _outputs(result) -> list:

@@ -20,21 +20,28 @@ convolution shape (``gpuconv.backends.select``; docs/kernels.md, "Choosing a ver
 at every call as ``torch.backends.cudnn.benchmark`` and ``torch.backends.cuda.matmul.allow_tf32``
 are:
 
-* ``allow_tf32`` (default False; ``GPUCONV_ALLOW_TF32=1``): float32 convolutions may run on TF32
+* ``allow_tf32`` (default False; ``GPUCONV_ALLOW_TF32=1`` at import): float32 convolutions may run on TF32
   tensor-core versions (operands rounded to a 10-bit mantissa, about 1e-3 relative error).
-* ``benchmark`` (default False; ``GPUCONV_BENCHMARK=1``): on a GPU, the first call of each
+* ``benchmark`` (default False; ``GPUCONV_BENCHMARK=1`` at import): on a GPU, the first call of each
   (op, shape, dtype) times every eligible version and keeps the fastest, remembered on disk per
   GPU; off, a fixed rule picks.
+
+Both are True or False (anything else is a TypeError when set); the environment variables accept
+1/0, true/false, yes/no, on/off (anything else is a ValueError naming the variable).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import sys
 import threading
+import types
 from typing import Callable, Dict, Iterator, Tuple, Union
 
+from . import settings
 from .base import Backend
+from .settings import env_flag
 
 __all__ = ["Backend", "BackendUnavailable", "BACKEND_NAMES", "allow_tf32", "benchmark", "env_flag",
            "get_backend", "set_backend", "use_backend", "running_on", "resolve_backend", "auto_choice",
@@ -46,19 +53,26 @@ BACKEND_NAMES = ("numpy", "emulator", "cuda")
 ENV_VAR = "GPUCONV_BACKEND"
 
 
-def env_flag(name: str) -> bool:
-    """The boolean environment variable ``name``: unset, empty, 0, false, no or off is False; 1,
-    true, yes or on is True; anything else is a ValueError naming the variable."""
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{name} must be 1 or 0 (or true/false, yes/no, on/off), got {os.environ[name]!r}")
+def _setting(name: str) -> property:
+    def get(module) -> bool:
+        return getattr(settings, name)
+
+    def put(module, value) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"gpuconv.backends.{name} must be True or False, got {value!r}")
+        setattr(settings, name, value)
+    return property(get, put, doc=f"gpuconv.backends.settings.{name}, checked when set")
 
 
-allow_tf32: bool = env_flag("GPUCONV_ALLOW_TF32")
-benchmark: bool = env_flag("GPUCONV_BENCHMARK")
+class _BackendsModule(types.ModuleType):
+    """This package as a module whose ``allow_tf32`` and ``benchmark`` are properties over
+    ``gpuconv.backends.settings`` (read there by the selector), as torch.backends.cudnn does."""
+
+    allow_tf32 = _setting("allow_tf32")
+    benchmark = _setting("benchmark")
+
+
+sys.modules[__name__].__class__ = _BackendsModule
 
 
 class BackendUnavailable(RuntimeError):

@@ -35,7 +35,7 @@ import numpy as np
 from .._paths import cuda_dir
 from . import launch
 from .base import Array, Backend
-from .select import Choice, selector_for
+from .select import Choice, Selector, selector_for
 
 __all__ = ["KernelBackend", "compile_options"]
 
@@ -69,7 +69,7 @@ class KernelBackend(Backend):
         self._overrides = [self._check_versions(versions or {})]
         self._forced: Dict[str, int] = {}  # op -> version of the overrides alone
         self._active = self._merged()  # op -> version in force, read on every op call
-        self.selector = selector_for(executor)
+        self._selector: Optional[Selector] = None
 
     # ---- arrays -------------------------------------------------------------------------
     def is_array(self, a) -> bool:
@@ -158,12 +158,29 @@ class KernelBackend(Backend):
         self._forced = forced
         return {**self.default_versions(), **forced}
 
+    def overrides(self) -> Dict[str, int]:
+        """op -> version of the overrides in force (constructor and ``use_versions``), without the
+        defaults."""
+        return dict(self._forced)
+
     def version(self, op: str) -> int:
         """The version of ``op`` in force (innermost override, else the launch module default)."""
         try:
             return self._active[op]
         except KeyError:
             raise ValueError(f"unknown op {op!r}; known ops: {', '.join(sorted(self._active))}") from None
+
+    @property
+    def selector(self) -> Selector:
+        """The version selector of this backend's device (``select.selector_for``), shared with every
+        backend on the same device; assignable (tests inject one with a timer of their own)."""
+        if self._selector is None:
+            self._selector = selector_for(self.executor)
+        return self._selector
+
+    @selector.setter
+    def selector(self, value: Selector) -> None:
+        self._selector = value
 
     def select(self, op: str, g, dtype, run) -> Choice:
         """The version (and tile width) of ``op`` for geometry ``g`` and ``dtype``: an override

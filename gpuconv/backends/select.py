@@ -45,9 +45,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .. import __version__, backends, fileio
+from .. import fileio
 from .._paths import cache_root, cuda_dir
-from . import launch
+from .._version import __version__
+from . import launch, settings
 
 __all__ = ["Choice", "Selector", "candidates", "static_choice", "selector_for", "cache_key", "SCHEMA",
            "STEM_CHANNELS", "TF32_MIN_COLUMNS"]
@@ -78,13 +79,6 @@ class Choice:
     @property
     def label(self) -> str:
         return f"v{self.version}" + (f"/{self.tile}" if self.tile is not None else "")
-
-
-def _setting(name: str) -> bool:
-    value = getattr(backends, name)
-    if not isinstance(value, bool):
-        raise TypeError(f"gpuconv.backends.{name} must be True or False, got {value!r}")
-    return value
 
 
 def candidates(op: str, dtype, allow_tf32: bool, executor: str = "cuda") -> List[Tuple[int, Optional[int]]]:
@@ -183,7 +177,7 @@ class Selector:
 
     def choose(self, op: str, g, dtype, run: Run) -> Choice:
         """The choice for this call; ``run(version, tile)`` launches a candidate (timing only)."""
-        allow_tf32, timing = _setting("allow_tf32"), _setting("benchmark") and self.timer is not None
+        allow_tf32, timing = settings.allow_tf32, settings.benchmark and self.timer is not None
         dt = np.dtype(dtype).name
         if not timing:
             return static_choice(op, g, dt, self.executor, allow_tf32)
@@ -197,8 +191,8 @@ class Selector:
 
     def chosen(self, op: str, g, dtype) -> Optional[Choice]:
         """What ``choose`` would return now without launching anything; None when it would time."""
-        allow_tf32, dt = _setting("allow_tf32"), np.dtype(dtype).name
-        if not (_setting("benchmark") and self.timer is not None):
+        allow_tf32, dt = settings.allow_tf32, np.dtype(dtype).name
+        if not (settings.benchmark and self.timer is not None):
             return static_choice(op, g, dt, self.executor, allow_tf32)
         return self._chosen.get((op, g, dt, allow_tf32))
 
@@ -235,7 +229,7 @@ class Selector:
         cannot be read or belongs to another device, gpuconv or kernel source."""
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return {}
         except (OSError, ValueError) as exc:
             warnings.warn(f"gpuconv: ignoring kernel choice cache {path}: cannot read it "
