@@ -22,7 +22,7 @@
 // the other read through its offsets), the table entries and the double-buffered step loop
 // (conv_gemm_steps) are written once, for these three kernels and for v4.
 //
-// Versions (llm.c dev/cuda style; the host selects with be.version(op)):
+// Versions (llm.c dev/cuda style; the host picks one per call, gpuconv/backends/select.py):
 //   conv2d_forward
 //     v1  one thread per output element, direct loops over (c, r, s). Simplest correct.
 //     v2  shared-memory tiled implicit GEMM described above. DEFAULT: expected fastest for the
@@ -42,12 +42,16 @@
 //         position (h + pad - r*dil) / stride taken only when the division is exact. No atomics.
 //     v2  the same gather as a tiled implicit GEMM (dy gathered through the stride-divisibility
 //         predicate, weights read transposed). DEFAULT, expected fastest (not yet measured).
+//     v4  v2's GEMM on TF32 tensor cores with forward v4's block and fragments (float only; lower
+//         precision, about 1e-3 relative; not default, not yet measured on a GPU).
 //   conv2d_backward_filter
 //     v1  one thread per weight element, sequential loop over N*P*Q. Deterministic, slow when
 //         N*P*Q is large.
 //     v2  implicit GEMM with the N*P*Q reduction split over `splits` blocks (a count the host
 //         derives from the sizes only), each writing its partial tile to a workspace, then
 //         conv2d_sum_splits adds the partials in split order. Bitwise reproducible. DEFAULT.
+//     v4  v2's split GEMM on TF32 tensor cores with forward v4's block and fragments (float only;
+//         lower precision; not default, not yet measured on a GPU). Reproducible as v2.
 //   conv2d_backward_bias
 //     v1  one thread per output channel, sequential sum.
 //     v2  two stages: blocks sum a chunk of one channel (strided loads, warp shuffles, then the
@@ -781,5 +785,178 @@ conv2d_sum_splits(const T* __restrict__ partial, T* __restrict__ out, int n, int
         T acc = src[0];
         for (int s = 1; s < splits; ++s) acc += src[s * stride_s];
         out[i] = acc;
+    }
+}
+
+// ============================================================================================
+// TF32 backward kernels: conv2d_backward_data_v4 and conv2d_backward_filter_v4 (float only)
+// ============================================================================================
+//
+// The GEMMs of backward-data v2 and backward-filter v2 on TF32 tensor cores, with forward v4's
+// block: 128 threads (4 warps), a 64 x 64 tile, BK = 16, each warp a 32 x 32 sub-tile of m16n8k8
+// fragments (conv_tf32_multiply), the shared tiles TF32-rounded when stored and padded to 72
+// columns. The loads (dy through the stride-divisibility predicate, the weights transposed; dy
+// dense and x gathered), the index tables and the double-buffered step loop are those of v2; the
+// filter gradient's split of the N*P*Q reduction is v2's for 64-row tiles (filter_splits on the
+// host), and conv2d_sum_splits adds the partials in split order, so results are reproducible.
+
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_V4_THREADS, GC_CONV_V4_MIN_BLOCKS)
+conv2d_backward_data_v4(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+                        GC_CONV_GEOMETRY_PARAMS) {
+    static_assert(sizeof(T) == 4, "conv2d_backward_data_v4 is float only (TF32 tensor cores)");
+    constexpr int BM = GC_CONV_V4_TILE, BN = GC_CONV_V4_TILE, BK = 16, LD = GC_CONV_V4_TILE + 8;
+    __shared__ float As[2][BK][LD];
+    __shared__ float Bs[2][BK][LD];
+    __shared__ ConvIdx tbl[2][BK];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S, CgRS = Cg * RS, KRS = Kg * RS;
+    const int M = N * HW;
+    const int t = threadIdx.x;
+    const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
+    const int fg = lane >> 2, ft = lane & 3;
+    const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);
+    const int m0 = blockIdx.x * BM;
+    const int n_ctiles = (Cg + BN - 1) / BN;
+    const int n_steps = (KRS + BK - 1) / BK;
+
+    using Loader = ConvLoader<float, GC_CONV_V4_THREADS, BK, BM, BN>;
+    Loader ld(t);
+    const bool unit_stride = stride_h == 1 && stride_w == 1;
+    const int am = m0 + t % BM, ak = t / BM;
+    int a_hp = -GC_CONV_OFF_RANGE, a_wp = 0, a_base = 0;
+    if (am < M) {
+        const int n = am / HW, hw = am - n * HW;
+        const int h = hw / W;
+        a_hp = h + pad_h;
+        a_wp = hw - h * W + pad_w;
+        a_base = n * K * PQ;
+    }
+    const auto tf32 = [](float v) { return __uint_as_float(gc_tf32_bits(v)); };
+
+    for (int yb = blockIdx.y; yb < groups * n_ctiles; yb += gridDim.y) {
+        const int g = yb / n_ctiles;
+        const int c0 = (yb - g * n_ctiles) * BN;
+        const T* __restrict__ dyg = dy + g * Kg * PQ;
+        const T* __restrict__ wg = w + g * Kg * CgRS;
+        float acc[2][4][4];
+        conv_zero(acc);
+
+        auto load = [&](int buf) {
+            if (unit_stride) {
+#pragma unroll
+                for (int j = 0; j < Loader::G_PER; ++j) {
+                    const ConvIdx e = tbl[buf][ak + j * Loader::G_STEP];
+                    const int p = a_hp - e.b, q = a_wp - e.c;
+                    ld.g[j] = ((unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q)
+                                  ? dyg[a_base + e.a + p * Q + q] : 0.0f;
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < Loader::G_PER; ++j) {
+                    const ConvIdx e = tbl[buf][ak + j * Loader::G_STEP];
+                    int p, q;
+                    const bool ok = conv_exact_div(a_hp - e.b, stride_h, P, &p) &&
+                                    conv_exact_div(a_wp - e.c, stride_w, Q, &q);
+                    ld.g[j] = ok ? dyg[a_base + e.a + p * Q + q] : 0.0f;
+                }
+            }
+            ld.load_dense(tbl[buf], wg, c0, Cg, RS);
+        };
+        conv_gemm_steps<BK>(
+            tbl, n_steps,
+            [&](int red) { return conv_krs_entry(red, KRS, RS, S, PQ, CgRS, dil_h, dil_w); }, load,
+            [&](int buf) { ld.store(As[buf], Bs[buf], tf32); },
+            [&](int buf) { conv_tf32_multiply<BK, LD>(As[buf], Bs[buf], acc, wm, wn); });
+
+        // Accumulator e of fragment (i, j): row 16i + fg + 8 (e >> 1), column 8j + 2 ft + (e & 1).
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int m = m0 + wm + 16 * i + fg + 8 * half;
+                if (m >= M) continue;
+                const int n = m / HW, hw = m - n * HW;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int c = c0 + wn + 8 * j + 2 * ft + e;
+                        if (c < Cg) dx[(n * C + g * Cg + c) * HW + hw] = acc[i][j][2 * half + e];
+                    }
+                }
+            }
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_V4_THREADS, GC_CONV_V4_MIN_BLOCKS)
+conv2d_backward_filter_v4(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ partial,
+                          int chunk,
+                          GC_CONV_GEOMETRY_PARAMS) {
+    static_assert(sizeof(T) == 4, "conv2d_backward_filter_v4 is float only (TF32 tensor cores)");
+    constexpr int BM = GC_CONV_V4_TILE, BN = GC_CONV_V4_TILE, BK = 16, LD = GC_CONV_V4_TILE + 8;
+    __shared__ float As[2][BK][LD];
+    __shared__ float Bs[2][BK][LD];
+    __shared__ ConvIdx tbl[2][BK];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
+    const int M = N * PQ;
+    const int t = threadIdx.x;
+    const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
+    const int fg = lane >> 2, ft = lane & 3;
+    const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);
+    const int col0 = blockIdx.x * BN;
+    const int n_ktiles = (Kg + BM - 1) / BM;
+    const int m_begin = blockIdx.z * chunk;
+    const int m_end = M - m_begin < chunk ? M : m_begin + chunk;
+    const int n_steps = m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
+
+    // B: x gathered for weight column (c, r, s) = col0 + t % BN; A: dy, k-major (as v2).
+    ConvLoader<float, GC_CONV_V4_THREADS, BK, BN, BM> ld(t);
+    ld.init(conv_crs_entry(col0 + t % BN, CRS, RS, S, HW, W, dil_h, dil_w));
+    const auto tf32 = [](float v) { return __uint_as_float(gc_tf32_bits(v)); };
+
+    for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
+        const int g = yb / n_ktiles;
+        const int k0 = (yb - g * n_ktiles) * BM;
+        const T* __restrict__ dyg = dy + g * Kg * PQ;
+        const T* __restrict__ xg = x + g * Cg * HW;
+        float acc[2][4][4];
+        conv_zero(acc);
+
+        auto entry = [&](int rel) {
+            return conv_out_window(rel < m_end - m_begin, m_begin + rel, PQ, Q, C, K, HW, W, stride_h,
+                                   stride_w, pad_h, pad_w);
+        };
+        conv_gemm_steps<BK>(
+            tbl, n_steps, entry,
+            [&](int buf) {
+                ld.load_dense(tbl[buf], dyg, k0, Kg, PQ);
+                ld.gather(tbl[buf], xg, H, W);
+            },
+            [&](int buf) { ld.store(Bs[buf], As[buf], tf32); },
+            [&](int buf) { conv_tf32_multiply<BK, LD>(As[buf], Bs[buf], acc, wm, wn); });
+
+        T* __restrict__ out = partial + (blockIdx.z * K + g * Kg) * CRS;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int k = k0 + wm + 16 * i + fg + 8 * half;
+                if (k >= Kg) continue;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int col = col0 + wn + 8 * j + 2 * ft + e;
+                        if (col < CRS) out[k * CRS + col] = acc[i][j][2 * half + e];
+                    }
+                }
+            }
+        }
     }
 }

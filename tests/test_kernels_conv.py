@@ -137,7 +137,29 @@ def run_forward(be, version: int, dtype, cases=CASES) -> float:
                                    what=f"forward v{version} without bias {case}"))
 
 
-def run_backward(be, op: str, version: int, dtype, cases=CASES) -> None:
+def _tf32_backward(op: str, case: Case):
+    """(reference from the TF32-rounded float32 operands, the error bound of TF32 operands) of a TF32
+    backward version on ``case``, both in float64. The kernel must match the first to FP32's
+    tolerance (its products are exact, its sums fp32). Against the exact reference each product
+    carries at most 2 * 2^-11 relative error, so an output errs by at most 2^-10 * sum |a| |b| over its
+    terms: the bound, scaled by max|exact reference| as scaled_error is. It exceeds TF32_RTOL where a
+    short reduction cancels (3 terms of mixed sign: measured 1.0045e-3 on a case of CASES, within its
+    bound 2.8e-3), which TF32_RTOL's model of long reductions does not cover."""
+    ref = NumpyBackend()
+    need = (op == "conv2d_backward_data", op == "conv2d_backward_filter", False)
+    i = need.index(True)
+    f32 = [np.asarray(a, np.float32) for a in (case.dy, case.x, case.w)]
+    rounded = ref.conv2d_backward(*(_tf32(a).astype(np.float64) for a in f32), case.g, *need)[i]
+    magnitude = ref.conv2d_backward(*(np.abs(a).astype(np.float64) for a in f32), case.g, *need)[i]
+    exact = (case.dx_ref, case.dw_ref)[i]
+    return rounded, 2.0 ** -10 * magnitude.max() / np.abs(exact).max() + tolerances.FLOAT32_RTOL
+
+
+def run_backward(be, op: str, version: int, dtype, cases=CASES) -> float:
+    """Checks every case; returns the largest relative error seen against the exact reference. A
+    TF32 version is held to the TF32-operand reference at FP32's tolerance and to its error bound
+    against the exact reference (``_tf32_backward``)."""
+    precision, worst = launch.precision(op, version), 0.0
     for case in cases:
         dy = _dev(be, case.dy, dtype)
         with be.use_versions({op: version}):
@@ -147,7 +169,14 @@ def run_backward(be, op: str, version: int, dtype, cases=CASES) -> None:
                 out, ref = conv.backward_filter(be, dy, _dev(be, case.x, dtype), case.g), case.dw_ref
             else:
                 out, ref = conv.backward_bias(be, dy, case.g), case.db_ref
-        assert_close(be.to_numpy(out), ref, dtype, what=f"{op} v{version} {case}")
+        what = f"{op} v{version} {case}"
+        if precision == "tf32":
+            rounded, bound = _tf32_backward(op, case)
+            assert_close(be.to_numpy(out), rounded, np.float32, what=f"{what} against TF32 operands")
+            worst = max(worst, assert_close(be.to_numpy(out), ref, rtol=bound, what=f"{what}, TF32 bound"))
+        else:
+            worst = max(worst, assert_close(be.to_numpy(out), ref, dtype, what=what))
+    return worst
 
 
 def run_determinism(be, dtype, cases) -> None:
@@ -165,9 +194,13 @@ def run_determinism(be, dtype, cases) -> None:
                                          what=f"{op} v{v} {case}")
 
 
-BACKWARD = [(op, v) for op, vs in (("conv2d_backward_data", (1, 2)), ("conv2d_backward_filter", (1, 2)),
-                                   ("conv2d_backward_bias", (1, 2))) for v in vs]
 DTYPES = [np.float32, np.float64]
+# (op, version, dtype) of every backward kernel: float32-only versions (TF32) skip float64.
+BACKWARD = [pytest.param(op, v, dt, id=f"{op}-v{v}-{'f32' if dt == np.float32 else 'f64'}")
+            for op in ("conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias")
+            for v in conv.VERSIONS[op] for dt in DTYPES
+            if dt == np.float32 or (op, v) not in conv.FLOAT32_ONLY]
+TF32_BACKWARD = [(op, v) for op, v in conv.TF32_VERSIONS if op != "conv2d_forward"]
 # (version, dtype) of every forward kernel: float32-only versions (TF32) skip float64.
 FORWARD = [pytest.param(v, dt, id=f"v{v}-{'f32' if dt == np.float32 else 'f64'}")
            for v in conv.VERSIONS["conv2d_forward"] for dt in DTYPES
@@ -195,10 +228,31 @@ class TestEmulator:
             conv.forward(emu, _dev(emu, case.x, np.float64), _dev(emu, case.w, np.float64),
                          _dev(emu, case.b, np.float64), case.g, version=version)
 
-    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-    @pytest.mark.parametrize("op,version", BACKWARD)
+    @pytest.mark.parametrize("op,version,dtype", BACKWARD)
     def test_backward_matches_reference(self, emu, op, version, dtype):
-        run_backward(emu, op, version, dtype)
+        tf32 = launch.precision(op, version) == "tf32"
+        worst = run_backward(emu, op, version, dtype, cases=sample(CASES, 1) if tf32 else CASES)
+        if tf32:  # the emulated TF32 rounding must show
+            assert worst > tolerances.FLOAT32_RTOL, f"{op} v{version}: TF32 error {worst:.3g} not above 1e-5"
+
+    @pytest.mark.parametrize("op,version", TF32_BACKWARD)
+    def test_tf32_backward_within_the_tf32_tolerance_on_a_layer(self, emu, op, version):
+        """On a layer with reductions of hundreds of terms (as every real layer has), the TF32
+        versions are held to gpuconv.tolerances.TF32_RTOL against the float64 reference."""
+        rng = np.random.default_rng(5)
+        case = _make_case(conv2d_geometry((2, 16, 8, 8), (32, 16, 3, 3), 1, 1), rng)
+        worst = run_backward(emu, op, version, np.float32, [case])
+        assert tolerances.FLOAT32_RTOL < worst <= tolerances.TF32_RTOL, f"{op} v{version}: {worst:.3g}"
+
+    @pytest.mark.parametrize("op,version", TF32_BACKWARD)
+    def test_tf32_backward_refuses_float64(self, emu, op, version):
+        case = CASES[1]
+        dy, x, w = (_dev(emu, a, np.float64) for a in (case.dy, case.x, case.w))
+        with pytest.raises(ValueError, match=f"{op} v{version} .*needs float32"):
+            if op == "conv2d_backward_data":
+                conv.backward_data(emu, dy, w, case.g, version=version)
+            else:
+                conv.backward_filter(emu, dy, x, case.g, version=version)
 
     def test_backward_is_bitwise_deterministic(self, emu):
         run_determinism(emu, np.float32, [CASES[0], CASES[5]])
@@ -236,7 +290,8 @@ class TestThreadOrders:
 
     @pytest.mark.parametrize("op,version", [("conv2d_forward", 2), ("conv2d_forward", 3),
                                             ("conv2d_forward", 4), ("conv2d_backward_data", 2),
-                                            ("conv2d_backward_filter", 2), ("conv2d_backward_bias", 2)])
+                                            ("conv2d_backward_data", 4), ("conv2d_backward_filter", 2),
+                                            ("conv2d_backward_filter", 4), ("conv2d_backward_bias", 2)])
     def test_orders_agree(self, emu, op, version):
         case = CASES[5]
         dy, x, w, b = (_dev(emu, a, np.float32) for a in (case.dy, case.x, case.w, case.b))
@@ -377,8 +432,7 @@ class TestCuda:
             ref = _tf32_truncated(a).astype(np.float64) @ _tf32_truncated(b).astype(np.float64) + c
             assert_close(gpu.to_numpy(dev[3]), ref, rtol=1e-6, what=f"mma_tf32_tile_raw seed {seed}")
 
-    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-    @pytest.mark.parametrize("op,version", BACKWARD)
+    @pytest.mark.parametrize("op,version,dtype", BACKWARD)
     def test_backward_matches_reference(self, gpu, op, version, dtype):
         run_backward(gpu, op, version, dtype)
 
@@ -396,5 +450,9 @@ class TestCuda:
         for v in conv.VERSIONS["conv2d_forward"]:
             if dtype == np.float32 or ("conv2d_forward", v) not in conv.FLOAT32_ONLY:
                 run_forward(gpu, v, dtype, cases)
-        for op, v in BACKWARD:
-            run_backward(gpu, op, v, dtype, cases)
+        for op, vs in conv.VERSIONS.items():
+            for v in vs:
+                if op != "conv2d_forward" and (dtype == np.float32 or (op, v) not in conv.FLOAT32_ONLY):
+                    worst = run_backward(gpu, op, v, dtype, cases)
+                    if launch.precision(op, v) == "tf32":
+                        assert worst <= tolerances.TF32_RTOL, f"{op} v{v}: {worst:.3g} on the suite's layers"

@@ -5,9 +5,11 @@ Ops and versions (see the header of conv2d.cu for what each version changes):
                                 shared memory (for 1-3 input channels), 4 the implicit GEMM on TF32
                                 tensor cores (float32 only; not default, unmeasured, and of lower
                                 precision: TF32 operands give about 1e-3 relative error, see PRECISION)
-  * ``conv2d_backward_data``    1 gather per input cell, 2 tiled implicit GEMM (default)
+  * ``conv2d_backward_data``    1 gather per input cell, 2 tiled implicit GEMM (default), 4 the GEMM
+                                of v2 on TF32 tensor cores (float32 only, lower precision)
   * ``conv2d_backward_filter``  1 one thread per weight, 2 implicit GEMM with a fixed split of the
-                                N*P*Q reduction and an ordered sum of the partials (default)
+                                N*P*Q reduction and an ordered sum of the partials (default), 4 the
+                                split GEMM of v2 on TF32 tensor cores (float32 only, lower precision)
   * ``conv2d_backward_bias``    1 one thread per channel, 2 two-stage ordered reduction (default)
 Every backward result is bitwise reproducible: split counts depend on the sizes (and the tile
 width) only.
@@ -31,8 +33,8 @@ FILE = "conv2d.cu"
 
 VERSIONS = {
     "conv2d_forward": (1, 2, 3, 4),
-    "conv2d_backward_data": (1, 2),
-    "conv2d_backward_filter": (1, 2),
+    "conv2d_backward_data": (1, 2, 4),
+    "conv2d_backward_filter": (1, 2, 4),
     "conv2d_backward_bias": (1, 2),
 }
 DEFAULT_VERSIONS = {
@@ -44,9 +46,10 @@ DEFAULT_VERSIONS = {
 
 # Versions that compute with TF32 operands (10-bit mantissa) instead of FP32: tests and benchmarks
 # hold them to gpuconv.tolerances.TF32_RTOL. Every other version is full precision.
-PRECISION = {("conv2d_forward", 4): "tf32"}
+TF32_VERSIONS = (("conv2d_forward", 4), ("conv2d_backward_data", 4), ("conv2d_backward_filter", 4))
+PRECISION = {key: "tf32" for key in TF32_VERSIONS}
 # Versions that exist for float32 only: float64 inputs are refused with a ValueError.
-FLOAT32_ONLY = {("conv2d_forward", 4)}
+FLOAT32_ONLY = set(TF32_VERSIONS)
 
 _TYPES = ("float", "double")
 # Sizes the kernels and this module share, passed to every compile as -D options: the one source.
@@ -56,9 +59,9 @@ DEFINES = {
     "GC_CONV_TILE_AREA": 4096,    # BM * BN of the implicit-GEMM tiles
     "GC_CONV_V3_KB": 8,           # output channels per thread of forward v3
     "GC_CONV_V3_CHUNK": 256,      # reduction indices forward v3 stages in shared memory per pass
-    "GC_CONV_V4_THREADS": 128,    # threads of forward v4 (4 warps)
+    "GC_CONV_V4_THREADS": 128,    # threads of the TF32 kernels, v4 of each GEMM (4 warps)
     "GC_CONV_V4_MIN_BLOCKS": 4,
-    "GC_CONV_V4_TILE": 64,        # rows and columns of forward v4's output tile
+    "GC_CONV_V4_TILE": 64,        # rows and columns of the TF32 kernels' output tile
 }
 TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (the template argument)
 # Versions whose tile width the selector may choose (by timing); otherwise _tile_width's rule.
@@ -73,7 +76,7 @@ NAME_EXPRESSIONS = tuple(
     + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("forward", "backward_data", "backward_filter")
        for t in _TYPES for bn in TILE_WIDTHS]
     + [f"conv2d_forward_v3<{t}>" for t in _TYPES]
-    + ["conv2d_forward_v4<float>"]
+    + [f"conv2d_{k}_v4<float>" for k in ("forward", "backward_data", "backward_filter")]
     + [f"conv2d_backward_bias_v2<{t}>" for t in _TYPES]
     + [f"conv2d_sum_splits<{t}>" for t in _TYPES])
 
@@ -88,6 +91,8 @@ BIAS_MIN_CHUNK = 2048
 V3_CHANNELS = DEFINES["GC_CONV_V3_KB"]
 V4_TILE = DEFINES["GC_CONV_V4_TILE"]
 V4_BLOCK = DEFINES["GC_CONV_V4_THREADS"]
+if TILE_AREA != V4_TILE * V4_TILE:  # backward-filter v4 takes filter_splits' split of 64-row tiles
+    raise ValueError(f"GC_CONV_TILE_AREA ({TILE_AREA}) must be GC_CONV_V4_TILE squared ({V4_TILE}**2)")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -126,6 +131,13 @@ def _dtype_of(x, w) -> np.dtype:
     return x.dtype
 
 
+def _check_float32_only(op: str, v: int, dtype) -> None:
+    if (op, v) in FLOAT32_ONLY and dtype != np.float32:
+        others = ", ".join(str(k) for k in VERSIONS[op] if (op, k) not in FLOAT32_ONLY)
+        raise ValueError(f"{op} v{v} (TF32 tensor cores) needs float32 inputs, got {dtype}; "
+                         f"use version {others} for float64")
+
+
 @functools.lru_cache(maxsize=1024)
 def _forward_plan(g: ConvGeometry, v: int, t: str, bn: Optional[int] = None):
     """(kernel, grid, block) of forward version ``v`` for geometry ``g``, C type ``t`` and tile width
@@ -156,9 +168,7 @@ def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
 
 def _forward(be, x, w, b, g: ConvGeometry, v: int, bn: Optional[int], dtype):
     t = ctype(dtype)
-    if ("conv2d_forward", v) in FLOAT32_ONLY and dtype != np.float32:
-        raise ValueError(f"conv2d_forward v{v} (TF32 tensor cores) needs float32 x and weight, got {dtype}; "
-                         "use version 1, 2 or 3 for float64")
+    _check_float32_only("conv2d_forward", v, dtype)
     x, w = be.contiguous(x), be.contiguous(w)
     has_bias = b is not None
     b = be.contiguous(b) if has_bias else w  # any array of the right type when there is no bias
@@ -176,6 +186,9 @@ def _backward_data_plan(g: ConvGeometry, v: int, t: str, bn: Optional[int] = Non
         grid, block = grid_1d(check_elements("x", g.N * g.C * g.H * g.W), BLOCK)
         return f"conv2d_backward_data_v1<{t}>", grid, block
     Cg = g.C // g.groups
+    if v == 4:
+        grid = (math.ceil(g.N * g.H * g.W / V4_TILE), min(g.groups * math.ceil(Cg / V4_TILE), MAX_GRID_Y), 1)
+        return "conv2d_backward_data_v4<float>", grid, (V4_BLOCK, 1, 1)
     bn = bn or _tile_width(Cg)
     grid = (math.ceil(g.N * g.H * g.W / (TILE_AREA // bn)), min(g.groups * math.ceil(Cg / bn), MAX_GRID_Y), 1)
     return f"conv2d_backward_data_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
@@ -190,6 +203,7 @@ def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None):
 
 
 def _backward_data(be, dy, w, g: ConvGeometry, v: int, bn: Optional[int], dtype):
+    _check_float32_only("conv2d_backward_data", v, dtype)
     dy, w = be.contiguous(dy), be.contiguous(w)
     dx = be.empty(g.x_shape, dtype)
     name, grid, block = _backward_data_plan(g, v, ctype(dtype), bn)
@@ -226,10 +240,13 @@ def _backward_filter_plan(g: ConvGeometry, v: int, dtype: np.dtype, bn: Optional
     if v == 1:
         grid, block = grid_1d(check_elements("weight", math.prod(g.w_shape)), BLOCK)
         return (f"conv2d_backward_filter_v1<{t}>", grid, block, (), 1), None
-    rows, splits, chunk = filter_splits(g, dtype, bn)
+    # v4's 64 x 64 tile with BK = 16 floats splits the reduction as v2 does with 64-row tiles
+    rows, splits, chunk = filter_splits(g, dtype, V4_TILE if v == 4 else bn)
     Kg, CRS = g.K // g.groups, (g.C // g.groups) * g.R * g.S
     grid = (math.ceil(CRS / (TILE_AREA // rows)), min(g.groups * math.ceil(Kg / rows), MAX_GRID_Y), splits)
-    main = (f"conv2d_backward_filter_v2<{t}, {rows}>", grid, (BLOCK, 1, 1), (np.int32(chunk),), splits)
+    name, block = ((f"conv2d_backward_filter_v2<{t}, {rows}>", BLOCK) if v == 2
+                   else ("conv2d_backward_filter_v4<float>", V4_BLOCK))
+    main = (name, grid, (block, 1, 1), (np.int32(chunk),), splits)
     if splits == 1:
         return main, None
     n = math.prod(g.w_shape)
@@ -247,6 +264,7 @@ def backward_filter(be, dy, x, g: ConvGeometry, version: Optional[int] = None):
 
 
 def _backward_filter(be, dy, x, g: ConvGeometry, v: int, bn: Optional[int], dtype):
+    _check_float32_only("conv2d_backward_filter", v, dtype)
     dy, x = be.contiguous(dy), be.contiguous(x)
     dw = be.empty(g.w_shape, dtype)
     (name, grid, block, extra, splits), sum_splits = _backward_filter_plan(g, v, dtype, bn)
