@@ -657,6 +657,15 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
 // Writes partial[split][k][red] (K x Cg*R*S per split); conv2d_sum_splits adds the splits.
 // ============================================================================================
 
+// The reduction rows [m_begin, m_end) of split blockIdx.z (chunks of `chunk` rows of the M = N*P*Q
+// reduction, the last one shorter); returns its number of steps of BK rows.
+template <int BK>
+__device__ __forceinline__ int conv_split_rows(int M, int chunk, int& m_begin, int& m_end) {
+    m_begin = blockIdx.z * chunk;
+    m_end = M - m_begin < chunk ? M : m_begin + chunk;
+    return m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
+}
+
 template <typename T, int BM_ROWS>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ partial,
@@ -679,9 +688,8 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
     Tl::thread_tile(t, tm, tn);
     const int col0 = blockIdx.x * BN;
     const int n_ktiles = (Kg + BM - 1) / BM;
-    const int m_begin = blockIdx.z * chunk;
-    const int m_end = M - m_begin < chunk ? M : m_begin + chunk;
-    const int n_steps = m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
+    int m_begin, m_end;
+    const int n_steps = conv_split_rows<BK>(M, chunk, m_begin, m_end);
 
     // B: x gathered for weight column (c, r, s) = col0 + t % BN, its offset and window
     // displacements added to the window of each reduction row; A: dy, k-major.
@@ -911,9 +919,8 @@ conv2d_backward_filter_v4(const T* __restrict__ dy, const T* __restrict__ x, T* 
     const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);
     const int col0 = blockIdx.x * BN;
     const int n_ktiles = (Kg + BM - 1) / BM;
-    const int m_begin = blockIdx.z * chunk;
-    const int m_end = M - m_begin < chunk ? M : m_begin + chunk;
-    const int n_steps = m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
+    int m_begin, m_end;
+    const int n_steps = conv_split_rows<BK>(M, chunk, m_begin, m_end);
 
     // B: x gathered for weight column (c, r, s) = col0 + t % BN; A: dy, k-major (as v2).
     ConvLoader<float, GC_CONV_V4_THREADS, BK, BN, BM> ld(t);

@@ -51,7 +51,7 @@ from .._version import __version__
 from . import launch, settings
 
 __all__ = ["Choice", "Selector", "candidates", "static_choice", "selector_for", "cache_key", "SCHEMA",
-           "STEM_CHANNELS", "TF32_MIN_COLUMNS"]
+           "STEM_CHANNELS", "TF32_MIN_CHANNELS"]
 
 SCHEMA = "gpuconv-select/1"
 # Forward v3 (direct, weights in shared memory, V3_CHANNELS output channels per thread) for a stem
@@ -59,10 +59,16 @@ SCHEMA = "gpuconv-select/1"
 # profile --gpu h100 --versions all, batch 128): L1 (C=1, K=6) v3 6.3 µs < v2 7.5 µs, but C1
 # (C=3, K=16) v3 12.7 µs > v2 9.2 µs: with more output channels v2's tile is no longer mostly idle.
 STEM_CHANNELS = 3
-# A TF32 version, when allowed, from this many GEMM columns on (the op's output channels per
-# group). Predicted (same command): forward v4 19.2 µs < v2 22.7 µs at C4 (K=32), 71.8 < 150.8 at
-# C6 (K=64), but 35.0 > 26.9 at C2 (K=16): half of v4's 64-wide tile idle costs more than TF32 saves.
-TF32_MIN_COLUMNS = 32
+# With TF32 allowed, the static rule takes an op's TF32 version from this many output channels per
+# group on; an op not listed keeps its default until timed. Predicted (gpuconv profile --gpu h100
+# --versions all, batch 128, layers C1-C6 of small-cnn):
+#   forward v4 19.2 µs < v2 22.7 at C4 (K=32), 71.8 < 150.8 at C6 (K=64), but 35.0 > 26.9 at C2
+#     (K=16): half of v4's 64-wide tile idle costs more than TF32 saves;
+#   backward-filter v4 (with its split sum) below v2 on all five: 53.8 < 75.3 µs (C1), 52.9 < 85.8
+#     (C2), 28.5 < 41.4 (C4), 21.9 < 26.9 (C5), 90.9 < 166.0 (C6);
+#   backward-data v4 not: 71.5 > 58.4 (C1), 73.3 > 59.2 (C2), 38.5 < 39.5 (C4), 39.9 > 30.6 (C5),
+#     279.9 < 289.0 (C6), so it is left to timing.
+TF32_MIN_CHANNELS = {"conv2d_forward": 32, "conv2d_backward_filter": 1}
 
 Run = Callable[[int, Optional[int]], Any]        # run(version, tile): one launch of the op
 Timer = Callable[[Callable[[], Any]], float]     # seconds per call of a no-argument launch
@@ -98,11 +104,6 @@ def candidates(op: str, dtype, allow_tf32: bool, executor: str = "cuda") -> List
     return out
 
 
-def _columns(op: str, g) -> int:
-    """Columns of the op's implicit GEMM per group: the channels it writes."""
-    return (g.C if op == "conv2d_backward_data" else g.K) // g.groups
-
-
 @functools.lru_cache(maxsize=4096)
 def static_choice(op: str, g, dtype: str, executor: str, allow_tf32: bool) -> Choice:
     """The rule used without timing: the shape rules below, else the launch module's default."""
@@ -111,8 +112,8 @@ def static_choice(op: str, g, dtype: str, executor: str, allow_tf32: bool) -> Ch
             and g.K // g.groups <= launch.conv.V3_CHANNELS):
         return Choice(3, None, f"rule: stem C<={STEM_CHANNELS}, K<={launch.conv.V3_CHANNELS}")
     tf32 = [v for v in allowed if launch.precision(op, v) == "tf32"]
-    if tf32 and _columns(op, g) >= TF32_MIN_COLUMNS:
-        return Choice(max(tf32), None, f"rule: allow_tf32, columns>={TF32_MIN_COLUMNS}")
+    if tf32 and op in TF32_MIN_CHANNELS and g.K // g.groups >= TF32_MIN_CHANNELS[op]:
+        return Choice(max(tf32), None, f"rule: allow_tf32, K>={TF32_MIN_CHANNELS[op]}")
     return Choice(launch.default_versions(executor)[op], None, "default")
 
 
