@@ -335,3 +335,42 @@ def test_bench_allow_tf32_is_recorded_and_restored(settings):
     assert rows["conv2d_backward_data"]["version"] == "v2"
     assert rows["conv2d_backward_data"]["tolerance"] == pytest.approx(1e-5)
     assert doc["settings"]["allow_tf32"] is True and backends.allow_tf32 is False
+
+
+# ---- the GPU timer and the selector's sharing, without a GPU -----------------------------------------
+def test_cupy_time_call_warms_up_then_times_between_two_events(monkeypatch):
+    """With a stand-in cupy: the warm-up calls come first, then the timed ones between the two
+    events' records, and the result is the events' elapsed time per timed call, in seconds."""
+    import sys
+    import types
+
+    from gpuconv.backends.executors import CupyExecutor
+    log = []
+
+    class Event:
+        def record(self):
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+    cuda = types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: 10.0)   # ms
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda, ndarray=np.ndarray))
+    seconds = CupyExecutor().time_call(lambda: log.append("run"), warmup=2, repeat=4)
+    assert log == ["run"] * 2 + ["record"] + ["run"] * 4 + ["record", "sync"]
+    assert seconds == pytest.approx(10.0 / 1e3 / 4)
+
+
+def test_backends_on_one_device_share_one_selector():
+    a, b = KernelBackend(EmulatorExecutor()), KernelBackend(EmulatorExecutor(order="reverse"))
+    assert a.selector is b.selector and a.selector.timer is None    # the emulator does not time
+
+
+def test_train_allow_tf32_turns_the_setting_on(settings, monkeypatch):
+    from gpuconv.tools import train as train_tool
+    from gpuconv.tools.cli import main as cli_main
+    seen = []
+    monkeypatch.setattr(train_tool, "train", lambda cfg: seen.append(backends.allow_tf32))
+    assert cli_main(["train", "--epochs", "1"]) == 0
+    assert cli_main(["train", "--allow-tf32", "--epochs", "1"]) == 0
+    assert seen == [False, True]

@@ -164,7 +164,8 @@ class KernelBackend(Backend):
         return dict(self._forced)
 
     def version(self, op: str) -> int:
-        """The version of ``op`` in force (innermost override, else the launch module default)."""
+        """The version of ``op`` in force (innermost override, else the launch module default); a
+        conv op without an override runs the version ``select`` chooses for each call's shape."""
         try:
             return self._active[op]
         except KeyError:
