@@ -373,3 +373,16 @@ def test_predicted_beside_measured():
         }
     ]
     assert "median 2.00, worst 2.00 over 1 entries" in format_comparison(rows)
+
+
+def test_profile_rows_with_static_facts_follow_the_schema():
+    """loads_before_multiply is a boolean (sass), which the row schema must accept: with the static
+    facts on, ``gpuconv profile --json`` refused every document it wrote."""
+    from gpuconv.profiler.resources import available_compiler
+    from gpuconv.tools import harness
+    from gpuconv.tools import profile as profile_tool
+    if available_compiler("auto") is None:
+        pytest.skip("no CUDA compiler for the static facts")
+    rows = profile_tool.profile_suite(layers=["L1"], ops=["conv2d_forward"], batch=2, sample=1)
+    assert rows and all(isinstance(r["loads_before_multiply"], bool) for r in rows)
+    assert [e for r in rows for e in harness.schema_errors(r, profile_tool.ROW_SCHEMA)] == []

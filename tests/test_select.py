@@ -374,3 +374,11 @@ def test_train_allow_tf32_turns_the_setting_on(settings, monkeypatch):
     assert cli_main(["train", "--epochs", "1"]) == 0
     assert cli_main(["train", "--allow-tf32", "--epochs", "1"]) == 0
     assert seen == [False, True]
+
+
+def test_profile_default_profiles_the_version_the_rule_picks(settings):
+    from gpuconv.tools import profile
+    rows = profile.profile_suite(layers=["L1", "C1"], ops=["conv2d_forward"], batch=2, sample=1,
+                                 compiler="none")
+    assert {(r["layer"], r["version"]) for r in rows} == {("L1", 3), ("C1", 2)}
+

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..backends import launch
+from ..backends import launch, select, settings
 from ..backends.executors import EmulatorExecutor
 from ..backends.kernel_backend import KernelBackend
 from ..backends.numpy_backend import NumpyBackend
@@ -53,7 +53,8 @@ ROW_KEYS = (
 )
 ROW_SCHEMA = record({
     "layer": STRING, "op": STRING, "version": INTEGER, "kernel": STRING, "gpu": STRING, "arch": STRING,
-    **{k: NUMBER_OR_NULL for k in ROW_KEYS[4:-2]}, "floor_us": NUMBER, "bound": STRING_OR_NULL})
+    **{k: NUMBER_OR_NULL for k in ROW_KEYS[4:-2]}, "loads_before_multiply": harness.value("boolean", "null"),
+    "floor_us": NUMBER, "bound": STRING_OR_NULL})
 PROFILE_SCHEMA = document("gpuconv-profile/1", {
     "environment": report.ENVIRONMENT_SCHEMA,
     "settings": record({"suite": STRING, "batch": INTEGER, "gpu": STRING, "arch": STRING, "versions": STRING,
@@ -132,6 +133,14 @@ def _pool_runs(case: PoolCase, batch: int, rng) -> Dict[str, Callable]:
             runs[fwd] = lambda be, v: launch.pool.l2_forward(be, x, g)
             runs[bwd] = lambda be, v, y=y: launch.pool.l2_backward(be, dy, x, y, g)
     return runs
+
+
+def _default_version(case, op: str, batch: int) -> int:
+    """The version the cuda backend runs for ``op`` on ``case`` without timing: the selector's
+    static rule for a conv op (``select.static_choice``), the default for the others."""
+    if isinstance(case, ConvCase):
+        return select.static_choice(op, case.geometry(batch), "float32", "cuda", settings.allow_tf32).version
+    return launch.DEFAULT_VERSIONS[op]
 
 
 def _floor(case, op: str, batch: int, hw: suites.Hardware, version: int) -> float:
@@ -276,7 +285,7 @@ def profile_suite(
         for op, fn in runs.items():
             if op not in wanted:
                 continue
-            vs = launch.VERSIONS[op] if versions == "all" else (launch.DEFAULT_VERSIONS[op],)
+            vs = launch.VERSIONS[op] if versions == "all" else (_default_version(case, op, batch),)
             for v in vs:
                 if progress:
                     progress(f"{case.id} {op} v{v}")
