@@ -175,6 +175,26 @@ def test_timing_picks_the_fastest_times_once_and_writes_the_cache(settings, tmp_
     assert "Fake_GPU" in be.selector.cache_file.name
 
 
+@pytest.mark.parametrize("op", ["conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias"])
+def test_every_backward_candidate_the_selector_times_is_right(settings, tmp_path, op):
+    """Each (version, tile) the selector may time, TF32 included, computes the gradient: v2 in a tile
+    width other than its own rule's (for backward-filter a different split of the reduction too)."""
+    settings.benchmark = settings.allow_tf32 = True
+    rng = np.random.default_rng(3)
+    g = conv2d_geometry((2, 4, 7, 7), (8, 4, 3, 3), padding=1, stride=2)
+    x, w, dy = (rng.standard_normal(s).astype(F32) for s in (g.x_shape, g.w_shape, g.y_shape))
+    i = ("conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias").index(op)
+    ref = NumpyBackend().conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), g,
+                                         i == 0, i == 1, i == 2)[i]
+    be, timer = _timed_backend(tmp_path, {}, ref, precision_of=_tf32_of)
+    call = {"conv2d_backward_data": lambda: conv.backward_data(be, dy, w, g),
+            "conv2d_backward_filter": lambda: conv.backward_filter(be, dy, x, g),
+            "conv2d_backward_bias": lambda: conv.backward_bias(be, dy, g)}[op]
+    assert_close(call(), ref, precision=launch.precision(op, be.chosen(op, g, F32).version))
+    # one kernel of its own per candidate: the tile widths are honoured
+    assert len(set(timer.kernels)) == len(timer.kernels) == len(select.candidates(op, F32, True))
+
+
 def test_cache_hit_in_a_new_process_does_not_time(settings, tmp_path):
     settings.benchmark = True
     x, w, g, ref = _forward_case()
@@ -267,7 +287,9 @@ def test_concurrent_writers_keep_every_choice_and_a_valid_file(settings, tmp_pat
 
 # ---- allow_tf32 --------------------------------------------------------------------------------------
 def _tf32_of(name):
-    return "tf32" if name.startswith("conv2d_forward_v4") else "fp32"
+    """The precision of the version whose kernel ``name`` launched first ("conv2d_forward_v4<float>")."""
+    op, v = name.split("<")[0].rsplit("_v", 1)
+    return launch.precision(op, int(v))
 
 
 def test_tf32_is_never_timed_or_picked_when_not_allowed(settings, tmp_path):
