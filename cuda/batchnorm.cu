@@ -92,6 +92,32 @@ struct GcImageCursor {
     }
 };
 
+// Pointer to the value of channel c at flat per-channel index m = n * S + s of an (N, C, S) tensor,
+// advanced by GC_BN_THREADS values of the channel: one pointer add per value (and one more when s
+// wraps) instead of the index arithmetic of GcImageCursor.
+template <typename T>
+struct GcChannelPointer {
+    const T* p;
+    int s, ds;
+    long long step, wrap;
+    __device__ GcChannelPointer(const T* x, unsigned m, int c, int C, int S) {
+        const unsigned n = m / (unsigned)S;
+        s = (int)(m - n * (unsigned)S);
+        p = x + ((long long)n * C + c) * S + s;
+        ds = GC_BN_THREADS % S;
+        step = (long long)(GC_BN_THREADS / S) * C * S + ds;
+        wrap = (long long)(C - 1) * S;
+    }
+    __device__ void advance(int S) {
+        s += ds;
+        p += step;
+        if (s >= S) {
+            s -= S;
+            p += wrap;
+        }
+    }
+};
+
 // ---- Welford / Chan -------------------------------------------------------------------------------
 
 // (count, mean, M2) of a set of values; M2 = sum of squared deviations from the mean.
@@ -379,14 +405,14 @@ batch_norm_stats_v2(const T* __restrict__ x, T* __restrict__ part_mean, T* __res
     for (int c = blockIdx.y; c < C; c += gridDim.y) {
         GcMoments<T> a = {0, T(0), T(0)};
         unsigned m = begin + threadIdx.x;
-        GcImageCursor at(m, S);
+        GcChannelPointer<T> at(x, m, c, C, S);
         // Four values m, m + B, m + 2B, m + 3B: their mean and M2 about it from the deviations from
         // the first (exact for close values), merged into a by (16).
         for (; m + 3 * B < (unsigned)end; m += 4 * B) {
             T v[4];
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                v[k] = x[((long long)at.n * C + c) * S + at.s];
+                v[k] = *at.p;
                 at.advance(S);
             }
             const T d1 = v[1] - v[0], d2 = v[2] - v[0], d3 = v[3] - v[0];
@@ -396,7 +422,7 @@ batch_norm_stats_v2(const T* __restrict__ x, T* __restrict__ part_mean, T* __res
             gc_moments_merge(a, b);
         }
         for (; m < (unsigned)end; m += B) {
-            gc_welford_add(a, x[((long long)at.n * C + c) * S + at.s]);
+            gc_welford_add(a, *at.p);
             at.advance(S);
         }
         a = gc_block_moments(a);
