@@ -27,6 +27,7 @@ from ..backends.kernel_backend import KernelBackend
 from ..backends.numpy_backend import NumpyBackend
 from ..cuda_limits import check_launch
 from . import harness, report, suites
+from .bench_ops import BN_EPS, BN_MOMENTUM
 from .bench_ops import OPS as BENCH_OPS
 from .harness import INTEGER, NUMBER, NUMBER_OR_NULL, STRING, STRING_OR_NULL, document, list_of, record, value
 from .suites import ConvCase, NormCase, PoolCase
@@ -152,11 +153,11 @@ def _norm_runs(case: NormCase, batch: int, rng) -> Dict[str, Callable]:
     runs: Dict[str, Callable] = {}
     for kind in case.kinds:
         relu = kind == "batch_norm_relu"
-        y, mean, invstd = ref.batch_norm(x, None, None, w, b, g, True, 0.1, 1e-5, relu)
+        y, mean, invstd = ref.batch_norm(x, None, None, w, b, g, True, BN_MOMENTUM, BN_EPS, relu)
 
         def fwd(be, v, relu=relu):
             rm, rv = np.zeros(g.C, np.float32), np.ones(g.C, np.float32)
-            return launch.batchnorm.forward(be, x, rm, rv, w, b, g, True, 0.1, 1e-5, relu)
+            return launch.batchnorm.forward(be, x, rm, rv, w, b, g, True, BN_MOMENTUM, BN_EPS, relu)
 
         runs[f"{kind}_forward"] = fwd
         runs[f"{kind}_backward"] = lambda be, v, y=(y if relu else None), m=mean, s=invstd: (
