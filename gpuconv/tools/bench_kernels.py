@@ -67,6 +67,7 @@ class PassSpec:
     """One pass of one suite entry (e.g. conv2d_forward of L1)."""
 
     op: str
+    kernel_op: str      # the op whose kernel versions run (``BenchOp.kernel_op``)
     pass_name: str
     case: Any
     cost: suites.Cost
@@ -111,7 +112,7 @@ def _in_version(be, op: str, v: Optional[int]):
 
 
 def _gpuconv_candidate(ctx: BenchContext, entry: BenchOp, g, v: Optional[int], dev, chk) -> Candidate:
-    be, check_be, op = ctx.be, ctx.check_be, entry.op
+    be, check_be, op = ctx.be, ctx.check_be, entry.kernel_op
 
     def run(i: int):
         with _in_version(be, op, v):
@@ -165,12 +166,13 @@ def _spec(ctx: BenchContext, entry: BenchOp, case, sets: List[Dict[str, np.ndarr
     reference = tuple(np.asarray(a) for a in entry.run(ref, g, s64))
     dev = [{k: ctx.be.asarray(a) for k, a in s.items()} for s in host]
     chk = {k: ctx.check_be.asarray(a) for k, a in host[0].items()}
-    cands = [_gpuconv_candidate(ctx, entry, g, v, dev, chk) for v in _versions(ctx, entry.op)]
+    cands = [_gpuconv_candidate(ctx, entry, g, v, dev, chk) for v in _versions(ctx, entry.kernel_op)]
     for name in baseline_names(entry, ctx.baselines):
-        cand = _BASELINE_CANDIDATE[name](ctx, entry, name, g, sets)
+        cand = _BASELINE_CANDIDATE[name](ctx, entry, name, g, host)
         if cand is not None:
             cands.append(cand)
-    return PassSpec(entry.op, entry.pass_name, case, entry.cost(g), g, reference, cands, entry.exact)
+    return PassSpec(entry.op, entry.kernel_op, entry.pass_name, case, entry.cost(g), g, reference, cands,
+                    entry.exact)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,9 +228,9 @@ def _row(ctx: BenchContext, spec: PassSpec, cand: Candidate, tol: float, status:
 
 def _pick(ctx: BenchContext, spec: PassSpec):
     """The backend's choice for this pass (``KernelBackend.chosen``), None where it has none (yet)."""
-    if ctx.backend not in KERNEL_BACKENDS or spec.op not in VERSIONS:
+    if ctx.backend not in KERNEL_BACKENDS or spec.kernel_op not in VERSIONS:
         return None
-    return ctx.be.chosen(spec.op, spec.geometry, np.float32)
+    return ctx.be.chosen(spec.kernel_op, spec.geometry, np.float32)
 
 
 def _bench_spec(ctx: BenchContext, spec: PassSpec, timer, repeat: int, hw, log) -> List[Dict[str, Any]]:
@@ -237,7 +239,7 @@ def _bench_spec(ctx: BenchContext, spec: PassSpec, timer, repeat: int, hw, log) 
     def tolerance(c: Candidate) -> float:
         pick = _pick(ctx, spec) if c.kind == "gpuconv" and c.version == "default" else None
         if pick is not None:  # the backend's own choice, made by the check's run: its precision
-            c.math = precision(spec.op, pick.version)
+            c.math = precision(spec.kernel_op, pick.version)
             tols[id(c)] = tolerances.tolerance_for(c.math, np.float32)
         return tols[id(c)]
     checked = [(c, *_check(spec, c, lambda c=c: tolerance(c))) for c in spec.candidates]
@@ -268,6 +270,14 @@ def _bench_spec(ctx: BenchContext, spec: PassSpec, timer, repeat: int, hw, log) 
     return rows
 
 
+def _family(op: str) -> str:
+    """The summary group of a row's op: conv2d, pool2d (every kind), batch_norm or batch_norm_relu."""
+    for family in ("conv2d", "batch_norm_relu", "batch_norm"):
+        if op.startswith(family):
+            return family
+    return "pool2d"
+
+
 def summarize(rows: List[Dict[str, Any]], backend: str) -> List[Dict[str, Any]]:
     """Per (op family + pass, baseline): median and max ratio over layers of the default versions."""
     out = []
@@ -275,7 +285,7 @@ def summarize(rows: List[Dict[str, Any]], backend: str) -> List[Dict[str, Any]]:
     for r in rows:
         if r["kind"] != "gpuconv" or r["status"] != "ok" or not r["default"]:
             continue
-        family = "conv2d" if r["op"].startswith("conv2d") else "pool2d"
+        family = _family(r["op"])
         for b, ratio in r["ratio"].items():
             if ratio is not None:
                 groups.setdefault((f"{family} {r['pass']}", b), []).append(ratio)
@@ -299,7 +309,7 @@ def _row_line(r: Dict[str, Any]) -> str:
 
 def plan(cases: Sequence[Any], families: Sequence[str], backend: str) -> List[Tuple[Any, BenchOp]]:
     """The (suite layer, OPS entry) pairs a run times, in order: the layers of ``cases`` of the op
-    ``families`` asked for ("conv", "pool"), each with the entries of its kinds that ``backend``
+    ``families`` asked for ("conv", "pool", "norm"), each with the entries of its kinds that ``backend``
     times."""
     return [(case, e) for case in cases if case.family in families
             for kind in case.kinds for e in OPS if e.kind == kind and backend in e.backends]
