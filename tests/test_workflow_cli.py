@@ -52,7 +52,11 @@ def _same_arrays(a, b):
         assert np.array_equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("extra", [["--warmup-epochs", "1"], ["--optimizer", "sgd", "--schedule", "step"]])
+@pytest.mark.parametrize("extra", [
+    ["--warmup-epochs", "1"], ["--optimizer", "sgd", "--schedule", "step"],
+    # every part of a recipe must survive the resume: augmentation, label smoothing, decay groups
+    ["--optimizer", "sgd", "--nesterov", "--weight-decay", "0.01", "--no-decay-bn-bias", "--label-smoothing",
+     "0.1", "--augment", "crop=2,flip,cutout=3", "--schedule", "onecycle"]])
 def test_resumed_run_ends_with_the_weights_of_a_straight_run_bit_for_bit(tmp_path, capsys, tiny, extra):
     straight, half = tmp_path / "straight.npz", tmp_path / "half.npz"
     assert main(["train", "--epochs", "4", "--save", str(straight), "--json", str(tmp_path / "s.json")]
