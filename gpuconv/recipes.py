@@ -4,27 +4,18 @@ augmentation a model is trained with on a data set, and the builders that turn t
 ``gpuconv train`` starts from the recipe of its model and data (``recipe_for``) and lets each flag
 override one value; the recipe in effect is printed, written to ``--json`` and kept in checkpoints.
 
-=====================  ==========  ===========================================================
-recipe                 applies to  values
-=====================  ==========  ===========================================================
-``default``            any model,  Adam, lr 2e-3, batch 32, 20 epochs, cosine decay to 0; no
-                       any data    weight decay, label smoothing or augmentation
-``resnet20-digits``    resnet20,   SGD with Nesterov momentum 0.9, lr 0.05, batch 32, 20
-                       8x8 digits  epochs, cosine decay to 0, weight decay 5e-4 on the conv and
-                                   linear weights only (not on batch-norm parameters or
-                                   biases), label smoothing 0.1; no augmentation (a flipped
-                                   digit is another digit)
-``resnet20-cifar``     resnet20,   He et al. (2016, section 4.2): SGD, momentum 0.9, lr 0.1,
-                       CIFAR       batch 128, weight decay 1e-4 on every parameter, 164 epochs,
-                                   lr divided by 10 after epochs 82 and 123 (their 32k, 48k and
-                                   64k iterations at 391 steps per epoch of 50,000 images);
-                                   4-pixel padded random crops and random horizontal flips
-=====================  ==========  ===========================================================
+``RECIPES`` holds ``default`` (Adam with cosine decay, no regularisation: every model and data
+without a recipe of its own), ``resnet20-digits`` (ResNet-20 on the bundled 8x8 digits: SGD with
+Nesterov momentum, cosine decay, weight decay on weights only, label smoothing, no augmentation,
+since a flipped digit is another digit) and ``resnet20-cifar`` (He et al. 2016, section 4.2: SGD
+with momentum, lr 0.1 divided by 10 at their 32k and 48k iterations of 64k, i.e. after epochs 82
+and 123 of 164 at 391 steps of 128 of the 50,000 images, weight decay 1e-4, padded random crops
+and horizontal flips); each ``Recipe`` lists its values.
 
 Expected accuracy (``Recipe.expected``): ResNet-20 with He et al.'s recipe reaches 91.25 % on
-CIFAR-10 (their Table 6), a figure not yet reproduced with gpuconv. Two differences remain: images
+CIFAR-10 (their Table 6), a figure not yet reproduced with gpuconv. One difference remains: images
 are standardised with one mean and standard deviation over all pixels (He et al. subtract the
-per-pixel mean), so the padding of a crop is the mean colour, not black.
+per-pixel mean), so the padding of a crop is the mean colour.
 """
 from __future__ import annotations
 
