@@ -29,7 +29,7 @@ from .geometry import FLIP_MODES, augment_spec
 __all__ = ["Augment", "Recipe", "RECIPES", "RECIPE_NAMES", "recipe_for", "DEFAULT_LR", "SCHEDULES",
            "OPTIMIZERS"]
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = optim.OPTIMIZER_NAMES
 DEFAULT_LR = {"adam": 2e-3, "adamw": 2e-3, "sgd": 0.05}  # an optimizer's rate when a recipe has none
 SCHEDULES = ("cosine", "constant", "step", "onecycle")
 DEFAULT_CROP, DEFAULT_CUTOUT = 4, 16  # bare "crop" and "cutout" in an augmentation spec

@@ -129,9 +129,9 @@ class TrainConfig:
                 raise ValueError(f"--recipe must be one of {', '.join(recipes.RECIPE_NAMES)}, auto; got "
                                  f"{self.recipe!r}")
             return recipes.RECIPES[self.recipe]
-        kind = "digits" if self.data is None else datasets.detect_format(self.data)
-        return recipes.recipe_for(self.model or "lenet", "idx" if kind == "idx" else
-                                  "digits" if kind == "digits" else "cifar")
+        kind = ("digits" if self.data is None else
+                "idx" if datasets.detect_format(self.data) == "idx" else "cifar")
+        return recipes.recipe_for(self.model or "lenet", kind)
 
     def resolved(self) -> TrainConfig:
         """These settings with every training setting left None taken from the recipe, and
