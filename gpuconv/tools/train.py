@@ -526,7 +526,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default: the recipe's milestones, else a third of --epochs)")
     p.add_argument("--lr-gamma", type=float, default=None, help=f"with --schedule step: the factor {ours}")
     p.add_argument("--momentum", type=float, default=None,
-                   help=f"momentum of --optimizer sgd, in [0, 1) {ours}")
+                   help=f"momentum of --optimizer sgd, in [0, 1); refused with the others {ours}")
     nesterov = p.add_mutually_exclusive_group()
     nesterov.add_argument("--nesterov", dest="nesterov", action="store_const", const=True, default=None,
                           help=f"Nesterov momentum for --optimizer sgd {ours}")
