@@ -202,7 +202,8 @@ class Recipe:
 
 RECIPES: Dict[str, Recipe] = {r.name: r for r in (
     Recipe("default", model="lenet", optimizer="adam", lr=2e-3, batch_size=32, epochs=20, schedule="cosine",
-           summary="Adam with cosine decay: trains every model of the zoo on the bundled digits"),
+           summary="Adam with cosine decay, no regularisation or augmentation: for every model and data "
+                   "without a recipe of their own"),
     Recipe("resnet20-digits", model="resnet20", optimizer="sgd", lr=0.05, batch_size=32, epochs=20,
            schedule="cosine", momentum=0.9, nesterov=True, weight_decay=5e-4, decay_bn_bias=False,
            label_smoothing=0.1,
