@@ -53,6 +53,19 @@
 //     v2  two stages: blocks sum a chunk of one channel (strided loads, warp shuffles, then the
 //         per-warp sums in warp order), conv2d_sum_splits adds the chunks in order. DEFAULT.
 // No kernel uses float atomics: every result is the same bits on every run.
+//
+// Fused epilogues (every version; runtime flags, not copies of the kernels):
+//   forward        `epilogue` = GC_CONV_EPI_BIAS | GC_CONV_EPI_RESIDUAL | GC_CONV_EPI_RELU (values
+//                  from the host's DEFINES): y = relu(acc + bias[k] + residual[y offset]), each term
+//                  by its flag and added in that order, as each value is stored (conv_epilogue). The
+//                  order is that of the unfused conv2d, add and relu kernels, so the fused output has
+//                  their bits. v2 stores (and reads the residual) as gc_vec4 when P*Q % 4 == 0 and
+//                  the residual is vector-aligned (a contiguous view may not be), else one value at
+//                  a time. v1 adds the bias first (its own order), then the rest.
+//   backward-data  `through_relu`: relu_y (of x's shape) is the output of a ReLU that x is, and dx
+//                  is stored as the gradient at that ReLU's input, relu_y > 0 ? dx : 0
+//                  (gc_relu_backward), instead of a relu_backward pass over dx. Used for the second
+//                  conv of conv -> ReLU -> conv, whose input only it reads.
 #include "common.cuh"
 #include "conv_gemm.cuh"
 
@@ -226,7 +239,7 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 
         const int mq = m0 + 4 * tm;  // the thread's four rows mq .. mq + 3
         const bool has_residual = epilogue & GC_CONV_EPI_RESIDUAL;
-        if (PQ % 4 == 0 && conv_vec4_aligned(y) && (!has_residual || conv_vec4_aligned(residual))) {
+        if (PQ % 4 == 0 && (!has_residual || conv_vec4_aligned(residual))) {
             // The four rows are consecutive positions of one image and 4-aligned: one vector store
             // (and residual load) per output channel, and the 8 lanes of a warp along the rows write
             // 128 contiguous bytes of float (a scalar store per row would put 4-element gaps between

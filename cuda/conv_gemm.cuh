@@ -278,8 +278,8 @@ __device__ __forceinline__ void conv_store_y(T* __restrict__ y, const T* __restr
                            (epi & GC_CONV_EPI_RESIDUAL) ? residual[off] : T(0), epi);
 }
 
-// Whether p may be read or written as gc_vec4<T> (its alignment: 16 bytes for float, 32 for
-// double). The launch code allocates y, but a residual may be any contiguous view.
+// Whether p may be read as gc_vec4<T> (aligned to 16 bytes for float, 32 for double): y is
+// allocated by the launch code, but a residual may be any contiguous view.
 template <typename T>
 __device__ __forceinline__ bool conv_vec4_aligned(const T* p) {
     return reinterpret_cast<unsigned long long>(p) % sizeof(gc_vec4<T>) == 0;

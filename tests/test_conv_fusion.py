@@ -86,7 +86,7 @@ class TestForwardEpilogue:
 
     @pytest.mark.parametrize("version", conv.VERSIONS["conv2d_forward"])
     def test_same_bits_as_the_unfused_kernels(self, emu, version):
-        for case in FIXED:
+        for case in FIXED[:2] if version in TF32_FORWARD else FIXED:
             r = _dev(emu, _residual(case), np.float32)
             fused = _fused(emu, case, np.float32, version, True, True, True, r)
             x, w, b = (_dev(emu, a, np.float32) for a in (case.x, case.w, case.b))
@@ -120,7 +120,8 @@ class TestForwardEpilogue:
 
     @pytest.mark.parametrize("version", [2, 3, 4])
     def test_orders_agree(self, emu, version):
-        for case in (CASES[5], next(c for c in FIXED if c.g.P * c.g.Q % 4 == 0)):
+        cases = [CASES[5], next(c for c in FIXED if c.g.P * c.g.Q % 4 == 0)]
+        for case in cases[:1] if version in TF32_FORWARD else cases:
             with recording_launches(emu) as launches:
                 _fused(emu, case, np.float32, version, True, True, True)
             assert len(launches) == 1
@@ -256,7 +257,10 @@ def _flat_model(model):
 def test_models_same_bits_fused_and_unfused(backend):
     be = make_backend(backend)
     dtype = np.float64 if backend == "numpy" else np.float32
-    cases = dict(_zoo(dtype), **{k: _flat_model(m) for k, m in _custom_models(dtype).items()})
+    zoo = _zoo(dtype)
+    if backend == "emulator":
+        del zoo["resnet20"]  # nothing fused (test_fusion_saves_launches); the slowest on the emulator
+    cases = dict(zoo, **{k: _flat_model(m) for k, m in _custom_models(dtype).items()})
     for name, model in cases.items():
         fused, unfused = _fused_and_unfused(be, model)
         for i, (a, b) in enumerate(zip(fused, unfused)):
@@ -264,7 +268,7 @@ def test_models_same_bits_fused_and_unfused(backend):
 
 
 def _launches_per_step(emu, model, x, labels):
-    with gc.use_backend(emu), recording_launches(emu) as launches:
+    with gc.use_backend(emu), recording_launches(emu, run=False) as launches:  # which, not what
         logits = model.forward(emu.asarray(x))
         _, dlogits = F.softmax_cross_entropy(logits, emu.asarray(labels))
         model.backward(dlogits)
