@@ -1,18 +1,26 @@
 """Fused conv epilogues and the layers that use them.
 
-Kernels (emulator): every forward version with each epilogue (bias; ReLU; bias + ReLU; bias +
-residual + ReLU; residual alone) against the NumPy reference of the unfused ops (conv2d, add, relu),
-on the conv tests' geometries (output planes with P*Q a multiple of 4, where forward v2 stores
-float4, and odd ones, where it stores scalars), and bitwise against the unfused kernels; every
+Kernels (emulator; through CuPy in the ``gpu``-marked cases): every forward version with each
+epilogue (bias; ReLU; bias + ReLU; bias + residual + ReLU; residual alone) against the NumPy
+reference of the unfused ops (conv2d, add, relu), on the conv tests' geometries (output planes with
+P*Q a multiple of 4, where forward v2 stores float4, and odd ones, where it stores scalars; a
+residual view not aligned for float4), and bitwise against the unfused kernels; every
 backward-data version with the ReLU mask (``relu_y``) likewise; thread orders and determinism.
-Layers: models give the same bits fused and unfused on the numpy and emulator backends, and the
-fused ones launch fewer kernels per training step (the saving worked out from each architecture).
+Layers: models give the same bits fused and unfused on every backend, and the fused ones launch
+fewer kernels per training step (the saving worked out from each architecture).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close, assert_deterministic, recording_launches
+from conftest import (
+    BACKENDS,
+    assert_close,
+    assert_deterministic,
+    backend_params,
+    make_backend,
+    recording_launches,
+)
 from test_kernels_conv import CASES, DTYPES, FORWARD, TF32_FORWARD
 
 import gpuconv as gc
@@ -21,7 +29,6 @@ from gpuconv import functional as F
 from gpuconv.backends import launch
 from gpuconv.backends.launch import conv
 from gpuconv.backends.numpy_backend import NumpyBackend
-from gpuconv.tools.harness import make_backend
 
 # name -> (bias, residual, relu)
 EPILOGUES = {
@@ -73,49 +80,49 @@ def test_cases_cover_the_vector_and_the_scalar_stores():
 class TestForwardEpilogue:
     @pytest.mark.parametrize("epilogue", EPILOGUES)
     @pytest.mark.parametrize("version,dtype", FORWARD)
-    def test_matches_the_unfused_reference(self, emu, version, dtype, epilogue):
+    def test_matches_the_unfused_reference(self, be, version, dtype, epilogue):
         # The default version on every geometry of the conv tests, the others on the hand-picked ones.
         cases = CASES if version == conv.DEFAULT_VERSIONS["conv2d_forward"] else FIXED
         if version in TF32_FORWARD:
             cases = cases[:2]
         precision = launch.precision("conv2d_forward", version)
         for case in cases:
-            y = _fused(emu, case, dtype, version, *EPILOGUES[epilogue])
-            assert_close(emu.to_numpy(y), _forward_reference(case, *EPILOGUES[epilogue]), dtype,
+            y = _fused(be, case, dtype, version, *EPILOGUES[epilogue])
+            assert_close(be.to_numpy(y), _forward_reference(case, *EPILOGUES[epilogue]), dtype,
                          precision=precision, what=f"forward v{version} {epilogue} {case}")
 
     @pytest.mark.parametrize("version", conv.VERSIONS["conv2d_forward"])
-    def test_same_bits_as_the_unfused_kernels(self, emu, version):
+    def test_same_bits_as_the_unfused_kernels(self, be, version):
         for case in FIXED[:2] if version in TF32_FORWARD else FIXED:
-            r = _dev(emu, _residual(case), np.float32)
-            fused = _fused(emu, case, np.float32, version, True, True, True, r)
-            x, w, b = (_dev(emu, a, np.float32) for a in (case.x, case.w, case.b))
-            unfused = emu.relu(emu.add(conv.forward(emu, x, w, b, case.g, version), r))
+            r = _dev(be, _residual(case), np.float32)
+            fused = _fused(be, case, np.float32, version, True, True, True, r)
+            x, w, b = (_dev(be, a, np.float32) for a in (case.x, case.w, case.b))
+            unfused = be.relu(be.add(conv.forward(be, x, w, b, case.g, version), r))
             assert fused.tobytes() == unfused.tobytes(), f"v{version} {case}"
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-    def test_residual_not_vector_aligned(self, emu, dtype):
+    def test_residual_not_vector_aligned(self, be, dtype):
         # A contiguous view one element into its buffer cannot be read as gc_vec4: v2 stores scalars.
         case = next(c for c in FIXED if c.g.P * c.g.Q % 4 == 0)
         size = int(np.prod(case.g.y_shape))
-        buf = emu.asarray(np.zeros(size + 1, dtype))
+        buf = be.asarray(np.zeros(size + 1, dtype))
         r = buf[1:].reshape(case.g.y_shape)
-        r[...] = emu.asarray(_residual(case).astype(dtype))
-        assert emu.data_ptr(r) % (4 * np.dtype(dtype).itemsize) != 0
-        y = _fused(emu, case, dtype, 2, True, True, True, r)
-        assert_close(emu.to_numpy(y), _forward_reference(case, True, True, True), dtype,
+        r[...] = be.asarray(_residual(case).astype(dtype))
+        assert be.data_ptr(r) % (4 * np.dtype(dtype).itemsize) != 0
+        y = _fused(be, case, dtype, 2, True, True, True, r)
+        assert_close(be.to_numpy(y), _forward_reference(case, True, True, True), dtype,
                      what=f"misaligned residual {case}")
 
-    def test_relu_propagates_nan_as_the_relu_op(self, emu):
+    def test_relu_propagates_nan_as_the_relu_op(self, be):
         case = FIXED[1]
         r = _residual(case)
         r.reshape(-1)[::7] = np.nan
         r.reshape(-1)[1::7] = -np.inf
-        r32 = _dev(emu, r, np.float32)
-        fused = _fused(emu, case, np.float32, 2, True, True, True, r32)
-        x, w, b = (_dev(emu, a, np.float32) for a in (case.x, case.w, case.b))
-        unfused = emu.relu(emu.add(conv.forward(emu, x, w, b, case.g), r32))
-        assert np.isnan(emu.to_numpy(fused)).any()
+        r32 = _dev(be, r, np.float32)
+        fused = _fused(be, case, np.float32, 2, True, True, True, r32)
+        x, w, b = (_dev(be, a, np.float32) for a in (case.x, case.w, case.b))
+        unfused = be.relu(be.add(conv.forward(be, x, w, b, case.g), r32))
+        assert np.isnan(be.to_numpy(fused)).any()
         assert fused.tobytes() == unfused.tobytes()
 
     @pytest.mark.parametrize("version", [2, 3, 4])
@@ -132,21 +139,21 @@ class TestForwardEpilogue:
 class TestBackwardDataMask:
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     @pytest.mark.parametrize("version", conv.VERSIONS["conv2d_backward_data"])
-    def test_matches_the_unfused_reference(self, emu, version, dtype):
+    def test_matches_the_unfused_reference(self, be, version, dtype):
         cases = CASES if version == conv.DEFAULT_VERSIONS["conv2d_backward_data"] else FIXED
         for case in cases:
             relu_y = _relu_y(case)
-            dx = conv.backward_data(emu, _dev(emu, case.dy, dtype), _dev(emu, case.w, dtype), case.g, version,
-                                    relu_y=_dev(emu, relu_y, dtype))
-            assert_close(emu.to_numpy(dx), REF.relu_backward(case.dx_ref, relu_y), dtype,
+            dx = conv.backward_data(be, _dev(be, case.dy, dtype), _dev(be, case.w, dtype), case.g, version,
+                                    relu_y=_dev(be, relu_y, dtype))
+            assert_close(be.to_numpy(dx), REF.relu_backward(case.dx_ref, relu_y), dtype,
                          what=f"backward-data v{version} through ReLU {case}")
 
     @pytest.mark.parametrize("version", conv.VERSIONS["conv2d_backward_data"])
-    def test_same_bits_as_the_unfused_kernels(self, emu, version):
+    def test_same_bits_as_the_unfused_kernels(self, be, version):
         for case in FIXED:
-            dy, w, relu_y = (_dev(emu, a, np.float32) for a in (case.dy, case.w, _relu_y(case)))
-            fused = conv.backward_data(emu, dy, w, case.g, version, relu_y=relu_y)
-            unfused = emu.relu_backward(conv.backward_data(emu, dy, w, case.g, version), relu_y)
+            dy, w, relu_y = (_dev(be, a, np.float32) for a in (case.dy, case.w, _relu_y(case)))
+            fused = conv.backward_data(be, dy, w, case.g, version, relu_y=relu_y)
+            unfused = be.relu_backward(conv.backward_data(be, dy, w, case.g, version), relu_y)
             assert fused.tobytes() == unfused.tobytes(), f"v{version} {case}"
 
     def test_orders_agree_and_deterministic(self, emu):
@@ -253,10 +260,10 @@ def _flat_model(model):
     return nn.Sequential(model, nn.Flatten())
 
 
-@pytest.mark.parametrize("backend", ["numpy", "emulator"])
+@pytest.mark.parametrize("backend", backend_params(BACKENDS))
 def test_models_same_bits_fused_and_unfused(backend):
     be = make_backend(backend)
-    dtype = np.float64 if backend == "numpy" else np.float32
+    dtype = np.float32
     zoo = _zoo(dtype)
     if backend == "emulator":
         del zoo["resnet20"]  # nothing fused (test_fusion_saves_launches); the slowest on the emulator
