@@ -330,3 +330,20 @@ def test_fused_pairs_of_a_container():
 def test_backward_before_forward_names_the_layer():
     with pytest.raises(RuntimeError, match="Sequential.backward called before forward"):
         nn.Sequential(nn.Conv2d(1, 1, 1)).backward(np.zeros((1, 1, 1, 1), np.float32))
+
+
+def test_profile_runs_the_fused_variants_its_models_run(emu):
+    from gpuconv.tools import profile, suites
+    flags = conv.epilogue_flags
+    for case in suites.get_suite("small-cnn"):
+        if case.family != "conv":
+            continue
+        runs = profile._conv_runs(case, 1, np.random.default_rng(0))
+        with recording_launches(emu, run=False) as launches:
+            runs["conv2d_forward"](emu, 2)
+            runs["conv2d_backward_data"](emu, 2)
+        (_, _, _, fwd, _), (_, _, _, bwd, _) = launches
+        assert fwd[5] == flags(True, False, case.relu_after), case.id
+        assert bwd[4] == int(case.relu_before), case.id
+    fused = {c.id for c in suites.get_suite("small-cnn") if c.family == "conv" and c.relu_after}
+    assert fused == {"L1", "L2", "C6"}  # LeNet's two convs and the small CIFAR CNN's are followed by a ReLU
