@@ -323,6 +323,11 @@ def test_fused_pairs_of_a_container():
     assert nn.Sequential(conv1, relu1, conv2).relu_epilogue(True)
     assert not nn.Residual(nn.Sequential(conv1, relu1)).relu_epilogue(False)
     assert not nn.Residual(conv2).relu_epilogue(True)  # one residual add per kernel
+    with pytest.raises(ValueError, match="Sequential.forward_relu"):
+        seq.forward_relu(np.zeros((1, 1, 9, 9), np.float32))
+    with pytest.raises(ValueError, match="after a residual add"):
+        x = np.zeros((1, 2, 5, 5), np.float32)
+        nn.Residual(conv2).forward_relu(x, np.zeros((1, 2, 3, 3), np.float32))
     seq.set_fusion(False)
     assert all(not fused for _, fused in seq._steps())
 

@@ -57,6 +57,13 @@ def _need_forward(layer: Module, cache) -> None:
         raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
 
 
+def _need_epilogue(layer: Module, residual) -> None:
+    if not layer.relu_epilogue(residual is not None):
+        raise ValueError(f"{type(layer).__name__}.forward_relu: this {type(layer).__name__} cannot apply a "
+                         f"ReLU{' after a residual add' if residual is not None else ''} in its last "
+                         f"kernel (see relu_epilogue)")
+
+
 class Conv2d(Module):
     """2-D convolution (cross-correlation). x (N, in_ch, H, W) -> y (N, out_ch, P, Q).
 
@@ -567,6 +574,7 @@ class Sequential(Module):
         return bool(steps) and not steps[-1][1] and steps[-1][0].relu_epilogue(residual)
 
     def forward_relu(self, x, residual=None):
+        _need_epilogue(self, residual)
         return self._run(x, True, residual)
 
     def _run(self, x, relu: bool, residual):
@@ -634,6 +642,7 @@ class Residual(Module):
 
     def forward_relu(self, x, residual=None):
         # relu(body(x) + skip): the body's last convolution adds the skip and applies the ReLU.
+        _need_epilogue(self, residual)
         skip = x if self.shortcut is None else self.shortcut.forward(x)
         return self.body.forward_relu(x, skip)
 
