@@ -16,6 +16,12 @@ width) only.
 
 Without a ``version=`` argument, each call asks the backend which version and tile width to run
 for its geometry and dtype (``be.select``; ``gpuconv.backends.select``).
+
+Fused epilogues (every version): the forward applies the bias, a residual add and a ReLU to each
+output value before storing it (``forward(..., residual=, relu=)``, the kernels' ``epilogue``
+flags ``EPILOGUE``), and backward-data can return the gradient through the ReLU whose output is
+the conv's input x (``backward_data(..., relu_y=x)``: dx where x > 0). Both give the same bits as
+the unfused ops (conv2d, add, relu; relu_backward after the conv's dx).
 """
 from __future__ import annotations
 
@@ -62,7 +68,12 @@ DEFINES = {
     "GC_CONV_V4_THREADS": 128,    # threads of the TF32 kernels, v4 of each GEMM (4 warps)
     "GC_CONV_V4_MIN_BLOCKS": 4,
     "GC_CONV_V4_TILE": 64,        # rows and columns of the TF32 kernels' output tile
+    "GC_CONV_EPI_BIAS": 1,        # forward epilogue flags: add bias[k],
+    "GC_CONV_EPI_RESIDUAL": 2,    # ... add residual (of y's shape),
+    "GC_CONV_EPI_RELU": 4,        # ... then ReLU
 }
+EPILOGUE = {"bias": DEFINES["GC_CONV_EPI_BIAS"], "residual": DEFINES["GC_CONV_EPI_RESIDUAL"],
+            "relu": DEFINES["GC_CONV_EPI_RELU"]}
 TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (the template argument)
 # Versions whose tile width the selector may choose (by timing); otherwise _tile_width's rule.
 TILES = {(op, 2): TILE_WIDTHS for op in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_filter")}
@@ -158,25 +169,37 @@ def _forward_plan(g: ConvGeometry, v: int, t: str, bn: Optional[int] = None):
     return "conv2d_forward_v4<float>", grid, (V4_BLOCK, 1, 1)
 
 
-def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
-    """y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C/groups, R, S)) + b (K,) or no bias."""
+def epilogue_flags(bias: bool, residual: bool, relu: bool) -> np.int32:
+    """The forward kernels' ``epilogue`` argument."""
+    return np.int32(EPILOGUE["bias"] * bias + EPILOGUE["residual"] * residual + EPILOGUE["relu"] * relu)
+
+
+def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None, *, residual=None,
+            relu: bool = False):
+    """y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C/groups, R, S)) + b (K,) or no bias; then,
+    in the same kernel's epilogue, + residual (N, K, P, Q) when given, and max(., 0) when relu."""
     dtype = _dtype_of(x, w)
     v, bn = _pick(be, "conv2d_forward", version, g, dtype,
-                  lambda v, bn: _forward(be, x, w, b, g, v, bn, dtype))
-    return _forward(be, x, w, b, g, v, bn, dtype)
+                  lambda v, bn: _forward(be, x, w, b, g, v, bn, dtype, residual, relu))
+    return _forward(be, x, w, b, g, v, bn, dtype, residual, relu)
 
 
-def _forward(be, x, w, b, g: ConvGeometry, v: int, bn: Optional[int], dtype):
+def _forward(be, x, w, b, g: ConvGeometry, v: int, bn: Optional[int], dtype, residual, relu: bool):
     t = ctype(dtype)
     _check_float32_only("conv2d_forward", v, dtype)
     x, w = be.contiguous(x), be.contiguous(w)
-    has_bias = b is not None
-    b = be.contiguous(b) if has_bias else w  # any array of the right type when there is no bias
+    flags = epilogue_flags(b is not None, residual is not None, relu)
+    b = w if b is None else be.contiguous(b)  # any array of the right type when there is none
+    residual = w if residual is None else be.contiguous(residual)
     y = be.empty(g.y_shape, dtype)
     name, grid, block = _forward_plan(g, v, t, bn)
-    be.launch(be.function(FILE, name), grid, block,
-              (x, w, b, y, _INT32[has_bias]) + _geometry_args(g))
+    be.launch(be.function(FILE, name), grid, block, (x, w, b, residual, y, flags) + _geometry_args(g))
     return y
+
+
+def forward_relu(be, x, w, b, residual, g: ConvGeometry, version: Optional[int] = None):
+    """relu(conv2d(x, w) + b + residual) in one launch: Backend.conv2d_relu."""
+    return forward(be, x, w, b, g, version, residual=residual, relu=True)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -194,20 +217,24 @@ def _backward_data_plan(g: ConvGeometry, v: int, t: str, bn: Optional[int] = Non
     return f"conv2d_backward_data_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
 
 
-def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None):
-    """dx (N, C, H, W) from dy (N, K, P, Q) and w (K, C/groups, R, S)."""
+def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None, *, relu_y=None):
+    """dx (N, C, H, W) from dy (N, K, P, Q) and w (K, C/groups, R, S); with ``relu_y`` (N, C, H, W),
+    the output of a ReLU that x is, the gradient at that ReLU's input: dx where relu_y > 0, else 0."""
     dtype = _dtype_of(dy, w)
     v, bn = _pick(be, "conv2d_backward_data", version, g, dtype,
-                  lambda v, bn: _backward_data(be, dy, w, g, v, bn, dtype))
-    return _backward_data(be, dy, w, g, v, bn, dtype)
+                  lambda v, bn: _backward_data(be, dy, w, g, v, bn, dtype, relu_y))
+    return _backward_data(be, dy, w, g, v, bn, dtype, relu_y)
 
 
-def _backward_data(be, dy, w, g: ConvGeometry, v: int, bn: Optional[int], dtype):
+def _backward_data(be, dy, w, g: ConvGeometry, v: int, bn: Optional[int], dtype, relu_y):
     _check_float32_only("conv2d_backward_data", v, dtype)
     dy, w = be.contiguous(dy), be.contiguous(w)
+    through_relu = relu_y is not None
+    relu_y = be.contiguous(relu_y) if through_relu else w  # any array of the right type when none
     dx = be.empty(g.x_shape, dtype)
     name, grid, block = _backward_data_plan(g, v, ctype(dtype), bn)
-    be.launch(be.function(FILE, name), grid, block, (dy, w, dx) + _geometry_args(g))
+    be.launch(be.function(FILE, name), grid, block,
+              (dy, w, relu_y, dx, _INT32[through_relu]) + _geometry_args(g))
     return dx
 
 
@@ -323,9 +350,10 @@ def _backward_bias(be, dy, g: ConvGeometry, v: int):
 
 
 def backward(be, dy, x, w, g: ConvGeometry, need_dx: bool = True, need_dw: bool = True,
-             need_db: bool = True):
-    """(dx (N, C, H, W) | None, dw (K, C/groups, R, S) | None, db (K,) | None)."""
-    dx = backward_data(be, dy, w, g) if need_dx else None
+             need_db: bool = True, through_relu: bool = False):
+    """(dx (N, C, H, W) | None, dw (K, C/groups, R, S) | None, db (K,) | None); ``through_relu``:
+    x is a ReLU's output and dx is taken at that ReLU's input (backward_data's ``relu_y``)."""
+    dx = backward_data(be, dy, w, g, relu_y=x if through_relu else None) if need_dx else None
     dw = backward_filter(be, dy, x, g) if need_dw else None
     db = backward_bias(be, dy, g) if need_db else None
     return dx, dw, db
