@@ -40,7 +40,7 @@
 //         BK = 16, each warp a 32 x 32 sub-tile of mma.sync m16n8k8 TF32 fragments with fp32
 //         accumulators; operands rounded to TF32 (cvt.rna) when stored to shared memory. Lower
 //         precision (TF32 keeps 10 mantissa bits: about 1e-3 relative), not default, not yet
-//         measured on a GPU. Its B tile is stored with an XOR swizzle of the column (see the
+//         measured on a GPU. Each row group of its B tile is shifted into the row padding (see the
 //         kernel) so the loader's column-at-a-time stores are free of bank conflicts.
 //         The MMA instruction sits behind #ifndef GPUCONV_EMU; the emulator
 //         runs a shuffle twin with the same fragment layout (gc_mma_tf32_m16n8k8), so the CPU
@@ -469,13 +469,14 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     const auto tf32 = [](float v) { return __uint_as_float(gc_tf32_bits(v)); };
     // B is stored by the dense loader a column at a time: the 16 lanes of one column write rows
     // 0..15, at banks 8 * row + col (mod 32) with LD = 8 (mod 32), so rows 4 apart would share a
-    // bank (4-way conflict). Column col of row kk lives at col ^ bswz(kk): flipping bits 1-2 by
-    // row / 4 gives the two columns a warp writes 8 distinct banks per row group, 32 in all. The
-    // fragment loads read rows k8 + ft (+ 4), ft < 4, which share row / 4 and hence the swizzle,
-    // so their 8 columns per row stay in 8 distinct banks.
-    const auto bswz = [](int kk) { return 2 * ((kk >> 2) & 3); };
-    const auto bcol = [bswz](int kk, int col) { return col ^ bswz(kk); };
-    static_assert(BK == 16, "the fragment loads below spell bswz out for k8 = 0 and 8");
+    // bank (4-way conflict). Row kk is shifted right by bshift(kk) = 2 * (kk / 4) columns (into
+    // its padding: 64 + 6 <= LD): the two columns a warp writes then fall in 8 distinct banks per
+    // row group, 32 in all. The fragment loads read rows k8 + ft and k8 + ft + 4 (ft < 4), whose
+    // shifts are k8 / 2 and k8 / 2 + 2 whatever ft is: constants, folded into the addresses, and
+    // the 8 columns of each row stay in 8 distinct banks. (An XOR swizzle cost ~10 instructions
+    // per step for its per-element addresses.)
+    const auto bcol = [](int kk, int col) { return col + 2 * ((kk >> 2) & 3); };
+    static_assert(BK == 16 && BN + 6 <= LD, "the fragment loads below spell the shift out for k8 = 0 and 8");
 
     for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
         const int g = yb / n_ktiles;
@@ -500,10 +501,8 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const int c = wn + 8 * j + fg;
-                    // bswz(k8 + ft) = k8 / 2 and bswz(k8 + ft + 4) = k8 / 2 + 2 (ft < 4, k8 in {0, 8}):
-                    // the swizzle only permutes fg within the 8 columns at c - fg.
-                    bf[j][0] = __float_as_uint(Bs[buf][k8 + ft][c - fg + (fg ^ (k8 / 2))]);
-                    bf[j][1] = __float_as_uint(Bs[buf][k8 + ft + 4][c - fg + (fg ^ (k8 / 2 + 2))]);
+                    bf[j][0] = __float_as_uint(Bs[buf][k8 + ft][c + k8 / 2]);          // bcol(k8 + ft, c)
+                    bf[j][1] = __float_as_uint(Bs[buf][k8 + ft + 4][c + k8 / 2 + 2]);  // bcol(k8 + ft + 4, c)
                 }
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {

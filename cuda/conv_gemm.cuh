@@ -231,6 +231,7 @@ struct ConvLoader {
     static constexpr int D_PER = (DCOLS * BK + NT - 1) / NT;  // dense elements per thread
     static constexpr bool D_FULL = DCOLS * BK % NT == 0;      // every thread's last one is in the tile
     static_assert(NT % GCOLS == 0 && BK % G_STEP == 0, "gather layout");
+    static_assert(NT % BK == 0, "dense layout: each thread keeps one reduction row");
 
     int t, base, h0, w0;
     T g[G_PER], d[D_PER];
@@ -271,10 +272,11 @@ struct ConvLoader {
     __device__ __forceinline__ void store(T (*gs)[LDG], T (*ds)[LDD], Cvt cvt = Cvt(), DCol dcol = DCol()) const {
 #pragma unroll
         for (int j = 0; j < G_PER; ++j) gs[t / GCOLS + j * G_STEP][t % GCOLS] = cvt(g[j]);
+        const int kk = t % BK;  // = idx % BK for every j: NT is a multiple of BK
 #pragma unroll
         for (int j = 0; j < D_PER; ++j) {
             const int idx = t + j * NT;
-            if (D_FULL || idx < DCOLS * BK) ds[idx % BK][dcol(idx % BK, idx / BK)] = cvt(d[j]);
+            if (D_FULL || idx < DCOLS * BK) ds[kk][dcol(kk, t / BK + j * (NT / BK))] = cvt(d[j]);
         }
     }
 };
