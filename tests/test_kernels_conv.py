@@ -299,7 +299,8 @@ class TestWideTile:
     def test_orders_agree(self, emu, force_wide):
         case = WIDE_CASES[1]
         with recording_launches(emu) as launches:
-            conv.forward(emu, *(_dev(emu, a, np.float32) for a in (case.x, case.w, case.b)), case.g, version=2)
+            x, w, b = (_dev(emu, a, np.float32) for a in (case.x, case.w, case.b))
+            conv.forward(emu, x, w, b, case.g, version=2)
         (fn, grid, block, args, shared_mem), = launches
         assert fn.name == WIDE_NAME
         emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
