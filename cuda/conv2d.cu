@@ -15,7 +15,8 @@
 // 8 doubles), double-buffered shared tiles filled through registers (the next tile's global
 // loads are in flight while the current one is multiplied; one barrier per step), and a small
 // per-step table in shared memory that turns each reduction index of the step into offsets and
-// window displacements once, so the gather needs no division per element. Padding, tails and
+// window displacements once, so the gather needs no division per element (and for float the
+// table itself is filled without one: ConvCrsDigits advances each slot's digits by BK). Padding, tails and
 // out-of-range taps are zero-filled by predicates. BN is a template parameter (16, 32, 64) the
 // host picks from the GEMM's column count, so thin layers (K = 16) do not waste 3/4 of a 64-wide
 // tile. The loaders (ConvLoader: one operand gathered through the table's window displacements,
@@ -26,7 +27,12 @@
 //   conv2d_forward
 //     v1  one thread per output element, direct loops over (c, r, s). Simplest correct.
 //     v2  shared-memory tiled implicit GEMM described above. DEFAULT: expected fastest for the
-//         3x3 layers with >= 16 channels (compute-bound), not yet measured on a GPU.
+//         3x3 layers with >= 16 channels (compute-bound), not yet measured on a GPU. For float
+//         layers of more than 32 output channels per group with enough rows (the host's rule,
+//         WIDE_TILE_MIN_BLOCKS), a wide tile: 8 x 8 outputs per thread, a 256 x 64 block tile,
+//         a reduction step of 8, four gc_vec4 fragment loads per 64 FMAs instead of two per 16;
+//         64 accumulators need more than 128 registers, so it is compiled for one resident
+//         block per SM.
 //     v3  direct convolution, one output pixel per thread for 8 output channels at once, the
 //         weights of those channels staged in shared memory (read as broadcasts). For the 1- and
 //         3-channel stems, where the GEMM reduction (C*R*S = 25..27) is shorter than two steps.
@@ -34,7 +40,9 @@
 //         BK = 16, each warp a 32 x 32 sub-tile of mma.sync m16n8k8 TF32 fragments with fp32
 //         accumulators; operands rounded to TF32 (cvt.rna) when stored to shared memory. Lower
 //         precision (TF32 keeps 10 mantissa bits: about 1e-3 relative), not default, not yet
-//         measured on a GPU. The MMA instruction sits behind #ifndef GPUCONV_EMU; the emulator
+//         measured on a GPU. Each row group of its B tile is shifted into the row padding (see the
+//         kernel) so the loader's column-at-a-time stores are free of bank conflicts.
+//         The MMA instruction sits behind #ifndef GPUCONV_EMU; the emulator
 //         runs a shuffle twin with the same fragment layout (gc_mma_tf32_m16n8k8), so the CPU
 //         tests prove the kernel's fragment loads and stores, not the instruction itself.
 //   conv2d_backward_data
@@ -197,12 +205,14 @@ conv2d_backward_bias_v1(const T* __restrict__ dy, T* __restrict__ db, int N, int
 // conv2d_forward_v2: implicit GEMM, rows m = (n, p, q), columns k of the group, reduction (c, r, s)
 // ============================================================================================
 
-template <typename T, int BN>
-__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+// TT: the side of each thread's register tile, 4 (a BM x BN = 4096 tile) or 8 (16384: 256 x 64 for
+// the wide layers, float only: 64 accumulators).
+template <typename T, int BN, int TT>
+__global__ void __launch_bounds__(GC_CONV_THREADS, TT == 4 ? GC_CONV_MIN_BLOCKS : 1)
 conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                   const T* __restrict__ residual, T* __restrict__ y, int epilogue,
                   GC_CONV_GEOMETRY_PARAMS) {
-    using Tl = ConvTile<T, BN>;
+    using Tl = ConvTile<T, BN, TT>;
     constexpr int BM = Tl::BM, BK = Tl::BK;
     alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
     alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
@@ -227,50 +237,54 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
         const int k0 = (yb - g * n_ktiles) * BN;
         const T* __restrict__ xg = x + g * Cg * HW;
         const T* __restrict__ wg = w + g * Kg * CRS;
-        T acc[4][4];
+        T acc[TT][TT];
         conv_zero(acc);
 
-        conv_forward_steps<BK>(
+        // The entries by ConvCrsDigits for float; the double kernels have no registers to spare.
+        conv_forward_steps<BK, sizeof(T) == 4>(
             tbl, ld, xg, wg, k0, Kg, CRS, RS, S, H, W, dil_h, dil_w,
             [&](int buf) { ld.store(As[buf], Bs[buf]); },
-            [&](int buf) {
-                conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
-            });
+            [&](int buf) { Tl::multiply(As[buf], Bs[buf], acc, tm, tn); });
 
-        const int mq = m0 + 4 * tm;  // the thread's four rows mq .. mq + 3
         const bool has_residual = epilogue & GC_CONV_EPI_RESIDUAL;
-        if (PQ % 4 == 0 && (!has_residual || conv_vec4_aligned(residual))) {
-            // The four rows are consecutive positions of one image and 4-aligned: one vector store
-            // (and residual load) per output channel, and the 8 lanes of a warp along the rows write
-            // 128 contiguous bytes of float (a scalar store per row would put 4-element gaps between
-            // lanes).
-            if (mq < M) {
-                const int n = mq / PQ, pq = mq - n * PQ;
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int k = k0 + 4 * tn + j;
-                    if (k < Kg) {
-                        const int kg = g * Kg + k;
-                        const int off = (n * K + kg) * PQ + pq;
-                        const T b = (epilogue & GC_CONV_EPI_BIAS) ? bias[kg] : T(0);
-                        gc_vec4<T> r{}, v;
-                        if (has_residual) r = *reinterpret_cast<const gc_vec4<T>*>(&residual[off]);
+        for (int i4 = 0; i4 < TT; i4 += 4) {
+            const int mq = m0 + Tl::row(tm, i4);  // the thread's rows mq .. mq + 3 of this block
+            if (PQ % 4 == 0 && (!has_residual || conv_vec4_aligned(residual))) {
+                // The four rows are consecutive positions of one image and 4-aligned: one vector
+                // store (and residual load) per output channel, and the lanes of a warp along the
+                // rows write contiguous 16-byte pieces (a scalar store per row would leave
+                // 4-element gaps).
+                if (mq < M) {
+                    const int n = mq / PQ, pq = mq - n * PQ;
 #pragma unroll
-                        for (int i = 0; i < 4; ++i) v.v[i] = conv_epilogue(acc[i][j], b, r.v[i], epilogue);
-                        *reinterpret_cast<gc_vec4<T>*>(&y[off]) = v;
+                    for (int j = 0; j < TT; ++j) {
+                        const int k = k0 + Tl::col(tn, j);
+                        if (k < Kg) {
+                            const int kg = g * Kg + k;
+                            const int off = (n * K + kg) * PQ + pq;
+                            const T b = (epilogue & GC_CONV_EPI_BIAS) ? bias[kg] : T(0);
+                            gc_vec4<T> r{}, v;
+                            if (has_residual) r = *reinterpret_cast<const gc_vec4<T>*>(&residual[off]);
+#pragma unroll
+                            for (int i = 0; i < 4; ++i)
+                                v.v[i] = conv_epilogue(acc[i4 + i][j], b, r.v[i], epilogue);
+                            *reinterpret_cast<gc_vec4<T>*>(&y[off]) = v;
+                        }
                     }
                 }
-            }
-        } else {
+            } else {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int m = mq + i;
-                if (m >= M) continue;
-                const int n = m / PQ, pq = m - n * PQ;
+                for (int i = 0; i < 4; ++i) {
+                    const int m = mq + i;
+                    if (m >= M) continue;
+                    const int n = m / PQ, pq = m - n * PQ;
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int k = k0 + 4 * tn + j;
-                    if (k < Kg) conv_store_y(y, bias, residual, epilogue, acc[i][j], n, pq, g * Kg + k, K, PQ);
+                    for (int j = 0; j < TT; ++j) {
+                        const int k = k0 + Tl::col(tn, j);
+                        if (k < Kg)
+                            conv_store_y(y, bias, residual, epilogue, acc[i4 + i][j], n, pq, g * Kg + k, K, PQ);
+                    }
                 }
             }
         }
@@ -474,6 +488,16 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     ConvLoader<float, GC_CONV_V4_THREADS, BK, BM, BN> ld(t);
     ld.init(conv_out_window(am < M, am, PQ, Q, C, K, HW, W, stride_h, stride_w, pad_h, pad_w));
     const auto tf32 = [](float v) { return __uint_as_float(gc_tf32_bits(v)); };
+    // B is stored by the dense loader a column at a time: the 16 lanes of one column write rows
+    // 0..15, at banks 8 * row + col (mod 32) with LD = 8 (mod 32), so rows 4 apart would share a
+    // bank (4-way conflict). Row kk is shifted right by bshift(kk) = 2 * (kk / 4) columns (into
+    // its padding: 64 + 6 <= LD): the two columns a warp writes then fall in 8 distinct banks per
+    // row group, 32 in all. The fragment loads read rows k8 + ft and k8 + ft + 4 (ft < 4), whose
+    // shifts are k8 / 2 and k8 / 2 + 2 whatever ft is: constants, folded into the addresses, and
+    // the 8 columns of each row stay in 8 distinct banks. (An XOR swizzle cost ~10 instructions
+    // per step for its per-element addresses.)
+    const auto bcol = [](int kk, int col) { return col + 2 * ((kk >> 2) & 3); };
+    static_assert(BK == 16 && BN + 6 <= LD, "the fragment loads below spell the shift out for k8 = 0 and 8");
 
     for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
         const int g = yb / n_ktiles;
@@ -498,8 +522,8 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const int c = wn + 8 * j + fg;
-                    bf[j][0] = __float_as_uint(Bs[buf][k8 + ft][c]);
-                    bf[j][1] = __float_as_uint(Bs[buf][k8 + ft + 4][c]);
+                    bf[j][0] = __float_as_uint(Bs[buf][k8 + ft][c + k8 / 2]);          // bcol(k8 + ft, c)
+                    bf[j][1] = __float_as_uint(Bs[buf][k8 + ft + 4][c + k8 / 2 + 2]);  // bcol(k8 + ft + 4, c)
                 }
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
@@ -508,8 +532,9 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 }
             }
         };
-        conv_forward_steps<BK>(tbl, ld, xg, wg, k0, Kg, CRS, RS, S, H, W, dil_h, dil_w,
-                               [&](int buf) { ld.store(As[buf], Bs[buf], tf32); }, multiply);
+        // The entries by division: with ConvCrsDigits ptxas puts the loads after the multiply.
+        conv_forward_steps<BK, false>(tbl, ld, xg, wg, k0, Kg, CRS, RS, S, H, W, dil_h, dil_w,
+                                      [&](int buf) { ld.store(As[buf], Bs[buf], tf32, bcol); }, multiply);
 
         // Epilogue: accumulator e of fragment (i, j) is row 16i + fg + 8 (e >> 1), column
         // 8j + 2 ft + (e & 1) of the warp's sub-tile.
@@ -540,18 +565,16 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 // reduction (k, r, s); dy[n][k][p][q] taken where h + pad_h - r*dil_h = p * stride_h (same for w)
 // ============================================================================================
 
-// Index-table entry of reduction index red = (k, r, s): a = k*P*Q, b = r*dil_h, c = s*dil_w,
-// d = k*Cg*R*S + r*S + s (the weight offset without the c term).
-__device__ __forceinline__ ConvIdx conv_krs_entry(int red, int KRS, int RS, int S, int PQ, int CgRS,
-                                                  int dil_h, int dil_w) {
+// Index-table entry of reduction index (k, r, s) when inside the reduction: a = k*P*Q,
+// b = r*dil_h, c = s*dil_w, d = k*Cg*R*S + r*S + s (the weight offset without the c term).
+__device__ __forceinline__ ConvIdx conv_krs_idx(bool inside, int k, int r, int s, int S, int PQ, int CgRS,
+                                                int dil_h, int dil_w) {
     ConvIdx e;
-    if (red < KRS) {
-        const int k = red / RS, rs = red - k * RS;
-        const int r = rs / S, s = rs - r * S;
+    if (inside) {
         e.a = k * PQ;
         e.b = r * dil_h;
         e.c = s * dil_w;
-        e.d = k * CgRS + rs;
+        e.d = k * CgRS + r * S + s;
     } else {
         e.a = 0;
         e.b = GC_CONV_OFF_RANGE;
@@ -559,6 +582,14 @@ __device__ __forceinline__ ConvIdx conv_krs_entry(int red, int KRS, int RS, int 
         e.d = -1;
     }
     return e;
+}
+
+// conv_krs_idx of reduction index red of a (Kg, R, S) reduction of KRS indices.
+__device__ __forceinline__ ConvIdx conv_krs_entry(int red, int KRS, int RS, int S, int PQ, int CgRS,
+                                                  int dil_h, int dil_w) {
+    const int k = red / RS, rs = red - k * RS;
+    const int r = rs / S;
+    return conv_krs_idx(red < KRS, k, r, rs - r * S, S, PQ, CgRS, dil_h, dil_w);
 }
 
 // Output position o with o * stride == i, when there is one in [0, O).
@@ -634,9 +665,16 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, const
             }
             ld.load_dense(tbl[buf], wg, c0, Cg, RS);
         };
+        ConvCrsDigits dg(t, BK, RS, S);  // (k, r, s) of the index this thread's next entry is for
         conv_gemm_steps<BK>(
             tbl, n_steps,
-            [&](int red) { return conv_krs_entry(red, KRS, RS, S, PQ, CgRS, dil_h, dil_w); }, load,
+            [&](int red) {
+                if (sizeof(T) != 4) return conv_krs_entry(red, KRS, RS, S, PQ, CgRS, dil_h, dil_w);
+                const ConvIdx e = conv_krs_idx(red < KRS, dg.c, dg.r, dg.s, S, PQ, CgRS, dil_h, dil_w);
+                dg.advance(R, S);
+                return e;
+            },
+            load,
             [&](int buf) { ld.store(As[buf], Bs[buf]); },
             [&](int buf) {
                 conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
@@ -706,9 +744,16 @@ conv2d_backward_filter_v2(const T* __restrict__ dy, const T* __restrict__ x, T* 
         // Table entry of reduction row m: the window of output row m (x offset and origin) and its
         // dy offset. Compared as an offset into the chunk: m_begin + step * BK + t itself can pass
         // 2^31 - 1 in the last step when N*P*Q is within BK of it.
+        // For float the window comes from the digits (n, p, q) of m, advanced without a division.
+        ConvCrsDigits dg(m_begin + t, BK, PQ, Q);
         auto entry = [&](int rel) {
-            return conv_out_window(rel < m_end - m_begin, m_begin + rel, PQ, Q, C, K, HW, W, stride_h,
-                                   stride_w, pad_h, pad_w);
+            if (sizeof(T) != 4)
+                return conv_out_window(rel < m_end - m_begin, m_begin + rel, PQ, Q, C, K, HW, W, stride_h,
+                                       stride_w, pad_h, pad_w);
+            const ConvIdx e = conv_out_idx(rel < m_end - m_begin, dg.c, dg.r, dg.s, PQ, Q, C, K, HW, W,
+                                           stride_h, stride_w, pad_h, pad_w);
+            dg.advance(P, Q);
+            return e;
         };
         conv_gemm_steps<BK>(
             tbl, n_steps, entry,

@@ -253,6 +253,59 @@ class TestThreadOrders:
             emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
 
 
+# ---- forward v2's wide tile (8 x 8 outputs per thread, 256 x 64 block tile) ---------------------
+
+WIDE_NAME = f"conv2d_forward_v2<float, {conv.WIDE_TILE[0]}, {conv.WIDE_TILE[1]}>"
+
+
+def _wide_cases() -> List[Case]:
+    """Layers with more than 32 output channels per group (BN = 64): the wide tile's row halves,
+    column halves, tails of both, a second column tile, groups, strides, dilation, and image
+    sizes with P*Q % 4 != 0 (the scalar epilogue) and == 0 (the vector one)."""
+    rng = np.random.default_rng(20261130)
+    shapes = [
+        ((2, 2, 20, 20), (64, 2, 1, 1), 1, 0, 1, 1),        # M = 800: three full 256-row tiles + tail
+        ((1, 5, 7, 9), (40, 5, 3, 3), 1, 1, 1, 1),          # 40 columns (a column tail), P*Q = 63
+        ((2, 4, 9, 9), (70, 2, 3, 3), 2, "same", 2, 2),     # groups 2, 35 per group, stride 2, dil 2
+        ((1, 3, 12, 11), (129, 3, 2, 3), (1, 2), 1, 1, 1),  # three column tiles, the last of 1
+    ]
+    return [CASES[0]] + [_make_case(conv2d_geometry(*a), rng) for a in shapes]
+
+
+WIDE_CASES = _wide_cases()
+
+
+class TestWideTile:
+    """The wide tile is taken for large float layers only; forcing it (no minimum block count)
+    runs it on small ones."""
+
+    @pytest.fixture
+    def force_wide(self, monkeypatch):
+        monkeypatch.setattr(conv, "WIDE_TILE_MIN_BLOCKS", 0)
+
+    def test_plan_takes_it_for_large_wide_float_layers_only(self):
+        def name(x_shape, w_shape, t="float"):
+            return conv._forward_plan(conv2d_geometry(x_shape, w_shape, 1, 1), 2, t)[0]
+        assert name((128, 32, 32, 32), (64, 32, 3, 3)) == WIDE_NAME      # 512 blocks of 256 rows
+        assert name((128, 64, 8, 8), (64, 64, 3, 3)) != WIDE_NAME        # 32 blocks: too few
+        assert name((128, 16, 32, 32), (32, 16, 3, 3)) != WIDE_NAME      # 32 columns: BN 32
+        assert name((128, 32, 32, 32), (64, 32, 3, 3), "double") != WIDE_NAME
+
+    def test_forward_matches_reference(self, emu, force_wide):
+        with recording_launches(emu) as launches:
+            run_forward(emu, 2, np.float32, WIDE_CASES)
+        assert {fn.name for fn, *_ in launches} == {WIDE_NAME}
+
+    def test_orders_agree(self, emu, force_wide):
+        case = WIDE_CASES[1]
+        with recording_launches(emu) as launches:
+            x, w, b = (_dev(emu, a, np.float32) for a in (case.x, case.w, case.b))
+            conv.forward(emu, x, w, b, case.g, version=2)
+        (fn, grid, block, args, shared_mem), = launches
+        assert fn.name == WIDE_NAME
+        emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
+
+
 # ---- the TF32 MMA twin (GPU-only instruction, portable version on the emulator) -------------------
 
 MMA_KERNELS = Path(__file__).parent / "emu_kernels" / "mma_tf32.cu"

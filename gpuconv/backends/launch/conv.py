@@ -1,7 +1,8 @@
 """Launches of ``cuda/conv2d.cu``: conv2d forward, backward-data, backward-filter and bias gradient.
 
 Ops and versions (see the header of conv2d.cu for what each version changes):
-  * ``conv2d_forward``          1 direct, 2 tiled implicit GEMM (default), 3 direct with weights in
+  * ``conv2d_forward``          1 direct, 2 tiled implicit GEMM (default; its 8 x 8-per-thread
+                                wide tile for large float layers, see WIDE_TILE), 3 direct with weights in
                                 shared memory (for 1-3 input channels), 4 the implicit GEMM on TF32
                                 tensor cores (float32 only; not default, unmeasured, and of lower
                                 precision: TF32 operands give about 1e-3 relative error, see PRECISION)
@@ -68,6 +69,12 @@ DEFINES = {
 EPILOGUE = {"bias": DEFINES["GC_CONV_EPI_BIAS"], "residual": DEFINES["GC_CONV_EPI_RESIDUAL"],
             "relu": DEFINES["GC_CONV_EPI_RELU"]}
 TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (the template argument)
+# Forward v2's wide tile: BN = 64 columns, 8 x 8 outputs per thread (256 x 64, float only), taken
+# for float when the layer has more than 32 columns per group and the 256-row tiles still make at
+# least WIDE_TILE_MIN_BLOCKS blocks (a constant, not the device's SM count: about two blocks per SM
+# of the GPUs in gpuconv.tools.suites); the 4 x 4 tiles otherwise.
+WIDE_TILE = (64, 8)
+WIDE_TILE_MIN_BLOCKS = 256
 TILE_AREA = DEFINES["GC_CONV_TILE_AREA"]
 BLOCK = DEFINES["GC_CONV_THREADS"]
 MAX_GRID_Y = MAX_GRID[1]  # the tiled kernels loop over blockIdx.y, so a larger count is folded
@@ -75,7 +82,9 @@ MAX_GRID_Y = MAX_GRID[1]  # the tiled kernels loop over blockIdx.y, so a larger 
 NAME_EXPRESSIONS = tuple(
     [f"conv2d_{k}_v1<{t}>" for k in ("forward", "backward_data", "backward_filter", "backward_bias")
      for t in _TYPES]
-    + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("forward", "backward_data", "backward_filter")
+    + [f"conv2d_forward_v2<{t}, {bn}, 4>" for t in _TYPES for bn in TILE_WIDTHS]
+    + [f"conv2d_forward_v2<float, {WIDE_TILE[0]}, {WIDE_TILE[1]}>"]
+    + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("backward_data", "backward_filter")
        for t in _TYPES for bn in TILE_WIDTHS]
     + [f"conv2d_forward_v3<{t}>" for t in _TYPES]
     + ["conv2d_forward_v4<float>"]
@@ -129,8 +138,9 @@ def _dtype_of(x, w) -> np.dtype:
 
 
 @functools.lru_cache(maxsize=1024)
-def _forward_plan(g: ConvGeometry, v: int, t: str):
-    """(kernel, grid, block) of forward version ``v`` for geometry ``g`` and C type ``t``."""
+def _forward_plan(g: ConvGeometry, v: int, t: str, wide_min_blocks: int = WIDE_TILE_MIN_BLOCKS):
+    """(kernel, grid, block) of forward version ``v`` for geometry ``g`` and C type ``t``; v2 takes
+    the wide tile from ``wide_min_blocks`` of its blocks on."""
     Kg = g.K // g.groups
     M = g.N * g.P * g.Q
     if v == 1:
@@ -138,8 +148,12 @@ def _forward_plan(g: ConvGeometry, v: int, t: str):
         return f"conv2d_forward_v1<{t}>", grid, block
     if v == 2:
         bn = _tile_width(Kg)
+        wide_rows = TILE_AREA * (WIDE_TILE[1] // 4) ** 2 // WIDE_TILE[0]
+        if t == "float" and bn == WIDE_TILE[0] and math.ceil(M / wide_rows) >= wide_min_blocks:
+            grid = (math.ceil(M / wide_rows), min(g.groups * math.ceil(Kg / bn), MAX_GRID_Y), 1)
+            return f"conv2d_forward_v2<float, {WIDE_TILE[0]}, {WIDE_TILE[1]}>", grid, (BLOCK, 1, 1)
         grid = (math.ceil(M / (TILE_AREA // bn)), min(g.groups * math.ceil(Kg / bn), MAX_GRID_Y), 1)
-        return f"conv2d_forward_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
+        return f"conv2d_forward_v2<{t}, {bn}, 4>", grid, (BLOCK, 1, 1)
     if v == 3:
         grid = (math.ceil(M / BLOCK), min(g.groups * math.ceil(Kg / V3_CHANNELS), MAX_GRID_Y), 1)
         return f"conv2d_forward_v3<{t}>", grid, (BLOCK, 1, 1)
@@ -167,7 +181,7 @@ def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None, *, resi
     b = w if b is None else be.contiguous(b)  # any array of the right type when there is none
     residual = w if residual is None else be.contiguous(residual)
     y = be.empty(g.y_shape, dtype)
-    name, grid, block = _forward_plan(g, v, t)
+    name, grid, block = _forward_plan(g, v, t, WIDE_TILE_MIN_BLOCKS)
     be.launch(be.function(FILE, name), grid, block, (x, w, b, residual, y, flags) + _geometry_args(g))
     return y
 
