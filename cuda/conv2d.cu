@@ -265,11 +265,11 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                             const int off = (n * K + kg) * PQ + pq;
                             const T b = (epilogue & GC_CONV_EPI_BIAS) ? bias[kg] : T(0);
                             gc_vec4<T> r{}, v;
-                            if (has_residual) r = *reinterpret_cast<const gc_vec4<T>*>(&residual[off]);
+                            if (has_residual) r = *gc_vec4_at(&residual[off]);
 #pragma unroll
                             for (int i = 0; i < 4; ++i)
                                 v.v[i] = conv_epilogue(acc[i4 + i][j], b, r.v[i], epilogue);
-                            *reinterpret_cast<gc_vec4<T>*>(&y[off]) = v;
+                            *gc_vec4_at(&y[off]) = v;
                         }
                     }
                 }
@@ -350,8 +350,8 @@ conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                     const int h = h0 + r * dil_h, ww = w0 + s * dil_w;
                     const T v = ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
                                     ? xg[(c * H + h) * W + ww] : T(0);
-                    const gc_vec4<T> w_lo = *reinterpret_cast<const gc_vec4<T>*>(&Ws[i][0]);
-                    const gc_vec4<T> w_hi = *reinterpret_cast<const gc_vec4<T>*>(&Ws[i][4]);
+                    const gc_vec4<T> w_lo = *gc_vec4_at(&Ws[i][0]);
+                    const gc_vec4<T> w_hi = *gc_vec4_at(&Ws[i][4]);
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
                         acc[j] += v * w_lo.v[j];

@@ -76,8 +76,8 @@ struct ConvTile {
             gc_vec4<T> a[V], b[V];
 #pragma unroll
             for (int u = 0; u < V; ++u) {
-                a[u] = *reinterpret_cast<const gc_vec4<T>*>(&As[kk][row(tm, 4 * u)]);
-                b[u] = *reinterpret_cast<const gc_vec4<T>*>(&Bs[kk][col(tn, 4 * u)]);
+                a[u] = *gc_vec4_at(&As[kk][row(tm, 4 * u)]);
+                b[u] = *gc_vec4_at(&Bs[kk][col(tn, 4 * u)]);
             }
 #pragma unroll
             for (int i = 0; i < TT; ++i) {
@@ -112,8 +112,8 @@ __device__ __forceinline__ void conv_tile_multiply(const T (*__restrict__ As)[LD
                                                    T (&acc)[4][4], int tm, int tn) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
-        const gc_vec4<T> a = *reinterpret_cast<const gc_vec4<T>*>(&As[kk][4 * tm]);
-        const gc_vec4<T> b = *reinterpret_cast<const gc_vec4<T>*>(&Bs[kk][4 * tn]);
+        const gc_vec4<T> a = *gc_vec4_at(&As[kk][4 * tm]);
+        const gc_vec4<T> b = *gc_vec4_at(&Bs[kk][4 * tn]);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
 #pragma unroll
