@@ -772,3 +772,244 @@ conv2d_sum_splits(const T* __restrict__ partial, T* __restrict__ out, int n, int
         out[i] = acc;
     }
 }
+
+// ============================================================================================
+// conv2d_backward_filter_v3: the filter-gradient GEMM with its lanes along the reduction
+// m = (n, p, q), the bias gradient as one more column, a tile sized from C*R*S and K
+// ============================================================================================
+//
+// dw[k][col] = sum over m of dy[m][k] * im2col(x)[m][col], col = (c, r, s) < Cg*R*S, and, when
+// has_bias, the column col = Cg*R*S of ones: db[k] = sum over m of dy[m][k]. The block computes a
+// BM x BN tile (BM output channels, BN columns; 16, 32 or 64 each, the host's choice from Kg and
+// the column count) over the reduction rows [blockIdx.z * chunk, ... + chunk). It writes dw
+// (out_w, ld_w = Cg*R*S) and db (out_b) themselves when the host does not split the reduction
+// (to_partial 0), else split z's K x ld_w array of partial sums, the bias column included, at
+// out_w + z * K * ld_w, which conv2d_backward_filter_v3_sum adds up. A tile smaller than 4096 outputs is
+// computed KS = 4096 / (BM * BN) times over: the 256 threads form KS slices of BM * BN / 16
+// threads, each thread a 4 x 4 register tile, and slice s multiplies rows [s * BKS, (s+1) * BKS)
+// of each step; at the end the slices' tiles are added in slice order through shared memory.
+//
+// A step is BK = 128 / sizeof(T) consecutive reduction rows (32 floats, 16 doubles), staged as
+// As[BK][BM] (dy) and Bs[BK][BN] (x, gathered; the ones). The step is loaded as items of one row
+// and 4 consecutive columns: item i of the step is row i % BK, so the lanes of a warp take
+// consecutive m: consecutive q of one output row, whose dy addresses are consecutive and whose x
+// addresses are consecutive at stride 1. Each item's four values are stored with one 16-byte
+// store (rows of BN + 4 words: the 8 lanes of a quarter-warp hit 32 different banks). The row
+// windows come from the per-step index table (conv_out_window), the columns' (c, r, s) offsets
+// from a column table filled once per block. Same double-buffered loop as the other GEMMs.
+
+template <typename T, int BM, int BN>
+struct ConvFilterTile {
+    static constexpr int THREADS = GC_CONV_THREADS;
+    static constexpr int KS = GC_CONV_TILE_AREA / (BM * BN);  // slices of the step per block
+    static constexpr int BK = 128 / (int)sizeof(T);           // reduction rows per step
+    static constexpr int BKS = BK / KS;                       // ... per slice
+    static constexpr int TM = BM / 4, TN = BN / 4, TPS = TM * TN;  // threads per slice
+    static constexpr int GROUPS = (BM + BN) / 4;              // 4-column groups of As and Bs
+    static constexpr int ITEMS = (BK * GROUPS + THREADS - 1) / THREADS;  // items per thread
+    static constexpr bool FULL = BK * GROUPS % THREADS == 0;  // every thread's last item exists
+    static constexpr int PAD = 4;
+    // Lanes of a warp (or of the whole slice, when it is 16 threads) along the rows and columns.
+    static constexpr int WM = TM < 8 ? TM : 8;
+    static constexpr int WN = (TPS < GC_WARP_SIZE ? TPS : GC_WARP_SIZE) / WM;
+    static_assert(KS >= 1 && KS * BKS == BK && TPS * KS == THREADS, "slices");
+    static_assert(TM % WM == 0 && TN % WN == 0, "warp arrangement");
+
+    // Thread t: slice, and its 4 x 4 register tile at rows 4*tm.., columns 4*tn.. of the BM x BN
+    // tile. In a warp the lanes cover WM x WN tiles, skewed so that the first 8 lanes already read
+    // every distinct 16-byte word of As and of Bs that the warp reads in a multiply row: the other
+    // quarter-warps' reads are then broadcasts.
+    __device__ __forceinline__ static void thread_tile(int t, int& slice, int& tm, int& tn) {
+        slice = t / TPS;
+        const int u = t - slice * TPS;
+        const int l = u % (WM * WN), w = u / (WM * WN);
+        int i, j;
+        if (WM >= WN) {
+            i = l % WM;
+            j = (i + l / WM) % WN;
+        } else {
+            j = l % WN;
+            i = (j + l / WN) % WM;
+        }
+        tm = (w % (TM / WM)) * WM + i;
+        tn = (w / (TM / WM)) * WN + j;
+    }
+};
+
+template <typename T, int BM, int BN>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ out_w,
+                          T* __restrict__ out_b, int chunk, int ld_w, int to_partial, int has_bias,
+                          GC_CONV_GEOMETRY_PARAMS) {
+    using Tl = ConvFilterTile<T, BM, BN>;
+    constexpr int BK = Tl::BK, KS = Tl::KS, NT = Tl::THREADS;
+    constexpr int LDA = BM + Tl::PAD, LDB = BN + Tl::PAD, AG = BM / 4;  // AG: dy's column groups
+    alignas(gc_vec4<T>) __shared__ T As[2][BK][LDA];
+    alignas(gc_vec4<T>) __shared__ T Bs[2][BK][LDB];
+    alignas(gc_vec4<T>) __shared__ T slice_sums[KS > 1 ? (KS - 1) * BM * BN : 4];
+    __shared__ ConvIdx tbl[2][BK];
+    __shared__ ConvIdx ctab[BN];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
+    const int M = N * PQ;
+    const int t = threadIdx.x;
+    int slice, tm, tn;
+    Tl::thread_tile(t, slice, tm, tn);
+    const int col0 = blockIdx.x * BN;
+    const int n_ktiles = (Kg + BM - 1) / BM;
+    const int m_begin = blockIdx.z * chunk;
+    const int m_end = M - m_begin < chunk ? M : m_begin + chunk;
+    const int n_steps = m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
+
+    // Column table: the (c, r, s) offsets of the tile's columns; the ones column (d = -2) and the
+    // columns past the end read no x (their window row is out of range).
+    if (t < BN) {
+        const int col = col0 + t;
+        ConvIdx e = conv_crs_entry(col, CRS, RS, S, HW, W, dil_h, dil_w);
+        if (has_bias && col == CRS) e.d = -2;
+        ctab[t] = e;
+    }  // read after conv_gemm_steps' first barrier
+
+    T v[Tl::ITEMS][4];  // the items of the step in flight
+    for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
+        const int g = yb / n_ktiles;
+        const int k0 = (yb - g * n_ktiles) * BM;
+        const T* __restrict__ dyg = dy + g * Kg * PQ;
+        const T* __restrict__ xg = x + g * Cg * HW;
+        T acc[4][4];
+        conv_zero(acc);
+
+        // Row m's window and dy offset (conv_out_window); rel is the offset into the chunk, as
+        // in v2 (m_begin + rel can pass 2^31 - 1 in the last step).
+        auto entry = [&](int rel) {
+            return conv_out_window(rel < m_end - m_begin, m_begin + rel, PQ, Q, C, K, HW, W, stride_h,
+                                   stride_w, pad_h, pad_w);
+        };
+        auto load = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < Tl::ITEMS; ++j) {
+                const int item = t + j * NT;
+                const int row = item % BK, grp = item / BK;
+                const ConvIdx re = tbl[buf][row];
+                if (!Tl::FULL && item >= BK * Tl::GROUPS) {
+                    // no such item
+                } else if (grp < AG) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int k = k0 + 4 * grp + e;
+                        v[j][e] = (re.d >= 0 && k < Kg) ? dyg[re.d + k * PQ] : T(0);
+                    }
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const ConvIdx ce = ctab[4 * (grp - AG) + e];
+                        const int h = re.b + ce.b, ww = re.c + ce.c;
+                        if ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
+                            v[j][e] = xg[re.a + ce.a];
+                        else
+                            v[j][e] = (ce.d == -2 && re.d >= 0) ? T(1) : T(0);
+                    }
+                }
+            }
+        };
+        auto store = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < Tl::ITEMS; ++j) {
+                const int item = t + j * NT;
+                const int row = item % BK, grp = item / BK;
+                if (!Tl::FULL && item >= BK * Tl::GROUPS) continue;
+                gc_vec4<T> q4;
+#pragma unroll
+                for (int e = 0; e < 4; ++e) q4.v[e] = v[j][e];
+                T* dst = grp < AG ? &As[buf][row][4 * grp] : &Bs[buf][row][4 * (grp - AG)];
+                *reinterpret_cast<gc_vec4<T>*>(dst) = q4;
+            }
+        };
+        conv_gemm_steps<BK>(tbl, n_steps, entry, load, store, [&](int buf) {
+            conv_tile_multiply<T, Tl::BKS, LDA, LDB>(As[buf] + slice * Tl::BKS, Bs[buf] + slice * Tl::BKS,
+                                                     acc, tm, tn);
+        });
+
+        // Slices 1 .. KS-1 hand their tiles to slice 0, which adds them in slice order.
+        if (KS > 1) {
+            if (slice > 0) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    gc_vec4<T> q4;
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) q4.v[j] = acc[i][j];
+                    *reinterpret_cast<gc_vec4<T>*>(
+                        &slice_sums[((slice - 1) * BM + 4 * tm + i) * BN + 4 * tn]) = q4;
+                }
+            }
+            __syncthreads();
+            if (slice == 0) {
+                for (int s = 1; s < KS; ++s) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const gc_vec4<T> q4 = *reinterpret_cast<const gc_vec4<T>*>(
+                            &slice_sums[((s - 1) * BM + 4 * tm + i) * BN + 4 * tn]);
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) acc[i][j] += q4.v[j];
+                    }
+                }
+            }
+            __syncthreads();  // slice_sums is rewritten by the next tile
+        }
+        if (slice == 0) {
+            T* __restrict__ out = out_w + (to_partial ? blockIdx.z * K * ld_w : 0);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int k = k0 + 4 * tm + i;
+                if (k >= Kg) continue;
+                const int kg = g * Kg + k;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int col = col0 + 4 * tn + j;
+                    if (col < CRS || (to_partial && has_bias && col == CRS))
+                        out[kg * ld_w + col] = acc[i][j];
+                    else if (has_bias && col == CRS)
+                        out_b[kg] = acc[i][j];
+                }
+            }
+        }
+    }
+}
+
+// Second stage of conv2d_backward_filter_v3 when the reduction is split: partial holds `splits`
+// arrays of K x ncol (ncol = Cg*R*S, plus the bias column when has_bias), one after the other.
+// dw[k][col] (col < crs) and db[k] (col == crs) = the sum of the splits' values, added in a fixed
+// order: the block's 32 lanes take 32 consecutive outputs (coalesced reads), its 8 warps the
+// splits w, w + 8, ... in order, and warp 0 adds the 8 warps' sums in warp order.
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_filter_v3_sum(const T* __restrict__ partial, T* __restrict__ dw, T* __restrict__ db,
+                              int K, int ncol, int crs, int splits) {
+    constexpr int NW = GC_CONV_THREADS / GC_WARP_SIZE;
+    __shared__ T sums[NW][GC_WARP_SIZE];
+    const int lane = threadIdx.x % GC_WARP_SIZE, warp = threadIdx.x / GC_WARP_SIZE;
+    const int n = K * ncol;
+    // Unsigned: i0 + the grid's stride cannot overflow when n is within it of 2^31 - 1.
+    for (unsigned i0 = blockIdx.x * GC_WARP_SIZE; i0 < (unsigned)n; i0 += gridDim.x * GC_WARP_SIZE) {
+        const bool inside = i0 + lane < (unsigned)n;
+        const int i = inside ? (int)(i0 + lane) : 0;
+        T acc = T(0);
+        if (inside) {
+            for (int s = warp; s < splits; s += NW) acc += partial[s * n + i];
+        }
+        sums[warp][lane] = acc;
+        __syncthreads();
+        if (warp == 0 && inside) {
+            T total = sums[0][lane];
+#pragma unroll
+            for (int w = 1; w < NW; ++w) total += sums[w][lane];
+            const int k = i / ncol, col = i - k * ncol;
+            if (col < crs)
+                dw[k * crs + col] = total;
+            else
+                db[k] = total;
+        }
+        __syncthreads();  // sums is rewritten by the next 32 outputs
+    }
+}
