@@ -796,7 +796,8 @@ conv2d_sum_splits(const T* __restrict__ partial, T* __restrict__ out, int n, int
 // addresses are consecutive at stride 1. Each item's four values are stored with one 16-byte
 // store (rows of BN + 4 words: the 8 lanes of a quarter-warp hit 32 different banks). The row
 // windows come from the per-step index table (conv_out_window), the columns' (c, r, s) offsets
-// from a column table filled once per block. Same double-buffered loop as the other GEMMs.
+// from a column table filled once per block. The ones column reads 1 in every row: in rows past the end of the reduction dy reads 0, so they add nothing.
+// Same double-buffered loop as the other GEMMs.
 
 template <typename T, int BM, int BN>
 struct ConvFilterTile {
@@ -805,9 +806,11 @@ struct ConvFilterTile {
     static constexpr int BK = 128 / (int)sizeof(T);           // reduction rows per step
     static constexpr int BKS = BK / KS;                       // ... per slice
     static constexpr int TM = BM / 4, TN = BN / 4, TPS = TM * TN;  // threads per slice
-    static constexpr int GROUPS = (BM + BN) / 4;              // 4-column groups of As and Bs
-    static constexpr int ITEMS = (BK * GROUPS + THREADS - 1) / THREADS;  // items per thread
-    static constexpr bool FULL = BK * GROUPS % THREADS == 0;  // every thread's last item exists
+    // Items (one row, 4 columns) of dy and of x per step, and per thread; *_FULL: every thread's
+    // last item exists.
+    static constexpr int A_ITEMS = BK * BM / 4, A_PER = (A_ITEMS + THREADS - 1) / THREADS;
+    static constexpr int B_ITEMS = BK * BN / 4, B_PER = (B_ITEMS + THREADS - 1) / THREADS;
+    static constexpr bool A_FULL = A_ITEMS % THREADS == 0, B_FULL = B_ITEMS % THREADS == 0;
     static constexpr int PAD = 4;
     // Lanes of a warp (or of the whole slice, when it is 16 threads) along the rows and columns.
     static constexpr int WM = TM < 8 ? TM : 8;
@@ -843,7 +846,7 @@ conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* 
                           GC_CONV_GEOMETRY_PARAMS) {
     using Tl = ConvFilterTile<T, BM, BN>;
     constexpr int BK = Tl::BK, KS = Tl::KS, NT = Tl::THREADS;
-    constexpr int LDA = BM + Tl::PAD, LDB = BN + Tl::PAD, AG = BM / 4;  // AG: dy's column groups
+    constexpr int LDA = BM + Tl::PAD, LDB = BN + Tl::PAD;
     alignas(gc_vec4<T>) __shared__ T As[2][BK][LDA];
     alignas(gc_vec4<T>) __shared__ T Bs[2][BK][LDB];
     alignas(gc_vec4<T>) __shared__ T slice_sums[KS > 1 ? (KS - 1) * BM * BN : 4];
@@ -862,16 +865,16 @@ conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* 
     const int m_end = M - m_begin < chunk ? M : m_begin + chunk;
     const int n_steps = m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
 
-    // Column table: the (c, r, s) offsets of the tile's columns; the ones column (d = -2) and the
-    // columns past the end read no x (their window row is out of range).
+    // Column table: the (c, r, s) offsets of the tile's columns. Past the end a column reads no x
+    // (its window row is out of range) but d == 1 in the ones column, else 0.
     if (t < BN) {
         const int col = col0 + t;
         ConvIdx e = conv_crs_entry(col, CRS, RS, S, HW, W, dil_h, dil_w);
-        if (has_bias && col == CRS) e.d = -2;
+        e.d = has_bias && col == CRS;
         ctab[t] = e;
     }  // read after conv_gemm_steps' first barrier
 
-    T v[Tl::ITEMS][4];  // the items of the step in flight
+    T a[Tl::A_PER][4], b[Tl::B_PER][4];  // the items of the step in flight
     for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
         const int g = yb / n_ktiles;
         const int k0 = (yb - g * n_ktiles) * BM;
@@ -888,47 +891,57 @@ conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* 
         };
         auto load = [&](int buf) {
 #pragma unroll
-            for (int j = 0; j < Tl::ITEMS; ++j) {
+            for (int j = 0; j < Tl::A_PER; ++j) {
+                const int item = t + j * NT, row = item % BK, k = k0 + 4 * (item / BK);
+                const int off = tbl[buf][row].d;  // dy offset of the row, -1 past the end
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    a[j][e] = ((Tl::A_FULL || item < Tl::A_ITEMS) && off >= 0 && k + e < Kg)
+                                  ? dyg[off + (k + e) * PQ] : T(0);
+            }
+#pragma unroll
+            for (int j = 0; j < Tl::B_PER; ++j) {
                 const int item = t + j * NT;
-                const int row = item % BK, grp = item / BK;
-                const ConvIdx re = tbl[buf][row];
-                if (!Tl::FULL && item >= BK * Tl::GROUPS) {
-                    // no such item
-                } else if (grp < AG) {
+                const ConvIdx re = tbl[buf][item % BK];
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int k = k0 + 4 * grp + e;
-                        v[j][e] = (re.d >= 0 && k < Kg) ? dyg[re.d + k * PQ] : T(0);
-                    }
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const ConvIdx ce = ctab[4 * (grp - AG) + e];
-                        const int h = re.b + ce.b, ww = re.c + ce.c;
-                        if ((unsigned)h < (unsigned)H && (unsigned)ww < (unsigned)W)
-                            v[j][e] = xg[re.a + ce.a];
-                        else
-                            v[j][e] = (ce.d == -2 && re.d >= 0) ? T(1) : T(0);
-                    }
+                for (int e = 0; e < 4; ++e) {
+                    const ConvIdx ce = ctab[(4 * (item / BK) + e) % BN];  // % BN: the missing items'
+                    const int h = re.b + ce.b, ww = re.c + ce.c;
+                    b[j][e] = ((Tl::B_FULL || item < Tl::B_ITEMS) && (unsigned)h < (unsigned)H &&
+                               (unsigned)ww < (unsigned)W) ? xg[re.a + ce.a] : T(ce.d);
                 }
             }
         };
         auto store = [&](int buf) {
 #pragma unroll
-            for (int j = 0; j < Tl::ITEMS; ++j) {
+            for (int j = 0; j < Tl::A_PER; ++j) {
                 const int item = t + j * NT;
-                const int row = item % BK, grp = item / BK;
-                if (!Tl::FULL && item >= BK * Tl::GROUPS) continue;
-                gc_vec4<T> q4;
+                if (Tl::A_FULL || item < Tl::A_ITEMS)
+                    *reinterpret_cast<gc_vec4<T>*>(&As[buf][item % BK][4 * (item / BK)]) =
+                        gc_vec4<T>{a[j][0], a[j][1], a[j][2], a[j][3]};
+            }
 #pragma unroll
-                for (int e = 0; e < 4; ++e) q4.v[e] = v[j][e];
-                T* dst = grp < AG ? &As[buf][row][4 * grp] : &Bs[buf][row][4 * (grp - AG)];
-                *reinterpret_cast<gc_vec4<T>*>(dst) = q4;
+            for (int j = 0; j < Tl::B_PER; ++j) {
+                const int item = t + j * NT;
+                if (Tl::B_FULL || item < Tl::B_ITEMS)
+                    *reinterpret_cast<gc_vec4<T>*>(&Bs[buf][item % BK][4 * (item / BK)]) =
+                        gc_vec4<T>{b[j][0], b[j][1], b[j][2], b[j][3]};
             }
         };
+        // The slice's rows of the step, unrolled by 4 (2 for double) only: fully unrolled, ptxas
+        // hoists every row's shared loads and runs out of registers.
+        constexpr int UNROLL = sizeof(T) == 8 ? 2 : 4;
         conv_gemm_steps<BK>(tbl, n_steps, entry, load, store, [&](int buf) {
-            conv_tile_multiply<T, Tl::BKS, LDA, LDB>(As[buf] + slice * Tl::BKS, Bs[buf] + slice * Tl::BKS,
-                                                     acc, tm, tn);
+#pragma unroll UNROLL
+            for (int kk = slice * Tl::BKS; kk < (slice + 1) * Tl::BKS; ++kk) {
+                const gc_vec4<T> av = *reinterpret_cast<const gc_vec4<T>*>(&As[buf][kk][4 * tm]);
+                const gc_vec4<T> bv = *reinterpret_cast<const gc_vec4<T>*>(&Bs[buf][kk][4 * tn]);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[i][j] += av.v[i] * bv.v[j];
+                }
+            }
         });
 
         // Slices 1 .. KS-1 hand their tiles to slice 0, which adds them in slice order.
