@@ -47,7 +47,14 @@
 //         N*P*Q is large.
 //     v2  implicit GEMM with the N*P*Q reduction split over `splits` blocks (a count the host
 //         derives from the sizes only), each writing its partial tile to a workspace, then
-//         conv2d_sum_splits adds the partials in split order. Bitwise reproducible. DEFAULT.
+//         conv2d_sum_splits adds the partials in split order. Bitwise reproducible.
+//     v3  the GEMM with its lanes along the reduction m = (n, p, q) (dy and x loads coalesce), a
+//         BM x BN tile sized from K and C*R*S (16..64 each; a small tile is computed by several
+//         slices of the block, each over part of every step, added in slice order), the bias
+//         gradient as one more column of ones (conv.backward gets dw and db from one launch), and a
+//         fixed split of m whose partials conv2d_backward_filter_v3_sum adds in a fixed order,
+//         reading each once, coalesced. DEFAULT: predicted faster than v2 on every layer of the
+//         small-cnn suite (gpuconv profile), not yet measured on a GPU.
 //   conv2d_backward_bias
 //     v1  one thread per output channel, sequential sum.
 //     v2  two stages: blocks sum a chunk of one channel (strided loads, warp shuffles, then the

@@ -7,9 +7,9 @@ Ops and versions (see the header of conv2d.cu for what each version changes):
                                 precision: TF32 operands give about 1e-3 relative error, see PRECISION)
   * ``conv2d_backward_data``    1 gather per input cell, 2 tiled implicit GEMM (default)
   * ``conv2d_backward_filter``  1 one thread per weight, 2 implicit GEMM with a fixed split of the
-                                N*P*Q reduction and an ordered sum of the partials (default), 3 the
-                                GEMM with its lanes along N*P*Q, a tile sized from C*R*S and K, and
-                                the bias gradient as one more column (``backward`` uses it for dw
+                                N*P*Q reduction and an ordered sum of the partials, 3 the GEMM with
+                                its lanes along N*P*Q, a tile sized from C*R*S and K, and the bias
+                                gradient as one more column (default; ``backward`` uses it for dw
                                 and db together)
   * ``conv2d_backward_bias``    1 one thread per channel, 2 two-stage ordered reduction (default)
 Every backward result is bitwise reproducible: split counts depend on the sizes only.
@@ -37,7 +37,7 @@ VERSIONS = {
 DEFAULT_VERSIONS = {
     "conv2d_forward": 2,
     "conv2d_backward_data": 2,
-    "conv2d_backward_filter": 2,
+    "conv2d_backward_filter": 3,
     "conv2d_backward_bias": 2,
 }
 
@@ -71,7 +71,8 @@ NAME_EXPRESSIONS = tuple(
        for t in _TYPES for bn in TILE_WIDTHS]
     + [f"conv2d_forward_v3<{t}>" for t in _TYPES]
     + ["conv2d_forward_v4<float>"]
-    + [f"conv2d_backward_filter_v3<{t}, {bm}, {bn}>" for t in _TYPES for bm in TILE_WIDTHS for bn in TILE_WIDTHS]
+    + [f"conv2d_backward_filter_v3<{t}, {bm}, {bn}>" for t in _TYPES for bm in TILE_WIDTHS
+       for bn in TILE_WIDTHS]
     + [f"conv2d_backward_filter_v3_sum<{t}>" for t in _TYPES]
     + [f"conv2d_backward_bias_v2<{t}>" for t in _TYPES]
     + [f"conv2d_sum_splits<{t}>" for t in _TYPES])
@@ -240,7 +241,8 @@ def filter_v3_plan(g: ConvGeometry, dtype, bias: bool) -> Tuple[int, int, int, i
     tiles = math.ceil(Kg / rows) * g.groups * math.ceil(cols / width)
     outputs = g.K * cols
     inputs = M * g.K + g.N * g.C * g.H * g.W
-    splits = max(1, min(math.ceil(FILTER_V3_TARGET_BLOCKS / tiles), math.ceil(M / (step * FILTER_V3_MIN_STEPS)),
+    splits = max(1, min(math.ceil(FILTER_V3_TARGET_BLOCKS / tiles),
+                        math.ceil(M / (step * FILTER_V3_MIN_STEPS)),
                         inputs // (FILTER_V3_PARTIAL * outputs), 65535, (2**31 - 1) // outputs))
     chunk = math.ceil(math.ceil(M / splits) / step) * step
     return rows, width, math.ceil(M / chunk), chunk
