@@ -858,7 +858,6 @@ conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* 
     alignas(gc_vec4<T>) __shared__ T Bs[2][BK][LDB];
     alignas(gc_vec4<T>) __shared__ T slice_sums[KS > 1 ? (KS - 1) * BM * BN : 4];
     __shared__ ConvIdx tbl[2][BK];
-    __shared__ ConvIdx ctab[BN];
 
     const int Cg = C / groups, Kg = K / groups;
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
@@ -869,17 +868,26 @@ conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* 
     const int col0 = blockIdx.x * BN;
     const int n_ktiles = (Kg + BM - 1) / BM;
     const int m_begin = blockIdx.z * chunk;
-    const int m_end = M - m_begin < chunk ? M : m_begin + chunk;
+    const int m_end = chunk < M - m_begin ? m_begin + chunk : M;
     const int n_steps = m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
 
-    // Column table: the (c, r, s) offsets of the tile's columns. Past the end a column reads no x
-    // (its window row is out of range) but d == 1 in the ones column, else 0.
-    if (t < BN) {
-        const int col = col0 + t;
-        ConvIdx e = conv_crs_entry(col, CRS, RS, S, HW, W, dil_h, dil_w);
-        e.d = has_bias && col == CRS;
-        ctab[t] = e;
-    }  // read after conv_gemm_steps' first barrier
+    // The (c, r, s) offsets of the thread's x columns, the same in every step. Past the end a
+    // column reads no x (its window row is out of range) but bit 4 j + e of `ones`: 1 in the ones
+    // column, else 0.
+    int ca[Tl::B_PER][4], cb[Tl::B_PER][4], cc[Tl::B_PER][4];
+    unsigned ones = 0;
+#pragma unroll
+    for (int j = 0; j < Tl::B_PER; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = col0 + 4 * ((t + j * NT) / BK % (BN / 4)) + e;
+            const ConvIdx ce = conv_crs_entry(col, CRS, RS, S, HW, W, dil_h, dil_w);
+            ca[j][e] = ce.a;
+            cb[j][e] = ce.b;
+            cc[j][e] = ce.c;
+            if (has_bias && col == CRS) ones |= 1u << (4 * j + e);
+        }
+    }
 
     T a[Tl::A_PER][4], b[Tl::B_PER][4];  // the items of the step in flight
     for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
@@ -912,10 +920,10 @@ conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* 
                 const ConvIdx re = tbl[buf][item % BK];
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const ConvIdx ce = ctab[(4 * (item / BK) + e) % BN];  // % BN: the missing items'
-                    const int h = re.b + ce.b, ww = re.c + ce.c;
+                    const int h = re.b + cb[j][e], ww = re.c + cc[j][e];
                     b[j][e] = ((Tl::B_FULL || item < Tl::B_ITEMS) && (unsigned)h < (unsigned)H &&
-                               (unsigned)ww < (unsigned)W) ? xg[re.a + ce.a] : T(ce.d);
+                               (unsigned)ww < (unsigned)W) ? xg[re.a + ca[j][e]]
+                                                           : T((ones >> (4 * j + e)) & 1u);
                 }
             }
         };
@@ -935,9 +943,9 @@ conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* 
                         gc_vec4<T>{b[j][0], b[j][1], b[j][2], b[j][3]};
             }
         };
-        // The slice's rows of the step, unrolled by 4 (2 for double) only: fully unrolled, ptxas
+        // The slice's rows of the step, unrolled by 4 (not for double) only: fully unrolled, ptxas
         // hoists every row's shared loads and runs out of registers.
-        constexpr int UNROLL = sizeof(T) == 8 ? 2 : 4;
+        constexpr int UNROLL = sizeof(T) == 8 ? 1 : 4;
         conv_gemm_steps<BK>(tbl, n_steps, entry, load, store, [&](int buf) {
 #pragma unroll UNROLL
             for (int kk = slice * Tl::BKS; kk < (slice + 1) * Tl::BKS; ++kk) {

@@ -238,7 +238,7 @@ class TestEmulator:
         big = conv2d_geometry((2, 1, 50, 50), (3, 1, 1, 1))
         assert conv.bias_chunks(big)[0] > 1
 
-    def test_filter_v3_computes_the_bias_gradient_without_the_bias_kernels(self, emu):
+    def test_backward_filter_v3_gives_db_without_the_bias_kernels(self, emu):
         case = CASES[5]
         dy, x, w = (_dev(emu, a, np.float32) for a in (case.dy, case.x, case.w))
         with emu.use_versions({"conv2d_backward_filter": 3}), recording_launches(emu) as launches:
