@@ -85,7 +85,7 @@ FILTER_MIN_STEPS = 16
 # Filter-gradient v3 split: aim for this many blocks, each split at least FILTER_V3_MIN_STEPS steps
 # of its reduction, and the partial results (written once, read once) at most 1 / FILTER_V3_PARTIAL
 # of the elements of dy and x the GEMM reads.
-FILTER_V3_TARGET_BLOCKS = 512
+FILTER_V3_TARGET_BLOCKS = 256
 FILTER_V3_MIN_STEPS = 8
 FILTER_V3_PARTIAL = 2
 # Bias-gradient chunks: each block of stage 1 sums at least this many elements of one channel.
