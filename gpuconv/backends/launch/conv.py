@@ -87,7 +87,7 @@ FILTER_MIN_STEPS = 16
 # of the elements of dy and x the GEMM reads.
 FILTER_V3_TARGET_BLOCKS = 256
 FILTER_V3_MIN_STEPS = 8
-FILTER_V3_PARTIAL = 2
+FILTER_V3_PARTIAL = 1
 # Bias-gradient chunks: each block of stage 1 sums at least this many elements of one channel.
 BIAS_TARGET_BLOCKS = 256
 BIAS_MIN_CHUNK = 2048
