@@ -791,8 +791,8 @@ conv2d_sum_splits(const T* __restrict__ partial, T* __restrict__ out, int n, int
 // the column count) over the reduction rows [blockIdx.z * chunk, ... + chunk). It writes dw
 // (out_w, ld_w = Cg*R*S) and db (out_b) themselves when the host does not split the reduction
 // (to_partial 0), else split z's K x ld_w array of partial sums, the bias column included, at
-// out_w + z * K * ld_w, which conv2d_backward_filter_v3_sum adds up. A tile smaller than 4096 outputs is
-// computed KS = 4096 / (BM * BN) times over: the 256 threads form KS slices of BM * BN / 16
+// out_w + z * K * ld_w, which conv2d_backward_filter_v3_sum adds up. A tile smaller than 4096
+// outputs is computed KS = 4096 / (BM * BN) times over: the 256 threads form KS slices of BM * BN / 16
 // threads, each thread a 4 x 4 register tile, and slice s multiplies rows [s * BKS, (s+1) * BKS)
 // of each step; at the end the slices' tiles are added in slice order through shared memory.
 //
@@ -802,8 +802,9 @@ conv2d_sum_splits(const T* __restrict__ partial, T* __restrict__ out, int n, int
 // consecutive m: consecutive q of one output row, whose dy addresses are consecutive and whose x
 // addresses are consecutive at stride 1. Each item's four values are stored with one 16-byte
 // store (rows of BN + 4 words: the 8 lanes of a quarter-warp hit 32 different banks). The row
-// windows come from the per-step index table (conv_out_window), the columns' (c, r, s) offsets
-// from a column table filled once per block. The ones column reads 1 in every row: in rows past the end of the reduction dy reads 0, so they add nothing.
+// windows come from the per-step index table (conv_out_window); a thread's x items keep their
+// columns in every step, so it decomposes their (c, r, s) once, into registers. The ones column
+// reads 1 in every row: in rows past the end of the reduction dy reads 0, so they add nothing.
 // Same double-buffered loop as the other GEMMs.
 
 template <typename T, int BM, int BN>
@@ -824,6 +825,7 @@ struct ConvFilterTile {
     static constexpr int WN = (TPS < GC_WARP_SIZE ? TPS : GC_WARP_SIZE) / WM;
     static_assert(KS >= 1 && KS * BKS == BK && TPS * KS == THREADS, "slices");
     static_assert(TM % WM == 0 && TN % WN == 0, "warp arrangement");
+    static_assert(4 * B_PER <= 32, "a thread's x columns fit the bits of its ones mask");
 
     // Thread t: slice, and its 4 x 4 register tile at rows 4*tm.., columns 4*tn.. of the BM x BN
     // tile. In a warp the lanes cover WM x WN tiles, skewed so that the first 8 lanes already read
