@@ -55,7 +55,14 @@
 //         N*P*Q is large.
 //     v2  implicit GEMM with the N*P*Q reduction split over `splits` blocks (a count the host
 //         derives from the sizes only), each writing its partial tile to a workspace, then
-//         conv2d_sum_splits adds the partials in split order. Bitwise reproducible. DEFAULT.
+//         conv2d_sum_splits adds the partials in split order. Bitwise reproducible.
+//     v3  the GEMM with its lanes along the reduction m = (n, p, q) (dy and x loads coalesce), a
+//         BM x BN tile sized from K and C*R*S (16..64 each; a small tile is computed by several
+//         slices of the block, each over part of every step, added in slice order), the bias
+//         gradient as one more column of ones (conv.backward gets dw and db from one launch), and a
+//         fixed split of m whose partials conv2d_backward_filter_v3_sum adds in a fixed order,
+//         reading each once, coalesced. DEFAULT: predicted faster than v2 on every layer of the
+//         small-cnn suite (gpuconv profile), not yet measured on a GPU.
 //   conv2d_backward_bias
 //     v1  one thread per output channel, sequential sum.
 //     v2  two stages: blocks sum a chunk of one channel (strided loads, warp shuffles, then the
@@ -283,7 +290,8 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                     for (int j = 0; j < TT; ++j) {
                         const int k = k0 + Tl::col(tn, j);
                         if (k < Kg)
-                            conv_store_y(y, bias, residual, epilogue, acc[i4 + i][j], n, pq, g * Kg + k, K, PQ);
+                            conv_store_y(y, bias, residual, epilogue, acc[i4 + i][j], n, pq, g * Kg + k, K,
+                                         PQ);
                     }
                 }
             }
@@ -837,5 +845,268 @@ conv2d_sum_splits(const T* __restrict__ partial, T* __restrict__ out, int n, int
         T acc = src[0];
         for (int s = 1; s < splits; ++s) acc += src[s * stride_s];
         out[i] = acc;
+    }
+}
+
+// ============================================================================================
+// conv2d_backward_filter_v3: the filter-gradient GEMM with its lanes along the reduction
+// m = (n, p, q), the bias gradient as one more column, a tile sized from C*R*S and K
+// ============================================================================================
+//
+// dw[k][col] = sum over m of dy[m][k] * im2col(x)[m][col], col = (c, r, s) < Cg*R*S, and, when
+// has_bias, the column col = Cg*R*S of ones: db[k] = sum over m of dy[m][k]. The block computes a
+// BM x BN tile (BM output channels, BN columns; 16, 32 or 64 each, the host's choice from Kg and
+// the column count) over the reduction rows [blockIdx.z * chunk, ... + chunk). It writes dw
+// (out_w, ld_w = Cg*R*S) and db (out_b) themselves when the host does not split the reduction
+// (to_partial 0), else split z's K x ld_w array of partial sums, the bias column included, at
+// out_w + z * K * ld_w, which conv2d_backward_filter_v3_sum adds up. A tile smaller than 4096
+// outputs is computed KS = 4096 / (BM * BN) times over: the 256 threads form KS slices of BM * BN / 16
+// threads, each thread a 4 x 4 register tile, and slice s multiplies rows [s * BKS, (s+1) * BKS)
+// of each step; at the end the slices' tiles are added in slice order through shared memory.
+//
+// A step is BK = 128 / sizeof(T) consecutive reduction rows (32 floats, 16 doubles), staged as
+// As[BK][BM] (dy) and Bs[BK][BN] (x, gathered; the ones). The step is loaded as items of one row
+// and 4 consecutive columns: item i of the step is row i % BK, so the lanes of a warp take
+// consecutive m: consecutive q of one output row, whose dy addresses are consecutive and whose x
+// addresses are consecutive at stride 1. Each item's four values are stored with one 16-byte
+// store (rows of BN + 4 words: the 8 lanes of a quarter-warp hit 32 different banks). The row
+// windows come from the per-step index table (conv_out_window); a thread's x items keep their
+// columns in every step, so it decomposes their (c, r, s) once, into registers. The ones column
+// reads 1 in every row: in rows past the end of the reduction dy reads 0, so they add nothing.
+// Same double-buffered loop as the other GEMMs.
+
+template <typename T, int BM, int BN>
+struct ConvFilterTile {
+    static constexpr int THREADS = GC_CONV_THREADS;
+    static constexpr int KS = GC_CONV_TILE_AREA / (BM * BN);  // slices of the step per block
+    static constexpr int BK = 128 / (int)sizeof(T);           // reduction rows per step
+    static constexpr int BKS = BK / KS;                       // ... per slice
+    static constexpr int TM = BM / 4, TN = BN / 4, TPS = TM * TN;  // threads per slice
+    // Items (one row, 4 columns) of dy and of x per step, and per thread; *_FULL: every thread's
+    // last item exists.
+    static constexpr int A_ITEMS = BK * BM / 4, A_PER = (A_ITEMS + THREADS - 1) / THREADS;
+    static constexpr int B_ITEMS = BK * BN / 4, B_PER = (B_ITEMS + THREADS - 1) / THREADS;
+    static constexpr bool A_FULL = A_ITEMS % THREADS == 0, B_FULL = B_ITEMS % THREADS == 0;
+    static constexpr int PAD = 4;
+    // Lanes of a warp (or of the whole slice, when it is 16 threads) along the rows and columns.
+    static constexpr int WM = TM < 8 ? TM : 8;
+    static constexpr int WN = (TPS < GC_WARP_SIZE ? TPS : GC_WARP_SIZE) / WM;
+    static_assert(KS >= 1 && KS * BKS == BK && TPS * KS == THREADS, "slices");
+    static_assert(TM % WM == 0 && TN % WN == 0, "warp arrangement");
+    static_assert(4 * B_PER <= 32, "a thread's x columns fit the bits of its ones mask");
+
+    // Thread t: slice, and its 4 x 4 register tile at rows 4*tm.., columns 4*tn.. of the BM x BN
+    // tile. In a warp the lanes cover WM x WN tiles, skewed so that the first 8 lanes already read
+    // every distinct 16-byte word of As and of Bs that the warp reads in a multiply row: the other
+    // quarter-warps' reads are then broadcasts.
+    __device__ __forceinline__ static void thread_tile(int t, int& slice, int& tm, int& tn) {
+        slice = t / TPS;
+        const int u = t - slice * TPS;
+        const int l = u % (WM * WN), w = u / (WM * WN);
+        int i, j;
+        if (WM >= WN) {
+            i = l % WM;
+            j = (i + l / WM) % WN;
+        } else {
+            j = l % WN;
+            i = (j + l / WN) % WM;
+        }
+        tm = (w % (TM / WM)) * WM + i;
+        tn = (w / (TM / WM)) * WN + j;
+    }
+};
+
+template <typename T, int BM, int BN>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ out_w,
+                          T* __restrict__ out_b, int chunk, int ld_w, int to_partial, int has_bias,
+                          GC_CONV_GEOMETRY_PARAMS) {
+    using Tl = ConvFilterTile<T, BM, BN>;
+    constexpr int BK = Tl::BK, KS = Tl::KS, NT = Tl::THREADS;
+    constexpr int LDA = BM + Tl::PAD, LDB = BN + Tl::PAD;
+    alignas(gc_vec4<T>) __shared__ T As[2][BK][LDA];
+    alignas(gc_vec4<T>) __shared__ T Bs[2][BK][LDB];
+    alignas(gc_vec4<T>) __shared__ T slice_sums[KS > 1 ? (KS - 1) * BM * BN : 4];
+    __shared__ ConvIdx tbl[2][BK];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
+    const int M = N * PQ;
+    const int t = threadIdx.x;
+    int slice, tm, tn;
+    Tl::thread_tile(t, slice, tm, tn);
+    const int col0 = blockIdx.x * BN;
+    const int n_ktiles = (Kg + BM - 1) / BM;
+    const int m_begin = blockIdx.z * chunk;
+    const int m_end = chunk < M - m_begin ? m_begin + chunk : M;
+    const int n_steps = m_end > m_begin ? (m_end - m_begin + BK - 1) / BK : 0;
+
+    // The (c, r, s) offsets of the thread's x columns, the same in every step. Past the end a
+    // column reads no x (its window row is out of range) but bit 4 j + e of `ones`: 1 in the ones
+    // column, else 0.
+    int ca[Tl::B_PER][4], cb[Tl::B_PER][4], cc[Tl::B_PER][4];
+    unsigned ones = 0;
+#pragma unroll
+    for (int j = 0; j < Tl::B_PER; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = col0 + 4 * ((t + j * NT) / BK % (BN / 4)) + e;
+            const ConvIdx ce = conv_crs_entry(col, CRS, RS, S, HW, W, dil_h, dil_w);
+            ca[j][e] = ce.a;
+            cb[j][e] = ce.b;
+            cc[j][e] = ce.c;
+            if (has_bias && col == CRS) ones |= 1u << (4 * j + e);
+        }
+    }
+
+    T a[Tl::A_PER][4], b[Tl::B_PER][4];  // the items of the step in flight
+    for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
+        const int g = yb / n_ktiles;
+        const int k0 = (yb - g * n_ktiles) * BM;
+        const T* __restrict__ dyg = dy + g * Kg * PQ;
+        const T* __restrict__ xg = x + g * Cg * HW;
+        T acc[4][4];
+        conv_zero(acc);
+
+        // Row m's window and dy offset (conv_out_window); rel is the offset into the chunk, as
+        // in v2 (m_begin + rel can pass 2^31 - 1 in the last step).
+        auto entry = [&](int rel) {
+            return conv_out_window(rel < m_end - m_begin, m_begin + rel, PQ, Q, C, K, HW, W, stride_h,
+                                   stride_w, pad_h, pad_w);
+        };
+        auto load = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < Tl::A_PER; ++j) {
+                const int item = t + j * NT, row = item % BK, k = k0 + 4 * (item / BK);
+                const int off = tbl[buf][row].d;  // dy offset of the row, -1 past the end
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    a[j][e] = ((Tl::A_FULL || item < Tl::A_ITEMS) && off >= 0 && k + e < Kg)
+                                  ? dyg[off + (k + e) * PQ] : T(0);
+            }
+#pragma unroll
+            for (int j = 0; j < Tl::B_PER; ++j) {
+                const int item = t + j * NT;
+                const ConvIdx re = tbl[buf][item % BK];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int h = re.b + cb[j][e], ww = re.c + cc[j][e];
+                    b[j][e] = ((Tl::B_FULL || item < Tl::B_ITEMS) && (unsigned)h < (unsigned)H &&
+                               (unsigned)ww < (unsigned)W) ? xg[re.a + ca[j][e]]
+                                                           : T((ones >> (4 * j + e)) & 1u);
+                }
+            }
+        };
+        auto store = [&](int buf) {
+#pragma unroll
+            for (int j = 0; j < Tl::A_PER; ++j) {
+                const int item = t + j * NT;
+                if (Tl::A_FULL || item < Tl::A_ITEMS)
+                    *gc_vec4_at(&As[buf][item % BK][4 * (item / BK)]) =
+                        gc_vec4<T>{a[j][0], a[j][1], a[j][2], a[j][3]};
+            }
+#pragma unroll
+            for (int j = 0; j < Tl::B_PER; ++j) {
+                const int item = t + j * NT;
+                if (Tl::B_FULL || item < Tl::B_ITEMS)
+                    *gc_vec4_at(&Bs[buf][item % BK][4 * (item / BK)]) =
+                        gc_vec4<T>{b[j][0], b[j][1], b[j][2], b[j][3]};
+            }
+        };
+        // The slice's rows of the step, unrolled by 4 (not for double) only: fully unrolled, ptxas
+        // hoists every row's shared loads and runs out of registers.
+        constexpr int UNROLL = sizeof(T) == 8 ? 1 : 4;
+        conv_gemm_steps<BK>(tbl, n_steps, entry, load, store, [&](int buf) {
+#pragma unroll UNROLL
+            for (int kk = slice * Tl::BKS; kk < (slice + 1) * Tl::BKS; ++kk) {
+                const gc_vec4<T> av = *gc_vec4_at(&As[buf][kk][4 * tm]);
+                const gc_vec4<T> bv = *gc_vec4_at(&Bs[buf][kk][4 * tn]);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[i][j] += av.v[i] * bv.v[j];
+                }
+            }
+        });
+
+        // Slices 1 .. KS-1 hand their tiles to slice 0, which adds them in slice order.
+        if (KS > 1) {
+            if (slice > 0) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    gc_vec4<T> q4;
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) q4.v[j] = acc[i][j];
+                    *gc_vec4_at(&slice_sums[((slice - 1) * BM + 4 * tm + i) * BN + 4 * tn]) = q4;
+                }
+            }
+            __syncthreads();
+            if (slice == 0) {
+                for (int s = 1; s < KS; ++s) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const gc_vec4<T> q4 =
+                            *gc_vec4_at(&slice_sums[((s - 1) * BM + 4 * tm + i) * BN + 4 * tn]);
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) acc[i][j] += q4.v[j];
+                    }
+                }
+            }
+            __syncthreads();  // slice_sums is rewritten by the next tile
+        }
+        if (slice == 0) {
+            T* __restrict__ out = out_w + (to_partial ? blockIdx.z * K * ld_w : 0);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int k = k0 + 4 * tm + i;
+                if (k >= Kg) continue;
+                const int kg = g * Kg + k;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int col = col0 + 4 * tn + j;
+                    if (col < CRS || (to_partial && has_bias && col == CRS))
+                        out[kg * ld_w + col] = acc[i][j];
+                    else if (has_bias && col == CRS)
+                        out_b[kg] = acc[i][j];
+                }
+            }
+        }
+    }
+}
+
+// Second stage of conv2d_backward_filter_v3 when the reduction is split: partial holds `splits`
+// arrays of K x ncol (ncol = Cg*R*S, plus the bias column when has_bias), one after the other.
+// dw[k][col] (col < crs) and db[k] (col == crs) = the sum of the splits' values, added in a fixed
+// order: the block's 32 lanes take 32 consecutive outputs (coalesced reads), its 8 warps the
+// splits w, w + 8, ... in order, and warp 0 adds the 8 warps' sums in warp order.
+template <typename T>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_filter_v3_sum(const T* __restrict__ partial, T* __restrict__ dw, T* __restrict__ db,
+                              int K, int ncol, int crs, int splits) {
+    constexpr int NW = GC_CONV_THREADS / GC_WARP_SIZE;
+    __shared__ T sums[NW][GC_WARP_SIZE];
+    const int lane = threadIdx.x % GC_WARP_SIZE, warp = threadIdx.x / GC_WARP_SIZE;
+    const int n = K * ncol;
+    // Unsigned: i0 + the grid's stride cannot overflow when n is within it of 2^31 - 1.
+    for (unsigned i0 = blockIdx.x * GC_WARP_SIZE; i0 < (unsigned)n; i0 += gridDim.x * GC_WARP_SIZE) {
+        const bool inside = i0 + lane < (unsigned)n;
+        const int i = inside ? (int)(i0 + lane) : 0;
+        T acc = T(0);
+        if (inside) {
+            for (int s = warp; s < splits; s += NW) acc += partial[s * n + i];
+        }
+        sums[warp][lane] = acc;
+        __syncthreads();
+        if (warp == 0 && inside) {
+            T total = sums[0][lane];
+#pragma unroll
+            for (int w = 1; w < NW; ++w) total += sums[w][lane];
+            const int k = i / ncol, col = i - k * ncol;
+            if (col < crs)
+                dw[k * crs + col] = total;
+            else
+                db[k] = total;
+        }
+        __syncthreads();  // sums is rewritten by the next 32 outputs
     }
 }
