@@ -638,3 +638,28 @@ class NumpyBackend(Backend):
         bc2 = 1 - beta2 ** step
         denom = np.sqrt(v) / math.sqrt(bc2) + eps  # a Python float keeps float32 arrays float32
         param -= (lr / bc1) * (m / denom)
+
+    def sgd_step_dev(self, param, grad, buf, hp):
+        """The kernel's rule on the constants of ``hp``, in their dtype."""
+        lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step = hp
+        d = grad + weight_decay * param if weight_decay else grad
+        if momentum:
+            if first_step:
+                buf[...] = d
+            else:
+                buf *= momentum
+                buf += one_minus_dampening * d
+            d = d + momentum * buf if nesterov else buf
+        param -= lr * d
+
+    def adam_step_dev(self, param, grad, m, v, hp):
+        """The kernel's rule on the constants of ``hp``, in their dtype."""
+        beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, step_size, sqrt_bc2, param_scale = hp
+        if param_scale != 1:
+            param *= param_scale  # AdamW, whose l2 is 0: the same as the kernel's p * param_scale - ...
+        g = grad + l2 * param if l2 else grad
+        m *= beta1
+        m += one_minus_beta1 * g
+        v *= beta2
+        v += one_minus_beta2 * (g * g)
+        param -= step_size * (m / (np.sqrt(v) / sqrt_bc2 + eps))

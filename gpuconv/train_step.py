@@ -1,0 +1,187 @@
+"""A training step (forward, softmax cross-entropy, backward, optimizer update), eager or replayed
+from a captured graph (``gpuconv.backends.graphs``; docs/graphs.md).
+
+``TrainStep(model, optimizer, backend, graph=True)`` runs its first call eagerly, captures the
+second (the capture's warm-up is that step), verifies the first replay against an eager step
+from the same state, and replays from then on. Per call, outside the graph: the batch is
+uploaded into the step's input buffers and ``optimizer.prepare_step()`` copies the update's
+constants (rate, bias corrections) into device memory; batch-norm counters, which the Python
+forward counts on the host, are advanced by hand after each replay. A batch of another shape
+(the last of an epoch) runs eagerly. Without ``strict``, a capture that fails or a replay that
+differs from the eager step is reported through ``warn`` and the step stays eager; with
+``strict`` (the emulator's ``--graph``) it raises. ``check`` (emulator) traces the step before
+every replay and raises GraphReplayError when it would not replay what the step does now.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from . import nn, tolerances
+from .backends import graphs
+from .nn.layers import BatchNorm2d
+
+__all__ = ["TrainStep"]
+
+
+class _BatchCounters:
+    """The host-side ``num_batches_tracked`` of a model's batch-norm layers."""
+
+    def __init__(self, model) -> None:
+        self.layers = [m for _, m in model.named_modules()
+                       if isinstance(m, BatchNorm2d) and m.track_running_stats]
+
+    def momentum_free(self) -> bool:
+        """True when no layer reads its counter in forward (momentum None would bake 1/n)."""
+        return all(m.momentum is not None for m in self.layers)
+
+    @contextlib.contextmanager
+    def unchanged(self) -> Iterator[None]:
+        saved = [m.num_batches_tracked for m in self.layers]
+        try:
+            yield
+        finally:
+            for m, n in zip(self.layers, saved):
+                m._buffers["num_batches_tracked"] = np.array(n, np.int64)
+
+    def advance(self) -> None:
+        """What one training forward does to them."""
+        for m in self.layers:
+            if m.training:
+                m._buffers["num_batches_tracked"] = np.array(m.num_batches_tracked + 1, np.int64)
+
+
+class TrainStep:
+    """``step(x, labels)`` -> (loss, logits), arrays of ``backend`` (read them on the host after
+    the call); x a float host array (N, C, H, W), labels int host array (N,)."""
+
+    def __init__(self, model, optimizer, backend, *, graph: bool = False, check: bool = False,
+                 strict: bool = False, warn: Optional[Callable[[str], None]] = None) -> None:
+        self.model, self.optimizer, self.backend = model, optimizer, backend
+        self.loss_fn = nn.SoftmaxCrossEntropy()
+        self.counters = _BatchCounters(model)
+        self.check, self.strict = bool(check), bool(strict)
+        self.warn = warn or (lambda msg: None)
+        self.mode = "off"
+        if graph:
+            if not hasattr(getattr(backend, "executor", None), "begin_capture"):
+                self._give_up(f"backend {backend.name} cannot capture graphs", ValueError)
+            elif not self.counters.momentum_free():
+                self._give_up("a BatchNorm2d with momentum=None reads its host counter in every step",
+                              graphs.GraphCaptureError)
+            else:
+                self.mode = "first"  # -> "capture" -> "verify" -> "replay", or "off"
+        self.captured: Optional[graphs.CapturedStep] = None
+        self.x = self.labels = None  # the captured step's input buffers
+        self.replays = 0
+
+    @property
+    def graphed(self) -> bool:
+        """True while steps are replayed from (or about to be captured into) a graph."""
+        return self.mode != "off"
+
+    # ---- the step -----------------------------------------------------------------------
+    def _forward_backward(self, x, labels):
+        logits = self.model.forward(x)
+        loss = self.loss_fn.forward(logits, labels)
+        self.model.backward(self.loss_fn.backward())
+        return loss, logits
+
+    def _device_step(self) -> Tuple[object, object]:
+        """What is captured: everything but the host half of the optimizer."""
+        loss, logits = self._forward_backward(self.x, self.labels)
+        self.optimizer.apply_step()
+        return loss, logits
+
+    def _eager(self, xb: np.ndarray, yb: np.ndarray):
+        be = self.backend
+        loss, logits = self._forward_backward(be.asarray(xb), be.asarray(np.asarray(yb, np.int32)))
+        self.optimizer.step()
+        return loss, logits
+
+    def __call__(self, xb: np.ndarray, yb: np.ndarray):
+        if self.mode == "first":
+            self.mode = "capture"
+            return self._eager(xb, yb)
+        if self.mode == "off" or (self.x is not None and tuple(self.x.shape) != tuple(np.shape(xb))):
+            return self._eager(xb, yb)
+        if self.mode == "capture":
+            return self._capture(xb, yb)
+        self._refresh(xb, yb)
+        if self.mode == "verify":
+            return self._verify()
+        return self._replay()
+
+    def _refresh(self, xb: np.ndarray, yb: np.ndarray) -> None:
+        """The host half of a step: new inputs and constants into the graph's buffers."""
+        self.backend.upload(self.x, xb)
+        self.backend.upload(self.labels, np.asarray(yb, np.int32))
+        self.optimizer.prepare_step()
+
+    def _capture(self, xb: np.ndarray, yb: np.ndarray):
+        be = self.backend
+        self.x = be.zeros(np.shape(xb), np.asarray(xb).dtype)
+        self.labels = be.zeros(np.shape(yb), np.int32)
+        self._refresh(xb, yb)
+        cap = graphs.Capturer(be)
+        out = cap.warm_up(self._device_step)  # this call's step, run for real
+        try:
+            with self.counters.unchanged():
+                self.captured = cap.capture(self._device_step)
+        except Exception as exc:
+            self._give_up(f"capture failed: {type(exc).__name__}: {exc}", exc)
+            return out
+        self.mode = "verify"
+        return out
+
+    def _state(self) -> List[object]:
+        """The device arrays a step updates: parameters, model buffers, optimizer state."""
+        arrays = [p.data for p in self.model.parameters()]
+        arrays += [b for _, b in self.model.named_buffers() if self.backend.is_array(b)]
+        for st in self.optimizer.state:
+            arrays += [v for k, v in st.items() if k not in ("step", "hp") and self.backend.is_array(v)]
+        return arrays
+
+    def _verify(self):
+        """The first replay, compared with an eager step from the same state (which is kept)."""
+        be = self.backend
+        state = self._state()
+        start = [np.array(be.to_numpy(a), copy=True) for a in state]
+        self._launch()
+        loss, logits = self.captured.outputs
+        replayed = [np.array(be.to_numpy(a), copy=True) for a in state + [loss, logits]]
+        for a, h in zip(state, start):
+            be.upload(a, h)
+        loss, logits = self._forward_backward(self.x, self.labels)  # counts the batch-norm batch
+        self.optimizer.apply_step()
+        eager = [be.to_numpy(a) for a in state + [loss, logits]]
+        worst = max((tolerances.scaled_error(r, e)[1] for r, e in zip(replayed, eager)), default=0.0)
+        if not tolerances.passes(worst, tolerances.tolerance_for("fp32", np.float32)):
+            self._give_up(f"the first graph replay differs from an eager step (rel err {worst:.3g})",
+                          graphs.GraphReplayError)
+        else:
+            self.mode = "replay"
+        return loss, logits
+
+    def _launch(self) -> None:
+        if self.check:
+            with self.counters.unchanged():
+                self.captured.check(self._device_step)
+        self.captured.replay()
+        self.replays += 1
+
+    def _replay(self):
+        self._launch()
+        self.counters.advance()
+        return self.captured.outputs
+
+    def _give_up(self, why: str, error) -> None:
+        """Eager from now on, with a warning; ``strict``: raise instead."""
+        self.mode = "off"
+        if self.strict:
+            if isinstance(error, BaseException):
+                raise error
+            raise error(why)
+        self.warn(f"gpuconv: training step not graphed, running eagerly ({why})")
