@@ -20,9 +20,11 @@ BATCH = 8
 
 
 def _bn_model(rng):
+    """Batch norm (plain and fused with ReLU) and ResNet-20's zero-padding shortcut, whose zero
+    fills and strided copies a replay must repeat."""
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(),
                          nn.Conv2d(4, 6, 3, stride=2, padding=1, rng=rng), nn.BatchNormReLU2d(6),
-                         nn.GlobalAvgPool2d(), nn.Linear(6, 10, rng=rng))
+                         nn.SubsamplePad2d(6, 10, stride=2), nn.GlobalAvgPool2d(), nn.Linear(10, 10, rng=rng))
 
 
 def _model(name):
@@ -116,7 +118,7 @@ class _Step:
                 be.asarray([0.1], np.float32)
             if self.plant == "allocation" and self.calls > 1:
                 be.empty((4,), np.float32)  # a scratch buffer made only from the second call on
-            if self.plant == "shape" :
+            if self.plant == "shape":
                 be.empty((self.calls,), np.float32)
             for p in self.model.parameters():
                 if self.plant == "host scalar":  # the rate by value, changing per step
@@ -251,3 +253,24 @@ def test_device_constants_are_checked(emu):
         emu.adam_step_dev(p, p.copy(), p.copy(), p.copy(), np.zeros(6, np.float32))
     with pytest.raises(ValueError, match="step must be an int >= 1"):
         adam_constants(np.float32, 0, 1e-3, 0.9, 0.999, 1e-8, 0.0)
+
+
+def test_replay_repeats_fills_and_copies(emu):
+    """A buffer zeroed and then updated in place in the step must be zeroed again at each replay
+    (one the step then accumulates into would otherwise carry the previous replay's values)."""
+    g = emu.asarray(np.arange(4, dtype=np.float32))
+    hp = emu.zeros((6,), np.float32)
+    emu.upload(hp, sgd_constants(np.float32, 0.5, 0.0, 0.0, 0.0, False, False))
+
+    def step():
+        acc = emu.zeros((4,), np.float32)
+        emu.sgd_step_dev(acc, g, None, hp)       # acc = 0 - 0.5 * g
+        twice = emu.empty((2, 4), np.float32)
+        emu.copy(twice[0], acc)
+        emu.copy(twice[1], acc)
+        return twice
+
+    captured = graphs.capture(emu, step)
+    for _ in range(2):
+        captured.replay()
+        np.testing.assert_array_equal(captured.outputs, np.tile(-0.5 * np.arange(4, dtype=np.float32), (2, 1)))

@@ -42,6 +42,10 @@ class Backend:
     def zeros(self, shape, dtype) -> Array:
         return self.xp.zeros(shape, dtype=dtype)
 
+    def copy(self, dst: Array, src: Array) -> None:
+        """``dst[...] = src`` on the device (views allowed); a captured step's copies go through it."""
+        dst[...] = src
+
     def upload(self, dst: Array, host) -> None:
         """Copy the host values ``host`` into the existing array ``dst`` of this backend (same
         shape); refreshes the inputs of a captured step between replays."""

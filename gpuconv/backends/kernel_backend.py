@@ -138,6 +138,10 @@ class KernelBackend(Backend):
         self.executor.fill(a, 0)
         return a
 
+    def copy(self, dst, src) -> None:
+        """``dst[...] = src`` on the device, through the executor (captured like a launch)."""
+        self.executor.copy(dst, src)
+
     def contiguous(self, a) -> Array:
         """A C-contiguous version of ``a`` (the same array when it already is)."""
         if a.flags.c_contiguous:
