@@ -20,7 +20,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from . import nn, tolerances
-from .backends import graphs
+from .backends import graphs, use_backend
 from .nn.layers import BatchNorm2d
 
 __all__ = ["TrainStep"]
@@ -55,7 +55,8 @@ class _BatchCounters:
 
 class TrainStep:
     """``step(x, labels)`` -> (loss, logits), arrays of ``backend`` (read them on the host after
-    the call); x a float host array (N, C, H, W), labels int host array (N,)."""
+    the call); x a float array (N, C, H, W), labels an int array (N,), on the host or the device.
+    ``verify_rel_err``: the first replay's largest relative difference from the eager step."""
 
     def __init__(self, model, optimizer, backend, *, graph: bool = False, check: bool = False,
                  strict: bool = False, warn: Optional[Callable[[str], None]] = None) -> None:
@@ -76,6 +77,7 @@ class TrainStep:
         self.captured: Optional[graphs.CapturedStep] = None
         self.x = self.labels = None  # the captured step's input buffers
         self.replays = 0
+        self.verify_rel_err: Optional[float] = None
 
     @property
     def graphed(self) -> bool:
@@ -95,17 +97,24 @@ class TrainStep:
         self.optimizer.apply_step()
         return loss, logits
 
-    def _eager(self, xb: np.ndarray, yb: np.ndarray):
+    def _labels(self, yb):
+        return yb if self.backend.is_array(yb) else np.asarray(yb, np.int32)
+
+    def _eager(self, xb, yb):
         be = self.backend
-        loss, logits = self._forward_backward(be.asarray(xb), be.asarray(np.asarray(yb, np.int32)))
+        loss, logits = self._forward_backward(be.asarray(xb), be.asarray(self._labels(yb)))
         self.optimizer.step()
         return loss, logits
 
-    def __call__(self, xb: np.ndarray, yb: np.ndarray):
+    def __call__(self, xb, yb):
+        with use_backend(self.backend):  # the loss and any unplaced layer run here too
+            return self._step(xb, yb)
+
+    def _step(self, xb, yb):
         if self.mode == "first":
             self.mode = "capture"
             return self._eager(xb, yb)
-        if self.mode == "off" or (self.x is not None and tuple(self.x.shape) != tuple(np.shape(xb))):
+        if self.mode == "off" or (self.x is not None and tuple(self.x.shape) != tuple(xb.shape)):
             return self._eager(xb, yb)
         if self.mode == "capture":
             return self._capture(xb, yb)
@@ -114,16 +123,21 @@ class TrainStep:
             return self._verify()
         return self._replay()
 
-    def _refresh(self, xb: np.ndarray, yb: np.ndarray) -> None:
+    def _refresh(self, xb, yb) -> None:
         """The host half of a step: new inputs and constants into the graph's buffers."""
-        self.backend.upload(self.x, xb)
-        self.backend.upload(self.labels, np.asarray(yb, np.int32))
+        be = self.backend
+        for buf, new in ((self.x, xb), (self.labels, self._labels(yb))):
+            if be.is_array(new):
+                if new is not buf:
+                    be.copy(buf, new)  # device to device
+            else:
+                be.upload(buf, new)
         self.optimizer.prepare_step()
 
     def _capture(self, xb: np.ndarray, yb: np.ndarray):
         be = self.backend
-        self.x = be.zeros(np.shape(xb), np.asarray(xb).dtype)
-        self.labels = be.zeros(np.shape(yb), np.int32)
+        self.x = be.zeros(tuple(xb.shape), xb.dtype)
+        self.labels = be.zeros((len(yb),), np.int32)
         self._refresh(xb, yb)
         cap = graphs.Capturer(be)
         out = cap.warm_up(self._device_step)  # this call's step, run for real
@@ -149,7 +163,15 @@ class TrainStep:
         be = self.backend
         state = self._state()
         start = [np.array(be.to_numpy(a), copy=True) for a in state]
-        self._launch()
+        try:
+            self._launch()
+        except Exception as exc:
+            if self.strict:
+                raise
+            for a, h in zip(state, start):
+                be.upload(a, h)
+            self._give_up(f"graph replay failed: {type(exc).__name__}: {exc}", exc)
+            return self._device_step()
         loss, logits = self.captured.outputs
         replayed = [np.array(be.to_numpy(a), copy=True) for a in state + [loss, logits]]
         for a, h in zip(state, start):
@@ -162,6 +184,7 @@ class TrainStep:
             rel = tolerances.scaled_error(r, e)[1]
             if not rel <= worst:  # NaN is the worst
                 worst = rel
+        self.verify_rel_err = worst
         if not tolerances.passes(worst, tolerances.tolerance_for("fp32", np.float32)):
             self._give_up(f"the first graph replay differs from an eager step (rel err {worst:.3g})",
                           graphs.GraphReplayError)

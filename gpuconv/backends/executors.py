@@ -111,7 +111,7 @@ class CupyExecutor:
         self._capture_stream.__enter__()
         self._capture_stream.begin_capture()
 
-    def end_capture(self) -> "CudaGraph":
+    def end_capture(self) -> CudaGraph:
         stream = self._capture_stream
         try:
             graph = stream.end_capture()
@@ -153,7 +153,7 @@ class CudaGraph:
 class EmulatorGraph:
     """The emulator's graph: the operations a capture recorded, replayed in order."""
 
-    def __init__(self, executor: "EmulatorExecutor", operations: list) -> None:
+    def __init__(self, executor: EmulatorExecutor, operations: list) -> None:
         self.executor, self.operations = executor, operations
 
     def launch(self) -> None:

@@ -36,7 +36,7 @@ temporaries an eager step would free early).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 import numpy as np
 
@@ -137,16 +137,17 @@ def compare(captured: List[tuple], traced: List[tuple]) -> None:
                 continue
             if kx[0] == "scalar" and ky[0] == "scalar":
                 raise GraphReplayError(
-                    f"{where} argument {j}: captured as {_show(kx)}, the step now passes {_show(ky)}. A graph "
-                    f"replays the captured value: keep a value that changes between steps in device memory, "
-                    f"refreshed outside the graph (Backend.upload), and pass its buffer")
+                    f"{where} argument {j}: captured as {_show(kx)}, the step now passes {_show(ky)}. "
+                    f"A graph replays the captured value: keep a value that changes between steps in "
+                    f"device memory, refreshed outside the graph (Backend.upload), and pass its buffer")
             raise GraphReplayError(
-                f"{where} argument {j}: captured as {_show(kx)}, the step now passes {_show(ky)}. A graph "
-                f"replays the captured buffer: copy new values into the captured buffers "
+                f"{where} argument {j}: captured as {_show(kx)}, the step now passes {_show(ky)}. "
+                f"A graph replays the captured buffer: copy new values into the captured buffers "
                 f"(Backend.upload) instead of passing new arrays")
     if len(captured) != len(traced):
         raise GraphReplayError(f"the step now issues {len(traced)} operations, the capture recorded "
-                               f"{len(captured)}: its launches depend on host state that changed since capture")
+                               f"{len(captured)}: its launches depend on host state that changed since "
+                               f"capture")
 
 
 class CapturedStep:

@@ -201,7 +201,8 @@ def graphed(cfg: TrainConfig, backend_name: str) -> bool:
     return backend_name == "cuda" if cfg.graph is None else cfg.graph
 
 
-def _train_step(cfg: TrainConfig, model: nn.Module, opt: optim.Optimizer, backend, rep: Reporter) -> TrainStep:
+def _train_step(cfg: TrainConfig, model: nn.Module, opt: optim.Optimizer, backend,
+                rep: Reporter) -> TrainStep:
     """The step of a one-rank run. On the emulator a graph is a test of graph safety: every replay
     is checked against a trace of the step and any failure raises; on a GPU a failure falls back to
     eager steps with a warning."""
