@@ -168,14 +168,12 @@ class TrainStep:
         except Exception as exc:
             if self.strict:
                 raise
-            for a, h in zip(state, start):
-                be.upload(a, h)
+            self._restore(state, start)
             self._give_up(f"graph replay failed: {type(exc).__name__}: {exc}", exc)
             return self._device_step()
         loss, logits = self.captured.outputs
         replayed = [np.array(be.to_numpy(a), copy=True) for a in state + [loss, logits]]
-        for a, h in zip(state, start):
-            be.upload(a, h)
+        self._restore(state, start)
         loss, logits = self._forward_backward(self.x, self.labels)  # counts the batch-norm batch
         self.optimizer.apply_step()
         eager = [be.to_numpy(a) for a in state + [loss, logits]]
@@ -191,6 +189,10 @@ class TrainStep:
         else:
             self.mode = "replay"
         return loss, logits
+
+    def _restore(self, state: List[object], host: List[np.ndarray]) -> None:
+        for a, h in zip(state, host):
+            self.backend.upload(a, h)
 
     def _launch(self) -> None:
         if self.check:
