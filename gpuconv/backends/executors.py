@@ -10,7 +10,7 @@ Both executors expose the same small interface, used only by ``KernelBackend``:
   ``synchronize()``
   ``describe()``           one line for logs
   ``begin_capture()``, ``end_capture()`` -> graph with ``launch()``, ``abort_capture()``,
-  ``capture_memory()``     capture the launches of a step (``gpuconv.backends.graphs``)
+  ``capture_pool()``, ``capture_memory(pool)``  capture a step (``gpuconv.backends.graphs``)
 
 CuPy's compile cache keys on the source text and the options only, so ``CupyExecutor.load``
 adds ``-DGPUCONV_SRC_HASH=<hash>`` computed over the ``.cu`` file and every header in the CUDA
@@ -92,15 +92,16 @@ class CupyExecutor:
         self._cupy.cuda.get_current_stream().synchronize()
 
     # ---- graphs -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def capture_memory(self):
-        """Array-library allocations (outside ``KernelBackend.empty``) of the warm-up and the capture
-        come from a pool the graph keeps, so no memory a graph touches goes back to the shared pool
-        (the warm-up fills the pool, so the capture needs no cudaMalloc)."""
-        pool = self._cupy.cuda.MemoryPool()
-        self._capture_pool = pool
-        with self._cupy.cuda.using_allocator(pool.malloc):
-            yield
+    def capture_pool(self):
+        """A memory pool for what the array library allocates on its own (outside
+        ``KernelBackend.empty``) in a step's warm-up and capture; the captured step keeps it, so no
+        memory a graph touches returns to the shared pool (the warm-up fills it, so the capture
+        needs no cudaMalloc)."""
+        return self._cupy.cuda.MemoryPool()
+
+    def capture_memory(self, pool):
+        """Allocate from ``pool`` (``capture_pool``) in the enclosed code."""
+        return self._cupy.cuda.using_allocator(pool.malloc)
 
     def begin_capture(self) -> None:
         """Capture on a fresh non-blocking stream (the legacy default stream cannot capture), after
@@ -118,7 +119,7 @@ class CupyExecutor:
         finally:
             stream.__exit__(None, None, None)
             self._capture_stream = None
-        return CudaGraph(self._cupy, graph, stream, getattr(self, "_capture_pool", None))
+        return CudaGraph(self._cupy, graph, stream)
 
     def abort_capture(self) -> None:
         """End a capture that failed; the partial graph is dropped."""
@@ -141,10 +142,10 @@ class CupyExecutor:
 
 class CudaGraph:
     """A captured CUDA graph; ``launch()`` replays it on the current stream, so it is ordered with
-    the uploads before it and the reads after it. Holds its capture stream and memory pool."""
+    the uploads before it and the reads after it."""
 
-    def __init__(self, cupy, graph, stream, pool) -> None:
-        self._cupy, self.graph, self.stream, self.pool = cupy, graph, stream, pool
+    def __init__(self, cupy, graph, stream) -> None:
+        self._cupy, self.graph, self.stream = cupy, graph, stream
 
     def launch(self) -> None:
         self.graph.launch(self._cupy.cuda.get_current_stream())
@@ -220,7 +221,11 @@ class EmulatorExecutor:
         """Emulated launches are synchronous."""
 
     # ---- graphs -------------------------------------------------------------------------
-    def capture_memory(self):
+    def capture_pool(self):
+        """No pool: every emulated buffer is a NumPy array, and the arena keeps the step's."""
+        return None
+
+    def capture_memory(self, pool):
         return contextlib.nullcontext()
 
     def begin_capture(self) -> None:

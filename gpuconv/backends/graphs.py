@@ -155,8 +155,9 @@ class CapturedStep:
     returned (its buffers hold each replay's results), ``check(step)`` (emulator) compares the
     step's launches now with the capture's."""
 
-    def __init__(self, backend, graph, arena: Arena, outputs: Any) -> None:
+    def __init__(self, backend, graph, arena: Arena, outputs: Any, pool: Any = None) -> None:
         self.backend, self.graph, self.arena, self.outputs = backend, graph, arena, outputs
+        self.pool = pool  # kept: memory the graph may use
 
     def replay(self) -> None:
         """Launch the captured graph on the current stream (ordered with eager work there)."""
@@ -200,18 +201,13 @@ class Capturer:
         if not hasattr(ex, "begin_capture"):
             raise NotImplementedError(f"backend {backend.name!r} cannot capture graphs")
         self.backend, self.arena = backend, Arena()
-        self._memory = ex.capture_memory()
-        self._memory.__enter__()  # left in capture() (or when the capturer is dropped unused)
+        self.pool = ex.capture_pool()  # what the array library allocates on its own; the graph keeps it
         self._warm = False
 
     def warm_up(self, step: Callable[[], Any]) -> Any:
-        try:
-            with _guarded(self.backend, self.arena, WARMUP):
-                out = step()
-            self.backend.synchronize()
-        except BaseException:
-            self._memory.__exit__(None, None, None)
-            raise
+        with self.backend.executor.capture_memory(self.pool), _guarded(self.backend, self.arena, WARMUP):
+            out = step()
+        self.backend.synchronize()
         self._warm = True
         return out
 
@@ -219,18 +215,15 @@ class Capturer:
         if not self._warm:
             raise RuntimeError("capture: call warm_up(step) first")
         ex = self.backend.executor
-        try:
-            with _guarded(self.backend, self.arena, CAPTURE):
-                ex.begin_capture()
-                try:
-                    outputs = step()
-                except BaseException:
-                    ex.abort_capture()
-                    raise
-                graph = ex.end_capture()
-        finally:
-            self._memory.__exit__(None, None, None)
-        return CapturedStep(self.backend, graph, self.arena, outputs)
+        with ex.capture_memory(self.pool), _guarded(self.backend, self.arena, CAPTURE):
+            ex.begin_capture()
+            try:
+                outputs = step()
+            except BaseException:
+                ex.abort_capture()
+                raise
+            graph = ex.end_capture()
+        return CapturedStep(self.backend, graph, self.arena, outputs, self.pool)
 
 
 def capture(backend, step: Callable[[], Any]) -> CapturedStep:
