@@ -76,6 +76,7 @@ class TrainStep:
                 self.mode = "first"  # -> "capture" -> "verify" -> "replay", or "off"
         self.captured: Optional[graphs.CapturedStep] = None
         self.x = self.labels = None  # the captured step's input buffers
+        self.shape: Optional[Tuple[int, ...]] = None
         self.replays = 0
         self.verify_rel_err: Optional[float] = None
 
@@ -112,9 +113,9 @@ class TrainStep:
 
     def _step(self, xb, yb):
         if self.mode == "first":
-            self.mode = "capture"
+            self.mode, self.shape = "capture", tuple(xb.shape)  # the batch shape to capture
             return self._eager(xb, yb)
-        if self.mode == "off" or (self.x is not None and tuple(self.x.shape) != tuple(xb.shape)):
+        if self.mode == "off" or tuple(xb.shape) != self.shape:
             return self._eager(xb, yb)
         if self.mode == "capture":
             return self._capture(xb, yb)

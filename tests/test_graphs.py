@@ -79,9 +79,10 @@ def test_replayed_steps_equal_eager_steps_bitwise(model_name, opt_kind):
 
 def test_replay_after_eager_steps_and_schedule_change_in_between():
     """A graph replays whatever the buffers hold: an eager step between replays (another batch
-    size) and a rate change are both seen by the next replay."""
+    size) and a rate change are both seen by the next replay. The batch of another size comes
+    right after the first step: the capture waits for a batch of the first one's size."""
     be = make_backend("emulator")
-    batches = _batches(n=3, last=5) + _batches(n=2)
+    batches = _batches(n=1, last=5) + _batches(n=4)
     eager = _train(be, "bn", "adam", False, batches)
     graphed = _train(be, "bn", "adam", True, batches, check=True, strict=True)
     assert graphed[0] == eager[0] and graphed[3].replays == 3
