@@ -140,7 +140,11 @@ class TrainStep:
         self.x = be.zeros(tuple(xb.shape), xb.dtype)
         self.labels = be.zeros((len(yb),), np.int32)
         self._refresh(xb, yb)
-        cap = graphs.Capturer(be)
+        try:
+            cap = graphs.Capturer(be)
+        except Exception as exc:  # nothing has run: this step can still be an eager one
+            self._give_up(f"capture failed: {type(exc).__name__}: {exc}", exc)
+            return self._device_step()
         out = cap.warm_up(self._device_step)  # this call's step, run for real
         try:
             with self.counters.unchanged():

@@ -282,3 +282,19 @@ def test_replay_repeats_fills_and_copies(emu):
         captured.replay()
         expected = np.tile(-0.5 * np.arange(4, dtype=np.float32), (2, 1))
         np.testing.assert_array_equal(captured.outputs, expected)
+
+
+def test_a_capture_that_cannot_start_leaves_eager_steps_with_the_eager_numbers(monkeypatch):
+    from gpuconv.backends.executors import EmulatorExecutor
+
+    def no_pool(self):
+        raise RuntimeError("no memory pool")
+
+    be = make_backend("emulator")
+    batches = _batches(n=3)
+    eager = _train(be, "lenet", "sgd", False, batches)
+    monkeypatch.setattr(EmulatorExecutor, "capture_pool", no_pool)
+    notes = []
+    graphed = _train(be, "lenet", "sgd", True, batches, warn=notes.append)
+    assert graphed[3].mode == "off" and "capture failed: RuntimeError: no memory pool" in notes[0]
+    assert graphed[0] == eager[0]
