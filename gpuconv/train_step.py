@@ -77,6 +77,7 @@ class TrainStep:
         self.captured: Optional[graphs.CapturedStep] = None
         self.x = self.labels = None  # the captured step's input buffers
         self.shape: Optional[Tuple[int, ...]] = None
+        self.classes = 0  # the logits' width, known after the first step
         self.replays = 0
         self.verify_rel_err: Optional[float] = None
 
@@ -86,15 +87,16 @@ class TrainStep:
         return self.mode != "off"
 
     # ---- the step -----------------------------------------------------------------------
-    def _forward_backward(self, x, labels):
+    def _forward_backward(self, x, labels, labels_checked: bool = False):
         logits = self.model.forward(x)
-        loss = self.loss_fn.forward(logits, labels)
+        loss = self.loss_fn.forward(logits, labels, labels_checked)
         self.model.backward(self.loss_fn.backward())
         return loss, logits
 
     def _device_step(self) -> Tuple[object, object]:
-        """What is captured: everything but the host half of the optimizer."""
-        loss, logits = self._forward_backward(self.x, self.labels)
+        """What is captured: everything but the host half of the optimizer. The labels were checked
+        on the host by ``_refresh`` (the loss would read them on the device)."""
+        loss, logits = self._forward_backward(self.x, self.labels, labels_checked=True)
         self.optimizer.apply_step()
         return loss, logits
 
@@ -114,7 +116,9 @@ class TrainStep:
     def _step(self, xb, yb):
         if self.mode == "first":
             self.mode, self.shape = "capture", tuple(xb.shape)  # the batch shape to capture
-            return self._eager(xb, yb)
+            loss, logits = self._eager(xb, yb)
+            self.classes = int(logits.shape[1])
+            return loss, logits
         if self.mode == "off" or tuple(xb.shape) != self.shape:
             return self._eager(xb, yb)
         if self.mode == "capture":
@@ -125,8 +129,15 @@ class TrainStep:
         return self._replay()
 
     def _refresh(self, xb, yb) -> None:
-        """The host half of a step: new inputs and constants into the graph's buffers."""
+        """The host half of a step: new inputs (host labels range-checked here) and constants into
+        the graph's buffers."""
         be = self.backend
+        if isinstance(yb, (np.ndarray, list, tuple)) and len(yb):  # on the host (the emulator's too)
+            classes = self.classes
+            lo, hi = int(np.min(yb)), int(np.max(yb))
+            if lo < 0 or hi >= classes:
+                raise ValueError(f"labels must lie in [0, {classes}) for logits with {classes} classes, "
+                                 f"got values in [{lo}, {hi}]")
         for buf, new in ((self.x, xb), (self.labels, self._labels(yb))):
             if be.is_array(new):
                 if new is not buf:
@@ -179,7 +190,7 @@ class TrainStep:
         loss, logits = self.captured.outputs
         replayed = [np.array(be.to_numpy(a), copy=True) for a in state + [loss, logits]]
         self._restore(state, start)
-        loss, logits = self._forward_backward(self.x, self.labels)  # counts the batch-norm batch
+        loss, logits = self._forward_backward(self.x, self.labels, True)  # counts batch-norm batches
         self.optimizer.apply_step()
         eager = [be.to_numpy(a) for a in state + [loss, logits]]
         worst = 0.0

@@ -107,7 +107,7 @@ class _Step:
         be = self.be
         self.calls += 1
         with use_backend(be):
-            loss = self.loss_fn.forward(self.model.forward(self.x), self.y)
+            loss = self.loss_fn.forward(self.model.forward(self.x), self.y, self.plant != "label check")
             dlogits = self.loss_fn.backward()
             if self.plant == "host math":  # array arithmetic, not a kernel: on the emulator it runs
                 dlogits = dlogits * np.float32(1)  # at capture only, and a replay reuses its result
@@ -149,6 +149,7 @@ def test_clean_step_captures_checks_and_replays():
     ("sync", r"synchronisation inside a captured step"),
     ("upload", r"host-to-device copy \(upload\) inside a captured step"),
     ("host list", r"asarray of a list as float32 inside a captured step"),
+    ("label check", r"device-to-host copy \(to_numpy\) inside a captured step"),
     ("allocation", r"allocation #\d+ \(\(4,\), float32\) during capture: the warm-up step made only"),
     ("shape", r"asks for \(\(2,\), float32\) but the warm-up step's #\d+ was \(\(1,\), float32\)"),
 ])
@@ -298,3 +299,19 @@ def test_a_capture_that_cannot_start_leaves_eager_steps_with_the_eager_numbers(m
     graphed = _train(be, "lenet", "sgd", True, batches, warn=notes.append)
     assert graphed[3].mode == "off" and "capture failed: RuntimeError: no memory pool" in notes[0]
     assert graphed[0] == eager[0]
+
+
+def test_replayed_steps_check_host_labels_before_upload():
+    """The captured loss does not read its labels on the device (a host read a GPU capture
+    refuses): TrainStep checks host labels when it uploads them instead."""
+    be = make_backend("emulator")
+    batches = _batches(n=3)
+    with use_backend(be):
+        model = build_model("lenet", 1, 8, 10, seed=0)
+        step = TrainStep(model, optim.SGD(model.parameters(), lr=0.1), be, graph=True, strict=True)
+        for xb, yb in batches:
+            step(xb, yb)
+        xb, yb = batches[0]
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\) for logits with 10 classes, "
+                                             r"got values in \[\d+, 10\]"):
+            step(xb, np.where(yb == yb[0], 10, yb))
