@@ -58,10 +58,11 @@ class TrainStep:
     the call); x a float array (N, C, H, W), labels an int array (N,), on the host or the device.
     ``verify_rel_err``: the first replay's largest relative difference from the eager step."""
 
-    def __init__(self, model, optimizer, backend, *, graph: bool = False, check: bool = False,
-                 strict: bool = False, warn: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, model, optimizer, backend, *, loss_fn: Optional[nn.SoftmaxCrossEntropy] = None,
+                 graph: bool = False, check: bool = False, strict: bool = False,
+                 warn: Optional[Callable[[str], None]] = None) -> None:
         self.model, self.optimizer, self.backend = model, optimizer, backend
-        self.loss_fn = nn.SoftmaxCrossEntropy()
+        self.loss_fn = nn.SoftmaxCrossEntropy() if loss_fn is None else loss_fn
         self.counters = _BatchCounters(model)
         self.check, self.strict = bool(check), bool(strict)
         self.warn = warn or (lambda msg: None)
