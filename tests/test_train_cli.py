@@ -81,11 +81,15 @@ def test_training_loss_falls_with_sgd_on_idx_data(tmp_path, capsys):
     assert doc["dataset"].startswith("idx:") and doc["optimizer"] == "sgd" and doc["test_accuracy"] > 0.9
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_graph_training_on_the_emulator_equals_eager_training(tmp_path, optimizer, monkeypatch):
+@pytest.mark.parametrize("optimizer, extra", [
+    ("sgd", []), ("adam", []),
+    ("sgd", ["--augment", "crop=1,flip,cutout=2", "--label-smoothing", "0.1"]),
+])
+def test_graph_training_on_the_emulator_equals_eager_training(tmp_path, optimizer, extra, monkeypatch):
     """--graph on the emulator (captured, every replay checked, a short last batch eager between
-    replays, a warm-up then cosine rate) gives the eager run's losses and weights bit for bit
-    (docs/graphs.md says why bitwise)."""
+    replays, a warm-up then cosine rate; augmentation, whose draws change per epoch and image,
+    before the captured step) gives the eager run's losses and weights bit for bit (docs/graphs.md
+    says why bitwise)."""
     from gpuconv.tools import train as train_module
     steps = []
 
@@ -102,7 +106,7 @@ def test_graph_training_on_the_emulator_equals_eager_training(tmp_path, optimize
         out.mkdir()
         assert main(["train", "--backend", "emulator", mode, "--data", str(tmp_path),
                      "--optimizer", optimizer, "--epochs", "3", "--warmup-epochs", "1", "--batch-size", "16",
-                     "--quiet", "--json", str(out / "m.json"), "--save", str(out / "c.npz")]) == 0
+                     "--quiet", "--json", str(out / "m.json"), "--save", str(out / "c.npz")] + extra) == 0
         doc = json.loads((out / "m.json").read_text())
         runs[mode] = ([(h["train_loss"], h["test_loss"]) for h in doc["history"]], np.load(out / "c.npz"))
     graphed, eager_step = steps
