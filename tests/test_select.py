@@ -113,7 +113,7 @@ def test_explicit_version_and_overrides_win(settings, tmp_path):
         with be.use_versions({"conv2d_forward": 2}):
             conv.forward(be, x, w, None, g)
             assert be.chosen("conv2d_forward", g, F32) == select.Choice(2, None, "override")
-    assert [f.name for f, *_ in launches] == ["conv2d_forward_v1<float>", "conv2d_forward_v2<float, 16>"]
+    assert [f.name for f, *_ in launches] == ["conv2d_forward_v1<float>", "conv2d_forward_v2<float, 16, 4>"]
     forced = {"conv2d_forward": 1}
     assert KernelBackend(EmulatorExecutor(), versions=forced).overrides() == forced
 
@@ -154,20 +154,20 @@ def _timed_backend(tmp_path, times, ref, device="Fake GPU", precision_of=lambda 
 def test_timing_picks_the_fastest_times_once_and_writes_the_cache(settings, tmp_path):
     settings.benchmark = True
     x, w, g, ref = _forward_case()
-    be, timer = _timed_backend(tmp_path, {"conv2d_forward_v2<float, 32>": 2e-6,
+    be, timer = _timed_backend(tmp_path, {"conv2d_forward_v2<float, 32, 4>": 2e-6,
                                           "conv2d_forward_v3<float>": 3e-6}, ref)
     y = conv.forward(be, x, w, None, g)
     assert_close(y, ref)
     # every eligible candidate once: v1, v2 in each tile width, v3 (no TF32 v4: not allowed)
-    assert sorted(timer.kernels) == sorted(["conv2d_forward_v1<float>", "conv2d_forward_v2<float, 16>",
-                                            "conv2d_forward_v2<float, 32>", "conv2d_forward_v2<float, 64>",
+    assert sorted(timer.kernels) == sorted(["conv2d_forward_v1<float>", "conv2d_forward_v2<float, 16, 4>",
+                                            "conv2d_forward_v2<float, 32, 4>", "conv2d_forward_v2<float, 64, 4>",
                                             "conv2d_forward_v3<float>"])
     choice = be.chosen("conv2d_forward", g, F32)
     assert (choice.version, choice.tile) == (2, 32)
     assert choice.reason == "timed: v2/32 2.0 µs < v3 3.0 µs"
     with recording_launches(be) as launches:      # the same shape again: the choice, no timing
         conv.forward(be, x, w, None, g)
-    assert [f.name for f, *_ in launches] == ["conv2d_forward_v2<float, 32>"] and len(timer.kernels) == 5
+    assert [f.name for f, *_ in launches] == ["conv2d_forward_v2<float, 32, 4>"] and len(timer.kernels) == 5
     doc = json.loads(be.selector.cache_file.read_text())
     assert doc["device"] == "Fake GPU" and doc["schema"] == select.SCHEMA
     entry = doc["choices"][select.cache_key("conv2d_forward", g, F32, False)]
@@ -295,7 +295,7 @@ def _tf32_of(name):
 def test_tf32_is_never_timed_or_picked_when_not_allowed(settings, tmp_path):
     settings.benchmark = True
     x, w, g, ref = _forward_case()
-    fastest = {"conv2d_forward_v4<float>": 1e-7, "conv2d_forward_v2<float, 16>": 1e-6}
+    fastest = {"conv2d_forward_v4<float>": 1e-7, "conv2d_forward_v2<float, 16, 4>": 1e-6}
     be, timer = _timed_backend(tmp_path, fastest, ref, precision_of=_tf32_of)
     conv.forward(be, x, w, None, g)
     assert "conv2d_forward_v4<float>" not in timer.kernels

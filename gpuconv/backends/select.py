@@ -176,14 +176,18 @@ class Selector:
     def _header(self) -> Dict[str, str]:
         return {"schema": SCHEMA, "device": self.device, "gpuconv": __version__, "source": _source_hash()}
 
-    def choose(self, op: str, g, dtype, run: Run) -> Choice:
-        """The choice for this call; ``run(version, tile)`` launches a candidate (timing only)."""
+    def choose(self, op: str, g, dtype, run: Run, may_time: bool = True) -> Choice:
+        """The choice for this call; ``run(version, tile)`` launches a candidate (timing only).
+        Without ``may_time`` (a step being captured as a graph) a shape not yet timed gets the
+        static rule and stays untimed, so the warm-up and the capture launch the same kernels."""
         allow_tf32, timing = settings.allow_tf32, settings.benchmark and self.timer is not None
         dt = np.dtype(dtype).name
         if not timing:
             return static_choice(op, g, dt, self.executor, allow_tf32)
         key = (op, g, dt, allow_tf32)
         choice = self._chosen.get(key)
+        if choice is None and not may_time:
+            return static_choice(op, g, dt, self.executor, allow_tf32)
         if choice is None:
             with self._lock:
                 choice = self._chosen.get(key) or self._time(op, g, dt, allow_tf32, run)
