@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_close, recording_launches
 
 from gpuconv import backends
-from gpuconv.backends import launch, select
+from gpuconv.backends import graphs, launch, select
 from gpuconv.backends.executors import EmulatorExecutor
 from gpuconv.backends.kernel_backend import KernelBackend
 from gpuconv.backends.launch import conv
@@ -80,12 +80,13 @@ def test_static_rule_for_backward():
     for op in ("conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias"):
         for dtype in ("float32", "float64"):
             for tf32 in (False, True):
-                choice = select.static_choice(op, geom(1, 6), dtype, "emulator", tf32)
-                if op == "conv2d_backward_filter" and tf32 and dtype == "float32":
-                    # predicted faster on every layer of the suite
-                    assert (choice.version, choice.reason) == (4, "rule: allow_tf32, K>=1")
-                else:    # backward-data v4 is not predicted faster: only timing picks it
-                    assert choice == select.Choice(default[op], None, "default"), (op, dtype, tf32)
+                for K in (32, 64):
+                    choice = select.static_choice(op, geom(1, K), dtype, "emulator", tf32)
+                    if op == "conv2d_backward_filter" and tf32 and dtype == "float32" and K == 64:
+                        # predicted faster than v3 from 64 output channels per group
+                        assert (choice.version, choice.reason) == (4, "rule: allow_tf32, K>=64")
+                    else:    # backward-data v4 is not predicted faster: only timing picks it
+                        assert choice == select.Choice(default[op], None, "default"), (op, dtype, tf32, K)
 
 
 def test_default_calls_run_the_rule_on_the_emulator(settings):
@@ -160,8 +161,8 @@ def test_timing_picks_the_fastest_times_once_and_writes_the_cache(settings, tmp_
     assert_close(y, ref)
     # every eligible candidate once: v1, v2 in each tile width, v3 (no TF32 v4: not allowed)
     assert sorted(timer.kernels) == sorted(["conv2d_forward_v1<float>", "conv2d_forward_v2<float, 16, 4>",
-                                            "conv2d_forward_v2<float, 32, 4>", "conv2d_forward_v2<float, 64, 4>",
-                                            "conv2d_forward_v3<float>"])
+                                            "conv2d_forward_v2<float, 32, 4>",
+                                            "conv2d_forward_v2<float, 64, 4>", "conv2d_forward_v3<float>"])
     choice = be.chosen("conv2d_forward", g, F32)
     assert (choice.version, choice.tile) == (2, 32)
     assert choice.reason == "timed: v2/32 2.0 µs < v3 3.0 µs"
@@ -404,3 +405,20 @@ def test_profile_default_profiles_the_version_the_rule_picks(settings):
                                  compiler="none")
     assert {(r["layer"], r["version"]) for r in rows} == {("L1", 3), ("C1", 2)}
 
+
+
+def test_a_captured_step_is_not_timed_and_replays_the_rule(settings, tmp_path):
+    """With benchmark on, capturing a step whose conv shape is not yet timed neither times nor
+    launches anything extra: the warm-up and the capture take the static rule and launch the same
+    kernels on the same buffers (timing there would allocate in the warm-up only), and the replay
+    computes the result; the shape is timed by the next eager call."""
+    settings.benchmark = True
+    x, w, g, ref = _forward_case()
+    be, timer = _timed_backend(tmp_path, {"conv2d_forward_v2<float, 32, 4>": 2e-6}, ref)
+    xd, wd = be.asarray(x), be.asarray(w)
+    captured = graphs.capture(be, lambda: conv.forward(be, xd, wd, None, g))
+    captured.replay()
+    assert_close(be.to_numpy(captured.outputs), ref)
+    assert timer.kernels == [] and be.chosen("conv2d_forward", g, F32) is None
+    conv.forward(be, xd, wd, None, g)  # eager: timed now
+    assert be.chosen("conv2d_forward", g, F32).reason.startswith("timed: v2/32")

@@ -64,11 +64,14 @@ STEM_CHANNELS = 3
 # --versions all, batch 128, layers C1-C6 of small-cnn):
 #   forward v4 19.2 µs < v2 22.7 at C4 (K=32), 71.8 < 150.8 at C6 (K=64), but 35.0 > 26.9 at C2
 #     (K=16): half of v4's 64-wide tile idle costs more than TF32 saves;
-#   backward-filter v4 (with its split sum) below v2 on all five: 53.8 < 75.3 µs (C1), 52.9 < 85.8
-#     (C2), 28.5 < 41.4 (C4), 21.9 < 26.9 (C5), 90.9 < 166.0 (C6);
+#   backward-filter v4 (with its split sum) against the default v3 (gpuconv profile --gpu h100
+#     --versions all --ops conv2d_backward_filter, small-cnn): below it at K=64, 21.9 < 26.6 µs (C5),
+#     90.9 < 163.8 (C6), above it at K<=32, 54.4 > 20.6 (C1), 54.3 > 38.2 (C2), 35.4 > 19.6 (C3),
+#     29.0 > 26.3 (C4). When db is needed too, v3 computes it in its launch and v4 adds the bias
+#     kernel (predicted 7.5 µs on C5, 26.9 on C6): still below v3 on C6, about even on C5;
 #   backward-data v4 not: 71.5 > 58.4 (C1), 73.3 > 59.2 (C2), 38.5 < 39.5 (C4), 39.9 > 30.6 (C5),
 #     279.9 < 289.0 (C6), so it is left to timing.
-TF32_MIN_CHANNELS = {"conv2d_forward": 32, "conv2d_backward_filter": 1}
+TF32_MIN_CHANNELS = {"conv2d_forward": 32, "conv2d_backward_filter": 64}
 
 Run = Callable[[int, Optional[int]], Any]        # run(version, tile): one launch of the op
 Timer = Callable[[Callable[[], Any]], float]     # seconds per call of a no-argument launch
