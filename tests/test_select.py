@@ -422,3 +422,34 @@ def test_a_captured_step_is_not_timed_and_replays_the_rule(settings, tmp_path):
     assert timer.kernels == [] and be.chosen("conv2d_forward", g, F32) is None
     conv.forward(be, xd, wd, None, g)  # eager: timed now
     assert be.chosen("conv2d_forward", g, F32).reason.startswith("timed: v2/32")
+
+
+def test_backward_filter_candidates_are_timed_with_db_when_the_call_needs_it(settings, tmp_path):
+    """conv.backward with dw and db: each backward-filter candidate is timed on the whole call, so
+    the versions without a bias column (v1, v2) launch the bias kernel inside their timing and v3
+    does not; the chosen one returns both gradients."""
+    settings.benchmark = True
+    rng = np.random.default_rng(5)
+    g = conv2d_geometry((2, 4, 6, 6), (8, 4, 3, 3), padding=1)
+    x, w, dy = (rng.standard_normal(s).astype(F32) for s in (g.x_shape, g.w_shape, g.y_shape))
+    ref = NumpyBackend().conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), g,
+                                         False, True, True)
+    be = KernelBackend(EmulatorExecutor())
+    timed = {}
+
+    def timer(call):
+        with recording_launches(be) as launches:
+            out = call()
+        if isinstance(out, tuple):  # a backward-filter candidate (the bias kernel's own choice: not)
+            assert_close(be.to_numpy(out[0]), ref[1])
+            assert_close(be.to_numpy(out[1]), ref[2])
+            names = [f.name for f, *_ in launches]
+            timed[names[0]] = any(n.startswith("conv2d_backward_bias") for n in names)
+        return 1e-3
+
+    be.selector = select.Selector("emulator", "Fake GPU", timer, tmp_path)
+    _, dw, db = conv.backward(be, dy, x, w, g, need_dx=False)
+    assert_close(be.to_numpy(dw), ref[1])
+    assert_close(be.to_numpy(db), ref[2])
+    assert len(timed) == len(select.candidates("conv2d_backward_filter", F32, False, "emulator"))
+    assert all(bias == (not name.startswith("conv2d_backward_filter_v3")) for name, bias in timed.items())
