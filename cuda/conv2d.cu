@@ -637,6 +637,169 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
 }
 
 // ============================================================================================
+// conv2d_backward_data_v3: phase decomposition. For strides (sh, sw) the input cells split into
+// sh * sw phases (h mod sh, w mod sw) = (ph, pw). Tap (r, s) reaches the cells of phase (ph, pw)
+// exactly when ph + pad_h - r*dil_h and pw + pad_w - s*dil_w are multiples of sh and sw, and then
+// cell (ph + i*sh, pw + j*sw) reads dy at (i + o_r, j + o_s) with o_r = (ph + pad_h - r*dil_h) / sh,
+// o_s likewise: each phase is a dense stride-1 implicit GEMM with rows m = (n, i, j), columns c
+// of the group and reduction (k, taps of the phase). No divisibility test and no multiply by a
+// structural zero is left; dy is gathered by ConvLoader's stride-1 window test. blockIdx.z walks
+// the phases (one launch); a phase reached by no tap writes zeros.
+// ============================================================================================
+
+// The taps of one axis that reach phase ph: the r in [0, R) with (ph + pad - r*dil) a multiple
+// of stride form r0, r0 + period, ... (count of them); o0 = (ph + pad - r0*dil) / stride is the
+// first one's dy displacement, and each next tap moves it by -step.
+struct ConvPhaseTaps {
+    int r0, count, period, o0, step;
+};
+
+__device__ __forceinline__ ConvPhaseTaps conv_phase_taps(int ph, int R, int stride, int pad, int dil) {
+    int a = stride, b = dil;  // gcd(stride, dil)
+    while (b != 0) {
+        const int t = a % b;
+        a = b;
+        b = t;
+    }
+    ConvPhaseTaps tp;
+    tp.period = stride / a;
+    tp.step = dil / a;
+    tp.r0 = -1;
+    for (int r = 0; r < tp.period && r < R; ++r) {
+        if ((ph + pad - r * dil) % stride == 0) {
+            tp.r0 = r;
+            break;
+        }
+    }
+    if (tp.r0 < 0) {
+        tp.r0 = 0;
+        tp.count = 0;
+        tp.o0 = 0;
+    } else {
+        tp.count = (R - tp.r0 + tp.period - 1) / tp.period;
+        tp.o0 = (ph + pad - tp.r0 * dil) / stride;
+    }
+    return tp;
+}
+
+// Index-table entry of reduction index red = (k, u, v) of a phase (u, v: its u-th row tap and
+// v-th column tap): a = k*P*Q + o_r*Q + o_s (added to the row's dy offset n*K*P*Q + i*Q + j),
+// (b, c) = (o_r, o_s) (added to (i, j), tested against [0, P) x [0, Q)), d = k*Cg*R*S + r*S + s
+// (the weight offset without the c term); past the end, an entry that reads zero.
+__device__ __forceinline__ ConvIdx conv_phase_entry(int red, int KT, const ConvPhaseTaps& th,
+                                                    const ConvPhaseTaps& tw, int S, int PQ, int Q,
+                                                    int CgRS) {
+    if (red >= KT) return conv_idx_outside();
+    const int T = th.count * tw.count;
+    const int k = red / T, uv = red - k * T;
+    const int u = uv / tw.count, v = uv - u * tw.count;
+    ConvIdx e;
+    e.b = th.o0 - u * th.step;
+    e.c = tw.o0 - v * tw.step;
+    e.a = k * PQ + e.b * Q + e.c;
+    e.d = k * CgRS + (th.r0 + u * th.period) * S + tw.r0 + v * tw.period;
+    return e;
+}
+
+template <typename T, int BN>
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+                        GC_CONV_GEOMETRY_PARAMS) {
+    using Tl = ConvTile<T, BN>;
+    constexpr int BM = Tl::BM, BK = Tl::BK;
+    alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
+    alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
+    __shared__ ConvIdx tbl[2][BK];
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, CgRS = Cg * R * S;
+    const int t = threadIdx.x;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
+    const int m0 = blockIdx.x * BM;
+    const int n_ctiles = (Cg + BN - 1) / BN;
+    const int n_phases = stride_h * stride_w;
+
+    for (int z = blockIdx.z; z < n_phases; z += gridDim.z) {
+        const int ph = z / stride_w, pw = z - ph * stride_w;
+        const int Hp = (H - ph + stride_h - 1) / stride_h, Wp = (W - pw + stride_w - 1) / stride_w;
+        const int HWp = Hp * Wp, M = N * HWp;
+        if (m0 >= M) continue;  // the phase has fewer rows than the largest one (uniform per block)
+        const ConvPhaseTaps th = conv_phase_taps(ph, R, stride_h, pad_h, dil_h);
+        const ConvPhaseTaps tw = conv_phase_taps(pw, S, stride_w, pad_w, dil_w);
+        const int KT = Kg * th.count * tw.count;  // the phase's reduction length (0: no tap)
+
+        // A: dy gathered for phase row m0 + t % BM = (n, i, j): offset n*K*P*Q + i*Q + j, window
+        // origin (i, j), tested against P x Q; B: the weights, k-major.
+        ConvLoader<T, Tl::THREADS, BK, BM, BN> ld(t);
+        const int am = m0 + t % BM;
+        if (am < M) {
+            const int n = am / HWp, ij = am - n * HWp;
+            const int i = ij / Wp, j = ij - i * Wp;
+            ConvIdx e;
+            e.a = n * K * PQ + i * Q + j;
+            e.b = i;
+            e.c = j;
+            ld.init(e);
+        }
+
+        for (int yb = blockIdx.y; yb < groups * n_ctiles; yb += gridDim.y) {
+            const int g = yb / n_ctiles;
+            const int c0 = (yb - g * n_ctiles) * BN;
+            const T* __restrict__ dyg = dy + g * Kg * PQ;
+            const T* __restrict__ wg = w + g * Kg * CgRS;
+            T acc[4][4];
+            conv_zero(acc);
+
+            conv_gemm_steps<BK>(
+                tbl, (KT + BK - 1) / BK,
+                [&](int red) { return conv_phase_entry(red, KT, th, tw, S, PQ, Q, CgRS); },
+                [&](int buf) {
+                    ld.gather(tbl[buf], dyg, P, Q);
+                    ld.load_dense(tbl[buf], wg, c0, Cg, R * S);
+                },
+                [&](int buf) { ld.store(As[buf], Bs[buf]); },
+                [&](int buf) {
+                    conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
+                });
+
+            const int mq = m0 + 4 * tm;  // the thread's four rows mq .. mq + 3
+            if (n_phases == 1 && HW % 4 == 0) {
+                // Stride 1: the four rows are consecutive cells of one image, 4-aligned: one vector
+                // store per channel, as forward v2's epilogue.
+                if (mq < M) {
+                    const int n = mq / HW, hw = mq - n * HW;
+#pragma unroll
+                    for (int jc = 0; jc < 4; ++jc) {
+                        const int c = c0 + 4 * tn + jc;
+                        if (c >= Cg) continue;
+                        gc_vec4<T> v;
+#pragma unroll
+                        for (int ir = 0; ir < 4; ++ir) v.v[ir] = acc[ir][jc];
+                        *reinterpret_cast<gc_vec4<T>*>(&dx[(n * C + g * Cg + c) * HW + hw]) = v;
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int ir = 0; ir < 4; ++ir) {
+                    const int m = mq + ir;
+                    if (m >= M) continue;
+                    const int n = m / HWp, ij = m - n * HWp;
+                    const int i = ij / Wp, j = ij - i * Wp;
+                    const int hw = (ph + i * stride_h) * W + pw + j * stride_w;
+#pragma unroll
+                    for (int jc = 0; jc < 4; ++jc) {
+                        const int c = c0 + 4 * tn + jc;
+                        if (c < Cg) dx[(n * C + g * Cg + c) * HW + hw] = acc[ir][jc];
+                    }
+                }
+            }
+        }
+        // No barrier before the next phase: conv_gemm_steps ends on one after its last multiply.
+    }
+}
+
+// ============================================================================================
 // conv2d_backward_filter_v2: implicit GEMM, rows k of the group, columns red = (c, r, s),
 // reduction over m = (n, p, q) in the chunk [split * chunk, (split + 1) * chunk) of blockIdx.z.
 // Writes partial[split][k][red] (K x Cg*R*S per split); conv2d_sum_splits adds the splits.

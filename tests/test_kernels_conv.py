@@ -165,8 +165,8 @@ def run_determinism(be, dtype, cases) -> None:
                                          what=f"{op} v{v} {case}")
 
 
-BACKWARD = [(op, v) for op, vs in (("conv2d_backward_data", (1, 2)), ("conv2d_backward_filter", (1, 2)),
-                                   ("conv2d_backward_bias", (1, 2))) for v in vs]
+BACKWARD = [(op, v) for op in ("conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias")
+            for v in conv.VERSIONS[op]]
 DTYPES = [np.float32, np.float64]
 # (version, dtype) of every forward kernel: float32-only versions (TF32) skip float64.
 FORWARD = [pytest.param(v, dt, id=f"v{v}-{'f32' if dt == np.float32 else 'f64'}")
@@ -201,7 +201,24 @@ class TestEmulator:
         run_backward(emu, op, version, dtype)
 
     def test_backward_is_bitwise_deterministic(self, emu):
-        run_determinism(emu, np.float32, [CASES[0], CASES[5]])
+        # CASES[4]: strides (2, 3), six phases of backward-data v3.
+        run_determinism(emu, np.float32, [CASES[0], CASES[4], CASES[5]])
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    def test_backward_data_phases_folded_into_a_smaller_grid_z(self, emu, monkeypatch, dtype):
+        """v3 walks the stride phases over blockIdx.z; with fewer z blocks than phases (a grid
+        limit, 65535, reached only by strides whose product exceeds it) each block takes several."""
+        monkeypatch.setattr(conv, "MAX_GRID_Z", 2)
+        conv._backward_data_plan.cache_clear()
+        try:
+            for case in (CASES[3], CASES[4]):  # 4 and 6 phases
+                _, grid, _ = conv._backward_data_plan(case.g, 3, "float")
+                assert grid[2] == 2
+                dx = conv.backward_data(emu, _dev(emu, case.dy, dtype), _dev(emu, case.w, dtype), case.g,
+                                        version=3)
+                assert_close(emu.to_numpy(dx), case.dx_ref, dtype, what=f"v3, grid z 2, {case}")
+        finally:
+            conv._backward_data_plan.cache_clear()
 
     def test_default_versions_are_the_tiled_kernels(self, emu):
         assert conv.DEFAULT_VERSIONS == {"conv2d_forward": 2, "conv2d_backward_data": 2,
@@ -236,6 +253,7 @@ class TestThreadOrders:
 
     @pytest.mark.parametrize("op,version", [("conv2d_forward", 2), ("conv2d_forward", 3),
                                             ("conv2d_forward", 4), ("conv2d_backward_data", 2),
+                                            ("conv2d_backward_data", 3),
                                             ("conv2d_backward_filter", 2), ("conv2d_backward_bias", 2)])
     def test_orders_agree(self, emu, op, version):
         case = CASES[5]
@@ -251,6 +269,16 @@ class TestThreadOrders:
         assert launches
         for fn, grid, block, args, shared_mem in launches:
             emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
+
+    def test_backward_data_phases_orders_agree(self, emu):
+        """v3 on strides (2, 3): six phases over blockIdx.z, taps of unequal counts per phase."""
+        case = CASES[4]
+        dy, w = (_dev(emu, a, np.float32) for a in (case.dy, case.w))
+        with recording_launches(emu) as launches:
+            conv.backward_data(emu, dy, w, case.g, version=3)
+        (fn, grid, block, args, shared_mem), = launches
+        assert grid[2] == case.g.stride_h * case.g.stride_w
+        emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
 
 
 # ---- the TF32 MMA twin (GPU-only instruction, portable version on the emulator) -------------------

@@ -5,7 +5,9 @@ Ops and versions (see the header of conv2d.cu for what each version changes):
                                 shared memory (for 1-3 input channels), 4 the implicit GEMM on TF32
                                 tensor cores (float32 only; not default, unmeasured, and of lower
                                 precision: TF32 operands give about 1e-3 relative error, see PRECISION)
-  * ``conv2d_backward_data``    1 gather per input cell, 2 tiled implicit GEMM (default)
+  * ``conv2d_backward_data``    1 gather per input cell, 2 tiled implicit GEMM through a stride-
+                                divisibility predicate, 3 the implicit GEMM split into stride phases,
+                                each a dense stride-1 GEMM over the taps reaching it (default)
   * ``conv2d_backward_filter``  1 one thread per weight, 2 implicit GEMM with a fixed split of the
                                 N*P*Q reduction and an ordered sum of the partials (default)
   * ``conv2d_backward_bias``    1 one thread per channel, 2 two-stage ordered reduction (default)
@@ -27,7 +29,7 @@ FILE = "conv2d.cu"
 
 VERSIONS = {
     "conv2d_forward": (1, 2, 3, 4),
-    "conv2d_backward_data": (1, 2),
+    "conv2d_backward_data": (1, 2, 3),
     "conv2d_backward_filter": (1, 2),
     "conv2d_backward_bias": (1, 2),
 }
@@ -60,12 +62,14 @@ TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (the template argu
 TILE_AREA = DEFINES["GC_CONV_TILE_AREA"]
 BLOCK = DEFINES["GC_CONV_THREADS"]
 MAX_GRID_Y = MAX_GRID[1]  # the tiled kernels loop over blockIdx.y, so a larger count is folded
+MAX_GRID_Z = MAX_GRID[2]  # backward-data v3 loops over blockIdx.z (its phases) likewise
 
 NAME_EXPRESSIONS = tuple(
     [f"conv2d_{k}_v1<{t}>" for k in ("forward", "backward_data", "backward_filter", "backward_bias")
      for t in _TYPES]
     + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("forward", "backward_data", "backward_filter")
        for t in _TYPES for bn in TILE_WIDTHS]
+    + [f"conv2d_backward_data_v3<{t}, {bn}>" for t in _TYPES for bn in TILE_WIDTHS]
     + [f"conv2d_forward_v3<{t}>" for t in _TYPES]
     + ["conv2d_forward_v4<float>"]
     + [f"conv2d_backward_bias_v2<{t}>" for t in _TYPES]
@@ -162,8 +166,14 @@ def _backward_data_plan(g: ConvGeometry, v: int, t: str):
         return f"conv2d_backward_data_v1<{t}>", grid, block
     Cg = g.C // g.groups
     bn = _tile_width(Cg)
-    grid = (math.ceil(g.N * g.H * g.W / (TILE_AREA // bn)), min(g.groups * math.ceil(Cg / bn), MAX_GRID_Y), 1)
-    return f"conv2d_backward_data_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
+    y = min(g.groups * math.ceil(Cg / bn), MAX_GRID_Y)
+    if v == 2:
+        grid = (math.ceil(g.N * g.H * g.W / (TILE_AREA // bn)), y, 1)
+        return f"conv2d_backward_data_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
+    # v3: blockIdx.z walks the stride phases; x covers the largest phase, (0, 0).
+    rows = g.N * math.ceil(g.H / g.stride_h) * math.ceil(g.W / g.stride_w)
+    grid = (math.ceil(rows / (TILE_AREA // bn)), y, min(g.stride_h * g.stride_w, MAX_GRID_Z))
+    return f"conv2d_backward_data_v3<{t}, {bn}>", grid, (BLOCK, 1, 1)
 
 
 def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None):
