@@ -643,8 +643,8 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
 // cell (ph + i*sh, pw + j*sw) reads dy at (i + o_r, j + o_s) with o_r = (ph + pad_h - r*dil_h) / sh,
 // o_s likewise: each phase is a dense stride-1 implicit GEMM with rows m = (n, i, j), columns c
 // of the group and reduction (k, taps of the phase). No divisibility test and no multiply by a
-// structural zero is left; dy is gathered by ConvLoader's stride-1 window test. blockIdx.z walks
-// the phases (one launch); a phase reached by no tap writes zeros.
+// structural zero is left. blockIdx.z walks the phases (one launch); a phase no tap reaches
+// writes zeros. Stride 1 is one phase, the whole image.
 // ============================================================================================
 
 // The taps of one axis that reach phase ph: the r in [0, R) with (ph + pad - r*dil) a multiple
@@ -682,23 +682,59 @@ __device__ __forceinline__ ConvPhaseTaps conv_phase_taps(int ph, int R, int stri
     return tp;
 }
 
-// Index-table entry of reduction index red = (k, u, v) of a phase (u, v: its u-th row tap and
-// v-th column tap): a = k*P*Q + o_r*Q + o_s (added to the row's dy offset n*K*P*Q + i*Q + j),
-// (b, c) = (o_r, o_s) (added to (i, j), tested against [0, P) x [0, Q)), d = k*Cg*R*S + r*S + s
-// (the weight offset without the c term); past the end, an entry that reads zero.
-__device__ __forceinline__ ConvIdx conv_phase_entry(int red, int KT, const ConvPhaseTaps& th,
-                                                    const ConvPhaseTaps& tw, int S, int PQ, int Q,
-                                                    int CgRS) {
-    if (red >= KT) return conv_idx_outside();
-    const int T = th.count * tw.count;
-    const int k = red / T, uv = red - k * T;
-    const int u = uv / tw.count, v = uv - u * tw.count;
-    ConvIdx e;
-    e.b = th.o0 - u * th.step;
-    e.c = tw.o0 - v * tw.step;
-    e.a = k * PQ + e.b * Q + e.c;
-    e.d = k * CgRS + (th.r0 + u * th.period) * S + tw.r0 + v * tw.period;
-    return e;
+// Thread t < BK's walk over the reduction indices red = t, t + BK, t + 2 BK, ... of a phase, in
+// the order conv_gemm_steps asks for them, red = (k, u, v) with u, v the phase's u-th row and v-th
+// column tap: advanced by BK without a division. entry() is red's index-table entry: a = k*P*Q +
+// o_r*Q + o_s (added to the row's dy offset n*K*P*Q + i*Q + j), (b, c) = (o_r, o_s) (added to the
+// row's (i, j), tested against [0, P) x [0, Q)), d = k*Cg*R*S + r*S + s (the weight offset without
+// the c term); past the end of the reduction, an entry that reads zero.
+struct ConvPhaseWalk {
+    int k, u, v;     // the current index
+    int dk, du, dv;  // BK as (k, u, v) steps
+
+    __device__ __forceinline__ void start(int t, int BK, int Rc, int Sc) {
+        const int T = Rc * Sc;
+        dk = BK / T;
+        du = (BK - dk * T) / Sc;
+        dv = BK - dk * T - du * Sc;
+        k = t / T;
+        u = (t - k * T) / Sc;
+        v = t - k * T - u * Sc;
+    }
+
+    __device__ __forceinline__ ConvIdx entry(int Kg, const ConvPhaseTaps& th, const ConvPhaseTaps& tw,
+                                             int S, int PQ, int Q, int CgRS) {
+        ConvIdx e;
+        if (k < Kg) {
+            e.b = th.o0 - u * th.step;
+            e.c = tw.o0 - v * tw.step;
+            e.a = k * PQ + e.b * Q + e.c;
+            e.d = k * CgRS + (th.r0 + u * th.period) * S + tw.r0 + v * tw.period;
+        } else {
+            e = conv_idx_outside();
+        }
+        v += dv;
+        u += du;
+        if (v >= tw.count) {
+            v -= tw.count;
+            ++u;
+        }
+        if (u >= th.count) {
+            u -= th.count;
+            ++k;
+        }
+        k += dk;
+        return e;
+    }
+};
+
+// p, which the compiler may not re-derive from the expression that computed it.
+template <typename T>
+__device__ __forceinline__ const T* conv_opaque(const T* p) {
+#ifndef GPUCONV_EMU
+    asm("mov.b64 %0, %0;" : "+l"(p));
+#endif
+    return p;
 }
 
 template <typename T, int BN>
@@ -706,10 +742,15 @@ __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
                         GC_CONV_GEOMETRY_PARAMS) {
     using Tl = ConvTile<T, BN>;
-    constexpr int BM = Tl::BM, BK = Tl::BK;
-    alignas(gc_vec4<T>) __shared__ T As[2][BK][BM + Tl::PAD];
+    constexpr int NT = Tl::THREADS, BM = Tl::BM, BK = Tl::BK, LDA = BM + Tl::PAD;
+    using Loader = ConvLoader<T, NT, BK, BM, BN>;
+    alignas(gc_vec4<T>) __shared__ T As[2][BK][LDA];
     alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
+    // The epilogue stages the output tile in As, CP columns at a time, as Cs[column][row].
+    constexpr int CP = BN < 2 * BK ? BN : 2 * BK;
+    static_assert(BN % CP == 0 && NT % BM == 0, "epilogue staging");
+    T (*Cs)[LDA] = reinterpret_cast<T (*)[LDA]>(&As[0][0][0]);
 
     const int Cg = C / groups, Kg = K / groups;
     const int HW = H * W, PQ = P * Q, CgRS = Cg * R * S;
@@ -719,6 +760,7 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
     const int m0 = blockIdx.x * BM;
     const int n_ctiles = (Cg + BN - 1) / BN;
     const int n_phases = stride_h * stride_w;
+    const int ak = t / BM;  // the gathered rows' first reduction slot
 
     for (int z = blockIdx.z; z < n_phases; z += gridDim.z) {
         const int ph = z / stride_w, pw = z - ph * stride_w;
@@ -729,73 +771,76 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
         const ConvPhaseTaps tw = conv_phase_taps(pw, S, stride_w, pad_w, dil_w);
         const int KT = Kg * th.count * tw.count;  // the phase's reduction length (0: no tap)
 
-        // A: dy gathered for phase row m0 + t % BM = (n, i, j): offset n*K*P*Q + i*Q + j, window
-        // origin (i, j), tested against P x Q; B: the weights, k-major.
-        ConvLoader<T, Tl::THREADS, BK, BM, BN> ld(t);
+        // Row am = m0 + t % BM = (n, i, j) of the phase: A gathers dy from its offset
+        // n*K*P*Q + i*Q + j, window origin (i, j) tested against P x Q; the epilogue writes
+        // dx from its offset out (channel 0 of the group). B: the weights, k-major.
+        Loader ld(t);
         const int am = m0 + t % BM;
+        int out = 0;
         if (am < M) {
             const int n = am / HWp, ij = am - n * HWp;
             const int i = ij / Wp, j = ij - i * Wp;
-            ConvIdx e;
-            e.a = n * K * PQ + i * Q + j;
-            e.b = i;
-            e.c = j;
-            ld.init(e);
+            ld.init(ConvIdx{n * K * PQ + i * Q + j, i, j, 0});
+            out = n * C * HW + (ph + i * stride_h) * W + pw + j * stride_w;
         }
+        ConvPhaseWalk walk0 = {0, 0, 0, 0, 0, 0};
+        if (KT > 0 && t < BK) walk0.start(t, BK, th.count, tw.count);
 
         for (int yb = blockIdx.y; yb < groups * n_ctiles; yb += gridDim.y) {
             const int g = yb / n_ctiles;
             const int c0 = (yb - g * n_ctiles) * BN;
-            const T* __restrict__ dyg = dy + g * Kg * PQ;
+            // Row am's dy at k = 0, displacement (0, 0): each gathered element is arow[e.a], one
+            // IMAD.WIDE. Held opaque, or the compiler re-derives it from dy per element (a 64-bit
+            // add, two shifts and a reload of dy: five instructions instead of one).
+            const T* __restrict__ arow = conv_opaque(dy + g * Kg * PQ + ld.base);
             const T* __restrict__ wg = w + g * Kg * CgRS;
             T acc[4][4];
             conv_zero(acc);
 
+            ConvPhaseWalk walk = walk0;
             conv_gemm_steps<BK>(
                 tbl, (KT + BK - 1) / BK,
-                [&](int red) { return conv_phase_entry(red, KT, th, tw, S, PQ, Q, CgRS); },
+                [&](int) { return walk.entry(Kg, th, tw, S, PQ, Q, CgRS); },
                 [&](int buf) {
-                    ld.gather(tbl[buf], dyg, P, Q);
+#pragma unroll
+                    for (int jj = 0; jj < Loader::G_PER; ++jj) {
+                        const ConvIdx e = tbl[buf][ak + jj * Loader::G_STEP];
+                        const int p = ld.h0 + e.b, q = ld.w0 + e.c;
+                        ld.g[jj] = ((unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q) ? __ldg(arow + e.a) : T(0);
+                    }
                     ld.load_dense(tbl[buf], wg, c0, Cg, R * S);
                 },
                 [&](int buf) { ld.store(As[buf], Bs[buf]); },
                 [&](int buf) {
-                    conv_tile_multiply<T, BK, BM + Tl::PAD, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
+                    conv_tile_multiply<T, BK, LDA, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
                 });
 
-            const int mq = m0 + 4 * tm;  // the thread's four rows mq .. mq + 3
-            if (n_phases == 1 && HW % 4 == 0) {
-                // Stride 1: the four rows are consecutive cells of one image, 4-aligned: one vector
-                // store per channel, as forward v2's epilogue.
-                if (mq < M) {
-                    const int n = mq / HW, hw = mq - n * HW;
+            // Epilogue through shared memory: the thread's 4 x 4 tile goes to Cs (conv_gemm_steps
+            // ended on a barrier, As is free), then thread t writes row t % BM of CP / (NT / BM)
+            // channels, so a warp's stores run along consecutive cells of one phase (stride
+            // stride_w in dx) instead of 4 rows apart.
+#pragma unroll
+            for (int pass = 0; pass < BN / CP; ++pass) {
+                if (4 * tn / CP == pass) {
 #pragma unroll
                     for (int jc = 0; jc < 4; ++jc) {
-                        const int c = c0 + 4 * tn + jc;
-                        if (c >= Cg) continue;
                         gc_vec4<T> v;
 #pragma unroll
                         for (int ir = 0; ir < 4; ++ir) v.v[ir] = acc[ir][jc];
-                        *reinterpret_cast<gc_vec4<T>*>(&dx[(n * C + g * Cg + c) * HW + hw]) = v;
+                        *reinterpret_cast<gc_vec4<T>*>(&Cs[4 * tn + jc - pass * CP][4 * tm]) = v;
                     }
                 }
-            } else {
+                __syncthreads();
+                if (am < M) {
 #pragma unroll
-                for (int ir = 0; ir < 4; ++ir) {
-                    const int m = mq + ir;
-                    if (m >= M) continue;
-                    const int n = m / HWp, ij = m - n * HWp;
-                    const int i = ij / Wp, j = ij - i * Wp;
-                    const int hw = (ph + i * stride_h) * W + pw + j * stride_w;
-#pragma unroll
-                    for (int jc = 0; jc < 4; ++jc) {
-                        const int c = c0 + 4 * tn + jc;
-                        if (c < Cg) dx[(n * C + g * Cg + c) * HW + hw] = acc[ir][jc];
+                    for (int jc = ak; jc < CP; jc += NT / BM) {
+                        const int c = c0 + pass * CP + jc;
+                        if (c < Cg) dx[out + (g * Cg + c) * HW] = Cs[jc][t % BM];
                     }
                 }
+                __syncthreads();  // Cs is read before the next pass or step loop writes As
             }
         }
-        // No barrier before the next phase: conv_gemm_steps ends on one after its last multiply.
     }
 }
 
