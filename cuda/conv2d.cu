@@ -685,9 +685,11 @@ __device__ __forceinline__ ConvPhaseTaps conv_phase_taps(int ph, int R, int stri
 // Thread t < BK's walk over the reduction indices red = t, t + BK, t + 2 BK, ... of a phase, in
 // the order conv_gemm_steps asks for them, red = (k, u, v) with u, v the phase's u-th row and v-th
 // column tap: advanced by BK without a division. entry() is red's index-table entry: a = k*P*Q +
-// o_r*Q + o_s (added to the row's dy offset n*K*P*Q + i*Q + j), (b, c) = (o_r, o_s) (added to the
-// row's (i, j), tested against [0, P) x [0, Q)), d = k*Cg*R*S + r*S + s (the weight offset without
-// the c term); past the end of the reduction, an entry that reads zero.
+// o_r*Q + o_s (added to the row's dy offset n*K*P*Q + i*Q + j), d = k*Cg*R*S + r*S + s (the
+// weight offset without the c term), and the tap's validity key: with TAP_MASK, b = the bit
+// 1 << (u * count_w + v) of the tap in the row's mask of valid taps; else (b, c) = (o_r, o_s),
+// added to the row's (i, j) and tested against [0, P) x [0, Q). Past the end of the reduction,
+// an entry that reads zero (b = 0 with TAP_MASK).
 struct ConvPhaseWalk {
     int k, u, v;     // the current index
     int dk, du, dv;  // BK as (k, u, v) steps
@@ -702,6 +704,7 @@ struct ConvPhaseWalk {
         v = t - k * T - u * Sc;
     }
 
+    template <bool TAP_MASK>
     __device__ __forceinline__ ConvIdx entry(int Kg, const ConvPhaseTaps& th, const ConvPhaseTaps& tw,
                                              int S, int PQ, int Q, int CgRS) {
         ConvIdx e;
@@ -710,8 +713,10 @@ struct ConvPhaseWalk {
             e.c = tw.o0 - v * tw.step;
             e.a = k * PQ + e.b * Q + e.c;
             e.d = k * CgRS + (th.r0 + u * th.period) * S + tw.r0 + v * tw.period;
+            if (TAP_MASK) e.b = (int)(1u << (u * tw.count + v));
         } else {
             e = conv_idx_outside();
+            if (TAP_MASK) e.b = 0;
         }
         v += dv;
         u += du;
@@ -737,7 +742,10 @@ __device__ __forceinline__ const T* conv_opaque(const T* p) {
     return p;
 }
 
-template <typename T, int BN>
+// TAP_MASK: every phase has at most 32 taps (the host checks), and each thread tests a gathered
+// element's tap against a 32-bit mask of the taps valid for its row, computed once per phase,
+// instead of two window bounds per element.
+template <typename T, int BN, bool TAP_MASK>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
                         GC_CONV_GEOMETRY_PARAMS) {
@@ -777,11 +785,20 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
         Loader ld(t);
         const int am = m0 + t % BM;
         int out = 0;
+        unsigned valid = 0;  // TAP_MASK: bit u * tw.count + v set when tap (u, v) is in dy for the row
         if (am < M) {
             const int n = am / HWp, ij = am - n * HWp;
             const int i = ij / Wp, j = ij - i * Wp;
             ld.init(ConvIdx{n * K * PQ + i * Q + j, i, j, 0});
             out = n * C * HW + (ph + i * stride_h) * W + pw + j * stride_w;
+            if (TAP_MASK) {
+                for (int u = 0; u < th.count; ++u) {
+                    if ((unsigned)(i + th.o0 - u * th.step) >= (unsigned)P) continue;
+                    for (int v = 0; v < tw.count; ++v) {
+                        if ((unsigned)(j + tw.o0 - v * tw.step) < (unsigned)Q) valid |= 1u << (u * tw.count + v);
+                    }
+                }
+            }
         }
         ConvPhaseWalk walk0 = {0, 0, 0, 0, 0, 0};
         if (KT > 0 && t < BK) walk0.start(t, BK, th.count, tw.count);
@@ -800,13 +817,15 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
             ConvPhaseWalk walk = walk0;
             conv_gemm_steps<BK>(
                 tbl, (KT + BK - 1) / BK,
-                [&](int) { return walk.entry(Kg, th, tw, S, PQ, Q, CgRS); },
+                [&](int) { return walk.template entry<TAP_MASK>(Kg, th, tw, S, PQ, Q, CgRS); },
                 [&](int buf) {
 #pragma unroll
                     for (int jj = 0; jj < Loader::G_PER; ++jj) {
                         const ConvIdx e = tbl[buf][ak + jj * Loader::G_STEP];
-                        const int p = ld.h0 + e.b, q = ld.w0 + e.c;
-                        ld.g[jj] = ((unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q) ? __ldg(arow + e.a) : T(0);
+                        const bool ok = TAP_MASK ? (valid & (unsigned)e.b) != 0
+                                                 : (unsigned)(ld.h0 + e.b) < (unsigned)P &&
+                                                       (unsigned)(ld.w0 + e.c) < (unsigned)Q;
+                        ld.g[jj] = ok ? __ldg(arow + e.a) : T(0);
                     }
                     ld.load_dense(tbl[buf], wg, c0, Cg, R * S);
                 },

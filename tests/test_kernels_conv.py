@@ -205,6 +205,21 @@ class TestEmulator:
         run_determinism(emu, np.float32, [CASES[0], CASES[4], CASES[5]])
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    def test_backward_data_v3_tap_mask_and_window_variants(self, emu, dtype):
+        """v3 tests a phase's taps against a 32-bit mask per row when no phase has more than 32 taps,
+        and against the window bounds otherwise; CASES never exceed 25 taps, these reach 36 and 49
+        (stride 1, and stride 2 with dilation 2: every tap in one phase) or stay at 32."""
+        rng = np.random.default_rng(17)
+        for xs, ws, st, pd, dl, mask in (((2, 3, 9, 8), (4, 3, 6, 6), 1, 2, 1, "false"),
+                                         ((1, 2, 19, 18), (3, 2, 7, 7), 2, 5, 2, "false"),
+                                         ((1, 2, 12, 13), (5, 2, 4, 8), 1, (1, 3), 1, "true")):
+            case = _make_case(conv2d_geometry(xs, ws, st, pd, dl), rng)
+            name, _, _ = conv._backward_data_plan(case.g, 3, "float")
+            assert name.endswith(f", {mask}>"), (name, case.g)
+            dx = conv.backward_data(emu, _dev(emu, case.dy, dtype), _dev(emu, case.w, dtype), case.g, version=3)
+            assert_close(emu.to_numpy(dx), case.dx_ref, dtype, what=f"v3 {name} {case}")
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     def test_backward_data_phases_folded_into_a_smaller_grid_z(self, emu, monkeypatch, dtype):
         """v3 walks the stride phases over blockIdx.z; with fewer z blocks than phases (a grid
         limit, 65535, reached only by strides whose product exceeds it) each block takes several."""

@@ -69,7 +69,8 @@ NAME_EXPRESSIONS = tuple(
      for t in _TYPES]
     + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("forward", "backward_data", "backward_filter")
        for t in _TYPES for bn in TILE_WIDTHS]
-    + [f"conv2d_backward_data_v3<{t}, {bn}>" for t in _TYPES for bn in TILE_WIDTHS]
+    + [f"conv2d_backward_data_v3<{t}, {bn}, {m}>" for t in _TYPES for bn in TILE_WIDTHS
+       for m in ("true", "false")]
     + [f"conv2d_forward_v3<{t}>" for t in _TYPES]
     + ["conv2d_forward_v4<float>"]
     + [f"conv2d_backward_bias_v2<{t}>" for t in _TYPES]
@@ -173,7 +174,19 @@ def _backward_data_plan(g: ConvGeometry, v: int, t: str):
     # v3: blockIdx.z walks the stride phases; x covers the largest phase, (0, 0).
     rows = g.N * math.ceil(g.H / g.stride_h) * math.ceil(g.W / g.stride_w)
     grid = (math.ceil(rows / (TILE_AREA // bn)), y, min(g.stride_h * g.stride_w, MAX_GRID_Z))
-    return f"conv2d_backward_data_v3<{t}, {bn}>", grid, (BLOCK, 1, 1)
+    mask = "true" if phase_taps(g) <= PHASE_MASK_TAPS else "false"
+    return f"conv2d_backward_data_v3<{t}, {bn}, {mask}>", grid, (BLOCK, 1, 1)
+
+
+PHASE_MASK_TAPS = 32  # backward-data v3 tests taps against a 32-bit mask per row up to this many
+
+
+def phase_taps(g: ConvGeometry) -> int:
+    """The most taps (r, s) that reach one stride phase of backward-data v3: per axis, the r in
+    [0, R) with r * dil congruent to a given residue modulo stride are every stride/gcd-th one."""
+    per_h = math.ceil(g.R / (g.stride_h // math.gcd(g.stride_h, g.dil_h)))
+    per_w = math.ceil(g.S / (g.stride_w // math.gcd(g.stride_w, g.dil_w)))
+    return per_h * per_w
 
 
 def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None):
