@@ -41,7 +41,13 @@
 //     v1  one thread per input cell; gathers every (k, r, s) whose window covers it, the output
 //         position (h + pad - r*dil) / stride taken only when the division is exact. No atomics.
 //     v2  the same gather as a tiled implicit GEMM (dy gathered through the stride-divisibility
-//         predicate, weights read transposed). DEFAULT, expected fastest (not yet measured).
+//         predicate, weights read transposed). At stride 2, 3/4 of its multiply-adds are on zeros.
+//     v3  phase decomposition: the input cells of one stride phase (h mod stride_h, w mod stride_w)
+//         are a dense stride-1 implicit GEMM over only the taps that reach that phase, all phases
+//         in one launch (blockIdx.z); the v2 tile and step loop, the table filled without
+//         divisions, a 32-bit mask of valid taps per row (TAP_MASK, up to 32 taps per phase),
+//         and an epilogue staged in shared memory for coalesced stores. Stride 1 is one phase.
+//         DEFAULT: predicted faster than v2 on every suite layer (not yet measured on a GPU).
 //   conv2d_backward_filter
 //     v1  one thread per weight element, sequential loop over N*P*Q. Deterministic, slow when
 //         N*P*Q is large.
@@ -733,7 +739,8 @@ struct ConvPhaseWalk {
     }
 };
 
-// p, which the compiler may not re-derive from the expression that computed it.
+// p, as a value the compiler cannot re-derive from the expression that computed it (asm on the
+// GPU; the emulator needs no such hint).
 template <typename T>
 __device__ __forceinline__ const T* conv_opaque(const T* p) {
 #ifndef GPUCONV_EMU
@@ -755,6 +762,10 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
     alignas(gc_vec4<T>) __shared__ T As[2][BK][LDA];
     alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
     __shared__ ConvIdx tbl[2][BK];
+    // The phase's taps and the table filler's walks live in shared memory, not in registers
+    // across the step loop (ptxas would spill the double tiles on sm_80).
+    __shared__ ConvPhaseTaps taps[2];
+    __shared__ ConvPhaseWalk walks[BK];
     // The epilogue stages the output tile in As, CP columns at a time, as Cs[column][row].
     constexpr int CP = BN < 2 * BK ? BN : 2 * BK;
     static_assert(BN % CP == 0 && NT % BM == 0, "epilogue staging");
@@ -800,8 +811,11 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
                 }
             }
         }
-        ConvPhaseWalk walk0 = {0, 0, 0, 0, 0, 0};
-        if (KT > 0 && t < BK) walk0.start(t, BK, th.count, tw.count);
+        if (t == 0) {
+            taps[0] = th;
+            taps[1] = tw;
+        }
+        __syncthreads();  // taps is read by the table fillers t < BK
 
         for (int yb = blockIdx.y; yb < groups * n_ctiles; yb += gridDim.y) {
             const int g = yb / n_ctiles;
@@ -814,10 +828,10 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
             T acc[4][4];
             conv_zero(acc);
 
-            ConvPhaseWalk walk = walk0;
+            if (KT > 0 && t < BK) walks[t].start(t, BK, taps[0].count, taps[1].count);
             conv_gemm_steps<BK>(
                 tbl, (KT + BK - 1) / BK,
-                [&](int) { return walk.template entry<TAP_MASK>(Kg, th, tw, S, PQ, Q, CgRS); },
+                [&](int) { return walks[t].template entry<TAP_MASK>(Kg, taps[0], taps[1], S, PQ, Q, CgRS); },
                 [&](int buf) {
 #pragma unroll
                     for (int jj = 0; jj < Loader::G_PER; ++jj) {

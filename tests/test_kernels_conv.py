@@ -236,7 +236,7 @@ class TestEmulator:
             conv._backward_data_plan.cache_clear()
 
     def test_default_versions_are_the_tiled_kernels(self, emu):
-        assert conv.DEFAULT_VERSIONS == {"conv2d_forward": 2, "conv2d_backward_data": 2,
+        assert conv.DEFAULT_VERSIONS == {"conv2d_forward": 2, "conv2d_backward_data": 3,
                                          "conv2d_backward_filter": 2, "conv2d_backward_bias": 2}
         case = CASES[1]
         y = emu.conv2d(_dev(emu, case.x, np.float32), _dev(emu, case.w, np.float32),

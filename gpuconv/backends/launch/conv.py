@@ -35,7 +35,7 @@ VERSIONS = {
 }
 DEFAULT_VERSIONS = {
     "conv2d_forward": 2,
-    "conv2d_backward_data": 2,
+    "conv2d_backward_data": 3,
     "conv2d_backward_filter": 2,
     "conv2d_backward_bias": 2,
 }
