@@ -216,7 +216,8 @@ class TestEmulator:
             case = _make_case(conv2d_geometry(xs, ws, st, pd, dl), rng)
             name, _, _ = conv._backward_data_plan(case.g, 3, "float")
             assert name.endswith(f", {mask}>"), (name, case.g)
-            dx = conv.backward_data(emu, _dev(emu, case.dy, dtype), _dev(emu, case.w, dtype), case.g, version=3)
+            dy, w = _dev(emu, case.dy, dtype), _dev(emu, case.w, dtype)
+            dx = conv.backward_data(emu, dy, w, case.g, version=3)
             assert_close(emu.to_numpy(dx), case.dx_ref, dtype, what=f"v3 {name} {case}")
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
