@@ -717,7 +717,9 @@ struct ConvPhaseWalk {
         if (k < Kg) {
             e.b = th.o0 - u * th.step;
             e.c = tw.o0 - v * tw.step;
-            e.a = k * PQ + e.b * Q + e.c;
+            // Unsigned: a tap outside dy can have |o_r| * Q past 2^31; a tap inside gives an
+            // offset within dy, which the wrapped sum is then equal to.
+            e.a = (int)((unsigned)k * PQ + (unsigned)e.b * Q + (unsigned)e.c);
             e.d = k * CgRS + (th.r0 + u * th.period) * S + tw.r0 + v * tw.period;
             if (TAP_MASK) e.b = (int)(1u << (u * tw.count + v));
         } else {
@@ -778,12 +780,15 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
     Tl::thread_tile(t, tm, tn);
     const int m0 = blockIdx.x * BM;
     const int n_ctiles = (Cg + BN - 1) / BN;
-    const int n_phases = stride_h * stride_w;
+    // Phases that hold cells: (ph, pw) with ph < H and pw < W (a stride past the image size
+    // leaves the others empty), at most H * W of them, so no int overflow.
+    const int phases_w = stride_w < W ? stride_w : W;
+    const int n_phases = (stride_h < H ? stride_h : H) * phases_w;
     const int ak = t / BM;  // the gathered rows' first reduction slot
 
     for (int z = blockIdx.z; z < n_phases; z += gridDim.z) {
-        const int ph = z / stride_w, pw = z - ph * stride_w;
-        const int Hp = (H - ph + stride_h - 1) / stride_h, Wp = (W - pw + stride_w - 1) / stride_w;
+        const int ph = z / phases_w, pw = z - ph * phases_w;
+        const int Hp = (H - 1 - ph) / stride_h + 1, Wp = (W - 1 - pw) / stride_w + 1;
         const int HWp = Hp * Wp, M = N * HWp;
         if (m0 >= M) continue;  // the phase has fewer rows than the largest one (uniform per block)
         const ConvPhaseTaps th = conv_phase_taps(ph, R, stride_h, pad_h, dil_h);

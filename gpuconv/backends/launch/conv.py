@@ -171,9 +171,11 @@ def _backward_data_plan(g: ConvGeometry, v: int, t: str):
     if v == 2:
         grid = (math.ceil(g.N * g.H * g.W / (TILE_AREA // bn)), y, 1)
         return f"conv2d_backward_data_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
-    # v3: blockIdx.z walks the stride phases; x covers the largest phase, (0, 0).
+    # v3: blockIdx.z walks the stride phases that hold cells (a stride past the image leaves the
+    # others empty); x covers the largest phase, (0, 0).
     rows = g.N * math.ceil(g.H / g.stride_h) * math.ceil(g.W / g.stride_w)
-    grid = (math.ceil(rows / (TILE_AREA // bn)), y, min(g.stride_h * g.stride_w, MAX_GRID_Z))
+    phases = min(g.stride_h, g.H) * min(g.stride_w, g.W)
+    grid = (math.ceil(rows / (TILE_AREA // bn)), y, min(phases, MAX_GRID_Z))
     mask = "true" if phase_taps(g) <= PHASE_MASK_TAPS else "false"
     return f"conv2d_backward_data_v3<{t}, {bn}, {mask}>", grid, (BLOCK, 1, 1)
 
