@@ -753,9 +753,11 @@ __device__ __forceinline__ const T* conv_opaque(const T* p) {
 
 // TAP_MASK: every phase has at most 32 taps (the host checks), and each thread tests a gathered
 // element's tap against a 32-bit mask of the taps valid for its row, computed once per phase,
-// instead of two window bounds per element.
+// instead of two window bounds per element. Without it (kernels of more than 32 taps per phase,
+// rare) the double tiles are promised one resident block per SM, not GC_CONV_MIN_BLOCKS: within
+// 128 registers ptxas spills them.
 template <typename T, int BN, bool TAP_MASK>
-__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
+__global__ void __launch_bounds__(GC_CONV_THREADS, TAP_MASK || sizeof(T) == 4 ? GC_CONV_MIN_BLOCKS : 1)
 conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
                         GC_CONV_GEOMETRY_PARAMS) {
     using Tl = ConvTile<T, BN>;
@@ -788,7 +790,8 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
 
     for (int z = blockIdx.z; z < n_phases; z += gridDim.z) {
         const int ph = z / phases_w, pw = z - ph * phases_w;
-        const int Hp = (H - 1 - ph) / stride_h + 1, Wp = (W - 1 - pw) / stride_w + 1;
+        const int Hp = (int)(((unsigned)(H - ph) + stride_h - 1) / stride_h);  // ph < H: no overflow
+        const int Wp = (int)(((unsigned)(W - pw) + stride_w - 1) / stride_w);
         const int HWp = Hp * Wp, M = N * HWp;
         if (m0 >= M) continue;  // the phase has fewer rows than the largest one (uniform per block)
         const ConvPhaseTaps th = conv_phase_taps(ph, R, stride_h, pad_h, dil_h);
@@ -825,10 +828,13 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
         for (int yb = blockIdx.y; yb < groups * n_ctiles; yb += gridDim.y) {
             const int g = yb / n_ctiles;
             const int c0 = (yb - g * n_ctiles) * BN;
-            // Row am's dy at k = 0, displacement (0, 0): each gathered element is arow[e.a], one
-            // IMAD.WIDE. Held opaque, or the compiler re-derives it from dy per element (a 64-bit
-            // add, two shifts and a reload of dy: five instructions instead of one).
-            const T* __restrict__ arow = conv_opaque(dy + g * Kg * PQ + ld.base);
+            // TAP_MASK: row am's dy at k = 0, displacement (0, 0), each gathered element is
+            // arow[e.a], one IMAD.WIDE. Held opaque, or the compiler re-derives it from dy per
+            // element (a 64-bit add, two shifts and a reload of dy: five instructions instead of
+            // one). The window variant gathers as the forward GEMM does (ConvLoader::gather): a
+            // pointer held beside its two window coordinates would spill the double tiles.
+            const T* __restrict__ dyg = dy + g * Kg * PQ;
+            const T* __restrict__ arow = conv_opaque(dyg + ld.base);
             const T* __restrict__ wg = w + g * Kg * CgRS;
             T acc[4][4];
             conv_zero(acc);
@@ -838,13 +844,14 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
                 tbl, (KT + BK - 1) / BK,
                 [&](int) { return walks[t].template entry<TAP_MASK>(Kg, taps[0], taps[1], S, PQ, Q, CgRS); },
                 [&](int buf) {
+                    if (TAP_MASK) {
 #pragma unroll
-                    for (int jj = 0; jj < Loader::G_PER; ++jj) {
-                        const ConvIdx e = tbl[buf][ak + jj * Loader::G_STEP];
-                        const bool ok = TAP_MASK ? (valid & (unsigned)e.b) != 0
-                                                 : (unsigned)(ld.h0 + e.b) < (unsigned)P &&
-                                                       (unsigned)(ld.w0 + e.c) < (unsigned)Q;
-                        ld.g[jj] = ok ? __ldg(arow + e.a) : T(0);
+                        for (int jj = 0; jj < Loader::G_PER; ++jj) {
+                            const ConvIdx e = tbl[buf][ak + jj * Loader::G_STEP];
+                            ld.g[jj] = (valid & (unsigned)e.b) != 0 ? __ldg(arow + e.a) : T(0);
+                        }
+                    } else {
+                        ld.gather(tbl[buf], dyg, P, Q);
                     }
                     ld.load_dense(tbl[buf], wg, c0, Cg, R * S);
                 },
