@@ -9,7 +9,7 @@
 #   info     nvidia-smi and `gpuconv info`
 #   pytest   pytest -m gpu
 #   check    gpuconv check, cuda vs numpy, every model in float32 and lenet in float64
-#   bench    gpuconv bench conv+pool on cuda, every kernel version, baselines torch, torch-tf32, cupy-gemm
+#   bench    gpuconv bench conv+pool+norm on cuda, every kernel version, baselines torch, torch-tf32, cupy-gemm
 #   step     gpuconv bench --ops step (eager, CUDA graph, torch FP32/TF32)
 #   nccl     scripts/nccl_check.py: gpuconv.distributed's NCCL communicator, one rank, against host values
 # and, on the CPU in the background meanwhile, gpuconv profile (the time model's predictions, put
@@ -117,7 +117,7 @@ if "$PY" -c "import matplotlib" >/dev/null 2>&1; then
 else
     say "matplotlib is not installed: no bench.png"
 fi
-run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv bench --suite small-cnn --ops conv,pool --backend cuda \
+run_stage bench "$T_BENCH" "$LOG" "$PY" -m gpuconv bench --suite small-cnn --ops conv,pool,norm --backend cuda \
     --versions all --baseline torch,torch-tf32,cupy-gemm --json "$OUT/bench.json" ${PLOT[@]+"${PLOT[@]}"}
 run_stage step "$T_STEP" "$LOG" "$PY" -m gpuconv bench --ops step --backend cuda \
     --baseline torch,torch-tf32 --repeat 20 --json "$OUT/step.json"

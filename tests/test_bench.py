@@ -81,6 +81,81 @@ def test_bench_numpy_against_torch_reports_ratios_and_summary(tmp_path, capsys):
     assert "median ratio" in out
 
 
+BN_OPS = ("batch_norm_forward", "batch_norm_backward", "batch_norm_relu_forward", "batch_norm_relu_backward")
+
+
+def test_bench_numpy_times_batch_norm_against_torch(tmp_path, capsys):
+    """The suite's batch-norm layers: training forward and backward, plain and ReLU-fused, each
+    checked against the float64 reference and timed beside PyTorch's batch_norm (+relu) and its
+    autograd backward."""
+    pytest.importorskip("torch")
+    from gpuconv.tools import suites
+    path = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--backend", "numpy", "--baseline", "torch", "--ops", "norm", "--batch", "2",
+                   "--repeat", "1", "--layers", "B2", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    doc = load(path)
+    assert [(r["layer"], r["op"], r["version"]) for r in doc["rows"]] == [
+        ("B2", op, v) for op in BN_OPS for v in ("default", "torch")]
+    assert all(r["status"] == "ok" and r["rel_err"] <= r["tolerance"] for r in doc["rows"]), doc["rows"]
+    g = suites.SUITES["small-cnn"][-1].geometry(2)
+    for r in doc["rows"]:
+        kind, pass_name = r["op"].rsplit("_", 1)
+        cost = suites.norm_cost(g, kind, pass_name)
+        assert r["gbs"] * r["us"] * 1e3 == pytest.approx(cost.bytes)
+    assert {(s["what"], s["baseline"]) for s in doc["summary"]} == {
+        (f"{k} {p}", "torch") for k in suites.NORM_KINDS for p in suites.NORM_PASSES}
+    assert "batch_norm_relu_backward" in out
+
+
+def test_bench_fused_relu_backward_checks_the_mask(monkeypatch, tmp_path, capsys):
+    """A fused backward that ignores its mask source (y) fails its row; the plain rows pass."""
+    from gpuconv.backends.numpy_backend import NumpyBackend
+    original = NumpyBackend.batch_norm_backward
+
+    def unmasked(self, dy, x, y, *args):   # float32 only: the float64 reference stays right
+        return original(self, dy, x, None if dy.dtype == np.float32 else y, *args)
+
+    monkeypatch.setattr(NumpyBackend, "batch_norm_backward", unmasked)
+    path = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--backend", "numpy", "--baseline", "none", "--batch", "1", "--repeat", "1",
+                   "--layers", "B2", "--ops", "norm", "--json", str(path)])
+    assert rc == 1
+    status = {r["op"]: r["status"] for r in load(path)["rows"]}
+    assert status == {**{op: "ok" for op in BN_OPS}, "batch_norm_relu_backward": "failed"}
+    capsys.readouterr()
+
+
+def test_bench_emulator_runs_every_batch_norm_version(tmp_path, capsys):
+    pytest.importorskip("gpuconv.backends.kernel_backend")
+    from gpuconv.backends.executors import EmulatorExecutor
+    from gpuconv.backends.kernel_backend import KernelBackend
+    path = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--backend", "emulator", "--baseline", "none", "--batch", "1", "--repeat", "1",
+                   "--versions", "all", "--layers", "B2", "--ops", "norm", "--json", str(path)])
+    assert rc == 0, capsys.readouterr().out
+    rows = load(path)["rows"]
+    known = KernelBackend.known_versions()
+    defaults = KernelBackend(EmulatorExecutor()).default_versions()
+    for op in BN_OPS:
+        kernel_op = "batch_norm_" + op.rsplit("_", 1)[1]     # the fused forms run the plain op's kernels
+        mine = [r for r in rows if r["op"] == op]
+        assert [r["version"] for r in mine] == [f"v{v}" for v in known[kernel_op]]
+        assert [r["version"] for r in mine if r["default"]] == [f"v{defaults[kernel_op]}"]
+    assert all(r["status"] == "ok" and r["rel_err"] <= r["tolerance"] for r in rows), rows
+
+
+def test_bench_times_batch_norm_by_default_and_gpu_check_asks_for_it():
+    from pathlib import Path
+
+    from gpuconv.tools.cli import build_parser
+    assert build_parser().parse_args(["bench"]).ops == "conv,pool,norm"
+    script = (Path(__file__).parent.parent / "scripts" / "gpu_check.sh").read_text()
+    bench_stage = next(line for line in script.splitlines() if line.startswith("run_stage bench "))
+    assert "--ops conv,pool,norm " in bench_stage
+
+
 def test_a_wrong_implementation_is_reported_not_timed_and_fails_the_run(monkeypatch, tmp_path, capsys):
     from gpuconv.backends.numpy_backend import NumpyBackend
     original = NumpyBackend.conv2d

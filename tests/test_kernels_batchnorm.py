@@ -1,6 +1,7 @@
 """Batch-norm kernels against the NumPy reference, on the CPU emulator (and, marked ``gpu``,
 through CuPy): training and evaluation, with and without the fused ReLU, float32 and float64,
-odd sizes, several chunks per channel, more channels than grid.y. Outputs are NaN-poisoned.
+odd sizes, several chunks per channel, more channels than grid.y, every kernel version. Outputs are
+NaN-poisoned.
 
 float32 results are compared with the float64 reference by max|out - ref| / max|ref| <= 1e-5,
 float64 by <= 1e-12. The reduction kernels (warp shuffles, shared memory) run in several thread
@@ -22,6 +23,23 @@ DTYPES = (np.float32, np.float64)
 REF = NumpyBackend()
 # Odd sizes, every rank, one to several chunks per channel (stat_chunks: chunks of >= 2048 values).
 SHAPES = [(3, 5, 7, 6), (3, 6), (5, 4), (7, 3, 9), (1, 2, 3, 5), (3, 2, 37, 41), (16, 3, 9, 11)]
+VERSIONS = batchnorm.VERSIONS["batch_norm_forward"]
+assert VERSIONS == batchnorm.VERSIONS["batch_norm_backward"]
+
+
+def _in_version(be, v):
+    return be.use_versions({"batch_norm_forward": v, "batch_norm_backward": v})
+
+
+@pytest.fixture(autouse=True, params=VERSIONS, ids=lambda v: f"v{v}")
+def version(request):
+    """Every test runs on every batch-norm version, forward and backward, of its backend."""
+    names = [n for n in ("be", "emu") if n in request.fixturenames]
+    if not names:
+        yield request.param
+        return
+    with _in_version(request.getfixturevalue(names[0]), request.param):
+        yield request.param
 
 
 
@@ -132,7 +150,7 @@ def test_chunking_depends_on_sizes_only_and_covers_every_value():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reduction_kernels_agree_in_every_thread_order(emu, dtype):
     rng = np.random.default_rng(9)
-    d = _inputs(rng, (3, 2, 37, 41))  # 4551 values per channel: 3 chunks
+    d = _inputs(rng, (3, 2, 37, 41))  # 4551 values per channel: 3 chunks (v1), 5 (v2)
     with recording_launches(emu) as launches:
         _run(emu, lambda a: emu.asarray(np.asarray(a, dtype)), d, True, True, True, True)
     names = [fn.name for fn, *_ in launches]

@@ -333,6 +333,56 @@ def test_profile_command_rows_and_json(tmp_path, capsys):
     assert "C5" in capsys.readouterr().out
 
 
+# (version, pass) -> the kernels the batch-norm op launches in training, in order
+BN_KERNELS = {
+    (1, "forward"): ["batch_norm_stats_v1<float>", "batch_norm_finalize_v1<float>",
+                     "batch_norm_apply_v1<float>"],
+    (1, "backward"): ["batch_norm_backward_reduce_v1<float>", "batch_norm_backward_finalize_v1<float>",
+                      "batch_norm_backward_dx_v1<float>"],
+    (2, "forward"): ["batch_norm_stats_v2<float>", "batch_norm_apply_v2<float>"],
+    (2, "backward"): ["batch_norm_backward_reduce_v1<float>", "batch_norm_backward_dx_v2<float>"],
+}
+
+
+def test_profile_batch_norm_rows_with_their_floor(tmp_path, capsys):
+    """--ops norm profiles every kernel of the four batch-norm entries, every version, each beside
+    the floor of ``suites.norm_cost``; small batch and two blocks per launch keep it quick."""
+    from gpuconv.backends import launch
+
+    out = tmp_path / "p.json"
+    argv = ["profile", "--layers", "B2", "--ops", "norm", "--versions", "all", "--batch", "2",
+            "--blocks", "2", "--compiler", "none", "--json", str(out)]
+    assert main(argv) == 0
+    rows = load_valid(out, PROFILE_SCHEMA)["rows"]
+    g = suites.SUITES["small-cnn"][-1].geometry(2)
+    expected = []
+    for kind in suites.NORM_KINDS:
+        for p in suites.NORM_PASSES:
+            floor = round(suites.floor_seconds(suites.norm_cost(g, kind, p), H100) * 1e6, 3)
+            for v in launch.VERSIONS[f"batch_norm_{p}"]:
+                expected += [("B2", f"{kind}_{p}", v, k, floor) for k in BN_KERNELS[v, p]]
+    assert [(r["layer"], r["op"], r["version"], r["kernel"], r["floor_us"]) for r in rows] == expected
+    assert all(r["blocks_sampled"] <= 2 for r in rows)
+    assert "batch_norm_relu_backward" in capsys.readouterr().out
+
+
+def test_profile_batch_norm_predicts_a_time_and_writes_valid_json(tmp_path, capsys):
+    """With the compiler: a predicted time for every batch-norm kernel of the default version, and
+    rows that follow the schema (loads_before_multiply is a yes/no fact)."""
+    from gpuconv.backends import launch
+
+    _needs_sass()
+    out = tmp_path / "p.json"
+    assert main(["profile", "--layers", "B2", "--ops", "batch_norm_relu_backward", "--batch", "2",
+                 "--blocks", "1", "--json", str(out)]) == 0
+    rows = load_valid(out, PROFILE_SCHEMA)["rows"]
+    default = launch.DEFAULT_VERSIONS["batch_norm_backward"]
+    assert [r["kernel"] for r in rows] == BN_KERNELS[default, "backward"]
+    assert all(r["predicted_us"] >= LAUNCH_LATENCY_S * 1e6 for r in rows)
+    assert any(isinstance(r["loads_before_multiply"], bool) for r in rows)
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(
     "argv,word",
     [

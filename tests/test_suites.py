@@ -2,7 +2,15 @@
 import pytest
 
 from gpuconv.tools import suites
-from gpuconv.tools.suites import Cost, conv_cost, floor_seconds, hardware_for, multiple_of_floor, pool_cost
+from gpuconv.tools.suites import (
+    Cost,
+    conv_cost,
+    floor_seconds,
+    hardware_for,
+    multiple_of_floor,
+    norm_cost,
+    pool_cost,
+)
 
 H100 = suites.HARDWARE["H100"]
 H200 = suites.HARDWARE["H200"]
@@ -14,7 +22,7 @@ def case(case_id):
 
 def test_suite_lists_every_perf_entry_in_order():
     ids = [c.id for c in suites.get_suite("small-cnn")]
-    assert ids == ["L1", "L2", "C1", "C2", "C3", "C4", "C5", "C6", "P1", "P2", "P3", "P4"]
+    assert ids == ["L1", "L2", "C1", "C2", "C3", "C4", "C5", "C6", "P1", "P2", "P3", "P4", "B1", "B2"]
 
 
 def test_l1_forward_counts_by_hand():
@@ -97,6 +105,32 @@ def test_global_average_pool_p4_has_one_output_per_channel():
     assert pool_cost(g, "avg", "forward") == Cost(128 * 64 * 64, (128 * 64 * 64 + 128 * 64) * 4)
 
 
+def test_batch_norm_b1_counts_by_hand():
+    g = case("B1").geometry(128)
+    assert (g.N, g.C, g.S) == (128, 16, 32 * 32)
+    x = 128 * 16 * 32 * 32          # 2_097_152 values
+    # forward: x read, y written; per channel weight, bias read, running mean and var read and
+    # written, saved mean and 1/std written (8 per channel)
+    fwd = norm_cost(g, "batch_norm", "forward")
+    assert fwd == Cost(6 * x, (2 * x + 8 * 16) * 4) == Cost(12_582_912, 16_777_728)
+    assert norm_cost(g, "batch_norm_relu", "forward") == Cost(7 * x, 16_777_728)
+    # backward: dy, x read, dx written; weight, saved mean, 1/std read, dweight, dbias written
+    assert norm_cost(g, "batch_norm", "backward") == Cost(8 * x, (3 * x + 5 * 16) * 4) == Cost(
+        16_777_216, 25_166_144)
+    # fused ReLU: the forward's output y is read too, for the mask
+    assert norm_cost(g, "batch_norm_relu", "backward") == Cost(8 * x, (4 * x + 5 * 16) * 4)
+    # bandwidth-bound: 16_777_728 B / 3.0e12 B/s
+    assert floor_seconds(fwd, H100) * 1e6 == pytest.approx(5.592576, rel=1e-6)
+
+
+def test_batch_norm_b2_counts_by_hand():
+    g = case("B2").geometry(128)
+    x = 128 * 64 * 8 * 8            # 524_288 values
+    assert norm_cost(g, "batch_norm", "forward").bytes == (2 * x + 8 * 64) * 4 == 4_196_352
+    assert norm_cost(g, "batch_norm_relu", "backward").bytes == (4 * x + 5 * 64) * 4 == 8_389_888
+    assert norm_cost(g, "batch_norm", "forward", itemsize=8).bytes == 2 * 4_196_352
+
+
 def test_float64_doubles_the_bytes_not_the_flops():
     g = case("C4").geometry(8)
     c32, c64 = conv_cost(g, "forward", itemsize=4), conv_cost(g, "forward", itemsize=8)
@@ -122,6 +156,10 @@ def test_bad_arguments_are_refused_with_their_name():
         conv_cost(g, "sideways")
     with pytest.raises(ValueError, match="kind"):
         pool_cost(case("P1").geometry(2), "median", "forward")
+    with pytest.raises(ValueError, match="kind"):
+        norm_cost(case("B2").geometry(2), "layer_norm", "forward")
+    with pytest.raises(ValueError, match="pass_name"):
+        norm_cost(case("B2").geometry(2), "batch_norm", "forward_backward")
     with pytest.raises(ValueError, match="math_mode"):
         floor_seconds(Cost(1, 1), H100, "fp16")
     with pytest.raises(ValueError, match="suite"):

@@ -9,7 +9,8 @@ rotate between several random sets; the median, p10 and p90 of the runs are repo
 GFLOP/s, GB/s and the multiple of the physical floor (``gpuconv.tools.suites``).
 
 On the CPU (``--backend numpy``) the NumPy backend is timed against PyTorch CPU at the same
-thread count, interleaving the two, for conv2d forward, conv2d forward+backward and pooling.
+thread count, interleaving the two, for conv2d forward, conv2d forward+backward, pooling and batch
+normalisation.
 ``--backend emulator`` runs the kernel path on the CPU emulator: a correctness tour, whose
 timings are not GPU timings.
 
@@ -47,7 +48,7 @@ from .report import ENVIRONMENT_SCHEMA
 __all__ = ["add_parser", "run", "run_bench", "check_request", "check_plot", "format_rows", "format_summary",
            "plot", "BENCH_SCHEMA", "OPS_CHOICES"]
 
-OPS_CHOICES = ("conv", "pool", "step")
+OPS_CHOICES = ("conv", "pool", "norm", "step")
 
 BASELINES = ("torch", "torch-tf32", "cupy-gemm")
 DEFAULT_BATCH = {"cuda": suites.DEFAULT_BATCH, "numpy": 32, "emulator": 2}
@@ -117,14 +118,14 @@ def check_plot(cases: Sequence[Any], ops: Sequence[str], backend: str, baselines
                          f"--baseline {' or '.join(usable)} (with PyTorch installed), or drop --plot")
     timed = plan(cases, ops, backend)
     if not timed:
-        raise ValueError("--plot draws the conv and pool rows, and --ops "
-                         f"{','.join(ops)} times none: add conv or pool to --ops, or drop --plot")
+        raise ValueError("--plot draws the conv, pool and norm rows, and --ops "
+                         f"{','.join(ops)} times none: add conv, pool or norm to --ops, or drop --plot")
     if not any(baseline_names(entry, baselines) for _, entry in timed):
         raise ValueError(f"--plot: --baseline {','.join(baselines)} times none of the ops asked for "
                          f"(--ops {','.join(ops)}), so there is no ratio to draw")
 
 
-def run_bench(suite: str = "small-cnn", ops: Sequence[str] = ("conv", "pool"), backend: str = "numpy",
+def run_bench(suite: str = "small-cnn", ops: Sequence[str] = ("conv", "pool", "norm"), backend: str = "numpy",
               baselines: Sequence[str] = ("torch",), versions: str = "default", batch: Optional[int] = None,
               repeat: Optional[int] = None, layers: Optional[Sequence[str]] = None, seed: int = 0,
               threads: Optional[int] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -227,8 +228,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ids = ", ".join(c.id for c in suites.get_suite("small-cnn"))
     p.add_argument("--suite", default="small-cnn", choices=sorted(suites.SUITES),
                    help="the layers to time (default %(default)s)")
-    p.add_argument("--ops", default="conv,pool",
-                   help="comma list of conv (convolution layers), pool (pooling layers), step (whole "
+    p.add_argument("--ops", default="conv,pool,norm",
+                   help="comma list of conv (convolution layers), pool (pooling layers), norm (batch "
+                        "normalisation, training mode, plain and with a fused ReLU), step (whole "
                         "training steps of small models) (default %(default)s)")
     p.add_argument("--backend", default="numpy", choices=("cuda", "numpy", "emulator"),
                    help="cuda: the kernels on the GPU; numpy: the NumPy backend; emulator: the kernels "

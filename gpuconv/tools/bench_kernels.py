@@ -64,6 +64,7 @@ class PassSpec:
     """One pass of one suite entry (e.g. conv2d_forward of L1)."""
 
     op: str
+    kernel_op: str      # the op whose kernel versions run (``BenchOp.kernel_op``)
     pass_name: str
     case: Any
     cost: suites.Cost
@@ -106,7 +107,7 @@ def _in_version(be, op: str, v: Optional[int]):
 
 
 def _gpuconv_candidate(ctx: BenchContext, entry: BenchOp, g, v: Optional[int], dev, chk) -> Candidate:
-    be, check_be, op = ctx.be, ctx.check_be, entry.op
+    be, check_be, op = ctx.be, ctx.check_be, entry.kernel_op
 
     def run(i: int):
         with _in_version(be, op, v):
@@ -160,12 +161,13 @@ def _spec(ctx: BenchContext, entry: BenchOp, case, sets: List[Dict[str, np.ndarr
     reference = tuple(np.asarray(a) for a in entry.run(ref, g, s64))
     dev = [{k: ctx.be.asarray(a) for k, a in s.items()} for s in host]
     chk = {k: ctx.check_be.asarray(a) for k, a in host[0].items()}
-    cands = [_gpuconv_candidate(ctx, entry, g, v, dev, chk) for v in _versions(ctx, entry.op)]
+    cands = [_gpuconv_candidate(ctx, entry, g, v, dev, chk) for v in _versions(ctx, entry.kernel_op)]
     for name in baseline_names(entry, ctx.baselines):
-        cand = _BASELINE_CANDIDATE[name](ctx, entry, name, g, sets)
+        cand = _BASELINE_CANDIDATE[name](ctx, entry, name, g, host)
         if cand is not None:
             cands.append(cand)
-    return PassSpec(entry.op, entry.pass_name, case, entry.cost(g), reference, cands, entry.exact)
+    return PassSpec(entry.op, entry.kernel_op, entry.pass_name, case, entry.cost(g), reference, cands,
+                    entry.exact)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def _bench_spec(ctx: BenchContext, spec: PassSpec, timer, repeat: int, hw, log) 
             log(f"  timing {spec.op} {spec.case.id} failed: {type(exc).__name__}: {exc}")
     rows = [_row(ctx, spec, c, tols[id(c)], status, rel, note, timings.get(id(c)), hw)
             for c, status, rel, note in checked]
-    default = "default" if _versions(ctx, spec.op) == [None] else f"v{ctx.be.version(spec.op)}"
+    default = "default" if _versions(ctx, spec.kernel_op) == [None] else f"v{ctx.be.version(spec.kernel_op)}"
     for r in rows:
         r["default"] = r["kind"] == "gpuconv" and r["version"] == default
     base = {r["version"]: r["us"] for r in rows if r["kind"] == "baseline"}
@@ -243,6 +245,14 @@ def _bench_spec(ctx: BenchContext, spec: PassSpec, timer, repeat: int, hw, log) 
     return rows
 
 
+def _family(op: str) -> str:
+    """The summary group of a row's op: conv2d, pool2d (every kind), batch_norm or batch_norm_relu."""
+    for family in ("conv2d", "batch_norm_relu", "batch_norm"):
+        if op.startswith(family):
+            return family
+    return "pool2d"
+
+
 def summarize(rows: List[Dict[str, Any]], backend: str) -> List[Dict[str, Any]]:
     """Per (op family + pass, baseline): median and max ratio over layers of the default versions."""
     out = []
@@ -250,7 +260,7 @@ def summarize(rows: List[Dict[str, Any]], backend: str) -> List[Dict[str, Any]]:
     for r in rows:
         if r["kind"] != "gpuconv" or r["status"] != "ok" or not r["default"]:
             continue
-        family = "conv2d" if r["op"].startswith("conv2d") else "pool2d"
+        family = _family(r["op"])
         for b, ratio in r["ratio"].items():
             if ratio is not None:
                 groups.setdefault((f"{family} {r['pass']}", b), []).append(ratio)
@@ -274,7 +284,7 @@ def _row_line(r: Dict[str, Any]) -> str:
 
 def plan(cases: Sequence[Any], families: Sequence[str], backend: str) -> List[Tuple[Any, BenchOp]]:
     """The (suite layer, OPS entry) pairs a run times, in order: the layers of ``cases`` of the op
-    ``families`` asked for ("conv", "pool"), each with the entries of its kinds that ``backend``
+    ``families`` asked for ("conv", "pool", "norm"), each with the entries of its kinds that ``backend``
     times."""
     return [(case, e) for case in cases if case.family in families
             for kind in case.kinds for e in OPS if e.kind == kind and backend in e.backends]

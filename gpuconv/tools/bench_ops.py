@@ -8,7 +8,8 @@ the FLOPs and bytes of one pass (``gpuconv.tools.suites``). Adding an op to the 
 an entry.
 
 Kernel backends time the passes their kernels implement, version by version; the NumPy backend
-times the forward pass and the whole layer (forward then backward) against PyTorch CPU.
+times the forward pass and the whole layer (forward then backward) against PyTorch CPU, and batch
+normalisation's backward on its own (its inputs, the saved statistics, come from a forward).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class BenchOp:
 
     op: str                     # row name: the kernel op (whose versions are timed), or a whole layer
     pass_name: str              # forward, backward_data, backward_filter, backward, forward_backward
-    kind: str                   # the suite layers it runs on: "conv", or a pooling kind
+    kind: str                   # the suite layers it runs on: "conv", a pooling or a batch-norm kind
     backends: Tuple[str, ...]   # the backends that time it
     inputs: Callable[[Any], Dict[str, Tuple[int, ...]]]   # geometry -> shapes of the random inputs
     run: Callable[[Any, Any, Arrays], Outputs]            # (backend, geometry, inputs) -> outputs
@@ -53,6 +54,13 @@ class BenchOp:
     tf32: bool = False                  # torch-tf32 differs from torch (else it runs as torch)
     cupy_gemm: Optional[Callable[[Any, Arrays], Outputs]] = None   # (geometry, CuPy arrays)
     exact: Tuple[bool, ...] = ()        # outputs compared exactly (max-pooling indices)
+    kernel: Optional[str] = None        # the kernel op whose versions are timed, where not ``op``
+    # (a fused form: batch_norm_relu_forward runs the versions of batch_norm_forward)
+
+    @property
+    def kernel_op(self) -> str:
+        """The op of ``gpuconv.backends.launch.VERSIONS`` this entry times."""
+        return self.kernel or self.op
 
 
 def baseline_names(entry: BenchOp, requested: Sequence[str]) -> Tuple[str, ...]:
@@ -214,6 +222,87 @@ def _avg_backward(be, g, a: Arrays):
     return be.avg_pool2d_backward(a["dy"], g, True, None, a["dy"].dtype)
 
 
+# ---- batch normalisation (training mode) -------------------------------------------------------
+BN_MOMENTUM, BN_EPS = 0.1, 1e-5
+
+
+def _norm_inputs(g) -> Dict[str, Tuple[int, ...]]:
+    x = (g.N, g.C, g.S)
+    return {"x": x, "dy": x, "w": (g.C,), "b": (g.C,), "rm": (g.C,), "rv": (g.C,)}
+
+
+def _norm_cost(kind: str, pass_name: str) -> Callable[[Any], Cost]:
+    return lambda g: suites.norm_cost(g, kind, pass_name)
+
+
+def _norm_forward(relu: bool):
+    """y of the training forward; the running statistics are updated in place (not compared: they
+    do not change y)."""
+    def run(be, g, a: Arrays) -> Outputs:
+        return (be.batch_norm(a["x"], a["rm"], a["rv"], a["w"], a["b"], g, True, BN_MOMENTUM, BN_EPS,
+                              relu)[0],)
+    return run
+
+
+def _norm_backward(relu: bool):
+    def run(be, g, a: Arrays) -> Outputs:
+        return tuple(be.batch_norm_backward(a["dy"], a["x"], a["y"] if relu else None, a["w"], a["mean"],
+                                            a["invstd"], g, True))
+    return run
+
+
+def _norm_saved(relu: bool):
+    """The forward's saved mean and 1/std (in the inputs' dtype) and, fused, its output y: the mask
+    source, computed in float32 from float32 x whatever the dtype, so that the float64 reference
+    masks exactly the elements the float32 candidates mask."""
+    def derived(be, g, a: Arrays) -> Arrays:
+        _, mean, invstd = be.batch_norm(a["x"], None, None, a["w"], a["b"], g, True, BN_MOMENTUM, BN_EPS,
+                                        False)
+        out = {"mean": mean, "invstd": invstd}
+        if relu:
+            x32, w32, b32 = (a[k].astype(np.float32) for k in ("x", "w", "b"))
+            y = be.batch_norm(x32, None, None, w32, b32, g, True, BN_MOMENTUM, BN_EPS, True)[0]
+            out["y"] = y.astype(a["x"].dtype)
+        return out
+    return derived
+
+
+def _torch_norm(T: Torch, t: Arrays, relu: bool):
+    y = T.F.batch_norm(t["x"], t["rm"], t["rv"], t["w"], t["b"], training=True, momentum=BN_MOMENTUM,
+                       eps=BN_EPS)
+    return T.F.relu(y) if relu else y
+
+
+def _torch_norm_forward(relu: bool):
+    return lambda T, g, t: lambda: (_torch_norm(T, t, relu),)
+
+
+def _torch_norm_backward(relu: bool):
+    """dx, dweight, dbias by autograd through a batch_norm graph built once, outside the timed
+    call; fused, the ReLU's backward (threshold_backward, as autograd runs it) masks dy by the
+    given y first, so every candidate masks the same elements."""
+    def setup(T: Torch, g, t: Arrays):
+        y = _torch_norm(T, t, False)
+        grad = (t["x"], t["w"], t["b"])
+        if not relu:
+            return lambda: tuple(T.torch.autograd.grad(y, grad, t["dy"], retain_graph=True))
+        threshold_backward = T.torch.ops.aten.threshold_backward
+        return lambda: tuple(T.torch.autograd.grad(y, grad, threshold_backward(t["dy"], t["y"], 0.0),
+                                                   retain_graph=True))
+    return setup
+
+
+def _norm_entries(kind: str) -> Tuple[BenchOp, ...]:
+    relu = kind == "batch_norm_relu"
+    return (
+        BenchOp(f"{kind}_forward", "forward", kind, EVERY, _norm_inputs, _norm_forward(relu),
+                _norm_cost(kind, "forward"), torch=_torch_norm_forward(relu), kernel="batch_norm_forward"),
+        BenchOp(f"{kind}_backward", "backward", kind, EVERY, _norm_inputs, _norm_backward(relu),
+                _norm_cost(kind, "backward"), derived=_norm_saved(relu), torch=_torch_norm_backward(relu),
+                torch_grad=("x", "w", "b"), kernel="batch_norm_backward"),
+    )
+
+
 # ---- the table ---------------------------------------------------------------------------------
 _X = ("x",)
 
@@ -270,4 +359,4 @@ OPS: Tuple[BenchOp, ...] = (
     BenchOp("l2_pool2d_forward_backward", "forward_backward", "l2", WHOLE_LAYER, _pool_inputs,
             _l2_forward_backward, _pool_cost("l2", *suites.POOL_PASSES),
             torch=_unpadded(_torch_forward_backward(_torch_l2)), torch_grad=_X),
-)
+) + tuple(e for kind in suites.NORM_KINDS for e in _norm_entries(kind))

@@ -27,12 +27,15 @@ from ..backends.kernel_backend import KernelBackend
 from ..backends.numpy_backend import NumpyBackend
 from ..cuda_limits import check_launch
 from . import harness, report, suites
-from .harness import INTEGER, NUMBER, NUMBER_OR_NULL, STRING, STRING_OR_NULL, document, list_of, record
-from .suites import ConvCase, PoolCase
+from .bench_ops import BN_EPS, BN_MOMENTUM
+from .bench_ops import OPS as BENCH_OPS
+from .harness import INTEGER, NUMBER, NUMBER_OR_NULL, STRING, STRING_OR_NULL, document, list_of, record, value
+from .suites import ConvCase, NormCase, PoolCase
 
 __all__ = ["add_parser", "run", "profile_suite", "ROW_KEYS", "SAMPLE_BLOCKS", "PROFILE_SCHEMA"]
 
 SAMPLE_BLOCKS = 4
+BOOLEAN_OR_NULL = value("boolean", "null")
 ROW_KEYS = (
     "layer",
     "op",
@@ -53,7 +56,8 @@ ROW_KEYS = (
 )
 ROW_SCHEMA = record({
     "layer": STRING, "op": STRING, "version": INTEGER, "kernel": STRING, "gpu": STRING, "arch": STRING,
-    **{k: NUMBER_OR_NULL for k in ROW_KEYS[4:-2]}, "floor_us": NUMBER, "bound": STRING_OR_NULL})
+    **{k: NUMBER_OR_NULL for k in ROW_KEYS[4:-2]}, "loads_before_multiply": BOOLEAN_OR_NULL,
+    "floor_us": NUMBER, "bound": STRING_OR_NULL})
 PROFILE_SCHEMA = document("gpuconv-profile/1", {
     "environment": report.ENVIRONMENT_SCHEMA,
     "settings": record({"suite": STRING, "batch": INTEGER, "gpu": STRING, "arch": STRING, "versions": STRING,
@@ -61,6 +65,10 @@ PROFILE_SCHEMA = document("gpuconv-profile/1", {
     "rows": list_of(ROW_SCHEMA)})
 CONV_OPS = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias")
 POOL_OPS = tuple(f"{k}_pool2d_{p}" for k in suites.POOL_KINDS for p in ("forward", "backward"))
+NORM_OPS = tuple(f"{k}_{p}" for k in suites.NORM_KINDS for p in suites.NORM_PASSES)
+GROUPS = {"conv": CONV_OPS, "pool": POOL_OPS, "norm": NORM_OPS}
+# op -> the op whose kernel versions it runs (a fused form runs its plain op's kernels)
+KERNEL_OP = {e.op: e.kernel_op for e in BENCH_OPS}
 
 
 def sample_blocks(total: int, n: int) -> Optional[List[int]]:
@@ -134,10 +142,41 @@ def _pool_runs(case: PoolCase, batch: int, rng) -> Dict[str, Callable]:
     return runs
 
 
+def _norm_runs(case: NormCase, batch: int, rng) -> Dict[str, Callable]:
+    """Training mode, float32, with weight, bias and running statistics; the backward's saved
+    statistics and mask source from the NumPy forward."""
+    g = case.geometry(batch)
+    x = rng.standard_normal((g.N, g.C, g.S)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = (rng.standard_normal(g.C).astype(np.float32) for _ in range(2))
+    ref = NumpyBackend()
+    runs: Dict[str, Callable] = {}
+    for kind in case.kinds:
+        relu = kind == "batch_norm_relu"
+        y, mean, invstd = ref.batch_norm(x, None, None, w, b, g, True, BN_MOMENTUM, BN_EPS, relu)
+
+        def fwd(be, v, relu=relu):
+            rm, rv = np.zeros(g.C, np.float32), np.ones(g.C, np.float32)
+            return launch.batchnorm.forward(be, x, rm, rv, w, b, g, True, BN_MOMENTUM, BN_EPS, relu)
+
+        runs[f"{kind}_forward"] = fwd
+        runs[f"{kind}_backward"] = lambda be, v, y=(y if relu else None), m=mean, s=invstd: (
+            launch.batchnorm.backward(be, dy, x, y, w, m, s, g, True))
+    return runs
+
+
+def _runs(case, batch: int, rng) -> Dict[str, Callable]:
+    if isinstance(case, ConvCase):
+        return _conv_runs(case, batch, rng)
+    return _pool_runs(case, batch, rng) if isinstance(case, PoolCase) else _norm_runs(case, batch, rng)
+
+
 def _floor(case, op: str, batch: int, hw: suites.Hardware, version: int) -> float:
     g = case.geometry(batch)
-    math_mode = launch.precision(op, version)
-    if isinstance(case, ConvCase):
+    math_mode = launch.precision(KERNEL_OP.get(op, op), version)
+    if isinstance(case, NormCase):
+        cost = suites.norm_cost(g, op.rsplit("_", 1)[0], op.rsplit("_", 1)[1])
+    elif isinstance(case, ConvCase):
         if op == "conv2d_backward_bias":
             y = g.N * g.K * g.P * g.Q
             cost = suites.Cost(y, (y + g.K) * 4)
@@ -272,17 +311,17 @@ def profile_suite(
     for case in cases:
         if layers and case.id not in layers:
             continue
-        runs = _conv_runs(case, batch, rng) if isinstance(case, ConvCase) else _pool_runs(case, batch, rng)
-        for op, fn in runs.items():
+        for op, fn in _runs(case, batch, rng).items():
             if op not in wanted:
                 continue
-            vs = launch.VERSIONS[op] if versions == "all" else (launch.DEFAULT_VERSIONS[op],)
+            kop = KERNEL_OP.get(op, op)
+            vs = launch.VERSIONS[kop] if versions == "all" else (launch.DEFAULT_VERSIONS[kop],)
             for v in vs:
                 if progress:
                     progress(f"{case.id} {op} v{v}")
                 rec = _Recorder(sample)
                 be = KernelBackend(rec)
-                with be.use_versions({op: v}):
+                with be.use_versions({kop: v}):
                     fn(be, v)
                 floor = _floor(case, op, batch, hw, v)
                 for kfn, rep, smem in rec.launches:
@@ -311,16 +350,15 @@ def hardware(gpu: str) -> suites.Hardware:
 
 
 def expand_ops(ops: Optional[List[str]]) -> Tuple[str, ...]:
-    """--ops: "conv", "pool" or op names -> op names."""
+    """--ops: "conv", "pool", "norm" or op names -> op names."""
+    every = CONV_OPS + POOL_OPS + NORM_OPS
     if not ops:
-        return CONV_OPS + POOL_OPS
+        return every
     out: List[str] = []
     for o in ops:
-        group = {"conv": CONV_OPS, "pool": POOL_OPS}.get(o)
-        if group is None and o not in CONV_OPS + POOL_OPS:
-            raise ValueError(
-                f"ops: unknown op {o!r}; expected conv, pool or one of {', '.join(CONV_OPS + POOL_OPS)}"
-            )
+        group = GROUPS.get(o)
+        if group is None and o not in every:
+            raise ValueError(f"ops: unknown op {o!r}; expected conv, pool, norm or one of {', '.join(every)}")
         out += group or [o]
     return tuple(dict.fromkeys(out))
 
@@ -380,7 +418,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--suite", default="small-cnn", choices=sorted(suites.SUITES),
                    help="benchmark suite (default %(default)s)")
     p.add_argument("--layers", help="comma list of the suite's layer ids (default: all)")
-    p.add_argument("--ops", help="comma list of conv, pool or op names (default: conv,pool)")
+    p.add_argument("--ops", help="comma list of conv, pool, norm or op names (default: conv,pool,norm)")
     p.add_argument("--versions", default="default", choices=("default", "all"),
                    help="'default': the version of each op that gpuconv uses; 'all': every kernel "
                         "version (default: 'default')")

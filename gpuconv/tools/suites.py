@@ -1,9 +1,9 @@
 """The benchmark suites as data, with FLOP and minimal-byte counts and physical floors.
 
-A suite entry is a layer shape (``ConvCase`` or ``PoolCase``) whose ``kinds`` select the entries
-of ``gpuconv.tools.bench_ops.OPS`` timed on it; ``conv_cost``/``pool_cost`` count the arithmetic
-and the minimal traffic of one pass over a batch, and ``floor_seconds`` turns a cost into the
-physical lower bound max(FLOPs / peak, bytes / bandwidth) on a given GPU.
+A suite entry is a layer shape (``ConvCase``, ``PoolCase`` or ``NormCase``) whose ``kinds`` select
+the entries of ``gpuconv.tools.bench_ops.OPS`` timed on it; ``conv_cost``/``pool_cost``/``norm_cost``
+count the arithmetic and the minimal traffic of one pass over a batch, and ``floor_seconds`` turns a
+cost into the physical lower bound max(FLOPs / peak, bytes / bandwidth) on a given GPU.
 
 Counting rules (float32 storage unless ``itemsize`` says otherwise):
 
@@ -13,17 +13,34 @@ Counting rules (float32 storage unless ``itemsize`` says otherwise):
 * pooling, forward = one operation per window element per output (two for L2: square, add);
   backward the same, except max pooling's, which only routes (0 FLOPs); bytes: max forward
   x + y + int32 indices, max backward dy + indices + dx, average forward x + y, backward dy + dx,
-  L2 forward x + y, backward dy + x + y + dx.
+  L2 forward x + y, backward dy + x + y + dx;
+* batch normalisation in training mode (x of N·C·S values, C channels), the ReLU-fused forms alike
+  except where said. Forward: x read once, y written once, and per channel weight and bias read,
+  running mean and variance read and written, saved mean and 1/std written: 2·N·C·S + 8·C
+  elements. Backward: dy and x read, dx written, and per channel weight, saved mean and 1/std
+  read, dweight and dbias written: 3·N·C·S + 5·C; the ReLU-fused backward also reads the forward's
+  output y, the only source of its mask (y > 0): 4·N·C·S + 5·C. FLOPs per value: forward 6 (sum
+  for the mean; deviation and square-add for the variance; subtract, scale, shift), 7 with the
+  ReLU's max; backward 8 (sum of g; deviation and multiply-add for the sum of g·(x − mean);
+  x̂ = deviation times 1/std; two multiply-subtracts and one scale for dx), the ReLU's mask a select.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar, Dict, Optional, Tuple
 
-from ..geometry import ConvGeometry, PoolGeometry, conv2d_geometry, pool2d_geometry
+from ..geometry import (
+    ConvGeometry,
+    NormGeometry,
+    PoolGeometry,
+    batch_norm_geometry,
+    conv2d_geometry,
+    pool2d_geometry,
+)
 
-__all__ = ["ConvCase", "PoolCase", "Cost", "Hardware", "HARDWARE", "SUITES", "CONV_PASSES",
-           "POOL_PASSES", "POOL_KINDS", "get_suite", "conv_cost", "pool_cost", "hardware_for",
+__all__ = ["ConvCase", "PoolCase", "NormCase", "Cost", "Hardware", "HARDWARE", "SUITES", "CONV_PASSES",
+           "POOL_PASSES", "POOL_KINDS", "NORM_PASSES", "NORM_KINDS", "get_suite", "conv_cost", "pool_cost",
+           "norm_cost", "hardware_for",
            "floor_seconds", "multiple_of_floor", "DEFAULT_BATCH"]
 
 DEFAULT_BATCH = 128
@@ -31,6 +48,8 @@ CONV_PASSES = ("forward", "backward_data", "backward_filter")
 POOL_PASSES = ("forward", "backward")
 POOL_KINDS = ("max", "avg", "l2")
 INDEX_BYTES = 4  # max-pooling indices are int32
+NORM_PASSES = ("forward", "backward")
+NORM_KINDS = ("batch_norm", "batch_norm_relu")   # training mode, plain and with a fused ReLU
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,24 @@ class PoolCase:
         return pool2d_geometry((batch, self.C, self.H, self.W), self.kernel, self.stride, self.padding)
 
 
+@dataclass(frozen=True)
+class NormCase:
+    """One batch-normalisation layer of a suite (training mode, float32); ``kinds`` among
+    ``NORM_KINDS``."""
+
+    family: ClassVar[str] = "norm"
+    id: str
+    layer: str
+    C: int
+    H: int
+    W: int
+    kinds: Tuple[str, ...] = NORM_KINDS
+
+    def geometry(self, batch: int = DEFAULT_BATCH) -> NormGeometry:
+        """The batch-norm geometry at batch size ``batch``."""
+        return batch_norm_geometry((batch, self.C, self.H, self.W), training=True)
+
+
 SUITES: Dict[str, Tuple[object, ...]] = {
     "small-cnn": (
         ConvCase("L1", "LeNet conv1", 1, 6, 5, 1, 2, 28, 28),
@@ -89,6 +126,8 @@ SUITES: Dict[str, Tuple[object, ...]] = {
         PoolCase("P2", "CIFAR pool", 64, 2, 2, 0, 32, 32, POOL_KINDS),
         PoolCase("P3", "overlapping max pool", 32, 3, 2, 1, 32, 32, ("max",)),
         PoolCase("P4", "global average pool", 64, 8, 1, 0, 8, 8, ("avg",)),
+        NormCase("B1", "ResNet-20 stage 1 BN", 16, 32, 32),
+        NormCase("B2", "ResNet-20 stage 3 BN", 64, 8, 8),
     ),
 }
 
@@ -146,6 +185,18 @@ def pool_cost(g: PoolGeometry, kind: str, pass_name: str, itemsize: int = 4) -> 
     if pass_name == "forward":
         return Cost(window_ops, (x + y) * itemsize)
     return Cost(window_ops, (2 * x + 2 * y) * itemsize)
+
+
+def norm_cost(g: NormGeometry, kind: str, pass_name: str, itemsize: int = 4) -> Cost:
+    """FLOPs and minimal bytes of one training-mode batch-norm pass (see the module docstring)."""
+    if kind not in NORM_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(NORM_KINDS)}, got {kind!r}")
+    if pass_name not in NORM_PASSES:
+        raise ValueError(f"pass_name must be one of {', '.join(NORM_PASSES)}, got {pass_name!r}")
+    x, relu = g.N * g.C * g.S, kind == "batch_norm_relu"
+    if pass_name == "forward":
+        return Cost((7 if relu else 6) * x, (2 * x + 8 * g.C) * itemsize)
+    return Cost(8 * x, ((4 if relu else 3) * x + 5 * g.C) * itemsize)
 
 
 @dataclass(frozen=True)
