@@ -392,10 +392,11 @@ def synthetic_batch(n: int, c: int, h: int, w: int, num_classes: int, seed: int,
 
 def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool = True,
                     seed: int = 0, epoch: int = 0, drop_last: bool = False,
-                    shard: Tuple[int, int] = (0, 1)) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+                    shard: Tuple[int, int] = (0, 1), with_indices: bool = False) -> Iterator[tuple]:
     """Yield (images[i], labels[i]) batches of ``batch_size`` (the last may be smaller unless
-    ``drop_last``). With ``shuffle`` the order is a permutation drawn from a Generator seeded with
-    (seed, epoch): reproducible, and different every epoch.
+    ``drop_last``), or (images[i], labels[i], i) ``with_indices`` (i int64: the rows taken). With
+    ``shuffle`` the order is a permutation drawn from a Generator seeded with (seed, epoch):
+    reproducible, and different every epoch.
 
     ``shard=(rank, ranks)`` yields only rank's part of each batch, its positions rank, rank + ranks,
     rank + 2*ranks, ...: over all ranks, the batches of one process in the same order (a
@@ -415,4 +416,4 @@ def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, 
     rank, ranks = int(shard[0]), int(shard[1])
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size][rank::ranks]
-        yield images[idx], labels[idx]
+        yield (images[idx], labels[idx], idx) if with_indices else (images[idx], labels[idx])

@@ -35,7 +35,7 @@ from .nn.module import Parameter, to_host
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZER_NAMES", "decay_groups"]
 
-OPTIMIZER_NAMES = ("sgd", "adam")  # the optimizers `gpuconv train --optimizer` offers
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")  # the optimizers `gpuconv train --optimizer` offers
 _MAX_STEP = 2**63 - 1  # "step" entries are stored as int64
 
 

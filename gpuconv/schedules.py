@@ -16,9 +16,14 @@ The rate of step ``s`` (0-based) is ``base_lr * factor(s)``:
 ``StepDecay(opt, step_size, gamma)``     ``gamma ** (s // step_size)``
 ``Cosine(opt, total_steps, min_lr)``     from 1 down to ``min_lr / base_lr`` along half a cosine over
                                          ``total_steps``, then held there
+``MultiStepDecay(opt, milestones, g)``   ``g ** k``, k the number of milestones ``<= s``
 ``LinearWarmup(opt, warmup, then)``      ``(s + 1) / warmup`` for ``s < warmup`` (reaching 1 on its
                                          last step), then ``then``'s factor of ``s - warmup``
                                          (``then=None``: constant)
+``OneCycle(opt, total_steps, ...)``      PyTorch's ``OneCycleLR`` with ``max_lr = base_lr``: from
+                                         ``1 / div_factor`` up to 1 over the first ``pct_start`` of
+                                         the steps, then down to ``1 / (div_factor *
+                                         final_div_factor)`` (see the class)
 =======================================  =========================================================
 
 The rate is a function of the step alone, so a run resumed from ``state_dict()`` continues with
@@ -28,13 +33,14 @@ and the step); ``load_state_dict`` restores the step after checking the rest mat
 """
 from __future__ import annotations
 
+import bisect
 import math
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 from .geometry import check_int, check_real
 
-__all__ = ["Schedule", "Constant", "StepDecay", "Cosine", "LinearWarmup", "from_state_dict",
-           "SCHEDULE_KINDS"]
+__all__ = ["Schedule", "Constant", "StepDecay", "MultiStepDecay", "Cosine", "LinearWarmup", "OneCycle",
+           "from_state_dict", "SCHEDULE_KINDS"]
 
 
 class Schedule:
@@ -155,6 +161,30 @@ class StepDecay(Schedule):
         return {"step_size": self.step_size, "gamma": self.gamma}
 
 
+class MultiStepDecay(Schedule):
+    """The rate times ``gamma`` at each of the steps ``milestones`` (increasing), as PyTorch's
+    ``MultiStepLR``: the update of step s uses ``gamma ** (number of milestones <= s)``."""
+
+    kind = "multistep"
+
+    def __init__(self, optimizer, milestones: Sequence[int], gamma: float = 0.1,
+                 base_lr: Optional[float] = None) -> None:
+        super().__init__(optimizer, base_lr)
+        if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+            raise TypeError(f"milestones must be a sequence of ints, got {milestones!r}")
+        self.milestones: List[int] = [check_int(f"milestones[{i}]", m, 1) for i, m in enumerate(milestones)]
+        if not self.milestones or any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
+            raise ValueError(f"milestones must be a non-empty increasing sequence, got {self.milestones}")
+        self.gamma = check_real("gamma", gamma, 0.0, 1.0, lo_open=True)
+        self._apply()
+
+    def factor(self, step: int) -> float:
+        return self.gamma ** bisect.bisect_right(self.milestones, step)
+
+    def params(self) -> Dict[str, Any]:
+        return {"milestones": list(self.milestones), "gamma": self.gamma}
+
+
 class Cosine(Schedule):
     """Half a cosine from the base rate down to ``min_lr`` over ``total_steps``, then ``min_lr``."""
 
@@ -218,7 +248,67 @@ class LinearWarmup(Schedule):
         return None if inner is None else self.warmup_steps + inner
 
 
-_KINDS: Dict[str, Type[Schedule]] = {c.kind: c for c in (Constant, StepDecay, Cosine, LinearWarmup)}
+class OneCycle(Schedule):
+    """The one-cycle policy (Smith & Topin 2019) as PyTorch's ``OneCycleLR`` defines it, with
+    ``max_lr`` the base rate: the rate starts at ``max_lr / div_factor``, rises to ``max_lr`` at
+    step ``pct_start * total_steps - 1`` and falls to ``max_lr / (div_factor * final_div_factor)``
+    at step ``total_steps - 1`` (then holds there), each phase along half a cosine (``anneal
+    "cos"``) or a line (``"linear"``). ``three_phase``: up, back down to the starting rate by step
+    ``2 * pct_start * total_steps - 2``, then down to the floor. Momentum is not cycled (PyTorch's
+    ``cycle_momentum=False``)."""
+
+    kind = "onecycle"
+
+    def __init__(self, optimizer, total_steps: int, pct_start: float = 0.3, anneal: str = "cos",
+                 div_factor: float = 25.0, final_div_factor: float = 1e4, three_phase: bool = False,
+                 base_lr: Optional[float] = None) -> None:
+        super().__init__(optimizer, base_lr)
+        self.total_steps = check_int("total_steps", total_steps, 2)
+        self.pct_start = check_real("pct_start", pct_start, 0.0, 0.5 if three_phase else 1.0,
+                                    lo_open=True, hi_open=not three_phase)
+        if anneal not in ("cos", "linear"):
+            raise ValueError(f"anneal must be 'cos' or 'linear', got {anneal!r}")
+        if not isinstance(three_phase, bool):
+            raise TypeError(f"three_phase must be a bool, got {three_phase!r}")
+        self.anneal, self.three_phase = anneal, three_phase
+        self.div_factor = check_real("div_factor", div_factor, 0.0, lo_open=True)
+        self.final_div_factor = check_real("final_div_factor", final_div_factor, 0.0, lo_open=True)
+        up = float(self.pct_start * self.total_steps) - 1  # PyTorch's phase ends, in its arithmetic
+        if up <= 0:
+            raise ValueError(f"pct_start * total_steps must exceed 1 (the rising phase needs a step), got "
+                             f"{self.pct_start} * {self.total_steps}")
+        start, floor = 1.0 / self.div_factor, 1.0 / (self.div_factor * self.final_div_factor)
+        if three_phase:
+            self._phases = [(up, start, 1.0), (float(2 * self.pct_start * self.total_steps) - 2, 1.0, start),
+                            (self.total_steps - 1, start, floor)]
+        else:
+            self._phases = [(up, start, 1.0), (self.total_steps - 1, 1.0, floor)]
+        self._apply()
+
+    def factor(self, step: int) -> float:
+        step = min(step, self.total_steps - 1)
+        begin = 0.0
+        for i, (end, first, last) in enumerate(self._phases):
+            if step <= end or i == len(self._phases) - 1:
+                pct = (step - begin) / (end - begin)
+                if self.anneal == "cos":
+                    return last + (first - last) / 2.0 * (math.cos(math.pi * pct) + 1)
+                return (last - first) * pct + first
+            begin = end
+        raise AssertionError("unreachable")
+
+    def params(self) -> Dict[str, Any]:
+        return {"total_steps": self.total_steps, "pct_start": self.pct_start, "anneal": self.anneal,
+                "div_factor": self.div_factor, "final_div_factor": self.final_div_factor,
+                "three_phase": self.three_phase}
+
+    @property
+    def horizon(self) -> Optional[int]:
+        return self.total_steps
+
+
+_KINDS: Dict[str, Type[Schedule]] = {c.kind: c for c in (Constant, StepDecay, MultiStepDecay, Cosine,
+                                                         LinearWarmup, OneCycle)}
 SCHEDULE_KINDS = tuple(_KINDS)
 
 

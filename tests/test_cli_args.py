@@ -100,6 +100,20 @@ REFUSED = [
     (["train", "--optimizer", "sgd", "--momentum", "1.5"], "--momentum must lie in [0, 1)"),
     (["train", "--json", "out", "--plot", "out"], "--json and --plot name the same file"),
     (["train", "--log", "/nonexistent/dir/run.log"], "--log: directory"),
+    (["train", "--recipe", "resnet20-cifar", "--label-smoothing", "1"],
+     "--label-smoothing must lie in [0, 1)"),
+    (["train", "--augment", "crop,rotate"], "--augment: unknown item 'rotate'"),
+    (["train", "--augment", "crop=0"], "--augment: crop takes a positive number of pixels"),
+    (["train", "--nesterov"], "--nesterov applies to --optimizer sgd only, not adam"),
+    (["train", "--optimizer", "sgd", "--momentum", "0", "--nesterov"], "--nesterov needs --momentum > 0"),
+    (["train", "--model", "resnet20", "--momentum", "0"], "pass --no-nesterov for plain SGD"),
+    (["train", "--schedule", "step", "--lr-milestones", "5,3"], "--lr-milestones must be increasing epochs"),
+    (["train", "--lr-milestones", "5"], "--lr-milestones applies to --schedule step only, not cosine"),
+    (["train", "--schedule", "step", "--lr-milestones", "5", "--lr-step-epochs", "2"],
+     "--lr-milestones and --lr-step-epochs are two ways"),
+    (["train", "--schedule", "onecycle", "--warmup-epochs", "1"],
+     "--warmup-epochs does not apply to --schedule onecycle"),
+    (["train", "--weight-decay", "-1"], "--weight-decay must be >= 0"),
 ]
 
 

@@ -112,7 +112,8 @@ def test_train_shows_the_bar_on_a_terminal_and_writes_the_log_even_when_quiet(tm
     assert main(["train", "--backend", "numpy", "--epochs", "1", "--batch-size", "256", "--quiet",
                  "--log", str(log)]) == 0
     lines = log.read_text().splitlines()
-    assert lines[0].startswith("training lenet") and lines[1].startswith("epoch   1/1  loss")
+    assert lines[0].startswith("training lenet") and lines[1].startswith("recipe default: lenet, adam")
+    assert lines[2].startswith("epoch   1/1  loss")
     assert lines[-1].startswith("test accuracy")
     main(["train", "--backend", "numpy", "--epochs", "1", "--batch-size", "256", "--quiet",
           "--log", str(log)])

@@ -66,6 +66,8 @@ def test_the_optimizer_uses_the_scheduled_rate():
     lambda o: schedules.StepDecay(o, step_size=3, gamma=0.3),
     lambda o: schedules.Cosine(o, total_steps=7, min_lr=1e-3),
     lambda o: schedules.LinearWarmup(o, 3, then=schedules.Cosine(o, total_steps=9)),
+    lambda o: schedules.MultiStepDecay(o, milestones=[2, 6], gamma=0.2),
+    lambda o: schedules.OneCycle(o, total_steps=12, pct_start=0.25, anneal="linear", three_phase=True),
 ])
 def test_state_round_trip_through_json_continues_with_the_same_rates(make):
     first = make(_opt(0.05))
@@ -110,3 +112,81 @@ def test_bad_arguments_name_themselves():
         schedules.LinearWarmup(opt, 2, then=schedules.Constant(_opt()))
     with pytest.raises(TypeError, match="optimizer"):
         schedules.Constant(object())
+
+
+def test_multistep_decay_multiplies_at_each_milestone():
+    rates = _rates(schedules.MultiStepDecay(_opt(1.0), milestones=[2, 5], gamma=0.5), 7)
+    assert rates == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+    with pytest.raises(ValueError, match="increasing"):
+        schedules.MultiStepDecay(_opt(), milestones=[5, 5])
+    with pytest.raises(ValueError, match="increasing"):
+        schedules.MultiStepDecay(_opt(), milestones=[])
+    with pytest.raises(ValueError, match=r"milestones\[1\]"):
+        schedules.MultiStepDecay(_opt(), milestones=[3, 0])
+    with pytest.raises(TypeError, match="milestones"):
+        schedules.MultiStepDecay(_opt(), milestones=4)
+
+
+def test_one_cycle_rises_then_falls_to_its_floor_and_holds():
+    base, total = 0.4, 20
+    sched = schedules.OneCycle(_opt(base), total_steps=total, pct_start=0.25, div_factor=10,
+                               final_div_factor=100)
+    rates = _rates(sched, total + 3)
+    assert rates[0] == pytest.approx(base / 10, rel=1e-12)
+    assert max(rates) == pytest.approx(base, rel=1e-12) and rates.index(max(rates)) == 4  # 0.25 * 20 - 1
+    assert rates[total - 1] == pytest.approx(base / 1000, rel=1e-12)
+    assert rates[total:] == [rates[total - 1]] * 3 and sched.horizon == total
+    assert all(a < b for a, b in zip(rates[:4], rates[1:5]))
+    assert all(a > b for a, b in zip(rates[4:total - 1], rates[5:total]))
+
+
+def test_one_cycle_refuses_bad_arguments_by_name():
+    with pytest.raises(ValueError, match="pct_start"):
+        schedules.OneCycle(_opt(), total_steps=10, pct_start=1.0)
+    with pytest.raises(ValueError, match="pct_start"):
+        schedules.OneCycle(_opt(), total_steps=10, pct_start=0.6, three_phase=True)
+    with pytest.raises(ValueError, match="pct_start \\* total_steps"):
+        schedules.OneCycle(_opt(), total_steps=3, pct_start=0.3)
+    with pytest.raises(ValueError, match="anneal"):
+        schedules.OneCycle(_opt(), total_steps=10, anneal="cosine")
+    with pytest.raises(ValueError, match="div_factor"):
+        schedules.OneCycle(_opt(), total_steps=10, div_factor=0)
+    with pytest.raises(TypeError, match="three_phase"):
+        schedules.OneCycle(_opt(), total_steps=10, three_phase=1)
+    with pytest.raises(ValueError, match="total_steps"):
+        schedules.OneCycle(_opt(), total_steps=1)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(total_steps=100),
+    dict(total_steps=37, pct_start=0.2, anneal="linear", div_factor=10.0, final_div_factor=50.0),
+    dict(total_steps=50, pct_start=0.3, three_phase=True),
+    dict(total_steps=41, pct_start=0.45, anneal="linear", three_phase=True),
+])
+def test_one_cycle_matches_pytorch(kwargs):
+    torch = pytest.importorskip("torch")
+    max_lr = 0.3
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=max_lr, momentum=0.9)
+    torch_kwargs = {("anneal_strategy" if k == "anneal" else k): v for k, v in kwargs.items()}
+    t_sched = torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=max_lr, cycle_momentum=False,
+                                                  **torch_kwargs)
+    theirs = []
+    for _ in range(kwargs["total_steps"]):
+        theirs.append(t_opt.param_groups[0]["lr"])
+        t_opt.step()
+        t_sched.step()
+    ours = _rates(schedules.OneCycle(_opt(max_lr), **kwargs), kwargs["total_steps"])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0)
+
+
+def test_multistep_decay_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    t_sched = torch.optim.lr_scheduler.MultiStepLR(t_opt, milestones=[3, 7, 8], gamma=0.3)
+    theirs = []
+    for _ in range(12):
+        theirs.append(t_opt.param_groups[0]["lr"])
+        t_opt.step()
+        t_sched.step()
+    ours = _rates(schedules.MultiStepDecay(_opt(0.1), milestones=[3, 7, 8], gamma=0.3), 12)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0)

@@ -123,6 +123,7 @@ def test_validate_metrics_rejects_bad_documents():
     good.update(schema=METRICS_SCHEMA["$id"], environment=report.environment(), model="lenet",
                 backend="numpy", dataset="digits", optimizer="adam", lr=0.1, epochs=1, test_accuracy=0.5,
                 train_accuracy=0.5,
+                recipe={"name": "default", "summary": "", "expected": "", "settings": {}, "overrides": []},
                 history=[{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0,
                           "test_accuracy": 0.5, "seconds": 1.0, "samples_per_second": 10.0}])
     validate_metrics(good)

@@ -2,6 +2,7 @@
 detection, --num-classes and GPUCONV_BACKEND."""
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -52,7 +53,11 @@ def _same_arrays(a, b):
         assert np.array_equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("extra", [["--warmup-epochs", "1"], ["--optimizer", "sgd", "--schedule", "step"]])
+@pytest.mark.parametrize("extra", [
+    ["--warmup-epochs", "1"], ["--optimizer", "sgd", "--schedule", "step"],
+    # every part of a recipe must survive the resume: augmentation, label smoothing, decay groups
+    ["--optimizer", "sgd", "--nesterov", "--weight-decay", "0.01", "--no-decay-bn-bias", "--label-smoothing",
+     "0.1", "--augment", "crop=2,flip,cutout=3", "--schedule", "onecycle"]])
 def test_resumed_run_ends_with_the_weights_of_a_straight_run_bit_for_bit(tmp_path, capsys, tiny, extra):
     straight, half = tmp_path / "straight.npz", tmp_path / "half.npz"
     assert main(["train", "--epochs", "4", "--save", str(straight), "--json", str(tmp_path / "s.json")]
@@ -240,3 +245,21 @@ def test_auto_backend_honours_GPUCONV_BACKEND(tmp_path, capsys, monkeypatch):
     assert load_valid(tmp_path / "m.json", METRICS_SCHEMA)["backend"] == "emulator"
     assert main(["info"]) == 0
     assert "auto      -> emulator (GPUCONV_BACKEND=emulator)" in capsys.readouterr().out
+
+
+def test_a_run_saved_before_recipes_existed_resumes_with_the_settings_it_ran_with(tmp_path, capsys, tiny):
+    # Checkpoints written before recipes hold no recipe, augmentation, label smoothing, Nesterov or
+    # decay-group setting (they trained without them) and an lr_step_epochs even without a step schedule.
+    straight, half, old = tmp_path / "straight.npz", tmp_path / "half.npz", tmp_path / "old.npz"
+    assert main(["train", "--epochs", "3", "--save", str(straight)] + tiny) == 0
+    assert main(["train", "--epochs", "3", "--stop-after", "1", "--save", str(half)] + tiny) == 0
+    with np.load(half, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    for key in ("recipe", "nesterov", "decay_bn_bias", "lr_milestones", "label_smoothing", "augment"):
+        del meta["settings"][key]
+    meta["settings"]["lr_step_epochs"] = 1
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(old, **arrays)
+    assert main(["train", "--resume", str(old), "--quiet", "--backend", "numpy"]) == 0
+    _same_arrays(_arrays(straight), _arrays(old))

@@ -7,6 +7,12 @@ then elsewhere, nothing with ``--quiet``); ``--log FILE`` appends the same lines
 ``--json FILE`` writes the final metrics as a document following ``METRICS_SCHEMA`` (a JSON
 Schema, checked by ``validate_metrics``).
 
+The run starts from a training recipe (``gpuconv.recipes``): the one of its model and data
+(``--recipe auto``, e.g. He et al.'s for ``--model resnet20`` on CIFAR) or the one ``--recipe``
+names; each flag overrides one of its values. The recipe in effect is printed at the start and
+kept in the ``--json`` document and the checkpoints. Training images are augmented on the device
+batch by batch (``F.augment``, each image's draws from the seed, the epoch and its index).
+
 ``--save CKPT`` writes a checkpoint at the end of every epoch (``gpuconv.nn.save_checkpoint``:
 model, optimizer, learning-rate schedule, epochs done, data-order seed, dropout generators, and
 the run's settings and history in ``meta``). ``--resume CKPT`` continues that run where it stopped,
@@ -33,21 +39,21 @@ from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 import numpy as np
 
-from .. import datasets, distributed, fileio, nn, optim, schedules
+from .. import datasets, distributed, fileio, nn, recipes, schedules
 from ..backends import BACKEND_NAMES, auto_choice, resolve_backend, use_backend
 from ..models import MODEL_NAMES, build_model
 from . import plots, report
-from .harness import INTEGER, NUMBER, STRING, document, list_of, record, validate, value, write_json
+from .harness import INTEGER, NUMBER, OBJECT, STRING, document, list_of, record, validate, value, write_json
 from .progress import Reporter
 
-__all__ = ["TrainConfig", "train", "evaluate", "make_schedule", "add_parser", "run", "METRICS_SCHEMA",
+__all__ = ["TrainConfig", "train", "evaluate", "add_parser", "run", "METRICS_SCHEMA",
            "validate_metrics", "DEFAULT_LR", "RUN_SETTINGS"]
 
 SCHEMA_ID = "gpuconv-train/1"
-DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05}
+DEFAULT_LR = recipes.DEFAULT_LR
 EVAL_BATCH = 1000
 EVAL_PIXELS = EVAL_BATCH * 28 * 28  # evaluation batches hold at most this many input values...
-SCHEDULES = ("cosine", "constant", "step")
+SCHEDULES = recipes.SCHEDULES
 
 _FRACTION = value("number", minimum=0.0, maximum=1.0)
 _EPOCH = record({"epoch": INTEGER, "train_loss": NUMBER, "train_accuracy": _FRACTION, "test_loss": NUMBER,
@@ -60,13 +66,17 @@ METRICS_SCHEMA: Dict[str, Any] = document(SCHEMA_ID, {
     "train_samples": INTEGER, "test_samples": INTEGER, "test_accuracy": _FRACTION, "test_loss": NUMBER,
     "train_loss": NUMBER, "train_accuracy": _FRACTION, "wall_seconds": NUMBER, "samples_per_second": NUMBER,
     "history": list_of(_EPOCH),
+    "recipe": record({"name": STRING, "summary": STRING, "expected": STRING, "settings": OBJECT,
+                      "overrides": list_of(STRING)}),
 }, title="gpuconv train final metrics",
     description=("Accuracies are fractions in [0, 1] on the held-out test split; losses are mean "
                  "softmax cross-entropy; train_loss/train_accuracy are averaged over the last "
                  "epoch's training batches (weights changing during the epoch); wall_seconds "
                  "covers data loading, model building, training and evaluation; samples_per_second "
                  "counts training samples over training time only; history has one entry per epoch; "
-                 "batch_size is the global batch, shared by the data-parallel ranks."))
+                 "batch_size is the global batch, shared by the data-parallel ranks; recipe is the "
+                 "training recipe in effect: its name, its settings after the flags' overrides, and "
+                 "the flags that changed it."))
 
 
 def validate_metrics(doc: Dict[str, Any]) -> None:
@@ -78,20 +88,28 @@ def validate_metrics(doc: Dict[str, Any]) -> None:
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (the CLI's flags)."""
+    """Settings of one training run (the CLI's flags). The training settings left None take the
+    values of the recipe (``recipe``: a name of ``gpuconv.recipes.RECIPES`` or "auto", the recipe
+    of the model and data); ``resolved()`` fills them in."""
 
-    model: str = "lenet"
+    model: Optional[str] = None
     backend: str = "auto"
-    epochs: int = 20
-    batch_size: int = 32
+    recipe: str = "auto"
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
     lr: Optional[float] = None
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
+    optimizer: Optional[str] = None
+    momentum: Optional[float] = None
+    nesterov: Optional[bool] = None
+    weight_decay: Optional[float] = None
+    decay_bn_bias: Optional[bool] = None
+    schedule: Optional[str] = None
+    warmup_epochs: Optional[int] = None
+    lr_milestones: Optional[Tuple[int, ...]] = None
     lr_step_epochs: Optional[int] = None
-    lr_gamma: float = 0.1
+    lr_gamma: Optional[float] = None
+    label_smoothing: Optional[float] = None
+    augment: Optional[str] = None
     seed: int = 0
     data: Optional[str] = None
     num_classes: Optional[int] = None
@@ -102,6 +120,48 @@ class TrainConfig:
     quiet: bool = False
     resume: Optional[str] = None
     stop_after: Optional[int] = None
+
+    def base_recipe(self) -> recipes.Recipe:
+        """The recipe this run starts from: ``recipe`` by name, or for "auto" the recipe of the
+        model (default lenet) on the data (``--data``'s kind, found without reading it)."""
+        if self.recipe != "auto":
+            if self.recipe not in recipes.RECIPES:
+                raise ValueError(f"--recipe must be one of {', '.join(recipes.RECIPE_NAMES)}, auto; got "
+                                 f"{self.recipe!r}")
+            return recipes.RECIPES[self.recipe]
+        kind = ("digits" if self.data is None else
+                "idx" if datasets.detect_format(self.data) == "idx" else "cifar")
+        return recipes.recipe_for(self.model or "lenet", kind)
+
+    def resolved(self) -> TrainConfig:
+        """These settings with every training setting left None taken from the recipe, and
+        ``recipe`` its name. An optimizer other than the recipe's brings its own default rate
+        (``DEFAULT_LR``). A step schedule divides the rate by ``lr_gamma`` after the epochs
+        ``lr_milestones`` or every ``lr_step_epochs`` (one of them given replaces the recipe's
+        other; neither: every third of the run); other schedules have neither."""
+        base = self.base_recipe()
+        out = {k: getattr(self, k) for k in recipes.Recipe.SETTINGS}
+        if out["lr"] is None and out["optimizer"] not in (None, base.optimizer):
+            out["lr"] = DEFAULT_LR.get(out["optimizer"])  # None for an unknown one: validate() says so
+        out = {k: (getattr(base, k) if v is None else v) for k, v in out.items()}
+        if self.lr_milestones is not None:
+            out["lr_step_epochs"] = None
+        elif self.lr_step_epochs is not None:
+            out["lr_milestones"] = None
+        if out["schedule"] != "step":
+            out["lr_milestones"] = out["lr_step_epochs"] = None
+        elif out["lr_milestones"] is None and out["lr_step_epochs"] is None:
+            out["lr_step_epochs"] = max(1, out["epochs"] // 3)
+        if out["lr_milestones"] is not None:
+            out["lr_milestones"] = tuple(out["lr_milestones"])
+        out["augment"] = str(recipes.Augment.parse(out["augment"], "--augment"))
+        settings = {f.name: getattr(self, f.name) for f in fields(self)}
+        settings.update(out, recipe=base.name)
+        return TrainConfig(**settings)
+
+    def recipe_in_effect(self) -> recipes.Recipe:
+        """The recipe with this (resolved) run's settings."""
+        return self.base_recipe().with_settings(**{k: getattr(self, k) for k in recipes.Recipe.SETTINGS})
 
     @classmethod
     def resuming(cls, path: str, **overrides: Any) -> TrainConfig:
@@ -118,13 +178,14 @@ class TrainConfig:
         return cls(**settings, resume=path)
 
     def validate(self) -> None:
+        """Raise ValueError naming the flag of the first bad setting (of a resolved config)."""
         if self.model not in MODEL_NAMES:
             raise ValueError(f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
         if self.backend not in BACKEND_NAMES + ("auto",):
             raise ValueError(f"--backend must be one of {', '.join(BACKEND_NAMES)}, auto; "
                              f"got {self.backend!r}")
-        if self.optimizer not in optim.OPTIMIZER_NAMES:
-            raise ValueError(f"--optimizer must be one of {', '.join(optim.OPTIMIZER_NAMES)}, "
+        if self.optimizer not in recipes.OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(recipes.OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
@@ -136,6 +197,12 @@ class TrainConfig:
                              f"{self.warmup_epochs}")
         if self.lr_step_epochs is not None and self.lr_step_epochs < 1:
             raise ValueError(f"--lr-step-epochs must be >= 1, got {self.lr_step_epochs}")
+        m = self.lr_milestones
+        if m is not None and (not m or m[0] < 1 or any(b <= a for a, b in zip(m, m[1:]))):
+            raise ValueError(f"--lr-milestones must be increasing epochs >= 1, got {','.join(map(str, m))}")
+        if self.schedule == "onecycle" and self.warmup_epochs:
+            raise ValueError("--warmup-epochs does not apply to --schedule onecycle, whose rate rises over "
+                             "the first 30% of the run")
         if not 0 < self.lr_gamma <= 1:
             raise ValueError(f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}")
         if self.num_classes is not None and self.num_classes < 2:
@@ -149,8 +216,12 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
-        if not self.weight_decay >= 0:
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("--nesterov needs --momentum > 0 (pass --no-nesterov for plain SGD)")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.seed < 0:
             raise ValueError(f"--seed must be >= 0, got {self.seed}")
         outputs: Dict[str, str] = {}
@@ -191,41 +262,24 @@ def evaluate(model: nn.Module, split: datasets.Split, backend, batch_size: int =
     return float(total_loss) / len(split), int(correct) / len(split)
 
 
-def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> optim.Optimizer:
-    lr = DEFAULT_LR[cfg.optimizer] if cfg.lr is None else cfg.lr
-    if cfg.optimizer == "sgd":
-        return optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-
-
-def make_schedule(cfg: TrainConfig, opt: optim.Optimizer, steps_per_epoch: int) -> schedules.Schedule:
-    """The learning-rate schedule of ``cfg`` in optimizer steps: ``--warmup-epochs`` of linear
-    warm-up, then cosine decay to 0 over the remaining epochs, a constant rate, or the rate times
-    ``--lr-gamma`` every ``--lr-step-epochs`` (default a third of ``--epochs``)."""
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    if cfg.schedule == "cosine":
-        after: schedules.Schedule = schedules.Cosine(opt, total_steps=cfg.epochs * steps_per_epoch - warmup)
-    elif cfg.schedule == "step":
-        after = schedules.StepDecay(opt, step_size=_step_epochs(cfg) * steps_per_epoch, gamma=cfg.lr_gamma)
-    else:
-        after = schedules.Constant(opt)
-    return schedules.LinearWarmup(opt, warmup, then=after) if warmup else after
-
-
-def _step_epochs(cfg: TrainConfig) -> int:
-    return cfg.lr_step_epochs or max(1, cfg.epochs // 3)
-
-
 # The settings that define a run (a checkpoint keeps them; --resume takes them from it).
-RUN_SETTINGS = ("model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule",
-                "warmup_epochs", "lr_step_epochs", "lr_gamma", "seed", "data", "num_classes")
+RUN_SETTINGS = ("recipe",) + recipes.Recipe.SETTINGS + ("seed", "data", "num_classes")
+# What checkpoints written before recipes ran with (their other settings are all recorded).
+_BEFORE_RECIPES = {"recipe": "default", "nesterov": False, "decay_bn_bias": True, "lr_milestones": None,
+                   "label_smoothing": 0.0, "augment": "none"}
 
 
 def _saved_settings(ckpt: Dict[str, Any]) -> Dict[str, Any]:
     settings = ckpt["meta"].get("settings")
+    if isinstance(settings, dict) and "recipe" not in settings:
+        settings = {**_BEFORE_RECIPES, **settings}
+        if settings.get("schedule") != "step":
+            settings["lr_step_epochs"] = None
     if ckpt["epoch"] is None or not isinstance(settings, dict) or set(settings) != set(RUN_SETTINGS):
         raise ValueError(f"checkpoint {ckpt['path']} holds no resumable training run (write one with "
                          f"gpuconv train --save)")
+    if settings["lr_milestones"] is not None:
+        settings = dict(settings, lr_milestones=tuple(settings["lr_milestones"]))
     return settings
 
 
@@ -243,6 +297,30 @@ def _check_resumable(cfg: TrainConfig, ckpt: Dict[str, Any], schedule: schedules
         raise ValueError(f"the run in {cfg.resume} has already done {done} of {cfg.epochs} epochs; "
                          f"nothing to resume" + ("" if schedule.horizon is not None else
                                                  " (pass a larger --epochs to train on)"))
+
+
+def _flag(setting: str, value: Any) -> str:
+    """The flag that sets ``setting`` to ``value``, as typed."""
+    name = setting.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    if isinstance(value, (tuple, list)):
+        value = ",".join(map(str, value))
+    return f"--{name} {value}"
+
+
+def _overrides(recipe: recipes.Recipe) -> List[str]:
+    """The flags by which ``recipe`` differs from the recipe of its name."""
+    base = recipes.RECIPES[recipe.name].settings()
+    return [_flag(k, v) for k, v in recipe.settings().items() if v != base[k]]
+
+
+def _describe_recipe(recipe: recipes.Recipe) -> str:
+    changed = _overrides(recipe)
+    text = f"recipe {recipe.name}: {recipe.describe()}"
+    if changed:
+        return text + f" (changed by {' '.join(changed)})"
+    return text + (f"; expected: {recipe.expected}" if recipe.expected else "")
 
 
 def _check_data_fits(meta: Dict[str, Any], dataset: datasets.Dataset, where: str) -> None:
@@ -265,6 +343,7 @@ def train(cfg: TrainConfig, out: Optional[TextIO] = None, err: Optional[TextIO] 
     (METRICS_SCHEMA) and write --json/--save/--plot. Reports go to ``out`` and ``err`` (default:
     sys.stdout and sys.stderr) and to the --log file, from rank 0 when an MPI launcher started
     several ranks (data-parallel: ``cfg.batch_size`` is the global batch, shared by the ranks)."""
+    cfg = cfg.resolved()
     cfg.validate()
     t_start = time.perf_counter()
     backend = resolve_backend(cfg.backend)
@@ -288,16 +367,19 @@ def _train(cfg: TrainConfig, comm: distributed.Communicator, backend, rep: Repor
     ckpt = None if cfg.resume is None else nn.read_checkpoint(cfg.resume, arrays=False)
     _announce_backend(cfg, rep)
     dataset = datasets.load_dataset(cfg.data, num_classes=cfg.num_classes, seed=cfg.seed)
+    recipe = cfg.recipe_in_effect()
+    augment = recipe.make_augment()
+    augment.check(dataset.image_size, "--augment")
     history: List[Dict[str, Any]] = []
     with use_backend(backend):
         model = build_model(cfg.model, dataset.in_channels, dataset.image_size, dataset.num_classes,
                             seed=cfg.seed)
-        opt = _make_optimizer(cfg, model)
-        loss_fn = nn.SoftmaxCrossEntropy()
+        opt = recipe.make_optimizer(model)
+        loss_fn = recipe.make_loss()
         train_time = 0.0
         n_train = len(dataset.train)
         n_batches = -(-n_train // cfg.batch_size)
-        schedule = make_schedule(cfg, opt, n_batches)
+        schedule = recipe.make_schedule(opt, n_batches)
         base_lr, first = schedule.base_lr, 1
         if ckpt is not None:
             _check_resumable(cfg, ckpt, schedule)
@@ -310,17 +392,20 @@ def _train(cfg: TrainConfig, comm: distributed.Communicator, backend, rep: Repor
         rep.say(f"{'resuming' if ckpt else 'training'} {cfg.model} ({model.num_parameters()} "
                 f"parameters) on {dataset.name} ({n_train} train / {len(dataset.test)} test) with "
                 f"backend {backend.describe()}{ranks}" + (f" at epoch {first}" if ckpt else ""))
+        rep.say(_describe_recipe(recipe))
         for epoch in range(first, last_epoch + 1):
             model.train()
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             with rep.task(f"epoch {epoch}/{cfg.epochs}", n_train) as progress:
-                for i, (xb, yb) in enumerate(datasets.iterate_batches(
+                for i, (xb, yb, idx) in enumerate(datasets.iterate_batches(
                         dataset.train.images, dataset.train.labels, cfg.batch_size, shuffle=True,
-                        seed=cfg.seed, epoch=epoch, shard=(comm.rank, comm.size))):
+                        seed=cfg.seed, epoch=epoch, shard=(comm.rank, comm.size), with_indices=True)):
                     step_samples = min(cfg.batch_size, n_train - i * cfg.batch_size)  # all ranks'
                     if len(yb):
-                        logits = dp.forward(backend.asarray(xb))
+                        x = augment.apply(backend.asarray(xb), cfg.seed, epoch,
+                                          backend.asarray(idx.astype(np.int32)))
+                        logits = dp.forward(x)
                         loss = loss_fn.forward(logits, backend.asarray(yb))
                         dp.backward(loss_fn.backward(), fraction=len(yb) / step_samples)
                         loss_sum += float(backend.to_numpy(loss)) * len(yb)
@@ -363,7 +448,9 @@ def _train(cfg: TrainConfig, comm: distributed.Communicator, backend, rep: Repor
             "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
             "train_loss": last["train_loss"], "train_accuracy": last["train_accuracy"],
             "wall_seconds": time.perf_counter() - t_start,
-            "samples_per_second": n_train * (last_epoch - first + 1) / train_time, "history": history}
+            "samples_per_second": n_train * (last_epoch - first + 1) / train_time, "history": history,
+            "recipe": {"name": recipe.name, "summary": recipe.summary, "expected": recipe.expected,
+                       "settings": recipe.settings(), "overrides": _overrides(recipe)}}
     validate_metrics(metrics)
     if not lead:
         return metrics
@@ -381,10 +468,10 @@ def _checkpoint_meta(cfg: TrainConfig, dataset: datasets.Dataset, history: List[
                      backend: str) -> Dict[str, Any]:
     """What ``eval``, ``predict`` and ``--resume`` need besides the arrays: the model's input
     (shape, classes, the standardisation of raw pixels), the run's settings and its history."""
-    settings = {k: getattr(cfg, k) for k in RUN_SETTINGS}
+    settings = {k: getattr(cfg, k) for k in RUN_SETTINGS}  # resolved: the recipe's values included
     settings["data"] = None if cfg.data is None else os.path.abspath(cfg.data)
-    settings["lr"] = DEFAULT_LR[cfg.optimizer] if cfg.lr is None else cfg.lr     # defaults resolved,
-    settings["lr_step_epochs"] = _step_epochs(cfg)                                 # so --epochs may grow
+    if settings["lr_milestones"] is not None:
+        settings["lr_milestones"] = list(settings["lr_milestones"])
     return {"model": cfg.model, "in_channels": dataset.in_channels, "image_size": dataset.image_size,
             "num_classes": dataset.num_classes, "pixel_scale": dataset.scale, "mean": dataset.mean,
             "std": dataset.std, "dataset": dataset.name, "backend": backend, "settings": settings,
@@ -401,40 +488,74 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "and the progress of the epoch: a live bar with rate, time left and running loss "
                     "on a terminal, a plain line at most every 10 s and 10% of an epoch when standard "
                     "error is not a terminal.")
-    # Run settings default to None here so that --resume can tell which ones were given.
-    p.add_argument("--model", choices=MODEL_NAMES, default=None, help=f"architecture (default {d.model})")
+    # Run settings default to None here so that --resume can tell which ones were given, and the
+    # training settings (those of a recipe) so that the recipe supplies the ones not given.
+    recipe_list = "; ".join(f"{r.name}: {r.summary}" for r in recipes.RECIPES.values())
+    ours = "(default: the recipe's)"
+    p.add_argument("--recipe", choices=recipes.RECIPE_NAMES + ("auto",), default=None,
+                   help=f"the training recipe that the flags below override; auto: resnet20-digits for "
+                        f"--model resnet20 on the bundled digits, resnet20-cifar for it on CIFAR, default "
+                        f"for anything else. {recipe_list} (default auto)")
+    p.add_argument("--model", choices=MODEL_NAMES, default=None,
+                   help="architecture (default: the recipe's; lenet with --recipe auto)")
     p.add_argument("--backend", choices=BACKEND_NAMES + ("auto",), default=d.backend,
                    help="where to run; auto = $GPUCONV_BACKEND when set, else cuda when a GPU is usable, "
                         "else numpy (default %(default)s)")
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"length of the run in passes over the training set (default {d.epochs})")
+                   help=f"length of the run in passes over the training set {ours}")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"images per training step; under MPI the global batch, shared by the ranks "
-                        f"(default {d.batch_size})")
-    p.add_argument("--optimizer", choices=optim.OPTIMIZER_NAMES, default=None,
-                   help=f"how the weights are updated: sgd (with momentum) or adam (default {d.optimizer})")
+                   help=f"images per training step; under MPI the global batch, shared by the ranks {ours}")
+    p.add_argument("--optimizer", choices=recipes.OPTIMIZERS, default=None,
+                   help=f"how the weights are updated: sgd (with momentum), adam, or adamw (decoupled weight "
+                        f"decay) {ours}")
     p.add_argument("--lr", type=float, default=None,
-                   help=f"base learning rate (default {DEFAULT_LR['adam']} for adam, {DEFAULT_LR['sgd']} "
-                        f"for sgd)")
+                   help=f"base learning rate; the peak of --schedule onecycle (default: the recipe's when "
+                        f"its optimizer is used, else "
+                        f"{', '.join(f'{v} for {k}' for k, v in DEFAULT_LR.items())})")
     p.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help=f"learning rate after the warm-up: cosine decay to 0 at the last step, constant, "
-                        f"or step decay (default {d.schedule})")
+                        f"step decay, or one-cycle over the whole run (PyTorch's OneCycleLR defaults: up "
+                        f"from lr/25 over 30%% of the steps, then down to lr/25e4) {ours}")
     p.add_argument("--warmup-epochs", type=int, default=None, metavar="N",
-                   help=f"linear warm-up: the rate rises in equal steps to lr over the first N epochs "
-                        f"(default {d.warmup_epochs})")
+                   help=f"linear warm-up: the rate rises in equal steps to lr over the first N epochs {ours}")
+    p.add_argument("--lr-milestones", type=_epoch_list, default=None, metavar="E1,E2,...",
+                   help=f"with --schedule step: multiply the rate by --lr-gamma after each of these epochs "
+                        f"{ours}")
     p.add_argument("--lr-step-epochs", type=int, default=None, metavar="N",
-                   help="with --schedule step: multiply the rate by --lr-gamma every N epochs (default a "
-                        "third of --epochs)")
-    p.add_argument("--lr-gamma", type=float, default=None,
-                   help=f"with --schedule step: the factor (default {d.lr_gamma})")
+                   help="with --schedule step: multiply the rate by --lr-gamma every N epochs instead "
+                        "(default: the recipe's milestones, else a third of --epochs)")
+    p.add_argument("--lr-gamma", type=float, default=None, help=f"with --schedule step: the factor {ours}")
     p.add_argument("--momentum", type=float, default=None,
-                   help=f"momentum of --optimizer sgd, in [0, 1) (default {d.momentum}; refused with adam)")
+                   help=f"momentum of --optimizer sgd, in [0, 1); refused with the others {ours}")
+    nesterov = p.add_mutually_exclusive_group()
+    nesterov.add_argument("--nesterov", dest="nesterov", action="store_const", const=True, default=None,
+                          help=f"Nesterov momentum for --optimizer sgd {ours}")
+    nesterov.add_argument("--no-nesterov", dest="nesterov", action="store_const", const=False,
+                          help=f"plain (heavy-ball) momentum for --optimizer sgd {ours}")
     p.add_argument("--weight-decay", type=float, default=None,
-                   help=f"L2 weight decay added to every gradient (default {d.weight_decay})")
+                   help=f"weight decay: L2 added to the gradient (sgd, adam) or decoupled (adamw) {ours}")
+    decay = p.add_mutually_exclusive_group()
+    decay.add_argument("--decay-bn-bias", dest="decay_bn_bias", action="store_const", const=True,
+                       default=None, help=f"apply --weight-decay to every parameter {ours}")
+    decay.add_argument("--no-decay-bn-bias", dest="decay_bn_bias", action="store_const", const=False,
+                       help=f"apply --weight-decay to conv and linear weights only, not to batch-norm "
+                            f"parameters and biases {ours}")
+    p.add_argument("--label-smoothing", type=float, default=None, metavar="E",
+                   help=f"the target of each image is 1 - E on its class plus E spread over all classes, "
+                        f"E in [0, 1) {ours}")
+    augment = p.add_mutually_exclusive_group()
+    augment.add_argument("--augment", default=None, metavar="SPEC",
+                         help=f"augment every training batch on the device: none, or a comma list of "
+                              f"crop[=P] (pad by P pixels, default {recipes.DEFAULT_CROP}, and crop back "
+                              f"at a random offset), flip[=random|alternate] (horizontal), cutout[=S] "
+                              f"(zero an S x S square, default {recipes.DEFAULT_CUTOUT}), drawn from the "
+                              f"seed, the epoch and the image {ours}")
+    augment.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                         help=f"the same as --augment none {ours}")
     p.add_argument("--seed", type=int, default=None,
-                   help=f"seeds the initial weights, the order of the training images in every epoch "
-                        f"and, for the bundled digits, which images form the test set (IDX and CIFAR "
-                        f"files come split) (default {d.seed})")
+                   help=f"seeds the initial weights, the order of the training images and their "
+                        f"augmentation in every epoch and, for the bundled digits, which images form the "
+                        f"test set (IDX and CIFAR files come split) (default {d.seed})")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="directory with MNIST-style IDX files (train-images-idx3-ubyte or "
                         "train-images.idx3-ubyte, train-labels..., t10k-... or test-..., gzip or not; also "
@@ -465,8 +586,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _epoch_list(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(e) for e in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epochs separated by commas, like 82,123; got {text!r}") \
+            from None
+
+
 # Options that only one choice of another option uses: given with any other, they are refused.
-_ONLY_WITH = {"momentum": ("optimizer", "sgd"), "lr_step_epochs": ("schedule", "step"),
+_ONLY_WITH = {"momentum": ("optimizer", "sgd"), "nesterov": ("optimizer", "sgd"),
+              "lr_step_epochs": ("schedule", "step"), "lr_milestones": ("schedule", "step"),
               "lr_gamma": ("schedule", "step")}
 
 
@@ -474,7 +604,10 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``gpuconv train``; returns the exit status."""
     names = {f.name for f in fields(TrainConfig)} - {"resume"}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "lr_milestones" in given and "lr_step_epochs" in given:
+        raise ValueError("--lr-milestones and --lr-step-epochs are two ways to set the same decay: give one")
     cfg = TrainConfig.resuming(args.resume, **given) if args.resume else TrainConfig(**given)
+    cfg = cfg.resolved()
     for name, (other, needed) in _ONLY_WITH.items():
         if name in given and getattr(cfg, other) != needed:
             raise ValueError(f"--{name.replace('_', '-')} applies to --{other} {needed} only, not "
