@@ -47,6 +47,14 @@ __device__ inline T gc_max(T a, T b) { return a > b ? a : b; }
 template <typename T>
 __device__ inline T gc_min(T a, T b) { return a < b ? a : b; }
 
+// ReLU, the one rule of every kernel that applies it (element-wise, conv epilogues): NaN
+// propagates (as torch.relu); -0 and negatives give +0. Its gradient from the output y: dy where
+// y > 0, else 0.
+template <typename T>
+__device__ inline T gc_relu(T x) { return (x > T(0) || gc_isnan(x)) ? x : T(0); }
+template <typename T>
+__device__ inline T gc_relu_backward(T dy, T y) { return y > T(0) ? dy : T(0); }
+
 // Four consecutive elements loaded/stored as one aligned access (LDG.128 for float).
 template <typename T>
 struct alignas(4 * sizeof(T)) gc_vec4 {

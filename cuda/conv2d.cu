@@ -59,6 +59,19 @@
 //     v2  two stages: blocks sum a chunk of one channel (strided loads, warp shuffles, then the
 //         per-warp sums in warp order), conv2d_sum_splits adds the chunks in order. DEFAULT.
 // No kernel uses float atomics: every result is the same bits on every run.
+//
+// Fused epilogues (every version; runtime flags, not copies of the kernels):
+//   forward        `epilogue` = GC_CONV_EPI_BIAS | GC_CONV_EPI_RESIDUAL | GC_CONV_EPI_RELU (values
+//                  from the host's DEFINES): y = relu(acc + bias[k] + residual[y offset]), each term
+//                  by its flag and added in that order, as each value is stored (conv_epilogue). The
+//                  order is that of the unfused conv2d, add and relu kernels, so the fused output has
+//                  their bits. v2 stores (and reads the residual) as gc_vec4 when P*Q % 4 == 0 and
+//                  the residual is vector-aligned (a contiguous view may not be), else one value at
+//                  a time. v1 adds the bias first (its own order), then the rest.
+//   backward-data  `through_relu`: relu_y (of x's shape) is the output of a ReLU that x is, and dx
+//                  is stored as the gradient at that ReLU's input, relu_y > 0 ? dx : 0
+//                  (gc_relu_backward), instead of a relu_backward pass over dx. Used for the second
+//                  conv of conv -> ReLU -> conv, whose input only it reads.
 #include "common.cuh"
 #include "conv_gemm.cuh"
 
@@ -74,7 +87,7 @@
 template <typename T>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_forward_v1(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                  T* __restrict__ y, int has_bias,
+                  const T* __restrict__ residual, T* __restrict__ y, int epilogue,
                   GC_CONV_GEOMETRY_PARAMS) {
     const int Cg = C / groups, Kg = K / groups;
     const int total = N * K * P * Q;
@@ -88,7 +101,7 @@ conv2d_forward_v1(const T* __restrict__ x, const T* __restrict__ w, const T* __r
         const int h0 = p * stride_h - pad_h, w0 = q * stride_w - pad_w;
         const T* xn = x + (n * C + c0) * H * W;
         const T* wk = w + k * Cg * R * S;
-        T acc = has_bias ? bias[k] : T(0);
+        T acc = (epilogue & GC_CONV_EPI_BIAS) ? bias[k] : T(0);  // the bias first: v1's own order
         for (int c = 0; c < Cg; ++c) {
             for (int r = 0; r < R; ++r) {
                 const int h = h0 + r * dil_h;
@@ -100,13 +113,15 @@ conv2d_forward_v1(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 }
             }
         }
-        y[idx] = acc;
+        y[idx] = conv_epilogue(acc, T(0), (epilogue & GC_CONV_EPI_RESIDUAL) ? residual[idx] : T(0),
+                               epilogue & ~GC_CONV_EPI_BIAS);
     }
 }
 
 template <typename T>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
-conv2d_backward_data_v1(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+conv2d_backward_data_v1(const T* __restrict__ dy, const T* __restrict__ w, const T* __restrict__ relu_y,
+                        T* __restrict__ dx, int through_relu,
                         GC_CONV_GEOMETRY_PARAMS) {
     const int Cg = C / groups, Kg = K / groups;
     const int total = N * C * H * W;
@@ -136,7 +151,7 @@ conv2d_backward_data_v1(const T* __restrict__ dy, const T* __restrict__ w, T* __
                 }
             }
         }
-        dx[idx] = acc;
+        dx[idx] = through_relu ? gc_relu_backward(acc, relu_y[idx]) : acc;
     }
 }
 
@@ -191,7 +206,7 @@ conv2d_backward_bias_v1(const T* __restrict__ dy, T* __restrict__ db, int N, int
 template <typename T, int BN>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                  T* __restrict__ y, int has_bias,
+                  const T* __restrict__ residual, T* __restrict__ y, int epilogue,
                   GC_CONV_GEOMETRY_PARAMS) {
     using Tl = ConvTile<T, BN>;
     constexpr int BM = Tl::BM, BK = Tl::BK;
@@ -229,10 +244,12 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
             });
 
         const int mq = m0 + 4 * tm;  // the thread's four rows mq .. mq + 3
-        if (PQ % 4 == 0) {
+        const bool has_residual = epilogue & GC_CONV_EPI_RESIDUAL;
+        if (PQ % 4 == 0 && (!has_residual || conv_vec4_aligned(residual))) {
             // The four rows are consecutive positions of one image and 4-aligned: one vector store
-            // per output channel, and the 8 lanes of a warp along the rows write 128 contiguous
-            // bytes of float (a scalar store per row would put 4-element gaps between lanes).
+            // (and residual load) per output channel, and the 8 lanes of a warp along the rows write
+            // 128 contiguous bytes of float (a scalar store per row would put 4-element gaps between
+            // lanes).
             if (mq < M) {
                 const int n = mq / PQ, pq = mq - n * PQ;
 #pragma unroll
@@ -240,11 +257,13 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                     const int k = k0 + 4 * tn + j;
                     if (k < Kg) {
                         const int kg = g * Kg + k;
-                        const T b = has_bias ? bias[kg] : T(0);
-                        gc_vec4<T> v;
+                        const int off = (n * K + kg) * PQ + pq;
+                        const T b = (epilogue & GC_CONV_EPI_BIAS) ? bias[kg] : T(0);
+                        gc_vec4<T> r{}, v;
+                        if (has_residual) r = *reinterpret_cast<const gc_vec4<T>*>(&residual[off]);
 #pragma unroll
-                        for (int i = 0; i < 4; ++i) v.v[i] = has_bias ? acc[i][j] + b : acc[i][j];
-                        *reinterpret_cast<gc_vec4<T>*>(&y[(n * K + kg) * PQ + pq]) = v;
+                        for (int i = 0; i < 4; ++i) v.v[i] = conv_epilogue(acc[i][j], b, r.v[i], epilogue);
+                        *reinterpret_cast<gc_vec4<T>*>(&y[off]) = v;
                     }
                 }
             }
@@ -257,7 +276,7 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const int k = k0 + 4 * tn + j;
-                    if (k < Kg) conv_store_y(y, bias, has_bias, acc[i][j], n, pq, g * Kg + k, K, PQ);
+                    if (k < Kg) conv_store_y(y, bias, residual, epilogue, acc[i][j], n, pq, g * Kg + k, K, PQ);
                 }
             }
         }
@@ -274,7 +293,7 @@ conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 template <typename T>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                  T* __restrict__ y, int has_bias,
+                  const T* __restrict__ residual, T* __restrict__ y, int epilogue,
                   GC_CONV_GEOMETRY_PARAMS) {
     constexpr int KB = GC_CONV_V3_KB, CH = GC_CONV_V3_CHUNK, NT = GC_CONV_THREADS;
     alignas(gc_vec4<T>) __shared__ T Ws[CH][KB];
@@ -344,7 +363,7 @@ conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 #pragma unroll
             for (int j = 0; j < KB; ++j) {
                 const int k = k0 + j;
-                if (k < Kg) conv_store_y(y, bias, has_bias, acc[j], n, pq, g * Kg + k, K, PQ);
+                if (k < Kg) conv_store_y(y, bias, residual, epilogue, acc[j], n, pq, g * Kg + k, K, PQ);
             }
         }
     }
@@ -439,7 +458,7 @@ __device__ __forceinline__ void gc_mma_tf32_m16n8k8(float (&d)[4], const unsigne
 template <typename T>
 __global__ void __launch_bounds__(GC_CONV_V4_THREADS, GC_CONV_V4_MIN_BLOCKS)
 conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                  T* __restrict__ y, int has_bias,
+                  const T* __restrict__ residual, T* __restrict__ y, int epilogue,
                   GC_CONV_GEOMETRY_PARAMS) {
     static_assert(sizeof(T) == 4, "conv2d_forward_v4 is float only (TF32 tensor cores)");
     constexpr int BM = GC_CONV_V4_TILE, BN = GC_CONV_V4_TILE, BK = 16, LD = GC_CONV_V4_TILE + 8;
@@ -513,7 +532,8 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                     for (int e = 0; e < 2; ++e) {
                         const int k = k0 + wn + 8 * j + 2 * ft + e;
                         if (k >= Kg) continue;
-                        conv_store_y(y, bias, has_bias, acc[i][j][2 * half + e], n, pq, g * Kg + k, K, PQ);
+                        conv_store_y(y, bias, residual, epilogue, acc[i][j][2 * half + e], n, pq, g * Kg + k,
+                                     K, PQ);
                     }
                 }
             }
@@ -557,7 +577,8 @@ __device__ __forceinline__ bool conv_exact_div(int i, int stride, int O, int* o)
 
 template <typename T, int BN>
 __global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
-conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, const T* __restrict__ relu_y,
+                        T* __restrict__ dx, int through_relu,
                         GC_CONV_GEOMETRY_PARAMS) {
     using Tl = ConvTile<T, BN>;
     constexpr int BM = Tl::BM, BK = Tl::BK;
@@ -636,7 +657,8 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, T* __
             for (int j = 0; j < 4; ++j) {
                 const int c = c0 + 4 * tn + j;
                 if (c >= Cg) continue;
-                dx[(n * C + g * Cg + c) * HW + hw] = acc[i][j];
+                const int off = (n * C + g * Cg + c) * HW + hw;
+                dx[off] = through_relu ? gc_relu_backward(acc[i][j], relu_y[off]) : acc[i][j];
             }
         }
     }
@@ -753,12 +775,12 @@ __device__ __forceinline__ const T* conv_opaque(const T* p) {
 
 // TAP_MASK: every phase has at most 32 taps (the host checks), and each thread tests a gathered
 // element's tap against a 32-bit mask of the taps valid for its row, computed once per phase,
-// instead of two window bounds per element. Without it (kernels of more than 32 taps per phase,
-// rare) the double tiles are promised one resident block per SM, not GC_CONV_MIN_BLOCKS: within
-// 128 registers ptxas spills them.
+// instead of two window bounds per element. The double kernels are promised one resident block
+// per SM, not GC_CONV_MIN_BLOCKS: within 128 registers ptxas spills some of them.
 template <typename T, int BN, bool TAP_MASK>
-__global__ void __launch_bounds__(GC_CONV_THREADS, TAP_MASK || sizeof(T) == 4 ? GC_CONV_MIN_BLOCKS : 1)
-conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+__global__ void __launch_bounds__(GC_CONV_THREADS, sizeof(T) == 4 ? GC_CONV_MIN_BLOCKS : 1)
+conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, const T* __restrict__ relu_y,
+                        T* __restrict__ dx, int through_relu,
                         GC_CONV_GEOMETRY_PARAMS) {
     using Tl = ConvTile<T, BN>;
     constexpr int NT = Tl::THREADS, BM = Tl::BM, BK = Tl::BK, LDA = BM + Tl::PAD;
@@ -880,7 +902,10 @@ conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, T* __
 #pragma unroll
                     for (int jc = ak; jc < CP; jc += NT / BM) {
                         const int c = c0 + pass * CP + jc;
-                        if (c < Cg) dx[out + (g * Cg + c) * HW] = Cs[jc][t % BM];
+                        if (c >= Cg) continue;
+                        const int off = out + (g * Cg + c) * HW;
+                        const T v = Cs[jc][t % BM];
+                        dx[off] = through_relu ? gc_relu_backward(v, relu_y[off]) : v;
                     }
                 }
                 __syncthreads();  // Cs is read before the next pass or step loop writes As

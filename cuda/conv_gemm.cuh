@@ -12,7 +12,8 @@
 
 #if !defined(GC_CONV_THREADS) || !defined(GC_CONV_MIN_BLOCKS) || !defined(GC_CONV_TILE_AREA) ||    \
     !defined(GC_CONV_V3_KB) || !defined(GC_CONV_V3_CHUNK) || !defined(GC_CONV_V4_THREADS) ||      \
-    !defined(GC_CONV_V4_MIN_BLOCKS) || !defined(GC_CONV_V4_TILE)
+    !defined(GC_CONV_V4_MIN_BLOCKS) || !defined(GC_CONV_V4_TILE) || !defined(GC_CONV_EPI_BIAS) ||   \
+    !defined(GC_CONV_EPI_RESIDUAL) || !defined(GC_CONV_EPI_RELU)
 #error "compile with gpuconv's options: the GC_CONV_* sizes come from gpuconv/backends/launch/conv.py"
 #endif
 
@@ -257,9 +258,29 @@ __device__ __forceinline__ void conv_forward_steps(ConvIdx (*tbl)[BK], Loader& l
         store, multiply);
 }
 
-// Forward epilogue: y[n][kg][pq] = v, plus bias[kg] when has_bias.
+// Forward epilogue of one output value v, by the flags `epi` (GC_CONV_EPI_*, from the host's
+// options): relu(v + b + r), each term only when its flag is set, added in that order: the order
+// of the unfused conv2d (bias), add (residual), relu, so fused and unfused give the same bits.
 template <typename T>
-__device__ __forceinline__ void conv_store_y(T* __restrict__ y, const T* __restrict__ bias, int has_bias,
-                                             T v, int n, int pq, int kg, int K, int PQ) {
-    y[(n * K + kg) * PQ + pq] = has_bias ? v + bias[kg] : v;
+__device__ __forceinline__ T conv_epilogue(T v, T b, T r, int epi) {
+    if (epi & GC_CONV_EPI_BIAS) v += b;
+    if (epi & GC_CONV_EPI_RESIDUAL) v += r;
+    return (epi & GC_CONV_EPI_RELU) ? gc_relu(v) : v;
+}
+
+// Forward epilogue, one value: y[n][kg][pq] = conv_epilogue(v, bias[kg], residual[same offset]).
+template <typename T>
+__device__ __forceinline__ void conv_store_y(T* __restrict__ y, const T* __restrict__ bias,
+                                             const T* __restrict__ residual, int epi, T v, int n, int pq,
+                                             int kg, int K, int PQ) {
+    const int off = (n * K + kg) * PQ + pq;
+    y[off] = conv_epilogue(v, (epi & GC_CONV_EPI_BIAS) ? bias[kg] : T(0),
+                           (epi & GC_CONV_EPI_RESIDUAL) ? residual[off] : T(0), epi);
+}
+
+// Whether p may be read as gc_vec4<T> (aligned to 16 bytes for float, 32 for double): y is
+// allocated by the launch code, but a residual may be any contiguous view.
+template <typename T>
+__device__ __forceinline__ bool conv_vec4_aligned(const T* p) {
+    return reinterpret_cast<unsigned long long>(p) % sizeof(gc_vec4<T>) == 0;
 }

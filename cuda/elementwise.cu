@@ -25,8 +25,7 @@
 // ---- element functions ---------------------------------------------------------------------------
 
 template <typename T> struct ReluForward {
-    // NaN propagates (as torch.relu); -0 and negatives give +0.
-    __device__ T operator()(T x) const { return (x > T(0) || gc_isnan(x)) ? x : T(0); }
+    __device__ T operator()(T x) const { return gc_relu(x); }  // common.cuh: the rule
 };
 template <typename T> struct SigmoidForward {
     // exp of a non-positive argument only: no overflow for large |x|.
@@ -40,7 +39,7 @@ template <typename T> struct TanhForward {
     __device__ T operator()(T x) const { return gc_tanh(x); }
 };
 template <typename T> struct ReluBackward {  // (dy, y)
-    __device__ T operator()(T dy, T y) const { return y > T(0) ? dy : T(0); }
+    __device__ T operator()(T dy, T y) const { return gc_relu_backward(dy, y); }
 };
 template <typename T> struct SigmoidBackward {
     __device__ T operator()(T dy, T y) const { return dy * (y * (T(1) - y)); }

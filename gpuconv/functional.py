@@ -24,7 +24,7 @@ from .backends.base import Backend
 from .geometry import IntPair, Padding
 
 __all__ = [
-    "conv2d", "conv2d_backward",
+    "conv2d", "conv2d_relu", "conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "l2_pool2d", "l2_pool2d_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "dropout",
@@ -251,6 +251,16 @@ def _conv2d_checks(backend: Backend, x, weight, bias, stride, padding, dilation,
 
 
 @_remembered
+def _conv2d_relu_checks(backend: Backend, x, weight, bias, residual, stride, padding, dilation, groups):
+    g = _conv2d_checks(backend, x, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        _check_float(backend, "residual", residual)
+        _check_shape_equals("residual", residual, g.y_shape, "the conv2d output shape (N, K, P, Q)")
+        _check_same_dtype([("x", x), ("residual", residual)])
+    return g
+
+
+@_remembered
 def _conv2d_backward_checks(backend: Backend, dy, x, weight, stride, padding, dilation, groups):
     g = _conv_geometry(backend, x, weight, stride, padding, dilation, groups)
     _check_float(backend, "dy", dy)
@@ -273,17 +283,40 @@ def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPai
 
 
 @_accepts_foreign
+def conv2d_relu(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntPair = 1,
+                padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
+                residual: Optional[Array] = None) -> Array:
+    """relu(conv2d(x, weight, bias, ...) + residual) in one kernel: the bias, the residual add
+    (residual (N, K, P, Q), or None for none) and the ReLU are applied to each output value before
+    it is stored. The same values as conv2d, add and relu one after another.
+
+    Its gradients: with d = relu_backward(dy, y) (y this op's output), conv2d_backward(d, x,
+    weight, ...) and d for the residual; or d comes straight from the next convolution's
+    ``conv2d_backward(..., through_relu=True)`` when y is that convolution's only input.
+    """
+    backend = get_backend()
+    g = _conv2d_relu_checks(backend, x, weight, bias, residual, stride, padding, dilation, groups)
+    return backend.conv2d_relu(x, weight, bias, residual, g)
+
+
+@_accepts_foreign
 def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: Padding = 0,
                     dilation: IntPair = 1, groups: int = 1, *, need_dx: bool = True,
-                    need_dw: bool = True, need_db: bool = True
+                    need_dw: bool = True, need_db: bool = True, through_relu: bool = False
                     ) -> Tuple[Optional[Array], Optional[Array], Optional[Array]]:
     """Gradients of conv2d: dy (N, K, P, Q) -> (dx (N, C, H, W), dweight (K, C/groups, R, S),
-    dbias (K,)); an entry whose ``need_*`` flag is False is None."""
+    dbias (K,)); an entry whose ``need_*`` flag is False is None.
+
+    ``through_relu=True`` says that x is the output of a ReLU (relu or conv2d_relu) and asks for
+    the gradient at that ReLU's input instead: dx = relu_backward(dx, x), applied as backward-data
+    stores dx (no separate pass). Only right when x feeds nothing but this convolution.
+    """
     backend = get_backend()
     g = _conv2d_backward_checks(backend, dy, x, weight, stride, padding, dilation, groups)
     return backend.conv2d_backward(dy, x, weight, g, _check_bool("need_dx", need_dx),
                                    _check_bool("need_dw", need_dw),
-                                   _check_bool("need_db", need_db))
+                                   _check_bool("need_db", need_db),
+                                   _check_bool("through_relu", through_relu))
 
 
 # ---- pooling -------------------------------------------------------------------------------

@@ -51,10 +51,18 @@ class Backend:
     def conv2d(self, x: Array, weight: Array, bias: Optional[Array], g: ConvGeometry) -> Array:
         raise NotImplementedError
 
+    def conv2d_relu(self, x: Array, weight: Array, bias: Optional[Array], residual: Optional[Array],
+                    g: ConvGeometry) -> Array:
+        """relu(conv2d(x, weight, bias) + residual) (no add when residual is None), the same
+        values as those three ops one after another."""
+        raise NotImplementedError
+
     def conv2d_backward(self, dy: Array, x: Array, weight: Array, g: ConvGeometry,
-                        need_dx: bool = True, need_dw: bool = True, need_db: bool = True
+                        need_dx: bool = True, need_dw: bool = True, need_db: bool = True,
+                        through_relu: bool = False
                         ) -> Tuple[Optional[Array], Optional[Array], Optional[Array]]:
-        """(dx, dweight, dbias); an entry is None when not needed."""
+        """(dx, dweight, dbias); an entry is None when not needed. ``through_relu``: x is a
+        ReLU's output, and dx is relu_backward(dx, x), the gradient at that ReLU's input."""
         raise NotImplementedError
 
     # ---- pooling ------------------------------------------------------------------------

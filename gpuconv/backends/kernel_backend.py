@@ -172,6 +172,7 @@ class KernelBackend(Backend):
 
     # ---- ops: each is its launch function, bound as a method ----------------------------
     conv2d = launch.conv.forward
+    conv2d_relu = launch.conv.forward_relu
     conv2d_backward = launch.conv.backward
 
     max_pool2d = launch.pool.max_forward

@@ -422,8 +422,13 @@ class NumpyBackend(Backend):
             y += bias.reshape(1, g.K, 1, 1)
         return y
 
+    def conv2d_relu(self, x, weight, bias, residual, g: ConvGeometry):
+        # The reference of the fused kernels is the unfused composition.
+        y = self.conv2d(x, weight, bias, g)
+        return self.relu(y if residual is None else self.add(y, residual))
+
     def conv2d_backward(self, dy, x, weight, g: ConvGeometry, need_dx=True, need_dw=True,
-                        need_db=True):
+                        need_db=True, through_relu=False):
         dy = np.ascontiguousarray(dy)
         dx = dw = db = None
         if need_dx:
@@ -433,6 +438,8 @@ class NumpyBackend(Backend):
                 dx = _backward_data_stride1(dy, weight, g)
             else:
                 dx = _backward_data_columns(dy, weight, g)
+            if through_relu:
+                dx = self.relu_backward(dx, x)
         if need_dw:
             dw = _backward_filter(dy, x, g)
         if need_db:

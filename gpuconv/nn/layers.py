@@ -13,7 +13,7 @@ Xavier-uniform, ``init="zeros"`` for zeros), biases zero. Weights are drawn on t
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -57,6 +57,13 @@ def _need_forward(layer: Module, cache) -> None:
         raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
 
 
+def _need_epilogue(layer: Module, residual) -> None:
+    if not layer.relu_epilogue(residual is not None):
+        raise ValueError(f"{type(layer).__name__}.forward_relu: this {type(layer).__name__} cannot apply a "
+                         f"ReLU{' after a residual add' if residual is not None else ''} in its last "
+                         f"kernel (see relu_epilogue)")
+
+
 class Conv2d(Module):
     """2-D convolution (cross-correlation). x (N, in_ch, H, W) -> y (N, out_ch, P, Q).
 
@@ -98,11 +105,23 @@ class Conv2d(Module):
                         stride=self.stride, padding=self.padding, dilation=self.dilation,
                         groups=self.groups)
 
-    def backward(self, dy):
+    def relu_epilogue(self, residual: bool) -> bool:
+        return True
+
+    def forward_relu(self, x, residual=None):
+        self._x = x
+        return F.conv2d_relu(x, self.weight.data, None if self.bias is None else self.bias.data,
+                             stride=self.stride, padding=self.padding, dilation=self.dilation,
+                             groups=self.groups, residual=residual)
+
+    def backward(self, dy, *, through_relu: bool = False):
+        """The input gradient; ``through_relu``: x is a ReLU's output, return the gradient at
+        that ReLU's input (``F.conv2d_backward``'s ``through_relu``)."""
         _need_forward(self, self._x)
         dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
                                        padding=self.padding, dilation=self.dilation,
-                                       groups=self.groups, need_db=self.bias is not None)
+                                       groups=self.groups, need_db=self.bias is not None,
+                                       through_relu=through_relu)
         self.weight.grad = dw
         if self.bias is not None:
             self.bias.grad = db
@@ -515,7 +534,16 @@ class SubsamplePad2d(Module):
 
 class Sequential(Module):
     """Runs its layers in order; backward runs them in reverse. Layers are named "0", "1", ...
-    (or by the keys of an OrderedDict)."""
+    (or by the keys of an OrderedDict).
+
+    With ``fusion`` on (``Module.set_fusion``), a layer followed by a ``ReLU`` runs as one step
+    when the layer has a ReLU epilogue (``relu_epilogue``: a Conv2d, a Residual whose body ends in
+    a Conv2d): ``forward_relu`` applies the ReLU (and a residual block's add) as the convolution
+    stores its output. In backward, a Conv2d whose input is the output of such a step (or of a
+    ReLU layer) returns the gradient at the ReLU's input (``through_relu``), so the ReLU's own
+    backward is skipped; otherwise the step applies ``relu_backward`` before its layer's backward.
+    The values are the unfused layers' (the same kernels' arithmetic in the same order).
+    """
 
     def __init__(self, *layers) -> None:
         super().__init__()
@@ -525,6 +553,41 @@ class Sequential(Module):
         else:
             for i, layer in enumerate(layers):
                 self.add_module(str(i), layer)
+        self._plan = None
+
+    def _drop_cache(self) -> None:
+        self._plan = None
+
+    def _steps(self) -> List[Tuple[Module, bool]]:
+        """(layer, whether the ReLU layer after it runs in its epilogue), in order."""
+        layers = list(self._modules.values())
+        steps, i = [], 0
+        while i < len(layers):
+            fused = (self.fusion and i + 1 < len(layers) and type(layers[i + 1]) is ReLU
+                     and layers[i].relu_epilogue(False))
+            steps.append((layers[i], fused))
+            i += 2 if fused else 1
+        return steps
+
+    def relu_epilogue(self, residual: bool) -> bool:
+        steps = self._steps() if self.fusion else []
+        return bool(steps) and not steps[-1][1] and steps[-1][0].relu_epilogue(residual)
+
+    def forward_relu(self, x, residual=None):
+        _need_epilogue(self, residual)
+        return self._run(x, True, residual)
+
+    def _run(self, x, relu: bool, residual):
+        steps = self._steps()
+        outputs = []
+        for k, (layer, fused) in enumerate(steps):
+            if relu and k == len(steps) - 1:
+                x = layer.forward_relu(x, residual)
+            else:
+                x = layer.forward_relu(x) if fused else layer.forward(x)
+            outputs.append(x if fused else None)
+        self._plan = (steps, outputs)
+        return x
 
     def append(self, layer: Module) -> Sequential:
         self.add_module(str(len(self._modules)), layer)
@@ -540,13 +603,23 @@ class Sequential(Module):
         return list(self._modules.values())[i]
 
     def forward(self, x):
-        for layer in self._modules.values():
-            x = layer.forward(x)
-        return x
+        return self._run(x, False, None)
 
     def backward(self, dy):
-        for layer in reversed(self._modules.values()):
-            dy = layer.backward(dy)
+        _need_forward(self, self._plan)
+        steps, outputs = self._plan
+        masked = False  # dy is already the gradient at the input of the ReLU that ends this step
+        for k in range(len(steps) - 1, -1, -1):
+            layer, fused = steps[k]
+            if masked and not fused:  # a ReLU layer, whose backward the convolution after it did
+                masked = False
+                continue
+            if fused and not masked:
+                dy = F.relu_backward(dy, outputs[k])
+            prev = steps[k - 1] if k > 0 else None
+            masked = (self.fusion and prev is not None and isinstance(layer, Conv2d)
+                      and (prev[1] or type(prev[0]) is ReLU))
+            dy = layer.backward(dy, through_relu=True) if masked else layer.backward(dy)
         return dy
 
 
@@ -563,6 +636,15 @@ class Residual(Module):
         out = self.body.forward(x)
         skip = x if self.shortcut is None else self.shortcut.forward(x)
         return F.add(out, skip)
+
+    def relu_epilogue(self, residual: bool) -> bool:
+        return self.fusion and not residual and self.body.relu_epilogue(True)
+
+    def forward_relu(self, x, residual=None):
+        # relu(body(x) + skip): the body's last convolution adds the skip and applies the ReLU.
+        _need_epilogue(self, residual)
+        skip = x if self.shortcut is None else self.shortcut.forward(x)
+        return self.body.forward_relu(x, skip)
 
     def backward(self, dy):
         dx = self.body.backward(dy)

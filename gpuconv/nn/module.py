@@ -21,10 +21,18 @@ its ``forward`` and ``backward`` (and those of every descendant, bound on the in
 then run on that backend, as do optimizer updates of its parameters, unless an explicit
 ``use_backend`` block encloses the call (the order of precedence is in ``gpuconv.backends``). A
 model never moved follows the backend in force, at no cost per call.
+
+Fusion: a container runs a layer and the ReLU after it as one kernel where the layer can apply
+the ReLU in its epilogue (``relu_epilogue``/``forward_relu``: a convolution, or a residual block
+whose body ends in one), and a convolution whose input is a ReLU's output returns the gradient at
+that ReLU's input (see ``nn.Sequential``). The values are those of the unfused layers. It is on
+unless the environment sets ``GPUCONV_FUSION=0`` when the module is built; ``set_fusion(False)``
+turns it off for a model (the unfused path, kept as the reference).
 """
 from __future__ import annotations
 
 import functools
+import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
@@ -32,7 +40,12 @@ import numpy as np
 
 from ..backends import BACKEND_NAMES, Backend, BackendUnavailable, get_backend, resolve_backend, running_on
 
-__all__ = ["Parameter", "Module", "to_host"]
+__all__ = ["Parameter", "Module", "to_host", "fusion_default"]
+
+
+def fusion_default() -> bool:
+    """Whether new modules fuse (see the module docstring): not when GPUCONV_FUSION is "0"."""
+    return os.environ.get("GPUCONV_FUSION", "1").strip() != "0"
 
 
 def to_host(a) -> np.ndarray:
@@ -147,6 +160,7 @@ class Module:
         self._buffers: OrderedDict[str, object] = OrderedDict()
         self._modules: OrderedDict[str, Module] = OrderedDict()
         self.training = True
+        self.fusion = fusion_default()
 
     # ---- structure ----------------------------------------------------------------------
     def register_parameter(self, name: str, host_array: np.ndarray) -> Parameter:
@@ -237,12 +251,31 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
+    def set_fusion(self, enabled: bool) -> Module:
+        """Turn fused layer pairs (see the module docstring) on or off in this module and every
+        descendant. Returns self."""
+        if enabled not in (True, False):
+            raise TypeError(f"enabled must be a bool, got {enabled!r}")
+        for _, m in self.named_modules():
+            m.fusion = bool(enabled)
+        return self
+
     # ---- computation --------------------------------------------------------------------
     def forward(self, x):
         raise NotImplementedError
 
     def backward(self, dy):
         raise NotImplementedError
+
+    def relu_epilogue(self, residual: bool) -> bool:
+        """Whether ``forward_relu`` can apply a following ReLU (after adding a residual, with
+        ``residual``) in this module's last kernel."""
+        return False
+
+    def forward_relu(self, x, residual=None):
+        """relu(forward(x) + residual) (residual None: no add), where ``relu_epilogue`` allows it;
+        ``backward`` then takes the gradient at the ReLU's input (the residual's gradient too)."""
+        raise NotImplementedError(f"{type(self).__name__} has no ReLU epilogue")
 
     def __call__(self, x):
         return self.forward(x)

@@ -12,6 +12,9 @@ logits and loss are compared. In ``chain`` mode only the end-to-end runs are com
 layer, and errors propagate as they would in training (a near-tie inside a max-pooling window can
 then route a gradient to another element, legitimately).
 
+Models run unfused (``Module.set_fusion(False)``): a fused pair of layers (conv and ReLU) has no
+result of its own layers to record; fusion gives the unfused layers' bits.
+
 Errors are max|a - b| and max|a - b| / max|ref|, held to ``gpuconv.tolerances``. Kernel backends
 run with poisoned outputs (NaN-filled before each kernel), so an element a kernel forgets to
 write fails. Exit status 1 when anything fails.
@@ -146,7 +149,7 @@ def _run_model(model_name: str, be, x: np.ndarray, labels: np.ndarray, seed: int
         model = build_model(model_name, in_ch, size, classes, seed=seed, dtype=dtype)
         if weights == "filled":
             model.load_state_dict(fill_zero_params(model.state_dict(), seed))
-    model.to(be)
+    model.to(be).set_fusion(False)  # each leaf layer's own results: no fused pairs
     rec = _Recording()
     _instrument(model, be, rec)
     with use_backend(be):

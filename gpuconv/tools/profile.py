@@ -112,9 +112,11 @@ def _conv_runs(case: ConvCase, batch: int, rng) -> Dict[str, Callable]:
     w = rng.standard_normal(g.w_shape).astype(np.float32)
     b = rng.standard_normal(g.K).astype(np.float32)
     dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    relu_y = np.maximum(x, 0) if case.relu_before else None  # the fused variants the model runs
     return {
-        "conv2d_forward": lambda be, v: launch.conv.forward(be, x, w, b, g, version=v),
-        "conv2d_backward_data": lambda be, v: launch.conv.backward_data(be, dy, w, g, version=v),
+        "conv2d_forward": lambda be, v: launch.conv.forward(be, x, w, b, g, version=v, relu=case.relu_after),
+        "conv2d_backward_data": lambda be, v: launch.conv.backward_data(be, dy, w, g, version=v,
+                                                                        relu_y=relu_y),
         "conv2d_backward_filter": lambda be, v: launch.conv.backward_filter(be, dy, x, g, version=v),
         "conv2d_backward_bias": lambda be, v: launch.conv.backward_bias(be, dy, g, version=v),
     }

@@ -54,7 +54,13 @@ NORM_KINDS = ("batch_norm", "batch_norm_relu")   # training mode, plain and with
 
 @dataclass(frozen=True)
 class ConvCase:
-    """One convolution layer of a suite: x (N, C, H, W) * w (K, C, R, S), square kernel."""
+    """One convolution layer of a suite: x (N, C, H, W) * w (K, C, R, S), square kernel.
+
+    ``relu_after``: a ReLU follows the layer in its model, which the forward applies in its
+    epilogue (``F.conv2d_relu``); ``relu_before``: x is a ReLU's output that only this layer reads,
+    so backward-data applies the ReLU's mask (``through_relu``). ``gpuconv profile`` runs those
+    fused variants, as training the model does.
+    """
 
     family: ClassVar[str] = "conv"                 # what ``gpuconv bench --ops`` calls it
     kinds: ClassVar[Tuple[str, ...]] = ("conv",)   # the kinds of op benchmarked on it
@@ -67,6 +73,8 @@ class ConvCase:
     padding: int
     H: int
     W: int
+    relu_after: bool = False
+    relu_before: bool = False
 
     def geometry(self, batch: int = DEFAULT_BATCH) -> ConvGeometry:
         """The conv geometry at batch size ``batch``."""
@@ -114,14 +122,14 @@ class NormCase:
 
 SUITES: Dict[str, Tuple[object, ...]] = {
     "small-cnn": (
-        ConvCase("L1", "LeNet conv1", 1, 6, 5, 1, 2, 28, 28),
-        ConvCase("L2", "LeNet conv2", 6, 16, 5, 1, 0, 14, 14),
+        ConvCase("L1", "LeNet conv1", 1, 6, 5, 1, 2, 28, 28, relu_after=True),
+        ConvCase("L2", "LeNet conv2", 6, 16, 5, 1, 0, 14, 14, relu_after=True),
         ConvCase("C1", "ResNet-20 stem", 3, 16, 3, 1, 1, 32, 32),
         ConvCase("C2", "ResNet-20 stage 1", 16, 16, 3, 1, 1, 32, 32),
         ConvCase("C3", "ResNet-20 down", 16, 32, 3, 2, 1, 32, 32),
         ConvCase("C4", "ResNet-20 stage 2", 32, 32, 3, 1, 1, 16, 16),
         ConvCase("C5", "ResNet-20 stage 3", 64, 64, 3, 1, 1, 8, 8),
-        ConvCase("C6", "small CIFAR CNN", 32, 64, 3, 1, 1, 32, 32),
+        ConvCase("C6", "small CIFAR CNN", 32, 64, 3, 1, 1, 32, 32, relu_after=True, relu_before=True),
         PoolCase("P1", "LeNet pool", 6, 2, 2, 0, 28, 28, POOL_KINDS),
         PoolCase("P2", "CIFAR pool", 64, 2, 2, 0, 32, 32, POOL_KINDS),
         PoolCase("P3", "overlapping max pool", 32, 3, 2, 1, 32, 32, ("max",)),

@@ -12,6 +12,12 @@ Ops and versions (see the header of conv2d.cu for what each version changes):
                                 N*P*Q reduction and an ordered sum of the partials (default)
   * ``conv2d_backward_bias``    1 one thread per channel, 2 two-stage ordered reduction (default)
 Every backward result is bitwise reproducible: split counts depend on the sizes only.
+
+Fused epilogues (every version): the forward applies the bias, a residual add and a ReLU to each
+output value before storing it (``forward(..., residual=, relu=)``, the kernels' ``epilogue``
+flags ``EPILOGUE``), and backward-data can return the gradient through the ReLU whose output is
+the conv's input x (``backward_data(..., relu_y=x)``: dx where x > 0). Both give the same bits as
+the unfused ops (conv2d, add, relu; relu_backward after the conv's dx).
 """
 from __future__ import annotations
 
@@ -57,7 +63,12 @@ DEFINES = {
     "GC_CONV_V4_THREADS": 128,    # threads of forward v4 (4 warps)
     "GC_CONV_V4_MIN_BLOCKS": 4,
     "GC_CONV_V4_TILE": 64,        # rows and columns of forward v4's output tile
+    "GC_CONV_EPI_BIAS": 1,        # forward epilogue flags: add bias[k],
+    "GC_CONV_EPI_RESIDUAL": 2,    # ... add residual (of y's shape),
+    "GC_CONV_EPI_RELU": 4,        # ... then ReLU
 }
+EPILOGUE = {"bias": DEFINES["GC_CONV_EPI_BIAS"], "residual": DEFINES["GC_CONV_EPI_RESIDUAL"],
+            "relu": DEFINES["GC_CONV_EPI_RELU"]}
 TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (the template argument)
 TILE_AREA = DEFINES["GC_CONV_TILE_AREA"]
 BLOCK = DEFINES["GC_CONV_THREADS"]
@@ -141,8 +152,15 @@ def _forward_plan(g: ConvGeometry, v: int, t: str):
     return "conv2d_forward_v4<float>", grid, (V4_BLOCK, 1, 1)
 
 
-def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
-    """y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C/groups, R, S)) + b (K,) or no bias."""
+def epilogue_flags(bias: bool, residual: bool, relu: bool) -> np.int32:
+    """The forward kernels' ``epilogue`` argument."""
+    return np.int32(EPILOGUE["bias"] * bias + EPILOGUE["residual"] * residual + EPILOGUE["relu"] * relu)
+
+
+def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None, *, residual=None,
+            relu: bool = False):
+    """y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C/groups, R, S)) + b (K,) or no bias; then,
+    in the same kernel's epilogue, + residual (N, K, P, Q) when given, and max(., 0) when relu."""
     v = _pick(be, "conv2d_forward", version)
     dtype = _dtype_of(x, w)
     t = ctype(dtype)
@@ -150,13 +168,18 @@ def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None):
         raise ValueError(f"conv2d_forward v{v} (TF32 tensor cores) needs float32 x and weight, got {dtype}; "
                          "use version 1, 2 or 3 for float64")
     x, w = be.contiguous(x), be.contiguous(w)
-    has_bias = b is not None
-    b = be.contiguous(b) if has_bias else w  # any array of the right type when there is no bias
+    flags = epilogue_flags(b is not None, residual is not None, relu)
+    b = w if b is None else be.contiguous(b)  # any array of the right type when there is none
+    residual = w if residual is None else be.contiguous(residual)
     y = be.empty(g.y_shape, dtype)
     name, grid, block = _forward_plan(g, v, t)
-    be.launch(be.function(FILE, name), grid, block,
-              (x, w, b, y, _INT32[has_bias]) + _geometry_args(g))
+    be.launch(be.function(FILE, name), grid, block, (x, w, b, residual, y, flags) + _geometry_args(g))
     return y
+
+
+def forward_relu(be, x, w, b, residual, g: ConvGeometry, version: Optional[int] = None):
+    """relu(conv2d(x, w) + b + residual) in one launch: Backend.conv2d_relu."""
+    return forward(be, x, w, b, g, version, residual=residual, relu=True)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -191,14 +214,18 @@ def phase_taps(g: ConvGeometry) -> int:
     return per_h * per_w
 
 
-def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None):
-    """dx (N, C, H, W) from dy (N, K, P, Q) and w (K, C/groups, R, S)."""
+def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None, *, relu_y=None):
+    """dx (N, C, H, W) from dy (N, K, P, Q) and w (K, C/groups, R, S); with ``relu_y`` (N, C, H, W),
+    the output of a ReLU that x is, the gradient at that ReLU's input: dx where relu_y > 0, else 0."""
     v = _pick(be, "conv2d_backward_data", version)
     dtype = _dtype_of(dy, w)
     dy, w = be.contiguous(dy), be.contiguous(w)
+    through_relu = relu_y is not None
+    relu_y = be.contiguous(relu_y) if through_relu else w  # any array of the right type when none
     dx = be.empty(g.x_shape, dtype)
     name, grid, block = _backward_data_plan(g, v, ctype(dtype))
-    be.launch(be.function(FILE, name), grid, block, (dy, w, dx) + _geometry_args(g))
+    be.launch(be.function(FILE, name), grid, block,
+              (dy, w, relu_y, dx, _INT32[through_relu]) + _geometry_args(g))
     return dx
 
 
@@ -299,9 +326,10 @@ def backward_bias(be, dy, g: ConvGeometry, version: Optional[int] = None):
 
 
 def backward(be, dy, x, w, g: ConvGeometry, need_dx: bool = True, need_dw: bool = True,
-             need_db: bool = True):
-    """(dx (N, C, H, W) | None, dw (K, C/groups, R, S) | None, db (K,) | None)."""
-    dx = backward_data(be, dy, w, g) if need_dx else None
+             need_db: bool = True, through_relu: bool = False):
+    """(dx (N, C, H, W) | None, dw (K, C/groups, R, S) | None, db (K,) | None); ``through_relu``:
+    x is a ReLU's output and dx is taken at that ReLU's input (backward_data's ``relu_y``)."""
+    dx = backward_data(be, dy, w, g, relu_y=x if through_relu else None) if need_dx else None
     dw = backward_filter(be, dy, x, g) if need_dw else None
     db = backward_bias(be, dy, g) if need_db else None
     return dx, dw, db
