@@ -61,6 +61,33 @@ struct alignas(4 * sizeof(T)) gc_vec4 {
     T v[4];
 };
 
+// The four elements at p as one vector (one LDG/STG/LDS/STS.128 for float, two for double):
+// every vector access goes through these. The hosts only take a vector path for pointers aligned
+// to sizeof(gc_vec4<T>); the GPU faults on a vector access that is not aligned to its own width
+// (16 bytes at most), which is what the emulator checks here. For a pointer to an array of
+// vectors, the base's alignment is checked once.
+#ifdef GPUCONV_EMU
+// (the emulator's fault names the line of the access: the caller's)
+template <typename T>
+inline gc_vec4<T>* gc_vec4_at(T* p, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    gpuconv_emu_check_aligned(p, sizeof(gc_vec4<T>) < 16 ? sizeof(gc_vec4<T>) : 16, file, line);
+    return reinterpret_cast<gc_vec4<T>*>(p);
+}
+template <typename T>
+inline const gc_vec4<T>* gc_vec4_at(const T* p, const char* file = __builtin_FILE(),
+                                    int line = __builtin_LINE()) {
+    gpuconv_emu_check_aligned(p, sizeof(gc_vec4<T>) < 16 ? sizeof(gc_vec4<T>) : 16, file, line);
+    return reinterpret_cast<const gc_vec4<T>*>(p);
+}
+#else
+template <typename T>
+__device__ __forceinline__ gc_vec4<T>* gc_vec4_at(T* p) { return reinterpret_cast<gc_vec4<T>*>(p); }
+template <typename T>
+__device__ __forceinline__ const gc_vec4<T>* gc_vec4_at(const T* p) {
+    return reinterpret_cast<const gc_vec4<T>*>(p);
+}
+#endif
+
 // ---- pooling window bounds ---------------------------------------------------------------------
 
 // Output cells o whose window covers input cell i along one axis:

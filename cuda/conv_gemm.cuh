@@ -29,27 +29,62 @@
 // Shared pieces of the tiled implicit-GEMM kernels
 // ============================================================================================
 
-template <typename T, int BN>
+template <typename T, int BN, int TT = 4>
 struct ConvTile {
     static constexpr int THREADS = GC_CONV_THREADS;
-    static constexpr int BM = GC_CONV_TILE_AREA / BN; // rows of the output tile
-    static constexpr int BK = 64 / (int)sizeof(T);   // reduction step: 16 floats, 8 doubles
+    static constexpr int BM = GC_CONV_TILE_AREA * (TT / 4) * (TT / 4) / BN;  // rows of the output tile
+    // Reduction step: 16 floats, 8 doubles; half of that for the 8 x 8 thread tile: at 16, ptxas
+    // for sm_80 put most of the next step's 20 loads per thread after the multiply.
+    static constexpr int BK = 64 / (int)sizeof(T) / (TT / 4);
     static constexpr int PAD = 4;                    // rows stay gc_vec4-aligned; spreads banks
-    static constexpr int TM = BM / 4;                // threads along the rows
-    static constexpr int TN = BN / 4;                // threads along the columns
+    static constexpr int TM = BM / TT;               // threads along the rows
+    static constexpr int TN = BN / TT;               // threads along the columns
     static constexpr int WM = TM < 8 ? TM : 8;       // lanes of a warp along the rows
     static constexpr int WN = GC_WARP_SIZE / WM;     // ... and along the columns
-    static_assert(TM % WM == 0 && TN % WN == 0 && TM * TN == THREADS, "warp arrangement");
+    static_assert(TT % 4 == 0 && TM * TN == THREADS, "thread tile");
+    static_assert(TM % WM == 0 && TN % WN == 0, "warp arrangement");
 
-    // Thread t's 4 x 4 register tile covers rows 4*tm.. and columns 4*tn.. of the output tile. The
-    // lanes of a warp form a WM x WN block of such tiles (8 x 4, or 4 x 8 for 16-row tiles), so
-    // each reduction row of conv_tile_multiply reads at most 8 distinct float4 of A and of B per
-    // warp, one shared-memory wavefront each; lanes laid 32 x 1 along the rows would read 32
-    // distinct float4 of A (four wavefronts) and one of B for the same 16 FMAs per thread.
+    // Thread t's TT x TT register tile is made of (TT/4)^2 blocks of 4 x 4: rows
+    // row(tm, i) = 4*tm + i % 4 + (i / 4) * BM * 4 / TT, columns col(tn, j) likewise (for TT = 8,
+    // rows 4*tm.. and BM/2 + 4*tm..), so every fragment load of multiply() is one gc_vec4
+    // and the lanes of a warp read adjacent vectors. The lanes of a warp form a WM x WN block of
+    // (tm, tn) (8 x 4, or 4 x 8 for 16-row tiles). For 8 x 4, each quarter warp (the 8 lanes that
+    // share a 16-byte shared-memory phase) holds 4 rows x 2 columns: per reduction row the warp
+    // reads 8 distinct gc_vec4 of A and 4 of B, in two new phases each (the other phases repeat
+    // words already delivered), 4 wavefronts in all; quarter warps of 8 rows x 1 column would
+    // take 1 for A and 4 for B.
     __device__ __forceinline__ static void thread_tile(int t, int& tm, int& tn) {
         const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
-        tm = (warp % (TM / WM)) * WM + lane % WM;
-        tn = (warp / (TM / WM)) * WN + lane / WM;
+        int lm = lane % WM, ln = lane / WM;
+        if (WM == 8 && WN == 4) {
+            lm = (lane & 3) | ((lane >> 4) << 2);
+            ln = (lane >> 2) & 3;
+        }
+        tm = (warp % (TM / WM)) * WM + lm;
+        tn = (warp / (TM / WM)) * WN + ln;
+    }
+    __device__ __forceinline__ static int row(int tm, int i) { return 4 * tm + i % 4 + (i / 4) * (BM * 4 / TT); }
+    __device__ __forceinline__ static int col(int tn, int j) { return 4 * tn + j % 4 + (j / 4) * (BN * 4 / TT); }
+
+    // acc[i][j] += sum over kk of As[kk][row(tm, i)] * Bs[kk][col(tn, j)]
+    template <int LDA, int LDB>
+    __device__ __forceinline__ static void multiply(const T (*__restrict__ As)[LDA], const T (*__restrict__ Bs)[LDB],
+                                                    T (&acc)[TT][TT], int tm, int tn) {
+        constexpr int V = TT / 4;
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            gc_vec4<T> a[V], b[V];
+#pragma unroll
+            for (int u = 0; u < V; ++u) {
+                a[u] = *gc_vec4_at(&As[kk][row(tm, 4 * u)]);
+                b[u] = *gc_vec4_at(&Bs[kk][col(tn, 4 * u)]);
+            }
+#pragma unroll
+            for (int i = 0; i < TT; ++i) {
+#pragma unroll
+                for (int j = 0; j < TT; ++j) acc[i][j] += a[i / 4].v[i % 4] * b[j / 4].v[j % 4];
+            }
+        }
     }
 };
 
@@ -77,8 +112,8 @@ __device__ __forceinline__ void conv_tile_multiply(const T (*__restrict__ As)[LD
                                                    T (&acc)[4][4], int tm, int tn) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
-        const gc_vec4<T> a = *reinterpret_cast<const gc_vec4<T>*>(&As[kk][4 * tm]);
-        const gc_vec4<T> b = *reinterpret_cast<const gc_vec4<T>*>(&Bs[kk][4 * tn]);
+        const gc_vec4<T> a = *gc_vec4_at(&As[kk][4 * tm]);
+        const gc_vec4<T> b = *gc_vec4_at(&Bs[kk][4 * tn]);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
 #pragma unroll
@@ -98,47 +133,88 @@ __device__ __forceinline__ ConvIdx conv_idx_outside() {
     return e;
 }
 
-// The (c, r, s) decomposition of reduction index red of a (Cg, R, S) reduction: a = the x offset
+// The entry of reduction index red = (c, r, s) of a (Cg, R, S) reduction: a = the x offset
 // c*H*W + r*dil_h*W + s*dil_w, b = r*dil_h, c = s*dil_w (window displacements), d = red (the
-// weight column); -1 when red is past the end.
+// weight column).
+__device__ __forceinline__ ConvIdx conv_crs_idx(int red, int c, int r, int s, int HW, int W, int dil_h,
+                                                int dil_w) {
+    ConvIdx e;
+    e.b = r * dil_h;
+    e.c = s * dil_w;
+    e.a = c * HW + e.b * W + e.c;
+    e.d = red;
+    return e;
+}
+
+// conv_crs_idx of reduction index red, or conv_idx_outside() when red is past the end.
 __device__ __forceinline__ ConvIdx conv_crs_entry(int red, int CRS, int RS, int S, int HW, int W,
                                                   int dil_h, int dil_w) {
+    if (red >= CRS) return conv_idx_outside();
+    const int c = red / RS, rs = red - c * RS;
+    const int r = rs / S;
+    return conv_crs_idx(red, c, r, rs - r * S, HW, W, dil_h, dil_w);
+}
+
+// The digits (c, r, s) of an index of a (Cg, R, S) reduction, advanced by a fixed step (below
+// R * S * 2^31) with carries instead of divisions: two divisions when made, none per step.
+struct ConvCrsDigits {
+    int c, r, s, dc, dr, ds;
+    __device__ __forceinline__ ConvCrsDigits(int i, int step, int RS, int S) {
+        c = i / RS;
+        r = (i - c * RS) / S;
+        s = i - c * RS - r * S;
+        dc = step / RS;
+        dr = (step - dc * RS) / S;
+        ds = step - dc * RS - dr * S;
+    }
+    __device__ __forceinline__ void advance(int R, int S) {
+        s += ds;
+        r += dr;
+        c += dc;
+        if (s >= S) {
+            s -= S;
+            ++r;
+        }
+        if (r >= R) {
+            r -= R;
+            ++c;
+        }
+    }
+};
+
+// The window of output row m = (n, p, q) of the forward GEMM when inside, else conv_idx_outside():
+// a = x offset n*C*H*W + h0*W + w0 of its origin, (b, c) = (h0, w0), d = the y offset n*K*P*Q + p*Q + q.
+// conv_out_idx: the same from the digits (n, p, q) of m.
+__device__ __forceinline__ ConvIdx conv_out_idx(bool inside, int n, int p, int q, int PQ, int Q, int C, int K,
+                                                int HW, int W, int stride_h, int stride_w, int pad_h, int pad_w) {
     ConvIdx e;
-    if (red < CRS) {
-        const int c = red / RS, rs = red - c * RS;
-        const int r = rs / S, s = rs - r * S;
-        e.b = r * dil_h;
-        e.c = s * dil_w;
-        e.a = c * HW + e.b * W + e.c;
-        e.d = red;
+    if (inside) {
+        e.b = p * stride_h - pad_h;
+        e.c = q * stride_w - pad_w;
+        e.a = n * C * HW + e.b * W + e.c;
+        e.d = n * K * PQ + p * Q + q;
     } else {
         e = conv_idx_outside();
     }
     return e;
 }
 
-// The window of output row m = (n, p, q) of the forward GEMM when inside, else conv_idx_outside():
-// a = x offset n*C*H*W + h0*W + w0 of its origin, (b, c) = (h0, w0), d = the y offset n*K*P*Q + p*Q + q.
 __device__ __forceinline__ ConvIdx conv_out_window(bool inside, int m, int PQ, int Q, int C, int K, int HW,
                                                    int W, int stride_h, int stride_w, int pad_h, int pad_w) {
-    ConvIdx e;
-    if (inside) {
-        const int n = m / PQ, pq = m - n * PQ;
-        const int p = pq / Q, q = pq - p * Q;
-        e.b = p * stride_h - pad_h;
-        e.c = q * stride_w - pad_w;
-        e.a = n * C * HW + e.b * W + e.c;
-        e.d = n * K * PQ + pq;
-    } else {
-        e = conv_idx_outside();
-    }
-    return e;
+    const int n = m / PQ, pq = m - n * PQ;
+    const int p = pq / Q;
+    return conv_out_idx(inside, n, p, pq - p * Q, PQ, Q, C, K, HW, W, stride_h, stride_w, pad_h, pad_w);
 }
 
 // The identity conversion of ConvLoader::store.
 struct ConvCopy {
     template <typename T>
     __device__ __forceinline__ T operator()(T v) const { return v; }
+};
+
+// The identity column map of ConvLoader::store's dense tile.
+struct ConvSameCol {
+    __device__ __forceinline__ int operator()(int, int col) const { return col; }
 };
 
 // Global -> register -> shared loaders of one reduction step of BK rows, for NT threads, driven by
@@ -156,6 +232,7 @@ struct ConvLoader {
     static constexpr int D_PER = (DCOLS * BK + NT - 1) / NT;  // dense elements per thread
     static constexpr bool D_FULL = DCOLS * BK % NT == 0;      // every thread's last one is in the tile
     static_assert(NT % GCOLS == 0 && BK % G_STEP == 0, "gather layout");
+    static_assert(NT % BK == 0, "dense layout: each thread keeps one reduction row");
 
     int t, base, h0, w0;
     T g[G_PER], d[D_PER];
@@ -190,15 +267,17 @@ struct ConvLoader {
         }
     }
 
-    // The registers to shared tiles gs[BK][>= GCOLS] and ds[BK][>= DCOLS], each value through cvt.
-    template <int LDG, int LDD, typename Cvt = ConvCopy>
-    __device__ __forceinline__ void store(T (*gs)[LDG], T (*ds)[LDD], Cvt cvt = Cvt()) const {
+    // The registers to shared tiles gs[BK][>= GCOLS] and ds[BK][>= DCOLS], each value through cvt;
+    // column col of dense row kk goes to ds[kk][dcol(kk, col)] (a swizzle; the identity by default).
+    template <int LDG, int LDD, typename Cvt = ConvCopy, typename DCol = ConvSameCol>
+    __device__ __forceinline__ void store(T (*gs)[LDG], T (*ds)[LDD], Cvt cvt = Cvt(), DCol dcol = DCol()) const {
 #pragma unroll
         for (int j = 0; j < G_PER; ++j) gs[t / GCOLS + j * G_STEP][t % GCOLS] = cvt(g[j]);
+        const int kk = t % BK;  // = idx % BK for every j: NT is a multiple of BK
 #pragma unroll
         for (int j = 0; j < D_PER; ++j) {
             const int idx = t + j * NT;
-            if (D_FULL || idx < DCOLS * BK) ds[idx % BK][idx / BK] = cvt(d[j]);
+            if (D_FULL || idx < DCOLS * BK) ds[kk][dcol(kk, t / BK + j * (NT / BK))] = cvt(d[j]);
         }
     }
 };
@@ -208,7 +287,9 @@ struct ConvLoader {
 // the other buffer, and the index table of step s + 2 is filled into the table buffer step s is
 // done with. Callbacks:
 //   entry(i)     the table entry of index i = step * BK + slot of the reduction; an index past the
-//                end of the reduction must give an entry that reads zero (conv_idx_outside)
+//                end of the reduction must give an entry that reads zero (conv_idx_outside).
+//                Thread t < BK asks for i = t, t + BK, t + 2 BK, ... in this order, once each, so
+//                an entry may be computed incrementally (ConvCrsDigits)
 //   load(buf)    global loads into registers for the step whose table is tbl[buf]
 //   store(buf)   registers to shared buffer buf;   multiply(buf): accumulate shared buffer buf
 // Nothing in the loop is conditional on the step: past the last step the tables hold entries that
@@ -241,16 +322,24 @@ __device__ __forceinline__ void conv_gemm_steps(ConvIdx (*tbl)[BK], int n_steps,
 
 // The step loop of the forward GEMMs (v2, v4) over the (c, r, s) reduction of group x xg and
 // weights wg: A = im2col(x) gathered by ld for its output row, B = the weights of output channels
-// [k0, Kg), k-major; store and multiply as for conv_gemm_steps.
-template <int BK, typename Loader, typename T, typename Store, typename Multiply>
+// [k0, Kg), k-major; store and multiply as for conv_gemm_steps. DIGITS: the table entries from
+// ConvCrsDigits (no division per step, three more registers per thread) instead of conv_crs_entry.
+template <int BK, bool DIGITS, typename Loader, typename T, typename Store, typename Multiply>
 __device__ __forceinline__ void conv_forward_steps(ConvIdx (*tbl)[BK], Loader& ld, const T* __restrict__ xg,
                                                    const T* __restrict__ wg, int k0, int Kg, int CRS, int RS,
                                                    int S, int H, int W, int dil_h, int dil_w, Store store,
                                                    Multiply multiply) {
-    const int HW = H * W;
+    const int HW = H * W, R = RS / S;
+    ConvCrsDigits dg(threadIdx.x, BK, RS, S);  // of the index this thread's next entry is for
     conv_gemm_steps<BK>(
         tbl, (CRS + BK - 1) / BK,
-        [&](int red) { return conv_crs_entry(red, CRS, RS, S, HW, W, dil_h, dil_w); },
+        [&](int red) {
+            if (!DIGITS) return conv_crs_entry(red, CRS, RS, S, HW, W, dil_h, dil_w);
+            const ConvIdx e = red < CRS ? conv_crs_idx(red, dg.c, dg.r, dg.s, HW, W, dil_h, dil_w)
+                                        : conv_idx_outside();
+            dg.advance(R, S);
+            return e;
+        },
         [&](int buf) {
             ld.gather(tbl[buf], xg, H, W);
             ld.load_dense(tbl[buf], wg, k0, Kg, CRS);

@@ -65,8 +65,8 @@ __device__ inline void gc_map1_v1(const T* __restrict__ a, T* __restrict__ y, in
 template <typename T, typename F>
 __device__ inline void gc_map1_v2(const T* __restrict__ a, T* __restrict__ y, int n, F f) {
     const int nv = n / 4;
-    const gc_vec4<T>* a4 = reinterpret_cast<const gc_vec4<T>*>(a);
-    gc_vec4<T>* y4 = reinterpret_cast<gc_vec4<T>*>(y);
+    const gc_vec4<T>* a4 = gc_vec4_at(a);
+    gc_vec4<T>* y4 = gc_vec4_at(y);
     GC_GRID_STRIDE_LOOP(i, nv) {
         gc_vec4<T> va = a4[i];
         gc_vec4<T> vy;
@@ -90,9 +90,9 @@ template <typename T, typename F>
 __device__ inline void gc_map2_v2(const T* __restrict__ a, const T* __restrict__ b,
                                   T* __restrict__ y, int n, F f) {
     const int nv = n / 4;
-    const gc_vec4<T>* a4 = reinterpret_cast<const gc_vec4<T>*>(a);
-    const gc_vec4<T>* b4 = reinterpret_cast<const gc_vec4<T>*>(b);
-    gc_vec4<T>* y4 = reinterpret_cast<gc_vec4<T>*>(y);
+    const gc_vec4<T>* a4 = gc_vec4_at(a);
+    const gc_vec4<T>* b4 = gc_vec4_at(b);
+    gc_vec4<T>* y4 = gc_vec4_at(y);
     GC_GRID_STRIDE_LOOP(i, nv) {
         gc_vec4<T> va = a4[i];
         gc_vec4<T> vb = b4[i];
@@ -164,9 +164,9 @@ __global__ void dropout_forward_v2(const T* __restrict__ x, T* __restrict__ y, T
                                    T scale) {
     const unsigned key = gc_seed_key(seed_lo, seed_hi);
     const int nv = n / 4;
-    const gc_vec4<T>* x4 = reinterpret_cast<const gc_vec4<T>*>(x);
-    gc_vec4<T>* y4 = reinterpret_cast<gc_vec4<T>*>(y);
-    gc_vec4<T>* m4 = reinterpret_cast<gc_vec4<T>*>(mask);
+    const gc_vec4<T>* x4 = gc_vec4_at(x);
+    gc_vec4<T>* y4 = gc_vec4_at(y);
+    gc_vec4<T>* m4 = gc_vec4_at(mask);
     GC_GRID_STRIDE_LOOP(i, nv) {
         gc_vec4<T> vx = x4[i];
         gc_vec4<T> vy, vm;

@@ -82,8 +82,8 @@ def test_out_of_bounds_read_is_reported_at_its_cu_line():
 
 
 def _kernel_family(name: str) -> str:
-    """A launched name without the tile-width template argument: 'conv2d_forward_v2<float, 16>'
-    -> 'conv2d_forward_v2<float>' (the tier samples geometries, not every tile width)."""
+    """A launched name without the tile-width template argument: 'conv2d_backward_data_v2<float, 16>'
+    -> 'conv2d_backward_data_v2<float>' (the tier samples geometries, not every tile width)."""
     base, _, args = name.partition("<")
     return f"{base}<{args.split(',')[0].rstrip('>').strip()}>"
 

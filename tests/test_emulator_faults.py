@@ -113,6 +113,29 @@ def test_memory_fault_names_its_source_line():
         emu.RawModule(path=str(bugs)).get_function("null_write")(1, 8, (np.zeros(8, np.float32),))
 
 
+@pytest.mark.parametrize("dtype,offset,aligned", [
+    (np.float32, 0, True), (np.float32, 4, True), (np.float32, 1, False), (np.float32, 2, False),
+    (np.float64, 0, True), (np.float64, 2, True), (np.float64, 1, False), (np.float64, 3, False),
+])
+def test_a_misaligned_vector_access_faults_as_on_the_gpu(dtype, offset, aligned):
+    # x86 loads any address; the GPU ends the kernel on a vector access not aligned to its width
+    # (16 bytes at most), and so does the emulator, at the line of the access.
+    path = KERNELS / "vectors.cu"
+    name = "float" if dtype == np.float32 else "double"
+    kernel = emu.RawModule(path=str(path)).get_function(f"copy_vec4_{name}")
+    x = np.arange(16, dtype=dtype)
+    y = np.zeros(16, dtype)
+    assert x.ctypes.data % 16 == 0 and y.ctypes.data % 16 == 0
+    args = (x, y, np.int32(offset))
+    if aligned:
+        kernel(1, 1, args)
+        np.testing.assert_array_equal(y[offset:offset + 4], x[offset:offset + 4])
+    else:
+        where = re.escape(f"{path}:{line_of(f'vec4_{name}', path)}")
+        with pytest.raises(emu.MemoryFaultError, match=rf"misaligned vector access at {where}"):
+            kernel(1, 1, args)
+
+
 # ---- the stack setting ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kib", [STACK_KB_MIN, 17, 31, 32, 33, 64])

@@ -90,6 +90,7 @@ _FIXED = [
     ((2, 2, 17, 17), (3, 2, 3, 3), 1, 1, 1, 1),         # N*P*Q = 578 > 256: several filter splits
     ((1, 70, 3, 3), (2, 70, 1, 1), 1, 0, 1, 1),         # Cg = 70 > 64: backward-data column tiles
     ((2, 1, 16, 16), (5, 1, 5, 5), 1, 2, 1, 1),         # LeNet-style stem
+    ((2, 9, 6, 6), (40, 9, 2, 2), 1, 0, 1, 1),          # filter v3: a 64 x 64 tile of one slice
 ]
 
 
@@ -144,7 +145,13 @@ def run_backward(be, op: str, version: int, dtype, cases=CASES) -> None:
             if op == "conv2d_backward_data":
                 out, ref = conv.backward_data(be, dy, _dev(be, case.w, dtype), case.g), case.dx_ref
             elif op == "conv2d_backward_filter":
-                out, ref = conv.backward_filter(be, dy, _dev(be, case.x, dtype), case.g), case.dw_ref
+                x = _dev(be, case.x, dtype)
+                out, ref = conv.backward_filter(be, dy, x, case.g), case.dw_ref
+                # With the bias gradient: one launch computes both in version 3.
+                dw, db = conv.backward_filter(be, dy, x, case.g, bias=True)
+                what = f"{op} v{version} with bias"
+                assert_close(be.to_numpy(dw), ref, dtype, what=f"{what}, dw {case}")
+                assert_close(be.to_numpy(db), case.db_ref, dtype, what=f"{what}, db {case}")
             else:
                 out, ref = conv.backward_bias(be, dy, case.g), case.db_ref
         assert_close(be.to_numpy(out), ref, dtype, what=f"{op} v{version} {case}")
@@ -163,6 +170,9 @@ def run_determinism(be, dtype, cases) -> None:
                 with be.use_versions({op: v}):
                     assert_deterministic(be, conv.backward, dy, x, w, case.g, *needs,
                                          what=f"{op} v{v} {case}")
+                    if op == "conv2d_backward_filter":  # dw and db together
+                        assert_deterministic(be, conv.backward, dy, x, w, case.g, False, True, True,
+                                             what=f"{op} v{v} with bias {case}")
 
 
 BACKWARD = [(op, v) for op in ("conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias")
@@ -238,7 +248,7 @@ class TestEmulator:
 
     def test_default_versions_are_the_tiled_kernels(self, emu):
         assert conv.DEFAULT_VERSIONS == {"conv2d_forward": 2, "conv2d_backward_data": 3,
-                                         "conv2d_backward_filter": 2, "conv2d_backward_bias": 2}
+                                         "conv2d_backward_filter": 3, "conv2d_backward_bias": 2}
         case = CASES[1]
         y = emu.conv2d(_dev(emu, case.x, np.float32), _dev(emu, case.w, np.float32),
                        _dev(emu, case.b, np.float32), case.g)
@@ -250,8 +260,26 @@ class TestEmulator:
     def test_split_paths_are_exercised(self):
         g = CASES[5].g
         assert conv.filter_splits(g, np.float32)[1] > 1
+        # Filter v3: split (second-stage sum) and unsplit (straight to dw, db), in both dtypes; tiles
+        # of one slice (64 x 64), of several (16 x 16: 16 slices) and a tile row tail (K = 70).
+        for dtype in DTYPES:
+            assert conv.filter_v3_plan(g, dtype, True)[2] > 1
+            assert conv.filter_v3_plan(CASES[2].g, dtype, True)[2] == 1
+        plans = {conv.filter_v3_plan(c.g, np.float32, True)[:2] for c in CASES}
+        assert {(16, 16), (64, 64), (16, 32)} <= plans, plans
+
         big = conv2d_geometry((2, 1, 50, 50), (3, 1, 1, 1))
         assert conv.bias_chunks(big)[0] > 1
+
+    def test_backward_filter_v3_gives_db_without_the_bias_kernels(self, emu):
+        case = CASES[5]
+        dy, x, w = (_dev(emu, a, np.float32) for a in (case.dy, case.x, case.w))
+        with emu.use_versions({"conv2d_backward_filter": 3}), recording_launches(emu) as launches:
+            _, dw, db = conv.backward(emu, dy, x, w, case.g, need_dx=False)
+        assert [fn.name.split("<")[0] for fn, *_ in launches] == [
+            "conv2d_backward_filter_v3", "conv2d_backward_filter_v3_sum"]
+        assert_close(emu.to_numpy(dw), case.dw_ref, np.float32, what=f"dw {case}")
+        assert_close(emu.to_numpy(db), case.db_ref, np.float32, what=f"db {case}")
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     def test_bias_chunked_reduction(self, emu, dtype):
@@ -270,14 +298,16 @@ class TestThreadOrders:
     @pytest.mark.parametrize("op,version", [("conv2d_forward", 2), ("conv2d_forward", 3),
                                             ("conv2d_forward", 4), ("conv2d_backward_data", 2),
                                             ("conv2d_backward_data", 3),
-                                            ("conv2d_backward_filter", 2), ("conv2d_backward_bias", 2)])
+                                            ("conv2d_backward_filter", 2), ("conv2d_backward_filter", 3),
+                                            ("conv2d_backward_bias", 2)])
     def test_orders_agree(self, emu, op, version):
         case = CASES[5]
         dy, x, w, b = (_dev(emu, a, np.float32) for a in (case.dy, case.x, case.w, case.b))
         calls = {
             "conv2d_forward": lambda: conv.forward(emu, x, w, b, case.g, version=version),
             "conv2d_backward_data": lambda: conv.backward_data(emu, dy, w, case.g, version=version),
-            "conv2d_backward_filter": lambda: conv.backward_filter(emu, dy, x, case.g, version=version),
+            "conv2d_backward_filter": lambda: conv.backward_filter(emu, dy, x, case.g, version=version,
+                                                                   bias=True),
             "conv2d_backward_bias": lambda: conv.backward_bias(emu, dy, case.g, version=version),
         }
         with recording_launches(emu) as launches:
@@ -294,6 +324,59 @@ class TestThreadOrders:
             conv.backward_data(emu, dy, w, case.g, version=3)
         (fn, grid, block, args, shared_mem), = launches
         assert grid[2] == case.g.stride_h * case.g.stride_w
+        emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
+
+
+# ---- forward v2's wide tile (8 x 8 outputs per thread, 256 x 64 block tile) ---------------------
+
+WIDE_NAME = f"conv2d_forward_v2<float, {conv.WIDE_TILE[0]}, {conv.WIDE_TILE[1]}>"
+
+
+def _wide_cases() -> List[Case]:
+    """Layers with more than 32 output channels per group (BN = 64): the wide tile's row halves,
+    column halves, tails of both, a second column tile, groups, strides, dilation, and image
+    sizes with P*Q % 4 != 0 (the scalar epilogue) and == 0 (the vector one)."""
+    rng = np.random.default_rng(20261130)
+    shapes = [
+        ((2, 2, 20, 20), (64, 2, 1, 1), 1, 0, 1, 1),        # M = 800: three full 256-row tiles + tail
+        ((1, 5, 7, 9), (40, 5, 3, 3), 1, 1, 1, 1),          # 40 columns (a column tail), P*Q = 63
+        ((2, 4, 9, 9), (70, 2, 3, 3), 2, "same", 2, 2),     # groups 2, 35 per group, stride 2, dil 2
+        ((1, 3, 12, 11), (129, 3, 2, 3), (1, 2), 1, 1, 1),  # three column tiles, the last of 1
+    ]
+    return [CASES[0]] + [_make_case(conv2d_geometry(*a), rng) for a in shapes]
+
+
+WIDE_CASES = _wide_cases()
+
+
+class TestWideTile:
+    """The wide tile is taken for large float layers only; forcing it (no minimum block count)
+    runs it on small ones."""
+
+    @pytest.fixture
+    def force_wide(self, monkeypatch):
+        monkeypatch.setattr(conv, "WIDE_TILE_MIN_BLOCKS", 0)
+
+    def test_plan_takes_it_for_large_wide_float_layers_only(self):
+        def name(x_shape, w_shape, t="float"):
+            return conv._forward_plan(conv2d_geometry(x_shape, w_shape, 1, 1), 2, t)[0]
+        assert name((128, 32, 32, 32), (64, 32, 3, 3)) == WIDE_NAME      # 512 blocks of 256 rows
+        assert name((128, 64, 8, 8), (64, 64, 3, 3)) != WIDE_NAME        # 32 blocks: too few
+        assert name((128, 16, 32, 32), (32, 16, 3, 3)) != WIDE_NAME      # 32 columns: BN 32
+        assert name((128, 32, 32, 32), (64, 32, 3, 3), "double") != WIDE_NAME
+
+    def test_forward_matches_reference(self, emu, force_wide):
+        with recording_launches(emu) as launches:
+            run_forward(emu, 2, np.float32, WIDE_CASES)
+        assert {fn.name for fn, *_ in launches} == {WIDE_NAME}
+
+    def test_orders_agree(self, emu, force_wide):
+        case = WIDE_CASES[1]
+        with recording_launches(emu) as launches:
+            x, w, b = (_dev(emu, a, np.float32) for a in (case.x, case.w, case.b))
+            conv.forward(emu, x, w, b, case.g, version=2)
+        (fn, grid, block, args, shared_mem), = launches
+        assert fn.name == WIDE_NAME
         emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
 
 

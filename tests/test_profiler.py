@@ -281,10 +281,23 @@ def test_conv_gemm_issues_the_next_tiles_loads_before_the_multiply(conv_facts, k
     """The implicit-GEMM step loop of conv2d.cu: the next tile's global loads go out before the
     current tile's 256 FFMAs (ptxas used to put them after, which this check reported as False)."""
     for arch, facts in conv_facts.items():
-        f = facts[f"conv2d_{kernel}_v2<float, {bn}>"]
+        f = facts[f"conv2d_{kernel}_v2<float, {bn}" + (", 4>" if kernel == "forward" else ">")]
         assert f["loop"]["ffma"] == 256, arch
         assert f["loads_before_multiply"] is True and f["fma_before_use"] >= 0.5, arch
         assert f["spill_stores"] == 0 and 0 < f["registers"] <= 128, arch
+
+
+def test_conv_forward_wide_tile_loads_before_the_multiply_without_spills(conv_facts):
+    """Forward v2's 8 x 8 thread tile (256 x 64 block tile): 512 FFMAs per step (BK = 8), the next
+    tile's loads still issued before them, and no spills under its __launch_bounds__ (one block
+    per SM: up to 255 registers)."""
+    for arch, facts in conv_facts.items():
+        f = facts["conv2d_forward_v2<float, 64, 8>"]
+        assert f["loop"]["ffma"] == 512, arch
+        assert f["loads_before_multiply"] is True and f["fma_before_use"] >= 0.5, arch
+        assert f["spill_stores"] == 0 and f["spill_loads"] == 0 and f["stack_frame"] == 0, arch
+        narrow = facts["conv2d_forward_v2<float, 64, 4>"]
+        assert f["loop"]["fma_fraction"] > narrow["loop"]["fma_fraction"], arch
 
 
 def test_profile_command_rows_and_json(tmp_path, capsys):
@@ -310,7 +323,7 @@ def test_profile_command_rows_and_json(tmp_path, capsys):
     doc = load_valid(out, PROFILE_SCHEMA)
     rows = doc["rows"]
     assert [(r["layer"], r["op"], r["kernel"]) for r in rows] == [
-        ("C5", "conv2d_forward", "conv2d_forward_v2<float, 64>"),
+        ("C5", "conv2d_forward", "conv2d_forward_v2<float, 64, 4>"),
         ("C5", "conv2d_backward_bias", "conv2d_backward_bias_v2<float>"),
         ("C5", "conv2d_backward_bias", "conv2d_sum_splits<float>"),
     ]

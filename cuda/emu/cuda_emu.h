@@ -98,6 +98,15 @@ inline void __brkpt(const char* file = __builtin_FILE(), int line = __builtin_LI
   gpuconv_emu_fail(GPUCONV_EMU_ERR_TRAP, "__brkpt() called", file, line);
 }
 
+// A vector access (LDG/STG/LDS/STS.64 and .128) needs an address aligned to its size: on the GPU a
+// misaligned one ends the kernel with cudaErrorMisalignedAddress, which the CPU cannot show by
+// itself (x86 loads any address), so the vector helpers of common.cuh ask here first.
+inline void gpuconv_emu_check_aligned(const void* p, unsigned long bytes,
+                                      const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  if (reinterpret_cast<unsigned long>(p) % bytes != 0)
+    gpuconv_emu_fail(GPUCONV_EMU_ERR_MEMORY_FAULT, "misaligned vector access", file, line);
+}
+
 // ---- block and warp synchronisation ------------------------------------------------------------
 inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   gpuconv_emu_barrier(GPUCONV_EMU_SYNC, 1, file, line);

@@ -57,7 +57,7 @@ constexpr size_t kStagger = 32 * 1024;  // stack tops are staggered by up to thi
 constexpr unsigned char kPoison = 0xFF;
 constexpr unsigned char kCanary = 0xCB;
 constexpr size_t kQuickCanary = 64;
-constexpr size_t kArgAlign = 16;        // staged arrays keep their alignment up to this many bytes
+constexpr size_t kArgAlign = 16;        // staged arrays keep the caller's address modulo this many bytes
 constexpr size_t kEdgeCheck = 64;       // canary bytes next to an argument checked after each block
 constexpr size_t kArgGuard = 64 * 1024;    // inaccessible bytes before and after each staged array
 constexpr size_t kRetainBytes = 64u << 20;  // staging regions larger than this are unmapped after a launch
@@ -524,8 +524,8 @@ bool fiber_prepare(Fiber* f) {
 //
 // Each array argument (arguments whose bytes overlap form one group) is copied into its own
 // mapping: guard | slack | data | gap | guard, the guards kArgGuard bytes of PROT_NONE pages, the
-// data end-aligned so that the first byte past it lies on the back guard (the gap, < kArgAlign
-// bytes, keeps the array's alignment up to kArgAlign). A read or write past the end or before the
+// data placed so that the first byte past it lies on the back guard (the gap, < kArgAlign
+// bytes, keeps the caller's address modulo kArgAlign). A read or write past the end or before the
 // slack faults at its instruction. Slack and gap hold a canary, checked near the data after every block and whole at
 // the end of the launch. Groups of const pointers only are compared with the caller's memory at
 // the end (a write through a const pointer is an error); the others are copied back to the
@@ -614,9 +614,9 @@ bool stage_args(int nargs) {
   for (int k = 0; k < g_ngroups; ++k) {
     Group* g = &g_groups[k];
     const size_t span = g->hi - g->lo;
-    size_t align = g->lo & (~g->lo + 1);
-    if (align > kArgAlign || align == 0) align = kArgAlign;
-    const size_t placed = round_up(span, align);
+    // The copy keeps the caller's address modulo kArgAlign: a misaligned view stays misaligned,
+    // so a vector access through it faults as on the GPU. The gap after it is < kArgAlign bytes.
+    const size_t placed = span + (kArgAlign - (span + g->lo % kArgAlign) % kArgAlign) % kArgAlign;
     const size_t pages = (placed + g_page - 1) / g_page;
     if (!region_fit(&g_regions[k], pages)) {
       g_ngroups = k;

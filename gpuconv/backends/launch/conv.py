@@ -1,7 +1,8 @@
 """Launches of ``cuda/conv2d.cu``: conv2d forward, backward-data, backward-filter and bias gradient.
 
 Ops and versions (see the header of conv2d.cu for what each version changes):
-  * ``conv2d_forward``          1 direct, 2 tiled implicit GEMM (default), 3 direct with weights in
+  * ``conv2d_forward``          1 direct, 2 tiled implicit GEMM (default; its 8 x 8-per-thread
+                                wide tile for large float layers, see WIDE_TILE), 3 direct with weights in
                                 shared memory (for 1-3 input channels), 4 the implicit GEMM on TF32
                                 tensor cores (float32 only; not default, unmeasured, and of lower
                                 precision: TF32 operands give about 1e-3 relative error, see PRECISION)
@@ -9,7 +10,10 @@ Ops and versions (see the header of conv2d.cu for what each version changes):
                                 divisibility predicate, 3 the implicit GEMM split into stride phases,
                                 each a dense stride-1 GEMM over the taps reaching it (default)
   * ``conv2d_backward_filter``  1 one thread per weight, 2 implicit GEMM with a fixed split of the
-                                N*P*Q reduction and an ordered sum of the partials (default)
+                                N*P*Q reduction and an ordered sum of the partials, 3 the GEMM with
+                                its lanes along N*P*Q, a tile sized from C*R*S and K, and the bias
+                                gradient as one more column (default; ``backward`` uses it for dw
+                                and db together)
   * ``conv2d_backward_bias``    1 one thread per channel, 2 two-stage ordered reduction (default)
 Every backward result is bitwise reproducible: split counts depend on the sizes only.
 
@@ -36,13 +40,13 @@ FILE = "conv2d.cu"
 VERSIONS = {
     "conv2d_forward": (1, 2, 3, 4),
     "conv2d_backward_data": (1, 2, 3),
-    "conv2d_backward_filter": (1, 2),
+    "conv2d_backward_filter": (1, 2, 3),
     "conv2d_backward_bias": (1, 2),
 }
 DEFAULT_VERSIONS = {
     "conv2d_forward": 2,
     "conv2d_backward_data": 3,
-    "conv2d_backward_filter": 2,
+    "conv2d_backward_filter": 3,
     "conv2d_backward_bias": 2,
 }
 
@@ -70,6 +74,12 @@ DEFINES = {
 EPILOGUE = {"bias": DEFINES["GC_CONV_EPI_BIAS"], "residual": DEFINES["GC_CONV_EPI_RESIDUAL"],
             "relu": DEFINES["GC_CONV_EPI_RELU"]}
 TILE_WIDTHS = (16, 32, 64)  # BN of the implicit-GEMM kernels (the template argument)
+# Forward v2's wide tile: BN = 64 columns, 8 x 8 outputs per thread (256 x 64, float only), taken
+# for float when the layer has more than 32 columns per group and the 256-row tiles still make at
+# least WIDE_TILE_MIN_BLOCKS blocks (a constant, not the device's SM count: about two blocks per SM
+# of the GPUs in gpuconv.tools.suites); the 4 x 4 tiles otherwise.
+WIDE_TILE = (64, 8)
+WIDE_TILE_MIN_BLOCKS = 256
 TILE_AREA = DEFINES["GC_CONV_TILE_AREA"]
 BLOCK = DEFINES["GC_CONV_THREADS"]
 MAX_GRID_Y = MAX_GRID[1]  # the tiled kernels loop over blockIdx.y, so a larger count is folded
@@ -78,12 +88,17 @@ MAX_GRID_Z = MAX_GRID[2]  # backward-data v3 loops over blockIdx.z (its phases) 
 NAME_EXPRESSIONS = tuple(
     [f"conv2d_{k}_v1<{t}>" for k in ("forward", "backward_data", "backward_filter", "backward_bias")
      for t in _TYPES]
-    + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("forward", "backward_data", "backward_filter")
+    + [f"conv2d_forward_v2<{t}, {bn}, 4>" for t in _TYPES for bn in TILE_WIDTHS]
+    + [f"conv2d_forward_v2<float, {WIDE_TILE[0]}, {WIDE_TILE[1]}>"]
+    + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("backward_data", "backward_filter")
        for t in _TYPES for bn in TILE_WIDTHS]
     + [f"conv2d_backward_data_v3<{t}, {bn}, {m}>" for t in _TYPES for bn in TILE_WIDTHS
        for m in ("true", "false")]
     + [f"conv2d_forward_v3<{t}>" for t in _TYPES]
     + ["conv2d_forward_v4<float>"]
+    + [f"conv2d_backward_filter_v3<{t}, {bm}, {bn}>" for t in _TYPES for bm in TILE_WIDTHS
+       for bn in TILE_WIDTHS]
+    + [f"conv2d_backward_filter_v3_sum<{t}>" for t in _TYPES]
     + [f"conv2d_backward_bias_v2<{t}>" for t in _TYPES]
     + [f"conv2d_sum_splits<{t}>" for t in _TYPES])
 
@@ -92,6 +107,12 @@ NAME_EXPRESSIONS = tuple(
 # FILTER_MIN_STEPS steps of its tile's reduction.
 FILTER_TARGET_BLOCKS = 256
 FILTER_MIN_STEPS = 16
+# Filter-gradient v3 split: aim for this many blocks, each split at least FILTER_V3_MIN_STEPS steps
+# of its reduction, and the partial results (written once, read once) at most 1 / FILTER_V3_PARTIAL
+# of the elements of dy and x the GEMM reads.
+FILTER_V3_TARGET_BLOCKS = 256
+FILTER_V3_MIN_STEPS = 8
+FILTER_V3_PARTIAL = 1
 # Bias-gradient chunks: each block of stage 1 sums at least this many elements of one channel.
 BIAS_TARGET_BLOCKS = 256
 BIAS_MIN_CHUNK = 2048
@@ -134,8 +155,9 @@ def _dtype_of(x, w) -> np.dtype:
 
 
 @functools.lru_cache(maxsize=1024)
-def _forward_plan(g: ConvGeometry, v: int, t: str):
-    """(kernel, grid, block) of forward version ``v`` for geometry ``g`` and C type ``t``."""
+def _forward_plan(g: ConvGeometry, v: int, t: str, wide_min_blocks: int = WIDE_TILE_MIN_BLOCKS):
+    """(kernel, grid, block) of forward version ``v`` for geometry ``g`` and C type ``t``; v2 takes
+    the wide tile from ``wide_min_blocks`` of its blocks on."""
     Kg = g.K // g.groups
     M = g.N * g.P * g.Q
     if v == 1:
@@ -143,8 +165,12 @@ def _forward_plan(g: ConvGeometry, v: int, t: str):
         return f"conv2d_forward_v1<{t}>", grid, block
     if v == 2:
         bn = _tile_width(Kg)
+        wide_rows = TILE_AREA * (WIDE_TILE[1] // 4) ** 2 // WIDE_TILE[0]
+        if t == "float" and bn == WIDE_TILE[0] and math.ceil(M / wide_rows) >= wide_min_blocks:
+            grid = (math.ceil(M / wide_rows), min(g.groups * math.ceil(Kg / bn), MAX_GRID_Y), 1)
+            return f"conv2d_forward_v2<float, {WIDE_TILE[0]}, {WIDE_TILE[1]}>", grid, (BLOCK, 1, 1)
         grid = (math.ceil(M / (TILE_AREA // bn)), min(g.groups * math.ceil(Kg / bn), MAX_GRID_Y), 1)
-        return f"conv2d_forward_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
+        return f"conv2d_forward_v2<{t}, {bn}, 4>", grid, (BLOCK, 1, 1)
     if v == 3:
         grid = (math.ceil(M / BLOCK), min(g.groups * math.ceil(Kg / V3_CHANNELS), MAX_GRID_Y), 1)
         return f"conv2d_forward_v3<{t}>", grid, (BLOCK, 1, 1)
@@ -172,7 +198,7 @@ def forward(be, x, w, b, g: ConvGeometry, version: Optional[int] = None, *, resi
     b = w if b is None else be.contiguous(b)  # any array of the right type when there is none
     residual = w if residual is None else be.contiguous(residual)
     y = be.empty(g.y_shape, dtype)
-    name, grid, block = _forward_plan(g, v, t)
+    name, grid, block = _forward_plan(g, v, t, WIDE_TILE_MIN_BLOCKS)
     be.launch(be.function(FILE, name), grid, block, (x, w, b, residual, y, flags) + _geometry_args(g))
     return y
 
@@ -269,11 +295,58 @@ def _backward_filter_plan(g: ConvGeometry, v: int, dtype: np.dtype):
                   (np.int32(n), np.int32(splits), np.int32(n), np.int32(1)))
 
 
-def backward_filter(be, dy, x, g: ConvGeometry, version: Optional[int] = None):
-    """dw (K, C/groups, R, S) from dy (N, K, P, Q) and x (N, C, H, W)."""
+@functools.lru_cache(maxsize=1024)
+def filter_v3_plan(g: ConvGeometry, dtype, bias: bool) -> Tuple[int, int, int, int]:
+    """(tile rows, tile columns, splits, chunk) of conv2d_backward_filter_v3 for geometry ``g``,
+    with the bias column when ``bias``. Sizes only: the same partial sums in the same order on
+    every run and GPU."""
+    Kg, cols = g.K // g.groups, (g.C // g.groups) * g.R * g.S + bool(bias)
+    rows, width = _tile_width(Kg), _tile_width(cols)
+    step = 128 // np.dtype(dtype).itemsize  # BK of the kernel
+    M = g.N * g.P * g.Q
+    tiles = math.ceil(Kg / rows) * g.groups * math.ceil(cols / width)
+    outputs = g.K * cols
+    inputs = M * g.K + g.N * g.C * g.H * g.W
+    splits = max(1, min(math.ceil(FILTER_V3_TARGET_BLOCKS / tiles),
+                        math.ceil(M / (step * FILTER_V3_MIN_STEPS)),
+                        inputs // (FILTER_V3_PARTIAL * outputs), 65535, (2**31 - 1) // outputs))
+    chunk = math.ceil(math.ceil(M / splits) / step) * step
+    return rows, width, math.ceil(M / chunk), chunk
+
+
+def _backward_filter_v3(be, dy, x, g: ConvGeometry, dtype, bias: bool):
+    """(dw, db | None) by conv2d_backward_filter_v3 and, when split, its ordered sum."""
+    t = ctype(dtype)
+    rows, width, splits, chunk = filter_v3_plan(g, dtype, bias)
+    Kg, crs = g.K // g.groups, (g.C // g.groups) * g.R * g.S
+    cols = crs + bool(bias)
+    dw = be.empty(g.w_shape, dtype)
+    db = be.empty((g.K,), dtype) if bias else None
+    # Unsplit: straight into dw and db; split: into partial[split, k, column], bias column included.
+    partial = be.empty((splits, g.K, cols), dtype) if splits > 1 else None
+    out = (dw, db if bias else dw, np.int32(crs), _INT32[False]) if partial is None else \
+        (partial, partial, np.int32(cols), _INT32[True])
+    grid = (math.ceil(cols / width), min(g.groups * math.ceil(Kg / rows), MAX_GRID_Y), splits)
+    be.launch(be.function(FILE, f"conv2d_backward_filter_v3<{t}, {rows}, {width}>"), grid, (BLOCK, 1, 1),
+              (dy, x) + out[:2] + (np.int32(chunk),) + out[2:] + (_INT32[bias],) + _geometry_args(g))
+    if partial is not None:
+        n = g.K * cols
+        be.launch(be.function(FILE, f"conv2d_backward_filter_v3_sum<{t}>"),
+                  (min(math.ceil(n / 32), MAX_GRID[0]), 1, 1), (BLOCK, 1, 1),
+                  (partial, dw, db if bias else dw, np.int32(g.K), np.int32(cols), np.int32(crs),
+                   np.int32(splits)))
+    return dw, db
+
+
+def backward_filter(be, dy, x, g: ConvGeometry, version: Optional[int] = None, bias: bool = False):
+    """dw (K, C/groups, R, S) from dy (N, K, P, Q) and x (N, C, H, W); with ``bias``, the pair
+    (dw, db (K,)), computed together by version 3 (the other versions add a bias launch)."""
     v = _pick(be, "conv2d_backward_filter", version)
     dtype = _dtype_of(dy, x)
     dy, x = be.contiguous(dy), be.contiguous(x)
+    if v == 3:
+        dw, db = _backward_filter_v3(be, dy, x, g, dtype, bool(bias))
+        return (dw, db) if bias else dw
     dw = be.empty(g.w_shape, dtype)
     (name, grid, block, extra, splits), sum_splits = _backward_filter_plan(g, v, dtype)
     partial = dw if splits == 1 else be.empty((splits,) + g.w_shape, dtype)
@@ -281,7 +354,7 @@ def backward_filter(be, dy, x, g: ConvGeometry, version: Optional[int] = None):
     if sum_splits is not None:
         name, grid, block, extra = sum_splits
         be.launch(be.function(FILE, name), grid, block, (partial, dw) + extra)
-    return dw
+    return (dw, backward_bias(be, dy, g)) if bias else dw
 
 
 @functools.lru_cache(maxsize=1024)
@@ -330,6 +403,9 @@ def backward(be, dy, x, w, g: ConvGeometry, need_dx: bool = True, need_dw: bool 
     """(dx (N, C, H, W) | None, dw (K, C/groups, R, S) | None, db (K,) | None); ``through_relu``:
     x is a ReLU's output and dx is taken at that ReLU's input (backward_data's ``relu_y``)."""
     dx = backward_data(be, dy, w, g, relu_y=x if through_relu else None) if need_dx else None
-    dw = backward_filter(be, dy, x, g) if need_dw else None
-    db = backward_bias(be, dy, g) if need_db else None
+    if need_dw and need_db:
+        dw, db = backward_filter(be, dy, x, g, bias=True)
+    else:
+        dw = backward_filter(be, dy, x, g) if need_dw else None
+        db = backward_bias(be, dy, g) if need_db else None
     return dx, dw, db
