@@ -539,13 +539,15 @@ def linear_backward(dy: Array, x: Array, weight: Array, *, need_db: bool = True
 
 
 @_accepts_foreign
-def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0
-                          ) -> Tuple[Array, Array]:
+def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0, *,
+                          labels_checked: bool = False) -> Tuple[Array, Array]:
     """Mean cross-entropy of softmax(logits): logits (N, classes), labels integer (N,) in
     [0, classes) -> (loss as a 0-d array, dlogits (N, classes)); numerically stable.
 
     ``label_smoothing`` e in [0, 1] is PyTorch's: the target of row n is (1 - e) at its label
-    plus e / classes everywhere."""
+    plus e / classes everywhere. The labels' range is checked by reading it on the host, unless
+    ``labels_checked`` (the caller checked them before they reached the device: a captured step
+    may not read the device; a label out of range then gives a NaN loss, never a bad read)."""
     backend = get_backend()
     label_smoothing = geometry.check_real("label_smoothing", label_smoothing, 0.0, 1.0)
     _check_float(backend, "logits", logits)
@@ -555,8 +557,8 @@ def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float =
         raise TypeError(f"labels must be an integer array (class indices), got dtype {labels.dtype}")
     _check_shape_equals("labels", labels, (logits.shape[0],), "one class index per row of logits")
     classes = logits.shape[1]
-    if labels.size:
-        lo, hi = int(labels.min()), int(labels.max())
+    if labels.size and not labels_checked:
+        lo, hi = int(backend.to_numpy(labels.min())), int(backend.to_numpy(labels.max()))
         if lo < 0 or hi >= classes:
             raise ValueError(f"labels must lie in [0, {classes}) for logits with {classes} classes, "
                              f"got values in [{lo}, {hi}]")

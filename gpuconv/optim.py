@@ -22,13 +22,14 @@ indices of group g's parameters) and ``"group.<g>.<name>"`` (its overrides).
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from . import functional as F
 from .backends import get_backend, running_on
+from .backends.launch.optim import adam_constants, sgd_constants
 from .geometry import check_real
 from .nn.layers import BatchNorm2d
 from .nn.module import Parameter, to_host
@@ -37,6 +38,11 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZER_NAMES", "decay_groups
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")  # the optimizers `gpuconv train --optimizer` offers
 _MAX_STEP = 2**63 - 1  # "step" entries are stored as int64
+
+
+def _placed(p: Parameter):
+    """Run on ``p``'s placement (the current backend when it has none)."""
+    return contextlib.nullcontext() if p.placement is None else running_on(p.placement)
 
 
 def _hyper_values(state: Mapping[str, np.ndarray], names: Tuple[str, ...]) -> Dict[str, float]:
@@ -92,6 +98,8 @@ class Optimizer:
                 raise ValueError(f"params[{i}] appears more than once")
             seen.add(id(p))
         self.state = [dict() for _ in self.params]
+        self._hp: Dict[Tuple[int, np.dtype], Tuple[Any, Any]] = {}  # (id(be), dtype) -> (be, constants)
+        self._pending: List[int] = []  # parameters counted by prepare_step, updated by apply_step
         self._set_hyper(defaults)
         self._groups: List[Tuple[List[int], Dict[str, float]]] = [
             (idx, self._check_overrides(g, ov)) for g, (idx, ov) in enumerate(groups)]
@@ -133,28 +141,58 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
+        """Update every parameter that has a gradient: ``prepare_step()`` then ``apply_step()``."""
+        self.prepare_step()
+        self.apply_step()
+
+    def prepare_step(self) -> None:
+        """The host half of a step: move or create the state buffers, count the update, and copy
+        every constant the update kernels read (rate, bias corrections, ...) into device memory,
+        one copy per backend and dtype. A captured training step calls this before each replay."""
         hypers = [self._hyper_for(ov) for _, ov in self._groups] or [self.hyper()]
+        staged: Dict[Tuple[int, np.dtype], Tuple[Any, np.ndarray, List[int]]] = {}
+        self._pending = []
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
             g = self._group_of[i]
-            h = hypers[0 if g is None else g]
-            if p.placement is None:
-                self._step_one(i, p, h)
-            else:
-                with running_on(p.placement):
-                    self._step_one(i, p, h)
+            with _placed(p):
+                backend = get_backend()
+                st = self.state[i]
+                for key, value in st.items():
+                    if key not in ("step", "hp") and not (backend.is_array(value) and value.dtype == p.dtype):
+                        st[key] = backend.asarray(np.ascontiguousarray(to_host(value), dtype=p.dtype))
+                row = self._constants(backend, p, st, hypers[0 if g is None else g])
+            key = (id(backend), p.dtype)
+            if key not in staged:
+                staged[key] = (backend, np.zeros((len(self.params), row.size), p.dtype), [])
+            staged[key][1][i] = row
+            staged[key][2].append(i)
+            self._pending.append(i)
+        for key, (backend, host, members) in staged.items():
+            held = self._hp.get(key)
+            if held is None or held[0] is not backend or tuple(held[1].shape) != host.shape:
+                held = self._hp[key] = (backend, backend.zeros(host.shape, host.dtype))
+            dev = held[1]
+            backend.upload(dev, host)
+            for i in members:
+                self.state[i]["hp"] = dev[i]
 
-    def _step_one(self, i: int, p: Parameter, h: Mapping[str, float]) -> None:
-        backend = get_backend()
-        st = self.state[i]
-        for key, value in st.items():
-            if key != "step" and not (backend.is_array(value) and value.dtype == p.dtype):
-                st[key] = backend.asarray(np.ascontiguousarray(to_host(value), dtype=p.dtype))
-        self._update(backend, p, st, h)
+    def apply_step(self) -> None:
+        """The device half of a step: launch the update of each parameter ``prepare_step`` counted,
+        with every constant read from device memory (graph-safe: it reads nothing on the host)."""
+        for i in self._pending:
+            p = self.params[i]
+            with _placed(p):
+                self._update(get_backend(), p, self.state[i])
 
-    def _update(self, backend, p: Parameter, st: dict, h: Mapping[str, float]) -> None:
-        """Update ``p`` in place with hyper-parameters ``h`` (its group's)."""
+    def _constants(self, backend, p: Parameter, st: dict, h: Mapping[str, float]) -> np.ndarray:
+        """Create ``p``'s state buffers if missing, count the update, and return the host row of
+        the update's constants with hyper-parameters ``h`` (its group's)."""
+        raise NotImplementedError
+
+    def _update(self, backend, p: Parameter, st: dict) -> None:
+        """Update ``p`` in place, its constants in ``st["hp"]`` on the device."""
         raise NotImplementedError
 
     # ---- state --------------------------------------------------------------------------
@@ -332,15 +370,16 @@ class SGD(Optimizer):
         return dict(lr=self.lr, momentum=self.momentum, dampening=self.dampening,
                     weight_decay=self.weight_decay, nesterov=self.nesterov)
 
-    def _update(self, backend, p: Parameter, st: dict, h: Mapping[str, float]) -> None:
-        buf, first = None, False
-        if h["momentum"] != 0:
-            if "momentum_buffer" not in st:
-                st["momentum_buffer"] = backend.zeros(p.shape, p.dtype)
-                first = True
-            buf = st["momentum_buffer"]
-        F.sgd_step(p.data, p.grad, buf, lr=h["lr"], momentum=h["momentum"], dampening=h["dampening"],
-                   weight_decay=h["weight_decay"], nesterov=bool(h["nesterov"]), first_step=first)
+    def _constants(self, backend, p: Parameter, st: dict, h: Mapping[str, float]) -> np.ndarray:
+        first = False
+        if h["momentum"] != 0 and "momentum_buffer" not in st:
+            st["momentum_buffer"] = backend.zeros(p.shape, p.dtype)
+            first = True
+        return sgd_constants(p.dtype, h["lr"], h["momentum"], h["dampening"], h["weight_decay"],
+                             bool(h["nesterov"]), first)
+
+    def _update(self, backend, p: Parameter, st: dict) -> None:
+        backend.sgd_step_dev(p.data, p.grad, st.get("momentum_buffer"), st["hp"])
 
 
 class Adam(Optimizer):
@@ -374,15 +413,17 @@ class Adam(Optimizer):
         return dict(lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
                     weight_decay=self.weight_decay)
 
-    def _update(self, backend, p: Parameter, st: dict, h: Mapping[str, float]) -> None:
+    def _constants(self, backend, p: Parameter, st: dict, h: Mapping[str, float]) -> np.ndarray:
         if "step" not in st:
             st["step"] = 0
             st["exp_avg"] = backend.zeros(p.shape, p.dtype)
             st["exp_avg_sq"] = backend.zeros(p.shape, p.dtype)
         st["step"] += 1
-        step = F.adamw_step if self._decoupled else F.adam_step
-        step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], st["step"], lr=h["lr"], beta1=h["beta1"],
-             beta2=h["beta2"], eps=h["eps"], weight_decay=h["weight_decay"])
+        return adam_constants(p.dtype, st["step"], h["lr"], h["beta1"], h["beta2"], h["eps"],
+                              h["weight_decay"], self._decoupled)
+
+    def _update(self, backend, p: Parameter, st: dict) -> None:
+        backend.adam_step_dev(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], st["hp"])
 
 
 class AdamW(Adam):

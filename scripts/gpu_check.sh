@@ -10,7 +10,7 @@
 #   pytest   pytest -m gpu
 #   check    gpuconv check, cuda vs numpy, every model in float32 and lenet in float64
 #   bench    gpuconv bench conv+pool+norm on cuda, every kernel version, baselines torch, torch-tf32, cupy-gemm
-#   step     gpuconv bench --ops step (eager, CUDA graph, torch FP32/TF32)
+#   step     gpuconv bench --ops step (eager, CUDA graph through gpuconv.train_step, torch FP32/TF32)
 #   nccl     scripts/nccl_check.py: gpuconv.distributed's NCCL communicator, one rank, against host values
 # and, on the CPU in the background meanwhile, gpuconv profile (the time model's predictions, put
 # beside the measured times in the summary; docs/profiling.md),

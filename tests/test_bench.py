@@ -376,76 +376,78 @@ def test_cuda_event_timer_flushes_spins_and_converts_to_microseconds(monkeypatch
     assert t.times_us == [50.0, 50.0]                  # 0.25 ms over 5 back-to-back calls
 
 
-def _numpy_lenet_step():
-    from gpuconv.backends import resolve_backend
-    be = resolve_backend("numpy")
-    model = bench_step.build_model_on("lenet", 1, 8, be)
-    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
-    step = bench_step._GpuconvStep(model, be, x, np.array([1, 7], np.int32))
-    step()
-    return step
+def _emulator_graph_rows(monkeypatch):
+    monkeypatch.setattr(bench_step, "STEP_MODELS", {"lenet": (1, 8)})
+    rows = bench_step.run_steps("emulator", [], batch=2, repeat=1, timer=WallTimer(), log=lambda s: None)
+    for r in rows:
+        check_document(r, bench_step.STEP_SCHEMA)
+    return {r["variant"]: r for r in rows}
 
 
-def test_graph_replay_is_compared_with_an_eager_step_from_the_same_state_then_timed(monkeypatch):
-    """Without a GPU the stand-in graph replays a step of the NumPy model, so this checks the control
-    flow around a real graph, not a graph: the eager step runs from the state the replay started
-    from (from the replayed state the two would differ by a whole step), the reported error is
-    measured between the two results (a replay off by one float32 rounding reports about that and
-    passes; test_graph_replay_that_differs_from_eager_is_reported fails one off by 1e-2), and the
-    replays are timed. On a GPU the bench makes this comparison with the captured graph itself and
-    reports a replay that differs as a failed row (scripts/gpu_check.sh runs it)."""
-    import sys
-    step = _numpy_lenet_step()
-
-    def replay_off_by_one_rounding():
-        step()
-        step.params[0].data *= np.float32(1 + 2**-23)
-
-    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(replay=replay_off_by_one_rounding))
-    info = bench_step._capture(step, CudaEventTimer(), repeat=2)
-    assert info["status"] == "ok", info
-    assert 2**-25 < info["rel_err"] <= 2**-22
-    assert len(info["timing"].times_us) == 2
+def test_step_bench_replays_a_verified_graph_on_the_emulator(monkeypatch):
+    """The graph row runs the library's capture (gpuconv.backends.graphs through TrainStep), the
+    same code as on a GPU but for the executor: its first replay equals the eager step bit for bit
+    (the emulator runs the same kernels the same way), then the replays are timed."""
+    rows = _emulator_graph_rows(monkeypatch)
+    assert rows["gpuconv graph"]["status"] == "ok" and rows["gpuconv graph"]["rel_err"] == 0.0
+    assert rows["gpuconv graph"]["us"] > 0 and rows["gpuconv eager"]["us"] > 0
 
 
 def test_graph_replay_that_differs_from_eager_is_reported(monkeypatch):
-    import sys
-    step = _numpy_lenet_step()
+    from gpuconv.backends.executors import EmulatorGraph
+    real = EmulatorGraph.launch
 
-    def bad_replay():
-        step()
-        step.params[0].data += np.float32(1e-2)
+    def off_by_a_bit(self):
+        real(self)
+        first = next(op for op in self.operations if op[0] == "launch")
+        first[4][0][...] += np.float32(1e-2)  # the first kernel's output: wrong from then on
 
-    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(replay=bad_replay))
-    info = bench_step._capture(step, CudaEventTimer(), repeat=2)
-    assert info["status"] == "failed" and "differs" in info["note"]
+    monkeypatch.setattr(EmulatorGraph, "launch", off_by_a_bit)
+    row = _emulator_graph_rows(monkeypatch)["gpuconv graph"]
+    assert row["status"] == "failed" and "differs from an eager step" in row["note"]
+    assert row["rel_err"] > 1e-3 and row["us"] is None
 
 
 def test_failed_capture_is_reported_with_its_reason(monkeypatch):
-    import sys
-    step = _numpy_lenet_step()
-    error = RuntimeError("operation not permitted when stream is capturing")
-    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(capture_error=error))
-    info = bench_step._capture(step, CudaEventTimer(), repeat=2)
-    assert info["status"] == "capture-failed" and "not permitted" in info["note"]
+    from gpuconv.backends.executors import EmulatorExecutor
 
+    def refuse(self):
+        self.recording = None
+        raise RuntimeError("operation not permitted when stream is capturing")
 
-def test_capture_waits_for_the_default_stream_before_using_its_own(monkeypatch):
-    """The capture stream is non-blocking: work queued on the legacy default stream (the model's
-    copies, its first step) must be finished before the warm-up step runs on it."""
-    import sys
-    step = _numpy_lenet_step()
-    fake = _FakeCupy(replay=step)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    bench_step._capture(step, CudaEventTimer(), repeat=2)
-    assert "device sync" in fake.calls
-    assert fake.calls.index("device sync") < fake.calls.index("enter stream")
+    monkeypatch.setattr(EmulatorExecutor, "end_capture", refuse)
+    row = _emulator_graph_rows(monkeypatch)["gpuconv graph"]
+    assert row["status"] == "capture-failed" and "not permitted" in row["note"]
 
 
 def test_graph_that_cannot_be_replayed_is_a_failed_row_not_an_exception(monkeypatch):
+    from gpuconv.backends.executors import EmulatorGraph
+
+    def invalid(self):
+        raise RuntimeError("cudaErrorInvalidValue: invalid argument")
+
+    monkeypatch.setattr(EmulatorGraph, "launch", invalid)
+    row = _emulator_graph_rows(monkeypatch)["gpuconv graph"]
+    assert row["status"] == "failed" and "invalid argument" in row["note"]
+
+
+def test_cuda_capture_waits_for_the_default_stream_and_replays_on_the_current_one(monkeypatch):
+    """The capture stream is non-blocking: work queued on the legacy default stream (the model's
+    copies, its first step) must be finished before capture starts on it; replays go to the
+    current stream, ordered with the uploads before them and the reads after."""
     import sys
-    step = _numpy_lenet_step()
-    error = RuntimeError("cudaErrorInvalidValue: invalid argument")
-    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(replay=step, launch_error=error))
-    info = bench_step._capture(step, CudaEventTimer(), repeat=2)
-    assert info["status"] == "failed" and "invalid argument" in info["note"]
+    import types
+
+    from gpuconv.backends.executors import CupyExecutor
+    fake = _FakeCupy(replay=lambda: None)
+    fake.cuda.get_current_stream = lambda: "current"
+    launched_on = []
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    ex = CupyExecutor.__new__(CupyExecutor)
+    ex._cupy = fake
+    ex.begin_capture()
+    graph = ex.end_capture()
+    graph.graph = types.SimpleNamespace(launch=launched_on.append)
+    graph.launch()
+    assert fake.calls.index("device sync") < fake.calls.index("enter stream")
+    assert launched_on == ["current"]

@@ -49,9 +49,11 @@ def test_default_training_reaches_97_percent_on_the_bundled_digits(tmp_path, cap
     assert doc["test_accuracy"] >= 0.97
 
 
-def test_training_loss_falls_with_sgd_on_idx_data(tmp_path, capsys):
+def _write_idx(path, n_train: int, n_test: int) -> None:
+    """Two classes that differ in where the bright pixels are (learnable in a few steps), 8x8, as
+    MNIST-style IDX files in ``path``."""
     rng = np.random.default_rng(0)
-    # two classes that differ in where the bright pixels are: learnable in a few steps
+
     def make(n):
         labels = rng.integers(0, 2, n).astype(np.uint8)
         images = rng.integers(0, 60, (n, 8, 8)).astype(np.uint8)
@@ -59,11 +61,15 @@ def test_training_loss_falls_with_sgd_on_idx_data(tmp_path, capsys):
         images[labels == 0, 4:] += 150
         return images, labels
 
-    for prefix, n in (("train", 96), ("t10k", 32)):
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
         images, labels = make(n)
         for kind, arr in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
             header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
-            (tmp_path / f"{prefix}-{kind}").write_bytes(header + arr.tobytes())
+            (path / f"{prefix}-{kind}").write_bytes(header + arr.tobytes())
+
+
+def test_training_loss_falls_with_sgd_on_idx_data(tmp_path, capsys):
+    _write_idx(tmp_path, 96, 32)
     metrics_path = tmp_path / "m.json"
     rc = main(["train", "--backend", "numpy", "--data", str(tmp_path), "--optimizer", "sgd",
                "--lr", "0.02", "--epochs", "3", "--batch-size", "16", "--quiet", "--json", str(metrics_path)])
@@ -75,7 +81,49 @@ def test_training_loss_falls_with_sgd_on_idx_data(tmp_path, capsys):
     assert doc["dataset"].startswith("idx:") and doc["optimizer"] == "sgd" and doc["test_accuracy"] > 0.9
 
 
+@pytest.mark.parametrize("optimizer, extra", [
+    ("sgd", []), ("adam", []),
+    ("sgd", ["--augment", "crop=1,flip,cutout=2", "--label-smoothing", "0.1"]),
+])
+def test_graph_training_on_the_emulator_equals_eager_training(tmp_path, optimizer, extra, monkeypatch):
+    """--graph on the emulator (captured, every replay checked, a short last batch eager between
+    replays, a warm-up then cosine rate; augmentation, whose draws change per epoch and image,
+    before the captured step) gives the eager run's losses and weights bit for bit (docs/graphs.md
+    says why bitwise)."""
+    from gpuconv.tools import train as train_module
+    steps = []
+
+    class Recorded(train_module.TrainStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            steps.append(self)
+
+    monkeypatch.setattr(train_module, "TrainStep", Recorded)
+    _write_idx(tmp_path, 40, 8)
+    runs = {}
+    for mode in ("--graph", "--eager"):
+        out = tmp_path / mode[2:]
+        out.mkdir()
+        assert main(["train", "--backend", "emulator", mode, "--data", str(tmp_path),
+                     "--optimizer", optimizer, "--epochs", "3", "--warmup-epochs", "1", "--batch-size", "16",
+                     "--quiet", "--json", str(out / "m.json"), "--save", str(out / "c.npz")] + extra) == 0
+        doc = json.loads((out / "m.json").read_text())
+        runs[mode] = ([(h["train_loss"], h["test_loss"]) for h in doc["history"]], np.load(out / "c.npz"))
+    graphed, eager_step = steps
+    # 3 batches an epoch (16, 16, 8): eager, capture, eager | verified replay, replay, eager |
+    # replay, replay, eager
+    assert graphed.mode == "replay" and graphed.replays == 4 and eager_step.mode == "off"
+    assert runs["--graph"][0] == runs["--eager"][0]
+    graph, eager = runs["--graph"][1], runs["--eager"][1]
+    assert graph.files == eager.files
+    for k in graph.files:
+        if k != "meta":
+            np.testing.assert_array_equal(graph[k], eager[k], err_msg=k)
+
+
 @pytest.mark.parametrize("argv, match", [
+    (["train", "--backend", "numpy", "--graph"], "--graph needs the cuda or emulator backend, not numpy"),
+    (["train", "--eager", "--graph"], "not allowed with argument"),
     (["train", "--epochs", "0"], "--epochs must be >= 1"),
     (["train", "--lr", "-0.1"], "--lr must be a positive number"),
     (["train", "--data", "/nonexistent/dir", "--backend", "numpy"], "does not exist"),

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
+import numpy as np
+
 from ..geometry import AugmentSpec, ConvGeometry, NormGeometry, PoolGeometry
 
 Array = Any
@@ -39,6 +41,19 @@ class Backend:
 
     def zeros(self, shape, dtype) -> Array:
         return self.xp.zeros(shape, dtype=dtype)
+
+    def copy(self, dst: Array, src: Array) -> None:
+        """``dst[...] = src`` on the device (views allowed); a captured step's copies go through it."""
+        dst[...] = src
+
+    def upload(self, dst: Array, host) -> None:
+        """Copy the host values ``host`` into the existing array ``dst`` of this backend (same
+        shape); refreshes the inputs of a captured step between replays."""
+        host = np.asarray(host)
+        if host.shape != tuple(dst.shape):
+            raise ValueError(f"upload: host values of shape {host.shape} do not fit the array of shape "
+                             f"{tuple(dst.shape)}")
+        dst[...] = self.asarray(host.astype(dst.dtype, copy=False))
 
     def synchronize(self) -> None:
         """Wait for queued device work (no-op on the CPU)."""
@@ -164,4 +179,13 @@ class Backend:
                   decoupled: bool = False) -> None:
         """PyTorch's Adam rule (L2 weight decay added to the gradient), or with ``decoupled``
         AdamW's (param *= 1 - lr * weight_decay first, no L2 term); ``step`` starts at 1."""
+        raise NotImplementedError
+
+    def sgd_step_dev(self, param: Array, grad: Array, buf: Optional[Array], hp: Array) -> None:
+        """``sgd_step`` with its constants read from ``hp``, an array of this backend holding
+        ``launch.optim.sgd_constants`` (graph-safe: nothing per step passes by value)."""
+        raise NotImplementedError
+
+    def adam_step_dev(self, param: Array, grad: Array, m: Array, v: Array, hp: Array) -> None:
+        """``adam_step`` with its constants read from ``hp`` (``launch.optim.adam_constants``)."""
         raise NotImplementedError

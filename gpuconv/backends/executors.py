@@ -6,8 +6,11 @@ Both executors expose the same small interface, used only by ``KernelBackend``:
   ``xp``                   the array module (cupy or numpy)
   ``load(path, options, name_expressions)`` -> module with ``get_function(name)``
   ``launch(fn, grid, block, args, shared_mem=0)``  (``KernelBackend.launch`` is this method)
+  ``fill(a, value)``, ``copy(dst, src)``  device-side memset and copy (captured like launches)
   ``synchronize()``
   ``describe()``           one line for logs
+  ``begin_capture()``, ``end_capture()`` -> graph with ``launch()``, ``abort_capture()``,
+  ``capture_pool()``, ``capture_memory(pool)``  capture a step (``gpuconv.backends.graphs``)
 
 CuPy's compile cache keys on the source text and the options only, so ``CupyExecutor.load``
 adds ``-DGPUCONV_SRC_HASH=<hash>`` computed over the ``.cu`` file and every header in the CUDA
@@ -15,6 +18,7 @@ source directory: editing an included header recompiles.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any, Sequence, Tuple
@@ -78,8 +82,52 @@ class CupyExecutor:
         grid, block, shared_mem = checked_launch(grid, block, shared_mem)
         fn(grid, block, args, shared_mem=shared_mem)
 
+    def fill(self, a, value) -> None:
+        a.fill(value)
+
+    def copy(self, dst, src) -> None:
+        dst[...] = src
+
     def synchronize(self) -> None:
         self._cupy.cuda.get_current_stream().synchronize()
+
+    # ---- graphs -------------------------------------------------------------------------
+    def capture_pool(self):
+        """A memory pool for what the array library allocates on its own (outside
+        ``KernelBackend.empty``) in a step's warm-up and capture; the captured step keeps it, so no
+        memory a graph touches returns to the shared pool (the warm-up fills it, so the capture
+        needs no cudaMalloc)."""
+        return self._cupy.cuda.MemoryPool()
+
+    def capture_memory(self, pool):
+        """Allocate from ``pool`` (``capture_pool``) in the enclosed code."""
+        return self._cupy.cuda.using_allocator(pool.malloc)
+
+    def begin_capture(self) -> None:
+        """Capture on a fresh non-blocking stream (the legacy default stream cannot capture), after
+        the work already queued has finished."""
+        cupy = self._cupy
+        cupy.cuda.Device().synchronize()
+        self._capture_stream = cupy.cuda.Stream(non_blocking=True)
+        self._capture_stream.__enter__()
+        self._capture_stream.begin_capture()
+
+    def end_capture(self) -> CudaGraph:
+        stream = self._capture_stream
+        try:
+            graph = stream.end_capture()
+        finally:
+            stream.__exit__(None, None, None)
+            self._capture_stream = None
+        return CudaGraph(self._cupy, graph, stream)
+
+    def abort_capture(self) -> None:
+        """End a capture that failed; the partial graph is dropped."""
+        if getattr(self, "_capture_stream", None) is not None:
+            try:
+                self.end_capture()
+            except Exception:  # the capture was already invalidated by the failure
+                pass
 
     def describe(self) -> str:
         cupy = self._cupy
@@ -90,6 +138,37 @@ class CupyExecutor:
         rt = cupy.cuda.runtime.runtimeGetVersion()
         return (f"cuda: {gpu} (sm_{cc}), CuPy {cupy.__version__}, "
                 f"CUDA runtime {rt // 1000}.{rt % 1000 // 10}")
+
+
+class CudaGraph:
+    """A captured CUDA graph; ``launch()`` replays it on the current stream, so it is ordered with
+    the uploads before it and the reads after it."""
+
+    def __init__(self, cupy, graph, stream) -> None:
+        self._cupy, self.graph, self.stream = cupy, graph, stream
+
+    def launch(self) -> None:
+        self.graph.launch(self._cupy.cuda.get_current_stream())
+
+
+class EmulatorGraph:
+    """The emulator's graph: the operations a capture recorded, replayed in order."""
+
+    def __init__(self, executor: EmulatorExecutor, operations: list) -> None:
+        self.executor, self.operations = executor, operations
+
+    def launch(self) -> None:
+        ex = self.executor
+        if ex.recording is not None:
+            raise RuntimeError("a graph cannot be launched while a capture is under way")
+        for op in self.operations:
+            if op[0] == "launch":
+                _, fn, grid, block, args, shared_mem = op
+                fn(grid, block, args, shared_mem=shared_mem, order=ex.order, seed=ex.seed)
+            elif op[0] == "fill":
+                op[1].fill(op[2])
+            else:
+                op[1][...] = op[2]
 
 
 class EmulatorExecutor:
@@ -107,6 +186,7 @@ class EmulatorExecutor:
         self.xp = np
         self.order = order
         self.seed = int(seed)
+        self.recording = None  # the operations of a capture under way (they do not run), else None
 
     def load(self, path: Path, options: Tuple[str, ...], name_expressions: Sequence[str]) -> Any:
         from .. import emulator
@@ -119,10 +199,49 @@ class EmulatorExecutor:
         size), then the emulated launch, which checks each argument against the kernel's
         signature."""
         grid, block, shared_mem = checked_launch(grid, block, shared_mem)
+        if self.recording is not None:  # as in a CUDA stream capture: recorded, not run
+            fn.check_args(args)  # the errors a real launch would give, at capture
+            self.recording.append(("launch", fn, grid, block, tuple(args), shared_mem))
+            return
         fn(grid, block, args, shared_mem=shared_mem, order=self.order, seed=self.seed)
+
+    def fill(self, a, value) -> None:
+        if self.recording is not None:
+            self.recording.append(("fill", a, value))
+        else:
+            a.fill(value)
+
+    def copy(self, dst, src) -> None:
+        if self.recording is not None:
+            self.recording.append(("copy", dst, src))
+        else:
+            dst[...] = src
 
     def synchronize(self) -> None:
         """Emulated launches are synchronous."""
+
+    # ---- graphs -------------------------------------------------------------------------
+    def capture_pool(self):
+        """No pool: every emulated buffer is a NumPy array, and the arena keeps the step's."""
+        return None
+
+    def capture_memory(self, pool):
+        return contextlib.nullcontext()
+
+    def begin_capture(self) -> None:
+        """Record launches, fills and copies instead of running them, until ``end_capture``."""
+        if self.recording is not None:
+            raise RuntimeError("begin_capture: a capture is already under way")
+        self.recording = []
+
+    def end_capture(self) -> EmulatorGraph:
+        if self.recording is None:
+            raise RuntimeError("end_capture without begin_capture")
+        ops, self.recording = self.recording, None
+        return EmulatorGraph(self, ops)
+
+    def abort_capture(self) -> None:
+        self.recording = None
 
     def describe(self) -> str:
         return f"emulator: CUDA kernels on the CPU (thread order {self.order})"

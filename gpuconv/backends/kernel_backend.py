@@ -15,6 +15,10 @@ defaults to a version that calls the array library);
 ``KernelBackend(executor, versions={"max_pool2d_backward": 1})`` or
 ``with backend.use_versions({...}):`` selects others (used by tests and benchmarks).
 
+Captured steps (``gpuconv.backends.graphs``): while a capture is under way ``graph_arena`` is
+set, and the array methods below enforce the capture rules (buffers from the arena; no host reads,
+uploads or synchronisation), on both executors.
+
 Debug poisoning: with ``poison=True`` (or ``GPUCONV_POISON=1`` in the environment) every output
 buffer is filled with NaN (integer buffers with -7) before the kernel writes it, so an element a
 kernel forgets to write shows up in any comparison.
@@ -31,7 +35,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from .._paths import cuda_dir
-from . import launch
+from . import graphs, launch
 from .base import Array, Backend
 
 __all__ = ["KernelBackend", "compile_options"]
@@ -65,6 +69,7 @@ class KernelBackend(Backend):
         self._lock = threading.Lock()
         self._overrides = [self._check_versions(versions or {})]
         self._active = self._merged()  # op -> version in force, read on every op call
+        self.graph_arena = None  # graphs.Arena while a step is warmed up, captured or traced
 
     # ---- arrays -------------------------------------------------------------------------
     def is_array(self, a) -> bool:
@@ -74,29 +79,76 @@ class KernelBackend(Backend):
         """NumPy/array-like or this backend's array -> this backend's array (copy only if needed)."""
         if self.xp is np and not isinstance(a, np.ndarray) and hasattr(a, "get"):
             a = a.get()  # a device array handed to the CPU backend
+        arena = self.graph_arena
+        if arena is not None and arena.phase != graphs.WARMUP and not (
+                isinstance(a, self.xp.ndarray) and (dtype is None or a.dtype == np.dtype(dtype))):
+            raise graphs.refuse(arena.phase, f"asarray of a {type(a).__name__}"
+                                + ("" if dtype is None else f" as {np.dtype(dtype)}"),
+                                "a host-to-device copy or a conversion would bake a host address or "
+                                "make a buffer the graph does not own; upload into a buffer made "
+                                "before capture (Backend.upload) instead")
         return self.xp.asarray(a, dtype=dtype)
 
+    def upload(self, dst, host) -> None:
+        """Copy host values into the existing device array ``dst`` (refused during capture)."""
+        if self.graph_arena is not None and self.graph_arena.phase != graphs.WARMUP:
+            raise graphs.refuse(self.graph_arena.phase, "a host-to-device copy (upload)",
+                                "refresh a captured step's inputs before each replay, outside it")
+        host = np.asarray(host)
+        if host.shape != tuple(dst.shape):
+            raise ValueError(f"upload: host values of shape {host.shape} do not fit the array of shape "
+                             f"{tuple(dst.shape)}")
+        host = np.ascontiguousarray(host, dtype=dst.dtype)
+        if self.xp is np:
+            dst[...] = host
+        else:
+            dst.set(host)
+
     def to_numpy(self, a) -> np.ndarray:
+        self._no_host_sync("a device-to-host copy (to_numpy)")
         if self.xp is np:
             return np.asarray(a)
         return self.xp.asnumpy(a)
 
     def synchronize(self) -> None:
+        self._no_host_sync("a synchronisation")
         self.executor.synchronize()
+
+    def _no_host_sync(self, what: str) -> None:
+        arena = self.graph_arena
+        if arena is not None and arena.phase != graphs.WARMUP:
+            raise graphs.refuse(arena.phase, what,
+                                "nothing runs during capture (a GPU refuses it: cudaErrorStreamCapture"
+                                "Unsupported); keep the value on the device and read it after replay")
 
     def describe(self) -> str:
         return self.executor.describe() + (" [poisoned outputs]" if self.poison else "")
 
     def empty(self, shape, dtype) -> Array:
-        """An output buffer; NaN-filled (integers: -7) when poisoning is on."""
-        a = self.xp.empty(shape, dtype=dtype)
+        """An output buffer (the capture arena's while a step is captured); NaN-filled (integers:
+        -7) when poisoning is on."""
+        arena = self.graph_arena
+        a = self.xp.empty(shape, dtype=dtype) if arena is None else arena.allocate(self.xp, shape, dtype)
         if self.poison:
-            a.fill(np.nan if np.dtype(dtype).kind == "f" else INT_POISON)
+            self.executor.fill(a, np.nan if np.dtype(dtype).kind == "f" else INT_POISON)
         return a
+
+    def zeros(self, shape, dtype) -> Array:
+        a = self.empty(shape, dtype)
+        self.executor.fill(a, 0)
+        return a
+
+    def copy(self, dst, src) -> None:
+        """``dst[...] = src`` on the device, through the executor (captured like a launch)."""
+        self.executor.copy(dst, src)
 
     def contiguous(self, a) -> Array:
         """A C-contiguous version of ``a`` (the same array when it already is)."""
-        return a if a.flags.c_contiguous else self.xp.ascontiguousarray(a)
+        if a.flags.c_contiguous:
+            return a
+        out = self.empty(a.shape, a.dtype)
+        self.executor.copy(out, a)
+        return out
 
     def data_ptr(self, a) -> int:
         """Address of the first element (host or device)."""
@@ -204,3 +256,5 @@ class KernelBackend(Backend):
 
     sgd_step = launch.optim.sgd_step
     adam_step = launch.optim.adam_step
+    sgd_step_dev = launch.optim.sgd_step_dev
+    adam_step_dev = launch.optim.adam_step_dev

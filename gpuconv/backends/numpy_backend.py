@@ -27,7 +27,6 @@ at most a few times the input and output planes (``_flat_fits``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
@@ -37,6 +36,7 @@ from ..augment_rng import augment_params
 from ..dropout_rng import dropout_mask
 from ..geometry import AugmentSpec, ConvGeometry, NormGeometry, PoolGeometry, avg_pool_divisor
 from .base import Backend
+from .launch.optim import adam_constants, sgd_constants
 
 # Target size of one batch chunk's working buffer (conv columns, max-pool windows): large enough
 # for efficient matmuls, small enough to stay in cache together with its inputs and outputs.
@@ -621,27 +621,35 @@ class NumpyBackend(Backend):
 
     # ---- optimizer updates (in place) ---------------------------------------------------
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step):
+        self.sgd_step_dev(param, grad, buf, sgd_constants(param.dtype, lr, momentum, dampening, weight_decay,
+                                                          nesterov, first_step))
+
+    def adam_step(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled=False):
+        self.adam_step_dev(param, grad, m, v, adam_constants(param.dtype, step, lr, beta1, beta2, eps,
+                                                             weight_decay, decoupled))
+
+    def sgd_step_dev(self, param, grad, buf, hp):
+        """PyTorch's SGD rule on the constants of ``hp`` (``sgd_constants``: derived in float64,
+        rounded once to the parameter's dtype, as the kernels get them)."""
+        lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step = hp
         d = grad + weight_decay * param if weight_decay else grad
         if momentum:
             if first_step:
                 buf[...] = d
             else:
                 buf *= momentum
-                buf += (1 - dampening) * d
+                buf += one_minus_dampening * d
             d = d + momentum * buf if nesterov else buf
         param -= lr * d
 
-    def adam_step(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled=False):
-        if decoupled:  # AdamW: shrink param first, no L2 term in the gradient
-            param *= 1.0 - lr * weight_decay
-            g = grad
-        else:
-            g = grad + weight_decay * param if weight_decay else grad
+    def adam_step_dev(self, param, grad, m, v, hp):
+        """PyTorch's Adam/AdamW rule on the constants of ``hp`` (``adam_constants``)."""
+        beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, step_size, sqrt_bc2, param_scale = hp
+        if param_scale != 1:
+            param *= param_scale  # AdamW, whose l2 is 0: the same as the kernel's p * param_scale - ...
+        g = grad + l2 * param if l2 else grad
         m *= beta1
-        m += (1 - beta1) * g
+        m += one_minus_beta1 * g
         v *= beta2
-        v += (1 - beta2) * (g * g)
-        bc1 = 1 - beta1 ** step
-        bc2 = 1 - beta2 ** step
-        denom = np.sqrt(v) / math.sqrt(bc2) + eps  # a Python float keeps float32 arrays float32
-        param -= (lr / bc1) * (m / denom)
+        v += one_minus_beta2 * (g * g)
+        param -= step_size * (m / (np.sqrt(v) / sqrt_bc2 + eps))

@@ -156,18 +156,22 @@ class Kernel:
     def __repr__(self) -> str:
         return f"<emulated kernel {self.name} ({', '.join(p.ctype for p in self._params)})>"
 
-    def __call__(self, grid: Dims, block: Dims, args: Sequence[Any], shared_mem: int = 0,
-                 order: str = "forward", seed: int = 0) -> None:
-        g, b, shared_mem = check_launch(grid, block, shared_mem, MAX_DYN_SMEM, LaunchError)
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
+    def check_args(self, args: Sequence[Any]) -> list:
+        """Check ``args`` against the kernel's signature; their packed (value, size, kind) slots."""
         if not isinstance(args, (tuple, list)):
             raise TypeError(f"kernel {self.name!r}: args must be a tuple, got {type(args).__name__}")
         if len(args) != len(self._params):
             raise TypeError(f"kernel {self.name!r} takes {len(self._params)} arguments "
                             f"({', '.join(p.ctype for p in self._params)}), got {len(args)}")
+        return [p.slot(a) for p, a in zip(self._params, args)]
+
+    def __call__(self, grid: Dims, block: Dims, args: Sequence[Any], shared_mem: int = 0,
+                 order: str = "forward", seed: int = 0) -> None:
+        g, b, shared_mem = check_launch(grid, block, shared_mem, MAX_DYN_SMEM, LaunchError)
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
+        packed = self.check_args(args)
         n = len(args)
-        packed = [p.slot(a) for p, a in zip(self._params, args)]
         grid_c = (ctypes.c_uint * 3)(*g)
         block_c = (ctypes.c_uint * 3)(*b)
         rt = build.runtime()

@@ -516,16 +516,18 @@ class SubsamplePad2d(Module):
                              f"{tuple(x.shape)}")
         s, lo = self.stride, self.front
         sub = x[:, :, ::s, ::s]
-        y = get_backend().zeros((x.shape[0], self.out_channels) + tuple(sub.shape[2:]), x.dtype)
-        y[:, lo:lo + self.in_channels] = sub
+        be = get_backend()
+        y = be.zeros((x.shape[0], self.out_channels) + tuple(sub.shape[2:]), x.dtype)
+        be.copy(y[:, lo:lo + self.in_channels], sub)
         self._shape = tuple(x.shape)
         return y
 
     def backward(self, dy):
         _need_forward(self, self._shape)
         s, lo = self.stride, self.front
-        dx = get_backend().zeros(self._shape, dy.dtype)
-        dx[:, :, ::s, ::s] = dy[:, lo:lo + self.in_channels]
+        be = get_backend()
+        dx = be.zeros(self._shape, dy.dtype)
+        be.copy(dx[:, :, ::s, ::s], dy[:, lo:lo + self.in_channels])
         return dx
 
     def extra_repr(self) -> str:

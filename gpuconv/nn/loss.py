@@ -16,8 +16,10 @@ class SoftmaxCrossEntropy:
         self.label_smoothing = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
         self._dlogits = None
 
-    def forward(self, logits, labels):
-        loss, self._dlogits = F.softmax_cross_entropy(logits, labels, self.label_smoothing)
+    def forward(self, logits, labels, labels_checked: bool = False):
+        """The mean loss; ``labels_checked``: see ``functional.softmax_cross_entropy``."""
+        loss, self._dlogits = F.softmax_cross_entropy(logits, labels, self.label_smoothing,
+                                                      labels_checked=labels_checked)
         return loss
 
     __call__ = forward

@@ -1,13 +1,15 @@
 """Whole training steps for ``gpuconv bench --ops step``.
 
 A step is forward, softmax cross-entropy, backward and an SGD update with momentum, on a
-LeNet-5-style model (1×28×28) and ResNet-20 (3×32×32). Variants:
+LeNet-5-style model (1×28×28) and ResNet-20 (3×32×32), run by ``gpuconv.train_step.TrainStep``
+(what ``gpuconv train`` runs). Variants:
 
 * ``gpuconv eager``: the step driven from Python, one launch after another;
-* ``gpuconv graph`` (cuda only): the same step captured once in a CUDA graph on a non-blocking
-  stream (``Stream.begin_capture``/``end_capture``) and replayed with ``Graph.launch``; the loss
-  stays on the device. The replay is verified against an eager step from the same state first.
-  When capture fails, the row says why;
+* ``gpuconv graph`` (cuda and emulator): the same step captured once (``gpuconv.backends.graphs``:
+  a CUDA graph on a GPU, the emulator's recorded launches on the CPU) and replayed, the batch and
+  the update's constants copied into its buffers before each replay, the loss read after it. Its
+  first replay is verified against an eager step from the same state; when capture or that check
+  fails, the row says why;
 * ``torch`` / ``torch-tf32``: the equivalent ``torch.nn`` model (``gpuconv.interop.to_torch``:
   same weights, its first loss compared with gpuconv's) with ``torch.optim.SGD``, eager, on the
   same device.
@@ -22,7 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .. import tolerances
+from .. import optim, tolerances
+from ..train_step import TrainStep
 from . import report
 from .harness import INTEGER, NUMBER_OR_NULL, STRING, device, make_backend, record
 
@@ -38,95 +41,29 @@ STEP_SCHEMA = record({"model": STRING, "variant": STRING, "batch": INTEGER, "sta
                       "vs_torch": _OPT})
 
 
-class _GpuconvStep:
-    """One SGD-with-momentum training step of a gpuconv model on one backend, loss kept on device."""
-
-    def __init__(self, model, be, x, labels) -> None:
-        self.model, self.be = model, be
-        self.params = list(model.parameters())
-        self.bufs = [be.zeros(p.shape, p.dtype) for p in self.params]
-        self.x, self.labels = be.asarray(x), be.asarray(labels)
-        self.first = True
-
-    def __call__(self):
-        from ..backends import use_backend
-        be = self.be
-        with use_backend(be):
-            logits = self.model.forward(self.x)
-            loss, dlogits = be.softmax_cross_entropy(logits, self.labels)
-            self.model.backward(dlogits)
-            for p, buf in zip(self.params, self.bufs):
-                be.sgd_step(p.data, p.grad, buf, LR, MOMENTUM, 0.0, 0.0, False, self.first)
-        self.first = False
-        return loss
-
-    def state(self) -> List[np.ndarray]:
-        return [np.array(self.be.to_numpy(a), copy=True) for a in [p.data for p in self.params] + self.bufs]
-
-    def set_state(self, host: List[np.ndarray]) -> None:
-        for a, h in zip([p.data for p in self.params] + self.bufs, host):
-            a[...] = self.be.asarray(h)
+def gpuconv_step(name: str, in_ch: int, size: int, be, graph: bool,
+                 warn: Optional[Callable[[str], None]] = None) -> TrainStep:
+    """A TrainStep of model ``name`` (seed 0) on ``be`` with SGD (LR, MOMENTUM)."""
+    model = build_model_on(name, in_ch, size, be)
+    return TrainStep(model, optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM), be, graph=graph,
+                     warn=warn)
 
 
-def _max_rel(a: List[np.ndarray], b: List[np.ndarray]) -> float:
-    worst = 0.0
-    for x, y in zip(a, b):
-        rel = tolerances.scaled_error(x, y)[1]
-        if not (rel <= worst):
-            worst = rel
-    return worst
-
-
-def _capture(step: _GpuconvStep, timer, repeat: int) -> Dict[str, Any]:
-    """Capture ``step`` in a CUDA graph, verify one replay against an eager step, time replays."""
-    import cupy
-    stream = cupy.cuda.Stream(non_blocking=True)
-    # A non-blocking stream does not wait for the legacy default stream, where the model was
-    # copied to the device and its first step ran: finish that work before touching its arrays.
-    cupy.cuda.Device().synchronize()
-    with stream:
-        step()                      # warm the stream's memory pool so capture allocates nothing new
-    stream.synchronize()
-    graph, reason = None, ""
-    with stream:
-        stream.begin_capture()
-        try:
-            step()
-        except Exception as exc:
-            reason = f"capture failed: {type(exc).__name__}: {exc}"
-        finally:
-            try:
-                graph = stream.end_capture()
-            except Exception as exc:
-                reason = reason or f"capture failed: {type(exc).__name__}: {exc}"
-                graph = None
-    if graph is None or reason:
-        return {"status": "capture-failed", "note": reason or "capture returned no graph"}
+def graph_variant(step: TrainStep, x, labels) -> Dict[str, Any]:
+    """Take ``step`` (graph=True) through its eager step, its capture and its verified first
+    replay on the batch (x, labels): {"status", "note", "rel_err"}; status "ok" when it now replays."""
+    notes: List[str] = []
+    step.warn = notes.append
     try:
-        return _verify_and_time(step, graph, stream, timer, repeat)
-    except Exception as exc:  # a replay that cannot run is this row's failure, not the whole run's
-        return {"status": "failed", "note": f"graph replay failed: {type(exc).__name__}: {exc}"}
-
-
-def _verify_and_time(step: _GpuconvStep, graph, stream, timer, repeat: int) -> Dict[str, Any]:
-    """Replay ``graph`` once from the current state, compare with an eager step from the same
-    state, then time back-to-back replays on ``stream``."""
-    import cupy
-    start = step.state()
-    graph.launch(stream)
-    stream.synchronize()
-    replayed = step.state()
-    step.set_state(start)
-    cupy.cuda.Device().synchronize()   # the copies ran on the default stream, the step runs on `stream`
-    with stream:
-        step()
-    stream.synchronize()
-    rel = _max_rel(replayed, step.state())
-    if not tolerances.passes(rel, tolerances.tolerance_for("fp32", np.float32)):
-        return {"status": "failed", "rel_err": rel,
-                "note": f"graph replay differs from an eager step: rel err {rel:.3g}"}
-    t = timer.throughput(lambda: graph.launch(stream), repeat, INNER_STEPS, stream=stream)
-    return {"status": "ok", "rel_err": rel, "timing": t, "note": "replay == eager step"}
+        for _ in range(3):
+            step(x, labels)
+    except Exception as exc:  # a step that cannot run at all is this row's failure, not the run's
+        return {"status": "failed", "note": f"{type(exc).__name__}: {exc}", "rel_err": None}
+    if step.mode == "replay":
+        return {"status": "ok", "note": "replay == eager step", "rel_err": step.verify_rel_err}
+    note = notes[0] if notes else "not graphed"
+    return {"status": "capture-failed" if "capture failed" in note else "failed", "note": note,
+            "rel_err": step.verify_rel_err}
 
 
 def _row(model: str, variant: str, batch: int, status: str = "ok", note: str = "", timing=None,
@@ -146,15 +83,21 @@ def run_steps(backend: str, baselines: Sequence[str], batch: int, repeat: int, t
     from ..datasets import synthetic_batch
     be = make_backend(backend)
     on_gpu = device(backend) == "cuda"
+    capturing = hasattr(getattr(be, "executor", None), "begin_capture")
     rows: List[Dict[str, Any]] = []
     for name, (in_ch, size) in STEP_MODELS.items():
         x, labels = synthetic_batch(batch, in_ch, size, size, 10, seed=0)
         host_model = build_model_on(name, in_ch, size, "numpy")
-        model = build_model_on(name, in_ch, size, be)
-        step = _GpuconvStep(model, be, x, labels)
-        first_loss = float(np.asarray(be.to_numpy(step())))
-        fns: Dict[str, Callable[[], Any]] = {"gpuconv eager": step}
-        extra: Dict[str, Dict[str, Any]] = {}
+        dx, dlabels = be.asarray(x), be.asarray(labels.astype(np.int32))
+        eager = gpuconv_step(name, in_ch, size, be, graph=False)
+        first_loss = float(np.asarray(be.to_numpy(eager(dx, dlabels)[0])))
+        fns: Dict[str, Callable[[], Any]] = {"gpuconv eager": lambda s=eager, a=dx, b=dlabels: s(a, b)}
+        graph_info: Optional[Dict[str, Any]] = None
+        if capturing:
+            graphed = gpuconv_step(name, in_ch, size, be, graph=True)
+            graph_info = graph_variant(graphed, dx, dlabels)
+            if graph_info["status"] == "ok":
+                fns["gpuconv graph"] = lambda s=graphed, a=dx, b=dlabels: s(a, b)
         torch_loss: Dict[str, float] = {}
         for b in baselines:
             if b not in ("torch", "torch-tf32"):
@@ -164,9 +107,6 @@ def run_steps(backend: str, baselines: Sequence[str], batch: int, repeat: int, t
             torch_loss[b] = loss0
         if on_gpu:
             timings = {k: timer.throughput(fn, repeat, INNER_STEPS) for k, fn in fns.items()}
-            graph_step = _GpuconvStep(build_model_on(name, in_ch, size, be), be, x, labels)
-            graph_step()
-            extra["gpuconv graph"] = _capture(graph_step, timer, repeat)
         else:
             res = timer.measure([lambda i, f=f: f() for f in fns.values()], 1, repeat)
             timings = dict(zip(fns, res))
@@ -178,10 +118,12 @@ def run_steps(backend: str, baselines: Sequence[str], batch: int, repeat: int, t
                 ok = rel <= tolerances.tolerance_for("tf32" if k == "torch-tf32" else "fp32", np.float32)
                 status = "ok" if ok else "mismatch"
             note = "first loss vs gpuconv's" if k in torch_loss else f"first loss {first_loss:.6g}"
+            if k == "gpuconv graph":
+                note, rel = graph_info["note"], graph_info["rel_err"]
             rows.append(_row(name, k, batch, status, note, t, rel))
-        for k, info in extra.items():
-            rows.append(_row(name, k, batch, info["status"], info.get("note", ""), info.get("timing"),
-                             info.get("rel_err")))
+        if graph_info is not None and graph_info["status"] != "ok":
+            rows.append(_row(name, "gpuconv graph", batch, graph_info["status"], graph_info["note"], None,
+                             graph_info["rel_err"]))
     for r in rows:
         ref = next((q for q in rows if q["model"] == r["model"] and q["variant"] == "torch"), None)
         if ref and ref["us"] and r["us"] and r["variant"].startswith("gpuconv"):

@@ -42,6 +42,7 @@ import numpy as np
 from .. import datasets, distributed, fileio, nn, recipes, schedules
 from ..backends import BACKEND_NAMES, auto_choice, resolve_backend, use_backend
 from ..models import MODEL_NAMES, build_model
+from ..train_step import TrainStep
 from . import plots, report
 from .harness import INTEGER, NUMBER, OBJECT, STRING, document, list_of, record, validate, value, write_json
 from .progress import Reporter
@@ -120,6 +121,7 @@ class TrainConfig:
     quiet: bool = False
     resume: Optional[str] = None
     stop_after: Optional[int] = None
+    graph: Optional[bool] = None  # None: captured steps on cuda only (``graphed``)
 
     def base_recipe(self) -> recipes.Recipe:
         """The recipe this run starts from: ``recipe`` by name, or for "auto" the recipe of the
@@ -233,6 +235,8 @@ class TrainConfig:
                 if same:
                     raise ValueError(f"{same[0]} and {flag} name the same file {path!r}")
                 outputs[flag] = target
+        if self.graph and self.backend not in ("cuda", "emulator", "auto"):
+            raise ValueError(f"--graph needs the cuda or emulator backend, not {self.backend}")
         if self.plot is not None:
             plots.require_matplotlib()
             fileio.figure_format(self.plot, "--plot")
@@ -260,6 +264,22 @@ def evaluate(model: nn.Module, split: datasets.Split, backend, batch_size: int =
     if comm is not None:
         total_loss, correct = comm.allreduce(np.array([total_loss, correct], dtype=np.float64))
     return float(total_loss) / len(split), int(correct) / len(split)
+
+
+def graphed(cfg: TrainConfig, backend_name: str) -> bool:
+    """Whether training steps are captured and replayed: ``--graph``/``--eager`` when given, else
+    on the cuda backend only."""
+    return backend_name == "cuda" if cfg.graph is None else cfg.graph
+
+
+def _train_step(cfg: TrainConfig, model: nn.Module, opt, loss_fn: nn.SoftmaxCrossEntropy, backend,
+                rep: Reporter) -> TrainStep:
+    """The step of a one-rank run. On the emulator a graph is a test of graph safety: every replay
+    is checked against a trace of the step and any failure raises; on a GPU a failure falls back to
+    eager steps with a warning."""
+    on_emulator = backend.name == "emulator"
+    return TrainStep(model, opt, backend, loss_fn=loss_fn, graph=graphed(cfg, backend.name),
+                     check=on_emulator, strict=on_emulator, warn=rep.note)
 
 
 # The settings that define a run (a checkpoint keeps them; --resume takes them from it).
@@ -387,6 +407,7 @@ def _train(cfg: TrainConfig, comm: distributed.Communicator, backend, rep: Repor
             nn.load_checkpoint(cfg.resume, model, opt, schedule)  # arrays checked before read
             history, first = list(ckpt["meta"]["history"]), ckpt["epoch"] + 1
         dp = distributed.DataParallel(model, comm)  # rank 0's weights on every rank
+        stepper = None if comm.size > 1 else _train_step(cfg, model, opt, loss_fn, backend, rep)
         last_epoch = cfg.stop_after or cfg.epochs
         ranks = f", data-parallel on {comm.size} ranks ({comm.kind})" if comm.size > 1 else ""
         rep.say(f"{'resuming' if ckpt else 'training'} {cfg.model} ({model.num_parameters()} "
@@ -402,18 +423,23 @@ def _train(cfg: TrainConfig, comm: distributed.Communicator, backend, rep: Repor
                         dataset.train.images, dataset.train.labels, cfg.batch_size, shuffle=True,
                         seed=cfg.seed, epoch=epoch, shard=(comm.rank, comm.size), with_indices=True)):
                     step_samples = min(cfg.batch_size, n_train - i * cfg.batch_size)  # all ranks'
-                    if len(yb):
-                        x = augment.apply(backend.asarray(xb), cfg.seed, epoch,
-                                          backend.asarray(idx.astype(np.int32)))
-                        logits = dp.forward(x)
+                    if len(yb):  # augmentation (per epoch and image) runs before a captured step
+                        x = (augment.apply(backend.asarray(xb), cfg.seed, epoch,
+                                           backend.asarray(idx.astype(np.int32))) if augment.active else xb)
+                    if stepper is not None:  # one rank: eager or a replayed graph
+                        loss, logits = stepper(x, yb)
+                    elif len(yb):
+                        logits = dp.forward(backend.asarray(x))
                         loss = loss_fn.forward(logits, backend.asarray(yb))
                         dp.backward(loss_fn.backward(), fraction=len(yb) / step_samples)
+                    else:  # a last batch smaller than the number of ranks
+                        dp.backward(None, fraction=0.0)
+                    if len(yb):
                         loss_sum += float(backend.to_numpy(loss)) * len(yb)
                         correct += int((backend.to_numpy(logits).argmax(axis=1) == yb).sum())
                         seen += len(yb)
-                    else:  # a last batch smaller than the number of ranks
-                        dp.backward(None, fraction=0.0)
-                    opt.step()
+                    if stepper is None:
+                        opt.step()
                     schedule.step()
                     progress.update(step_samples, loss_sum / max(seen, 1))
                 backend.synchronize()
@@ -580,6 +606,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log", metavar="FILE", default=None,
                    help="append the printed lines and a plain progress line at most every 10 s and 10%% "
                         "of an epoch to this file, even with --quiet (default: no log)")
+    graph = p.add_mutually_exclusive_group()
+    graph.add_argument("--eager", dest="graph", action="store_false", default=None,
+                       help="run every training step from Python (default on numpy and the emulator)")
+    graph.add_argument("--graph", dest="graph", action="store_true", default=None,
+                       help="capture the training step once and replay it (a CUDA graph; default on cuda, "
+                            "where a capture or a first replay that fails falls back to eager steps with a "
+                            "warning). On the emulator every replay is checked for graph-unsafe code, "
+                            "which raises (docs/graphs.md)")
     p.add_argument("--quiet", action="store_true",
                    help="print nothing but errors: no progress and no per-epoch lines (default: off)")
     p.set_defaults(func=run)

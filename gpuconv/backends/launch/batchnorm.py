@@ -148,12 +148,10 @@ def backward(be, dy, x, y, weight, saved_mean, saved_invstd, g: NormGeometry, tr
     y = be.contiguous(y) if relu else dy  # never read without relu
     mean, invstd = be.contiguous(saved_mean), be.contiguous(saved_invstd)
     dt, t = x.dtype, ctype(x.dtype)
+    if g.count == 0:
+        return be.empty(x.shape, dt), be.zeros((g.C,), dt), be.zeros((g.C,), dt)
     dweight = be.empty((g.C,), dt)
     dbias = be.empty((g.C,), dt)
-    if g.count == 0:
-        dweight.fill(0)
-        dbias.fill(0)
-        return be.empty(x.shape, dt), dweight, dbias
     chunks, chunk = stat_chunks(g) if v == 1 else stat_chunks_v2(g)
     part_g = be.empty((g.C, chunks), dt)
     part_gx = be.empty((g.C, chunks), dt)
