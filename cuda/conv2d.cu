@@ -1172,10 +1172,8 @@ struct ConvFilterTile {
     }
 };
 
-// The double kernels are promised one resident block per SM: within 128 registers nvcc spills
-// two of them on sm_90.
 template <typename T, int BM, int BN>
-__global__ void __launch_bounds__(GC_CONV_THREADS, sizeof(T) == 4 ? GC_CONV_MIN_BLOCKS : 1)
+__global__ void __launch_bounds__(GC_CONV_THREADS, GC_CONV_MIN_BLOCKS)
 conv2d_backward_filter_v3(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ out_w,
                           T* __restrict__ out_b, int chunk, int ld_w, int to_partial, int has_bias,
                           GC_CONV_GEOMETRY_PARAMS) {
