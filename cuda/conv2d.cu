@@ -49,7 +49,13 @@
 //     v1  one thread per input cell; gathers every (k, r, s) whose window covers it, the output
 //         position (h + pad - r*dil) / stride taken only when the division is exact. No atomics.
 //     v2  the same gather as a tiled implicit GEMM (dy gathered through the stride-divisibility
-//         predicate, weights read transposed). DEFAULT, expected fastest (not yet measured).
+//         predicate, weights read transposed). At stride 2, 3/4 of its multiply-adds are on zeros.
+//     v3  phase decomposition: the input cells of one stride phase (h mod stride_h, w mod stride_w)
+//         are a dense stride-1 implicit GEMM over only the taps that reach that phase, all phases
+//         in one launch (blockIdx.z); the v2 tile and step loop, the table filled without
+//         divisions, a 32-bit mask of valid taps per row (TAP_MASK, up to 32 taps per phase),
+//         and an epilogue staged in shared memory for coalesced stores. Stride 1 is one phase.
+//         DEFAULT: predicted faster than v2 on every suite layer (not yet measured on a GPU).
 //     v4  v2's GEMM on TF32 tensor cores with forward v4's block and fragments (float only; lower
 //         precision, about 1e-3 relative; not default, not yet measured on a GPU).
 //   conv2d_backward_filter
@@ -721,6 +727,256 @@ conv2d_backward_data_v2(const T* __restrict__ dy, const T* __restrict__ w, const
                 if (c >= Cg) continue;
                 const int off = (n * C + g * Cg + c) * HW + hw;
                 dx[off] = through_relu ? gc_relu_backward(acc[i][j], relu_y[off]) : acc[i][j];
+            }
+        }
+    }
+}
+
+// ============================================================================================
+// conv2d_backward_data_v3: phase decomposition. For strides (sh, sw) the input cells split into
+// sh * sw phases (h mod sh, w mod sw) = (ph, pw). Tap (r, s) reaches the cells of phase (ph, pw)
+// exactly when ph + pad_h - r*dil_h and pw + pad_w - s*dil_w are multiples of sh and sw, and then
+// cell (ph + i*sh, pw + j*sw) reads dy at (i + o_r, j + o_s) with o_r = (ph + pad_h - r*dil_h) / sh,
+// o_s likewise: each phase is a dense stride-1 implicit GEMM with rows m = (n, i, j), columns c
+// of the group and reduction (k, taps of the phase). No divisibility test and no multiply by a
+// structural zero is left. blockIdx.z walks the phases (one launch); a phase no tap reaches
+// writes zeros. Stride 1 is one phase, the whole image.
+// ============================================================================================
+
+// The taps of one axis that reach phase ph: the r in [0, R) with (ph + pad - r*dil) a multiple
+// of stride form r0, r0 + period, ... (count of them); o0 = (ph + pad - r0*dil) / stride is the
+// first one's dy displacement, and each next tap moves it by -step.
+struct ConvPhaseTaps {
+    int r0, count, period, o0, step;
+};
+
+__device__ __forceinline__ ConvPhaseTaps conv_phase_taps(int ph, int R, int stride, int pad, int dil) {
+    int a = stride, b = dil;  // gcd(stride, dil)
+    while (b != 0) {
+        const int t = a % b;
+        a = b;
+        b = t;
+    }
+    ConvPhaseTaps tp;
+    tp.period = stride / a;
+    tp.step = dil / a;
+    tp.r0 = -1;
+    for (int r = 0; r < tp.period && r < R; ++r) {
+        if ((ph + pad - r * dil) % stride == 0) {
+            tp.r0 = r;
+            break;
+        }
+    }
+    if (tp.r0 < 0) {
+        tp.r0 = 0;
+        tp.count = 0;
+        tp.o0 = 0;
+    } else {
+        tp.count = (R - tp.r0 + tp.period - 1) / tp.period;
+        tp.o0 = (ph + pad - tp.r0 * dil) / stride;
+    }
+    return tp;
+}
+
+// Thread t < BK's walk over the reduction indices red = t, t + BK, t + 2 BK, ... of a phase, in
+// the order conv_gemm_steps asks for them, red = (k, u, v) with u, v the phase's u-th row and v-th
+// column tap: advanced by BK without a division. entry() is red's index-table entry: a = k*P*Q +
+// o_r*Q + o_s (added to the row's dy offset n*K*P*Q + i*Q + j), d = k*Cg*R*S + r*S + s (the
+// weight offset without the c term), and the tap's validity key: with TAP_MASK, b = the bit
+// 1 << (u * count_w + v) of the tap in the row's mask of valid taps; else (b, c) = (o_r, o_s),
+// added to the row's (i, j) and tested against [0, P) x [0, Q). Past the end of the reduction,
+// an entry that reads zero (b = 0 with TAP_MASK).
+struct ConvPhaseWalk {
+    int k, u, v;     // the current index
+    int dk, du, dv;  // BK as (k, u, v) steps
+
+    __device__ __forceinline__ void start(int t, int BK, int Rc, int Sc) {
+        const int T = Rc * Sc;
+        dk = BK / T;
+        du = (BK - dk * T) / Sc;
+        dv = BK - dk * T - du * Sc;
+        k = t / T;
+        u = (t - k * T) / Sc;
+        v = t - k * T - u * Sc;
+    }
+
+    template <bool TAP_MASK>
+    __device__ __forceinline__ ConvIdx entry(int Kg, const ConvPhaseTaps& th, const ConvPhaseTaps& tw,
+                                             int S, int PQ, int Q, int CgRS) {
+        ConvIdx e;
+        if (k < Kg) {
+            e.b = th.o0 - u * th.step;
+            e.c = tw.o0 - v * tw.step;
+            // Unsigned: a tap outside dy can have |o_r| * Q past 2^31; a tap inside gives an
+            // offset within dy, which the wrapped sum is then equal to.
+            e.a = (int)((unsigned)k * PQ + (unsigned)e.b * Q + (unsigned)e.c);
+            e.d = k * CgRS + (th.r0 + u * th.period) * S + tw.r0 + v * tw.period;
+            if (TAP_MASK) e.b = (int)(1u << (u * tw.count + v));
+        } else {
+            e = conv_idx_outside();
+            if (TAP_MASK) e.b = 0;
+        }
+        v += dv;
+        u += du;
+        if (v >= tw.count) {
+            v -= tw.count;
+            ++u;
+        }
+        if (u >= th.count) {
+            u -= th.count;
+            ++k;
+        }
+        k += dk;
+        return e;
+    }
+};
+
+// p, as a value the compiler cannot re-derive from the expression that computed it (asm on the
+// GPU; the emulator needs no such hint).
+template <typename T>
+__device__ __forceinline__ const T* conv_opaque(const T* p) {
+#ifndef GPUCONV_EMU
+    asm("mov.b64 %0, %0;" : "+l"(p));
+#endif
+    return p;
+}
+
+// TAP_MASK: every phase has at most 32 taps (the host checks), and each thread tests a gathered
+// element's tap against a 32-bit mask of the taps valid for its row, computed once per phase,
+// instead of two window bounds per element. The double kernels are promised one resident block
+// per SM, not GC_CONV_MIN_BLOCKS: within 128 registers ptxas spills some of them.
+template <typename T, int BN, bool TAP_MASK>
+__global__ void __launch_bounds__(GC_CONV_THREADS, sizeof(T) == 4 ? GC_CONV_MIN_BLOCKS : 1)
+conv2d_backward_data_v3(const T* __restrict__ dy, const T* __restrict__ w, const T* __restrict__ relu_y,
+                        T* __restrict__ dx, int through_relu,
+                        GC_CONV_GEOMETRY_PARAMS) {
+    using Tl = ConvTile<T, BN>;
+    constexpr int NT = Tl::THREADS, BM = Tl::BM, BK = Tl::BK, LDA = BM + Tl::PAD;
+    using Loader = ConvLoader<T, NT, BK, BM, BN>;
+    alignas(gc_vec4<T>) __shared__ T As[2][BK][LDA];
+    alignas(gc_vec4<T>) __shared__ T Bs[2][BK][BN + Tl::PAD];
+    __shared__ ConvIdx tbl[2][BK];
+    // The phase's taps and the table filler's walks live in shared memory, not in registers
+    // across the step loop (ptxas would spill the double tiles on sm_80).
+    __shared__ ConvPhaseTaps taps[2];
+    __shared__ ConvPhaseWalk walks[BK];
+    // The epilogue stages the output tile in As, CP columns at a time, as Cs[column][row].
+    constexpr int CP = BN < 2 * BK ? BN : 2 * BK;
+    static_assert(BN % CP == 0 && NT % BM == 0, "epilogue staging");
+    T (*Cs)[LDA] = reinterpret_cast<T (*)[LDA]>(&As[0][0][0]);
+
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, CgRS = Cg * R * S;
+    const int t = threadIdx.x;
+    int tm, tn;
+    Tl::thread_tile(t, tm, tn);
+    const int m0 = blockIdx.x * BM;
+    const int n_ctiles = (Cg + BN - 1) / BN;
+    // Phases that hold cells: (ph, pw) with ph < H and pw < W (a stride past the image size
+    // leaves the others empty), at most H * W of them, so no int overflow.
+    const int phases_w = stride_w < W ? stride_w : W;
+    const int n_phases = (stride_h < H ? stride_h : H) * phases_w;
+    const int ak = t / BM;  // the gathered rows' first reduction slot
+
+    for (int z = blockIdx.z; z < n_phases; z += gridDim.z) {
+        const int ph = z / phases_w, pw = z - ph * phases_w;
+        const int Hp = (int)(((unsigned)(H - ph) + stride_h - 1) / stride_h);  // ph < H: no overflow
+        const int Wp = (int)(((unsigned)(W - pw) + stride_w - 1) / stride_w);
+        const int HWp = Hp * Wp, M = N * HWp;
+        if (m0 >= M) continue;  // the phase has fewer rows than the largest one (uniform per block)
+        const ConvPhaseTaps th = conv_phase_taps(ph, R, stride_h, pad_h, dil_h);
+        const ConvPhaseTaps tw = conv_phase_taps(pw, S, stride_w, pad_w, dil_w);
+        const int KT = Kg * th.count * tw.count;  // the phase's reduction length (0: no tap)
+
+        // Row am = m0 + t % BM = (n, i, j) of the phase: A gathers dy from its offset
+        // n*K*P*Q + i*Q + j, window origin (i, j) tested against P x Q; the epilogue writes
+        // dx from its offset out (channel 0 of the group). B: the weights, k-major.
+        Loader ld(t);
+        const int am = m0 + t % BM;
+        int out = 0;
+        unsigned valid = 0;  // TAP_MASK: bit u * tw.count + v set when tap (u, v) is in dy for the row
+        if (am < M) {
+            const int n = am / HWp, ij = am - n * HWp;
+            const int i = ij / Wp, j = ij - i * Wp;
+            ld.init(ConvIdx{n * K * PQ + i * Q + j, i, j, 0});
+            out = n * C * HW + (ph + i * stride_h) * W + pw + j * stride_w;
+            if (TAP_MASK) {
+                for (int u = 0; u < th.count; ++u) {
+                    if ((unsigned)(i + th.o0 - u * th.step) >= (unsigned)P) continue;
+                    for (int v = 0; v < tw.count; ++v) {
+                        if ((unsigned)(j + tw.o0 - v * tw.step) < (unsigned)Q) valid |= 1u << (u * tw.count + v);
+                    }
+                }
+            }
+        }
+        if (t == 0) {
+            taps[0] = th;
+            taps[1] = tw;
+        }
+        __syncthreads();  // taps is read by the table fillers t < BK
+
+        for (int yb = blockIdx.y; yb < groups * n_ctiles; yb += gridDim.y) {
+            const int g = yb / n_ctiles;
+            const int c0 = (yb - g * n_ctiles) * BN;
+            // TAP_MASK: row am's dy at k = 0, displacement (0, 0), each gathered element is
+            // arow[e.a], one IMAD.WIDE. Held opaque, or the compiler re-derives it from dy per
+            // element (a 64-bit add, two shifts and a reload of dy: five instructions instead of
+            // one). The window variant gathers as the forward GEMM does (ConvLoader::gather): a
+            // pointer held beside its two window coordinates would spill the double tiles.
+            const T* __restrict__ dyg = dy + g * Kg * PQ;
+            const T* __restrict__ arow = conv_opaque(dyg + ld.base);
+            const T* __restrict__ wg = w + g * Kg * CgRS;
+            T acc[4][4];
+            conv_zero(acc);
+
+            if (KT > 0 && t < BK) walks[t].start(t, BK, taps[0].count, taps[1].count);
+            conv_gemm_steps<BK>(
+                tbl, (KT + BK - 1) / BK,
+                [&](int) { return walks[t].template entry<TAP_MASK>(Kg, taps[0], taps[1], S, PQ, Q, CgRS); },
+                [&](int buf) {
+                    if (TAP_MASK) {
+#pragma unroll
+                        for (int jj = 0; jj < Loader::G_PER; ++jj) {
+                            const ConvIdx e = tbl[buf][ak + jj * Loader::G_STEP];
+                            ld.g[jj] = (valid & (unsigned)e.b) != 0 ? __ldg(arow + e.a) : T(0);
+                        }
+                    } else {
+                        ld.gather(tbl[buf], dyg, P, Q);
+                    }
+                    ld.load_dense(tbl[buf], wg, c0, Cg, R * S);
+                },
+                [&](int buf) { ld.store(As[buf], Bs[buf]); },
+                [&](int buf) {
+                    conv_tile_multiply<T, BK, LDA, BN + Tl::PAD>(As[buf], Bs[buf], acc, tm, tn);
+                });
+
+            // Epilogue through shared memory: the thread's 4 x 4 tile goes to Cs (conv_gemm_steps
+            // ended on a barrier, As is free), then thread t writes row t % BM of CP / (NT / BM)
+            // channels, so a warp's stores run along consecutive cells of one phase (stride
+            // stride_w in dx) instead of 4 rows apart.
+#pragma unroll
+            for (int pass = 0; pass < BN / CP; ++pass) {
+                if (4 * tn / CP == pass) {
+#pragma unroll
+                    for (int jc = 0; jc < 4; ++jc) {
+                        gc_vec4<T> v;
+#pragma unroll
+                        for (int ir = 0; ir < 4; ++ir) v.v[ir] = acc[ir][jc];
+                        *reinterpret_cast<gc_vec4<T>*>(&Cs[4 * tn + jc - pass * CP][4 * tm]) = v;
+                    }
+                }
+                __syncthreads();
+                if (am < M) {
+#pragma unroll
+                    for (int jc = ak; jc < CP; jc += NT / BM) {
+                        const int c = c0 + pass * CP + jc;
+                        if (c >= Cg) continue;
+                        const int off = out + (g * Cg + c) * HW;
+                        const T v = Cs[jc][t % BM];
+                        dx[off] = through_relu ? gc_relu_backward(v, relu_y[off]) : v;
+                    }
+                }
+                __syncthreads();  // Cs is read before the next pass or step loop writes As
             }
         }
     }

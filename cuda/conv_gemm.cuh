@@ -1,5 +1,5 @@
 // gpuconv implicit-GEMM machinery shared by the tiled conv kernels of conv2d.cu (forward v2 and
-// v4, backward-data v2, backward-filter v2): the tile shape, the per-step index table and its
+// v4, backward-data v2 and v3, backward-filter v2): the tile shape, the per-step index table and its
 // entries, the global -> register -> shared loaders, the double-buffered step loop and the
 // forward epilogue. See the header of conv2d.cu for the design.
 //

@@ -266,10 +266,43 @@ class TestEmulator:
                 conv.backward_filter(emu, dy, x, case.g, version=version)
 
     def test_backward_is_bitwise_deterministic(self, emu):
-        run_determinism(emu, np.float32, [CASES[0], CASES[5]])
+        # CASES[4]: strides (2, 3), six phases of backward-data v3.
+        run_determinism(emu, np.float32, [CASES[0], CASES[4], CASES[5]])
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    def test_backward_data_v3_tap_mask_and_window_variants(self, emu, dtype):
+        """v3 tests a phase's taps against a 32-bit mask per row when no phase has more than 32 taps,
+        and against the window bounds otherwise; CASES never exceed 25 taps, these reach 36 and 49
+        (stride 1, and stride 2 with dilation 2: every tap in one phase) or stay at 32."""
+        rng = np.random.default_rng(17)
+        for xs, ws, st, pd, dl, mask in (((2, 3, 9, 8), (4, 3, 6, 6), 1, 2, 1, "false"),
+                                         ((1, 2, 19, 18), (3, 2, 7, 7), 2, 5, 2, "false"),
+                                         ((1, 2, 12, 13), (5, 2, 4, 8), 1, (1, 3), 1, "true")):
+            case = _make_case(conv2d_geometry(xs, ws, st, pd, dl), rng)
+            name, _, _ = conv._backward_data_plan(case.g, 3, "float")
+            assert name.endswith(f", {mask}>"), (name, case.g)
+            dy, w = _dev(emu, case.dy, dtype), _dev(emu, case.w, dtype)
+            dx = conv.backward_data(emu, dy, w, case.g, version=3)
+            assert_close(emu.to_numpy(dx), case.dx_ref, dtype, what=f"v3 {name} {case}")
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+    def test_backward_data_phases_folded_into_a_smaller_grid_z(self, emu, monkeypatch, dtype):
+        """v3 walks the stride phases over blockIdx.z; with fewer z blocks than phases (a grid
+        limit, 65535, reached only by strides whose product exceeds it) each block takes several."""
+        monkeypatch.setattr(conv, "MAX_GRID_Z", 2)
+        conv._backward_data_plan.cache_clear()
+        try:
+            for case in (CASES[3], CASES[4]):  # 4 and 6 phases
+                _, grid, _ = conv._backward_data_plan(case.g, 3, "float")
+                assert grid[2] == 2
+                dx = conv.backward_data(emu, _dev(emu, case.dy, dtype), _dev(emu, case.w, dtype), case.g,
+                                        version=3)
+                assert_close(emu.to_numpy(dx), case.dx_ref, dtype, what=f"v3, grid z 2, {case}")
+        finally:
+            conv._backward_data_plan.cache_clear()
 
     def test_default_versions_are_the_tiled_kernels(self, emu):
-        assert conv.DEFAULT_VERSIONS == {"conv2d_forward": 2, "conv2d_backward_data": 2,
+        assert conv.DEFAULT_VERSIONS == {"conv2d_forward": 2, "conv2d_backward_data": 3,
                                          "conv2d_backward_filter": 3, "conv2d_backward_bias": 2}
         case = CASES[1]
         y = emu.conv2d(_dev(emu, case.x, np.float32), _dev(emu, case.w, np.float32),
@@ -319,8 +352,9 @@ class TestThreadOrders:
 
     @pytest.mark.parametrize("op,version", [("conv2d_forward", 2), ("conv2d_forward", 3),
                                             ("conv2d_forward", 4), ("conv2d_backward_data", 2),
-                                            ("conv2d_backward_data", 4), ("conv2d_backward_filter", 2),
-                                            ("conv2d_backward_filter", 3), ("conv2d_backward_filter", 4),
+                                            ("conv2d_backward_data", 3), ("conv2d_backward_data", 4),
+                                            ("conv2d_backward_filter", 2), ("conv2d_backward_filter", 3),
+                                            ("conv2d_backward_filter", 4),
                                             ("conv2d_backward_bias", 2)])
     def test_orders_agree(self, emu, op, version):
         case = CASES[5]
@@ -337,6 +371,16 @@ class TestThreadOrders:
         assert launches
         for fn, grid, block, args, shared_mem in launches:
             emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
+
+    def test_backward_data_phases_orders_agree(self, emu):
+        """v3 on strides (2, 3): six phases over blockIdx.z, taps of unequal counts per phase."""
+        case = CASES[4]
+        dy, w = (_dev(emu, a, np.float32) for a in (case.dy, case.w))
+        with recording_launches(emu) as launches:
+            conv.backward_data(emu, dy, w, case.g, version=3)
+        (fn, grid, block, args, shared_mem), = launches
+        assert grid[2] == case.g.stride_h * case.g.stride_w
+        emulator.check_orders(fn, grid, block, args, shared_mem=shared_mem)
 
 
 # ---- forward v2's wide tile (8 x 8 outputs per thread, 256 x 64 block tile) ---------------------

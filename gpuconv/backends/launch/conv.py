@@ -6,8 +6,10 @@ Ops and versions (see the header of conv2d.cu for what each version changes):
                                 shared memory (for 1-3 input channels), 4 the implicit GEMM on TF32
                                 tensor cores (float32 only; not default, unmeasured, and of lower
                                 precision: TF32 operands give about 1e-3 relative error, see PRECISION)
-  * ``conv2d_backward_data``    1 gather per input cell, 2 tiled implicit GEMM (default), 4 the GEMM
-                                of v2 on TF32 tensor cores (float32 only, lower precision)
+  * ``conv2d_backward_data``    1 gather per input cell, 2 tiled implicit GEMM through a stride-
+                                divisibility predicate, 3 the implicit GEMM split into stride phases,
+                                each a dense stride-1 GEMM over the taps reaching it (default), 4 the
+                                GEMM of v2 on TF32 tensor cores (float32 only, lower precision)
   * ``conv2d_backward_filter``  1 one thread per weight, 2 implicit GEMM with a fixed split of the
                                 N*P*Q reduction and an ordered sum of the partials, 3 the GEMM with
                                 its lanes along N*P*Q, a tile sized from C*R*S and K, and the bias
@@ -43,13 +45,13 @@ FILE = "conv2d.cu"
 
 VERSIONS = {
     "conv2d_forward": (1, 2, 3, 4),
-    "conv2d_backward_data": (1, 2, 4),
+    "conv2d_backward_data": (1, 2, 3, 4),
     "conv2d_backward_filter": (1, 2, 3, 4),
     "conv2d_backward_bias": (1, 2),
 }
 DEFAULT_VERSIONS = {
     "conv2d_forward": 2,
-    "conv2d_backward_data": 2,
+    "conv2d_backward_data": 3,
     "conv2d_backward_filter": 3,
     "conv2d_backward_bias": 2,
 }
@@ -92,6 +94,7 @@ TILES = {(op, 2): TILE_WIDTHS for op in ("conv2d_forward", "conv2d_backward_data
 TILE_AREA = DEFINES["GC_CONV_TILE_AREA"]
 BLOCK = DEFINES["GC_CONV_THREADS"]
 MAX_GRID_Y = MAX_GRID[1]  # the tiled kernels loop over blockIdx.y, so a larger count is folded
+MAX_GRID_Z = MAX_GRID[2]  # backward-data v3 loops over blockIdx.z (its phases) likewise
 
 NAME_EXPRESSIONS = tuple(
     [f"conv2d_{k}_v1<{t}>" for k in ("forward", "backward_data", "backward_filter", "backward_bias")
@@ -100,6 +103,8 @@ NAME_EXPRESSIONS = tuple(
     + [f"conv2d_forward_v2<float, {WIDE_TILE[0]}, {WIDE_TILE[1]}>"]
     + [f"conv2d_{k}_v2<{t}, {bn}>" for k in ("backward_data", "backward_filter")
        for t in _TYPES for bn in TILE_WIDTHS]
+    + [f"conv2d_backward_data_v3<{t}, {bn}, {m}>" for t in _TYPES for bn in TILE_WIDTHS
+       for m in ("true", "false")]
     + [f"conv2d_forward_v3<{t}>" for t in _TYPES]
     + ["conv2d_forward_v4<float>"]
     + [f"conv2d_backward_filter_v3<{t}, {bm}, {bn}>" for t in _TYPES for bm in TILE_WIDTHS
@@ -243,9 +248,29 @@ def _backward_data_plan(g: ConvGeometry, v: int, t: str, bn: Optional[int] = Non
     if v == 4:
         grid = (math.ceil(g.N * g.H * g.W / V4_TILE), min(g.groups * math.ceil(Cg / V4_TILE), MAX_GRID_Y), 1)
         return "conv2d_backward_data_v4<float>", grid, (V4_BLOCK, 1, 1)
-    bn = bn or _tile_width(Cg)
-    grid = (math.ceil(g.N * g.H * g.W / (TILE_AREA // bn)), min(g.groups * math.ceil(Cg / bn), MAX_GRID_Y), 1)
-    return f"conv2d_backward_data_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
+    bn = bn or _tile_width(Cg)  # v3: always its rule's (only v2 is in TILES)
+    y = min(g.groups * math.ceil(Cg / bn), MAX_GRID_Y)
+    if v == 2:
+        grid = (math.ceil(g.N * g.H * g.W / (TILE_AREA // bn)), y, 1)
+        return f"conv2d_backward_data_v2<{t}, {bn}>", grid, (BLOCK, 1, 1)
+    # v3: blockIdx.z walks the stride phases that hold cells (a stride past the image leaves the
+    # others empty); x covers the largest phase, (0, 0).
+    rows = g.N * math.ceil(g.H / g.stride_h) * math.ceil(g.W / g.stride_w)
+    phases = min(g.stride_h, g.H) * min(g.stride_w, g.W)
+    grid = (math.ceil(rows / (TILE_AREA // bn)), y, min(phases, MAX_GRID_Z))
+    mask = "true" if phase_taps(g) <= PHASE_MASK_TAPS else "false"
+    return f"conv2d_backward_data_v3<{t}, {bn}, {mask}>", grid, (BLOCK, 1, 1)
+
+
+PHASE_MASK_TAPS = 32  # backward-data v3 tests taps against a 32-bit mask per row up to this many
+
+
+def phase_taps(g: ConvGeometry) -> int:
+    """The most taps (r, s) that reach one stride phase of backward-data v3: per axis, the r in
+    [0, R) with r * dil congruent to a given residue modulo stride are every stride/gcd-th one."""
+    per_h = math.ceil(g.R / (g.stride_h // math.gcd(g.stride_h, g.dil_h)))
+    per_w = math.ceil(g.S / (g.stride_w // math.gcd(g.stride_w, g.dil_w)))
+    return per_h * per_w
 
 
 def backward_data(be, dy, w, g: ConvGeometry, version: Optional[int] = None, *, relu_y=None):
