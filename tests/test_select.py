@@ -350,12 +350,12 @@ def test_bench_allow_tf32_is_recorded_and_restored(settings):
                           log=lambda s: None, allow_tf32=True)
     rows = {r["op"]: r for r in doc["rows"]}
     # C5: 64 output channels, so the TF32 rule picks forward v4 and backward-filter v4, checked at
-    # the TF32 tolerance; backward-data keeps v2
+    # the TF32 tolerance; backward-data keeps its default v3
     for op in ("conv2d_forward", "conv2d_backward_filter"):
         r = rows[op]
         assert r["version"] == "v4" and r["pick"].startswith("rule: allow_tf32") and r["status"] == "ok", r
         assert r["tolerance"] == pytest.approx(1e-3)
-    assert rows["conv2d_backward_data"]["version"] == "v2"
+    assert rows["conv2d_backward_data"]["version"] == f"v{conv.DEFAULT_VERSIONS['conv2d_backward_data']}"
     assert rows["conv2d_backward_data"]["tolerance"] == pytest.approx(1e-5)
     assert doc["settings"]["allow_tf32"] is True and backends.allow_tf32 is False
 

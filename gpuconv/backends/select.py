@@ -69,8 +69,9 @@ STEM_CHANNELS = 3
 #     90.9 < 163.8 (C6), above it at K<=32, 54.4 > 20.6 (C1), 54.3 > 38.2 (C2), 35.4 > 19.6 (C3),
 #     29.0 > 26.3 (C4). When db is needed too, v3 computes it in its launch and v4 adds the bias
 #     kernel (predicted 7.5 µs on C5, 26.9 on C6): still below v3 on C6, about even on C5;
-#   backward-data v4 not: 71.5 > 58.4 (C1), 73.3 > 59.2 (C2), 38.5 < 39.5 (C4), 39.9 > 30.6 (C5),
-#     279.9 < 289.0 (C6), so it is left to timing.
+#   backward-data v4 not: above the default v3 (stride phases) on every layer (gpuconv profile --gpu
+#     h100 --versions all --ops conv2d_backward_data): 69.5 > 19.0 µs (C1), 126.9 > 11.7 (C3),
+#     38.8 > 16.5 (C5), 273.3 > 110.9 (C6), so it is left to timing.
 TF32_MIN_CHANNELS = {"conv2d_forward": 32, "conv2d_backward_filter": 64}
 
 Run = Callable[[int, Optional[int]], Any]        # run(version, tile): one launch of the op
