@@ -480,15 +480,60 @@ struct ConvTf32BShift {
     __device__ __forceinline__ int operator()(int kk, int col) const { return col + 2 * ((kk >> 2) & 3); }
 };
 
+// TF32 rounding of a value stored into a shared tile, as the tile loaders' conversion.
+struct ConvTf32Round {
+    __device__ __forceinline__ float operator()(float v) const { return __uint_as_float(gc_tf32_bits(v)); }
+};
+
+// The warp's 32 x 32 sub-tile of the TF32 kernels' 64 x 64 tile (4 warps): warp w owns rows
+// wm = 32 (w % 2), columns wn = 32 (w / 2).
+struct ConvTf32Warp {
+    int wm, wn;
+    __device__ __forceinline__ explicit ConvTf32Warp(int t) {
+        const int warp = t / GC_WARP_SIZE;
+        wm = 32 * (warp % 2);
+        wn = 32 * (warp / 2);
+    }
+};
+
+// The lane's accumulators of a TF32 tile, in the m16n8 layout above: accumulator e of fragment
+// (i, j) is row 16 i + fg + 8 (e >> 1), column 8 j + 2 ft + (e & 1) of the warp's sub-tile. Rows
+// and columns are counted from the tile's first (wm, wn included); those at or past rows, cols (the
+// matrix's edge) are skipped. For each of the lane's rows, at_row(row) is called once and returns
+// put(col, value), then called for the lane's values in that row. The epilogues of the TF32 kernels.
+template <typename AtRow>
+__device__ __forceinline__ void conv_tf32_each_acc(const float (&acc)[2][4][4], const ConvTf32Warp& wt,
+                                                   int rows, int cols, AtRow at_row) {
+    const int lane = threadIdx.x % GC_WARP_SIZE;
+    const int fg = lane >> 2, ft = lane & 3;  // fragment groupID, threadID_in_group
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int row = wt.wm + 16 * i + fg + 8 * half;
+            if (row >= rows) continue;
+            auto put = at_row(row);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int col = wt.wn + 8 * j + 2 * ft + e;
+                    if (col < cols) put(col, acc[i][j][2 * half + e]);
+                }
+            }
+        }
+    }
+}
+
 // One reduction step of a TF32 tile (forward v4, backward-data v4, backward-filter v4): the warp's
-// 32 x 32 sub-tile at rows wm, columns wn of the 64 x 64 tile, 2 x 4 m16n8 fragments, acc[i][j] the
-// fragment at rows wm + 16 i, columns wn + 8 j. As[k][row] and Bs[k][column] hold TF32-rounded
+// 32 x 32 sub-tile wt of the 64 x 64 tile, 2 x 4 m16n8 fragments, acc[i][j] the fragment at rows
+// wt.wm + 16 i, columns wt.wn + 8 j. As[k][row] and Bs[k][column] hold TF32-rounded
 // operands, k-major; with B_SHIFT, row kk of Bs stored at columns ConvTf32BShift()(kk, column).
 // All lanes of the warp call it together.
 template <int BK, int LD, bool B_SHIFT>
 __device__ __forceinline__ void conv_tf32_multiply(const float (*__restrict__ As)[LD],
                                                    const float (*__restrict__ Bs)[LD], float (&acc)[2][4][4],
-                                                   int wm, int wn) {
+                                                   const ConvTf32Warp& wt) {
     static_assert(!B_SHIFT || (BK == 16 && GC_CONV_V4_TILE + 6 <= LD),
                   "the B loads below spell the shift out for k8 = 0 and 8");
     const int lane = threadIdx.x % GC_WARP_SIZE;
@@ -498,7 +543,7 @@ __device__ __forceinline__ void conv_tf32_multiply(const float (*__restrict__ As
         unsigned af[2][4], bf[4][2];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-            const int r = wm + 16 * i + fg;
+            const int r = wt.wm + 16 * i + fg;
             af[i][0] = __float_as_uint(As[k8 + ft][r]);
             af[i][1] = __float_as_uint(As[k8 + ft][r + 8]);
             af[i][2] = __float_as_uint(As[k8 + ft + 4][r]);
@@ -507,7 +552,7 @@ __device__ __forceinline__ void conv_tf32_multiply(const float (*__restrict__ As
         const int shift0 = B_SHIFT ? k8 / 2 : 0, shift1 = B_SHIFT ? k8 / 2 + 2 : 0;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int c = wn + 8 * j + fg;
+            const int c = wt.wn + 8 * j + fg;
             bf[j][0] = __float_as_uint(Bs[k8 + ft][c + shift0]);      // ConvTf32BShift()(k8 + ft, c)
             bf[j][1] = __float_as_uint(Bs[k8 + ft + 4][c + shift1]);  // ConvTf32BShift()(k8 + ft + 4, c)
         }
@@ -547,16 +592,13 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
     const int M = N * PQ;
     const int t = threadIdx.x;
-    const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
-    const int fg = lane >> 2, ft = lane & 3;                 // fragment groupID, threadID_in_group
-    const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);    // the warp's sub-tile in the tile
+    const ConvTf32Warp wt(t);
     const int m0 = blockIdx.x * BM;
     const int n_ktiles = (Kg + BN - 1) / BN;
 
     const int am = m0 + t % BM;
     ConvLoader<float, GC_CONV_V4_THREADS, BK, BM, BN> ld(t);
     ld.init(conv_out_window(am < M, am, PQ, Q, C, K, HW, W, stride_h, stride_w, pad_h, pad_w));
-    const auto tf32 = [](float v) { return __uint_as_float(gc_tf32_bits(v)); };
     // B row groups shifted into the row padding: conflict-free stores (ConvTf32BShift).
 
     for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
@@ -569,30 +611,16 @@ conv2d_forward_v4(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 
         // The entries by division: with ConvCrsDigits ptxas puts the loads after the multiply.
         conv_forward_steps<BK, false>(tbl, ld, xg, wg, k0, Kg, CRS, RS, S, H, W, dil_h, dil_w,
-                                      [&](int buf) { ld.store(As[buf], Bs[buf], tf32, ConvTf32BShift()); },
-                                      [&](int buf) { conv_tf32_multiply<BK, LD, true>(As[buf], Bs[buf], acc, wm, wn); });
+                                      [&](int buf) { ld.store(As[buf], Bs[buf], ConvTf32Round(), ConvTf32BShift()); },
+                                      [&](int buf) { conv_tf32_multiply<BK, LD, true>(As[buf], Bs[buf], acc, wt); });
 
-        // Epilogue: accumulator e of fragment (i, j) is row 16i + fg + 8 (e >> 1), column
-        // 8j + 2 ft + (e & 1) of the warp's sub-tile.
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int m = m0 + wm + 16 * i + fg + 8 * half;
-                if (m >= M) continue;
-                const int n = m / PQ, pq = m - n * PQ;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int k = k0 + wn + 8 * j + 2 * ft + e;
-                        if (k >= Kg) continue;
-                        conv_store_y(y, bias, residual, epilogue, acc[i][j][2 * half + e], n, pq, g * Kg + k,
-                                     K, PQ);
-                    }
-                }
-            }
-        }
+        conv_tf32_each_acc(acc, wt, M - m0, Kg - k0, [&](int row) {
+            const int m = m0 + row;
+            const int n = m / PQ, pq = m - n * PQ;
+            return [&, n, pq](int col, float v) {
+                conv_store_y(y, bias, residual, epilogue, v, n, pq, g * Kg + k0 + col, K, PQ);
+            };
+        });
     }
 }
 
@@ -1424,9 +1452,7 @@ conv2d_backward_data_v4(const T* __restrict__ dy, const T* __restrict__ w, const
     const int HW = H * W, PQ = P * Q, RS = R * S, CgRS = Cg * RS, KRS = Kg * RS;
     const int M = N * HW;
     const int t = threadIdx.x;
-    const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
-    const int fg = lane >> 2, ft = lane & 3;
-    const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);
+    const ConvTf32Warp wt(t);
     const int m0 = blockIdx.x * BM;
     const int n_ctiles = (Cg + BN - 1) / BN;
     const int n_steps = (KRS + BK - 1) / BK;
@@ -1443,7 +1469,6 @@ conv2d_backward_data_v4(const T* __restrict__ dy, const T* __restrict__ w, const
         a_wp = hw - h * W + pad_w;
         a_base = n * K * PQ;
     }
-    const auto tf32 = [](float v) { return __uint_as_float(gc_tf32_bits(v)); };
 
     for (int yb = blockIdx.y; yb < groups * n_ctiles; yb += gridDim.y) {
         const int g = yb / n_ctiles;
@@ -1477,30 +1502,17 @@ conv2d_backward_data_v4(const T* __restrict__ dy, const T* __restrict__ w, const
         conv_gemm_steps<BK>(
             tbl, n_steps,
             [&](int red) { return conv_krs_entry(red, KRS, RS, S, PQ, CgRS, dil_h, dil_w); }, load,
-            [&](int buf) { ld.store(As[buf], Bs[buf], tf32, ConvTf32BShift()); },
-            [&](int buf) { conv_tf32_multiply<BK, LD, true>(As[buf], Bs[buf], acc, wm, wn); });
+            [&](int buf) { ld.store(As[buf], Bs[buf], ConvTf32Round(), ConvTf32BShift()); },
+            [&](int buf) { conv_tf32_multiply<BK, LD, true>(As[buf], Bs[buf], acc, wt); });
 
-        // Accumulator e of fragment (i, j): row 16i + fg + 8 (e >> 1), column 8j + 2 ft + (e & 1).
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int m = m0 + wm + 16 * i + fg + 8 * half;
-                if (m >= M) continue;
-                const int n = m / HW, hw = m - n * HW;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int c = c0 + wn + 8 * j + 2 * ft + e;
-                        if (c >= Cg) continue;
-                        const int off = (n * C + g * Cg + c) * HW + hw;
-                        const float v = acc[i][j][2 * half + e];
-                        dx[off] = through_relu ? gc_relu_backward(v, relu_y[off]) : v;
-                    }
-                }
-            }
-        }
+        conv_tf32_each_acc(acc, wt, M - m0, Cg - c0, [&](int row) {
+            const int m = m0 + row;
+            const int n = m / HW, hw = m - n * HW;
+            return [&, n, hw](int col, float v) {
+                const int off = (n * C + g * Cg + c0 + col) * HW + hw;
+                dx[off] = through_relu ? gc_relu_backward(v, relu_y[off]) : v;
+            };
+        });
     }
 }
 
@@ -1519,9 +1531,7 @@ conv2d_backward_filter_v4(const T* __restrict__ dy, const T* __restrict__ x, T* 
     const int HW = H * W, PQ = P * Q, RS = R * S, CRS = Cg * RS;
     const int M = N * PQ;
     const int t = threadIdx.x;
-    const int lane = t % GC_WARP_SIZE, warp = t / GC_WARP_SIZE;
-    const int fg = lane >> 2, ft = lane & 3;
-    const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);
+    const ConvTf32Warp wt(t);
     const int col0 = blockIdx.x * BN;
     const int n_ktiles = (Kg + BM - 1) / BM;
     int m_begin, m_end;
@@ -1530,7 +1540,6 @@ conv2d_backward_filter_v4(const T* __restrict__ dy, const T* __restrict__ x, T* 
     // B: x gathered for weight column (c, r, s) = col0 + t % BN; A: dy, k-major (as v2).
     ConvLoader<float, GC_CONV_V4_THREADS, BK, BN, BM> ld(t);
     ld.init(conv_crs_entry(col0 + t % BN, CRS, RS, S, HW, W, dil_h, dil_w));
-    const auto tf32 = [](float v) { return __uint_as_float(gc_tf32_bits(v)); };
 
     for (int yb = blockIdx.y; yb < groups * n_ktiles; yb += gridDim.y) {
         const int g = yb / n_ktiles;
@@ -1550,25 +1559,13 @@ conv2d_backward_filter_v4(const T* __restrict__ dy, const T* __restrict__ x, T* 
                 ld.load_dense(tbl[buf], dyg, k0, Kg, PQ);
                 ld.gather(tbl[buf], xg, H, W);
             },
-            [&](int buf) { ld.store(Bs[buf], As[buf], tf32); },  // B gathered: no shift
-            [&](int buf) { conv_tf32_multiply<BK, LD, false>(As[buf], Bs[buf], acc, wm, wn); });
+            [&](int buf) { ld.store(Bs[buf], As[buf], ConvTf32Round()); },  // B gathered: no shift
+            [&](int buf) { conv_tf32_multiply<BK, LD, false>(As[buf], Bs[buf], acc, wt); });
 
         T* __restrict__ out = partial + (blockIdx.z * K + g * Kg) * CRS;
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int k = k0 + wm + 16 * i + fg + 8 * half;
-                if (k >= Kg) continue;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int col = col0 + wn + 8 * j + 2 * ft + e;
-                        if (col < CRS) out[k * CRS + col] = acc[i][j][2 * half + e];
-                    }
-                }
-            }
-        }
+        conv_tf32_each_acc(acc, wt, Kg - k0, CRS - col0, [&](int row) {
+            const int k = k0 + row;
+            return [&, k](int col, float v) { out[k * CRS + col0 + col] = v; };
+        });
     }
 }
