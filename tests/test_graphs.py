@@ -285,6 +285,21 @@ def test_replay_repeats_fills_and_copies(emu):
         np.testing.assert_array_equal(captured.outputs, expected)
 
 
+def test_capture_misuse_is_refused_by_both_executors():
+    # the CuPy executor's checks come before any CUDA call, so they run without a GPU
+    from gpuconv.backends.executors import CupyExecutor, EmulatorExecutor
+    cuda = CupyExecutor.__new__(CupyExecutor)
+    for ex in (EmulatorExecutor(), cuda):
+        with pytest.raises(RuntimeError, match="end_capture without begin_capture"):
+            ex.end_capture()
+    emu = EmulatorExecutor()
+    emu.begin_capture()
+    cuda._capture_stream = object()  # a capture under way
+    for ex in (emu, cuda):
+        with pytest.raises(RuntimeError, match="a capture is already under way"):
+            ex.begin_capture()
+
+
 def test_a_capture_that_cannot_start_leaves_eager_steps_with_the_eager_numbers(monkeypatch):
     from gpuconv.backends.executors import EmulatorExecutor
 
