@@ -337,6 +337,9 @@ def _build(optimizer, config: Dict[str, Any], where: str) -> Schedule:
 def from_state_dict(optimizer, state: Dict[str, Any]) -> Schedule:
     """The schedule that ``state`` (a ``state_dict()``) describes, on ``optimizer``, at its step."""
     _check_state(state)
-    schedule = _build(optimizer, state, "schedule state")
+    try:
+        schedule = _build(optimizer, state, "schedule state")
+    except RecursionError:  # a damaged state: warm-ups nested a thousand deep
+        raise ValueError("schedule state: its 'then' schedules are nested too deeply") from None
     schedule.load_state_dict(state)
     return schedule

@@ -96,6 +96,11 @@ def test_mismatched_or_broken_state_is_a_clear_error_and_changes_nothing():
         schedules.from_state_dict(opt, {"kind": "cosine", "base_lr": 0.1, "step": 0})
     with pytest.raises(ValueError, match="step"):
         schedules.from_state_dict(opt, {"kind": "constant", "base_lr": 0.1, "step": -1})
+    deep = {"kind": "constant", "base_lr": 0.1}
+    for _ in range(3000):
+        deep = {"kind": "linear-warmup", "base_lr": 0.1, "warmup_steps": 1, "then": deep}
+    with pytest.raises(ValueError, match="nested too deeply"):
+        schedules.from_state_dict(opt, {**deep, "step": 0})
     for kind in ([], {}):  # a damaged state's kind need not be a string, nor hashable
         with pytest.raises(ValueError, match="unknown schedule kind"):
             schedules.from_state_dict(opt, {"kind": kind, "base_lr": 0.1, "step": 0})
