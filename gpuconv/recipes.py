@@ -69,7 +69,7 @@ class Augment:
                 values[field] = arg
             else:
                 size = arg if has_value else str(DEFAULT_CROP if key == "crop" else DEFAULT_CUTOUT)
-                if not size.isdigit() or int(size) < 1:
+                if not (size.isascii() and size.isdigit()) or int(size) < 1:  # not '²'
                     raise ValueError(f"{name}: {key} takes a positive number of pixels, got {size!r}")
                 values[field] = int(size)
         return cls(**values)
@@ -166,6 +166,8 @@ class Recipe:
 
     # ---- builders ------------------------------------------------------------------------
     def make_optimizer(self, model: nn.Module) -> optim.Optimizer:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         params = (model.parameters() if self.decay_bn_bias or not self.weight_decay
                   else optim.decay_groups(model, self.weight_decay))
         if self.optimizer == "sgd":
@@ -178,6 +180,10 @@ class Recipe:
         """The schedule in optimizer steps: ``warmup_epochs`` of linear warm-up, then cosine decay
         to 0 over the remaining epochs, a constant rate, step decay, or one-cycle over the whole
         run (PyTorch's defaults: 30 % rising, from lr/25 to lr/25e4)."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule == "step" and not self.lr_milestones and self.lr_step_epochs is None:
+            raise ValueError("schedule 'step' needs lr_milestones or lr_step_epochs")
         total, warmup = self.epochs * steps_per_epoch, self.warmup_epochs * steps_per_epoch
         if self.schedule == "onecycle":
             return schedules.OneCycle(opt, total_steps=total)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Type
 
 from .geometry import check_int, check_real
@@ -277,7 +278,12 @@ class OneCycle(Schedule):
         if up <= 0:
             raise ValueError(f"pct_start * total_steps must exceed 1 (the rising phase needs a step), got "
                              f"{self.pct_start} * {self.total_steps}")
-        start, floor = 1.0 / self.div_factor, 1.0 / (self.div_factor * self.final_div_factor)
+        scale = self.div_factor * self.final_div_factor  # underflows to 0 for 1e-200 and 1e-200
+        if scale == 0.0 or self.div_factor < 1.0 / sys.float_info.max:
+            raise ValueError(f"div_factor={self.div_factor} and final_div_factor={self.final_div_factor} are "
+                             f"too small: max_lr / div_factor and max_lr / (div_factor * final_div_factor) "
+                             f"must be finite")
+        start, floor = 1.0 / self.div_factor, 1.0 / scale
         if three_phase:
             self._phases = [(up, start, 1.0), (float(2 * self.pct_start * self.total_steps) - 2, 1.0, start),
                             (self.total_steps - 1, start, floor)]
@@ -316,7 +322,7 @@ def _build(optimizer, config: Dict[str, Any], where: str) -> Schedule:
     if not isinstance(config, dict):
         raise TypeError(f"{where} must be a dict, got {type(config).__name__}")
     kind = config.get("kind")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise ValueError(f"{where}: unknown schedule kind {kind!r} (known: {', '.join(SCHEDULE_KINDS)})")
     kwargs = {k: v for k, v in config.items() if k not in ("kind", "step")}
     if kind == "linear-warmup" and kwargs.get("then") is not None:
@@ -331,6 +337,9 @@ def _build(optimizer, config: Dict[str, Any], where: str) -> Schedule:
 def from_state_dict(optimizer, state: Dict[str, Any]) -> Schedule:
     """The schedule that ``state`` (a ``state_dict()``) describes, on ``optimizer``, at its step."""
     _check_state(state)
-    schedule = _build(optimizer, state, "schedule state")
+    try:
+        schedule = _build(optimizer, state, "schedule state")
+    except RecursionError:  # a damaged state: warm-ups nested a thousand deep
+        raise ValueError("schedule state: its 'then' schedules are nested too deeply") from None
     schedule.load_state_dict(state)
     return schedule

@@ -102,7 +102,9 @@ class TrainStep:
         return loss, logits
 
     def _labels(self, yb):
-        return yb if self.backend.is_array(yb) else np.asarray(yb, np.int32)
+        """Host labels as an array, with their own dtype (the loss refuses floats; a cast would
+        truncate 1.5 and wrap 2**32 + 1)."""
+        return yb if self.backend.is_array(yb) else np.asarray(yb)
 
     def _eager(self, xb, yb):
         be = self.backend
@@ -111,6 +113,7 @@ class TrainStep:
         return loss, logits
 
     def __call__(self, xb, yb):
+        xb = xb if self.backend.is_array(xb) else np.asarray(xb)
         with use_backend(self.backend):  # the loss and any unplaced layer run here too
             return self._step(xb, yb)
 
@@ -131,15 +134,24 @@ class TrainStep:
 
     def _refresh(self, xb, yb) -> None:
         """The host half of a step: new inputs (host labels range-checked here) and constants into
-        the graph's buffers."""
+        the graph's buffers. The buffers' copies would cast and broadcast, so the checks of the
+        eager step's ops are made here: x of the captured dtype, integer labels, one per image."""
         be = self.backend
-        if isinstance(yb, (np.ndarray, list, tuple)) and len(yb):  # on the host (the emulator's too)
+        if xb.dtype != self.x.dtype:
+            raise TypeError(f"x has dtype {xb.dtype} but the captured step takes {self.x.dtype}")
+        yb = self._labels(yb)
+        if yb.dtype.kind not in "iu":
+            raise TypeError(f"labels must be an integer array (class indices), got dtype {yb.dtype}")
+        if tuple(yb.shape) != tuple(self.labels.shape):
+            raise ValueError(f"labels must have shape {tuple(self.labels.shape)} (one class index per "
+                             f"image), got {tuple(yb.shape)}")
+        if isinstance(yb, np.ndarray) and len(yb):  # on the host (the emulator's too)
             classes = self.classes
             lo, hi = int(np.min(yb)), int(np.max(yb))
             if lo < 0 or hi >= classes:
                 raise ValueError(f"labels must lie in [0, {classes}) for logits with {classes} classes, "
                                  f"got values in [{lo}, {hi}]")
-        for buf, new in ((self.x, xb), (self.labels, self._labels(yb))):
+        for buf, new in ((self.x, xb), (self.labels, yb)):
             if be.is_array(new):
                 if new is not buf:
                     be.copy(buf, new)  # device to device
@@ -150,7 +162,7 @@ class TrainStep:
     def _capture(self, xb: np.ndarray, yb: np.ndarray):
         be = self.backend
         self.x = be.zeros(tuple(xb.shape), xb.dtype)
-        self.labels = be.zeros((len(yb),), np.int32)
+        self.labels = be.zeros((xb.shape[0],), np.int32)
         self._refresh(xb, yb)
         try:
             cap = graphs.Capturer(be)

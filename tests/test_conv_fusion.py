@@ -318,6 +318,10 @@ def test_fusion_switch(monkeypatch):
     assert not any(m.fusion for _, m in model.set_fusion(False).named_modules())
     with pytest.raises(TypeError, match="enabled"):
         model.set_fusion("no")
+    for value in ("false", "off", "no", "2"):  # must not leave fusion on without a word
+        monkeypatch.setenv("GPUCONV_FUSION", value)
+        with pytest.raises(ValueError, match=f"GPUCONV_FUSION must be 0 .* or 1 .*, got '{value}'"):
+            models.build_model("lenet", 1, 8, 10)
 
 
 def test_fused_pairs_of_a_container():

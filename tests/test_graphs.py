@@ -285,6 +285,59 @@ def test_replay_repeats_fills_and_copies(emu):
         np.testing.assert_array_equal(captured.outputs, expected)
 
 
+@pytest.mark.parametrize("x_dtype, labels, error, match", [
+    (np.float64, [1, 2], TypeError, "x has dtype float64 but the captured step takes float32"),
+    (np.int32, [1, 2], TypeError, "x has dtype int32"),
+    (np.float32, [1], ValueError, r"labels must have shape \(2,\) \(one class index per image\), got \(1,\)"),
+    (np.float32, [[1], [2]], ValueError, r"labels must have shape \(2,\)"),
+    (np.float32, [1.5, 2.0], TypeError, "labels must be an integer array"),
+    (np.float32, ["a", "b"], TypeError, "labels must be an integer array"),
+])
+def test_a_replayed_step_refuses_what_the_eager_step_refuses(x_dtype, labels, error, match):
+    # the captured buffers' copies would cast x, truncate labels and broadcast one label to the
+    # batch: each must be refused before anything runs, as the eager step's ops refuse them
+    be = make_backend("emulator")
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    with use_backend(be):
+        model = build_model("lenet", 1, 8, 10, seed=0)
+        step = TrainStep(model, optim.SGD(model.parameters(), lr=0.1), be, graph=True, strict=True)
+        for _ in range(3):  # eager, capture, verified replay
+            step(x, np.array([1, 2]))
+        assert step.mode == "replay"
+        before = [p.data.copy() for p in model.parameters()]
+        with pytest.raises(error, match=match):
+            xb = x.astype(x_dtype)
+            step(xb.tolist() if x_dtype is np.float64 else xb, labels)  # a host list too
+        assert all(np.array_equal(p.data, b) for p, b in zip(model.parameters(), before))
+
+
+def test_an_eager_step_refuses_float_and_wrapping_labels():
+    # cast to int32 before the loss saw them, 1.5 trained as class 1 and 2**32 + 1 as class 1
+    with use_backend("numpy"):
+        model = build_model("lenet", 1, 8, 10, seed=0)
+        step = TrainStep(model, optim.SGD(model.parameters(), lr=0.1), make_backend("numpy"))
+        x = np.zeros((2, 1, 8, 8), np.float32)
+        with pytest.raises(TypeError, match="labels must be an integer array"):
+            step(x, [1.5, 2.0])
+        with pytest.raises(ValueError, match="labels must lie in"):
+            step(x, np.array([1, 2**32 + 1], np.int64))
+
+
+def test_capture_misuse_is_refused_by_both_executors():
+    # the CuPy executor's checks come before any CUDA call, so they run without a GPU
+    from gpuconv.backends.executors import CupyExecutor, EmulatorExecutor
+    cuda = CupyExecutor.__new__(CupyExecutor)
+    for ex in (EmulatorExecutor(), cuda):
+        with pytest.raises(RuntimeError, match="end_capture without begin_capture"):
+            ex.end_capture()
+    emu = EmulatorExecutor()
+    emu.begin_capture()
+    cuda._capture_stream = object()  # a capture under way
+    for ex in (emu, cuda):
+        with pytest.raises(RuntimeError, match="a capture is already under way"):
+            ex.begin_capture()
+
+
 def test_a_capture_that_cannot_start_leaves_eager_steps_with_the_eager_numbers(monkeypatch):
     from gpuconv.backends.executors import EmulatorExecutor
 

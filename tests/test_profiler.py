@@ -404,11 +404,22 @@ def test_profile_batch_norm_predicts_a_time_and_writes_valid_json(tmp_path, caps
         (["--ops", "convolve"], "ops"),
         (["--batch", "0"], "batch"),
         (["--blocks", "0"], "blocks"),
+        # layers none of whose ops is asked for: an empty table would pass for a profile
+        (["--ops", "norm", "--layers", "C1"], "layers C1: none of the ops norm runs on them"),
+        (["--ops", "max_pool2d_forward", "--layers", "P1,P4"], "layers P4: none of the ops"),
     ],
 )
 def test_profile_command_refuses_bad_input(argv, word, capsys):
     assert main(["profile", "--compiler", "none"] + argv) == 2
     assert word in capsys.readouterr().err
+
+
+def test_the_ops_each_layer_runs_are_known_without_building_them():
+    import numpy as np
+
+    from gpuconv.tools import profile
+    for case in suites.get_suite("small-cnn"):
+        assert profile._case_ops(case) == tuple(profile._runs(case, 2, np.random.default_rng(0))), case.id
 
 
 def test_predicted_beside_measured():

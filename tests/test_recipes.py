@@ -83,6 +83,7 @@ def test_augment_specs_parse_and_print_back(text, expected, canonical):
     ("crop,rotate", "unknown item 'rotate'"), ("crop=0", "crop takes a positive number"),
     ("crop=x", "crop takes a positive number"), ("flip=vertical", "flip must be random or alternate"),
     ("crop,crop=2", "crop given twice"), ("", "unknown item ''"),
+    ("crop=\u00b2", "crop takes a positive number"), ("cutout=\u0663", "cutout takes a positive number"),
 ])
 def test_bad_augment_specs_name_the_flag(text, match):
     with pytest.raises(ValueError, match=f"--augment: {match}"):
@@ -94,6 +95,28 @@ def test_an_augmentation_too_large_for_the_images_is_refused_naming_the_flag(cap
         recipes.Augment.parse("cutout=9").check(8, "--augment")
     assert main(["train", "--backend", "numpy", "--augment", "cutout=9", "--epochs", "1"]) == 2
     assert "--augment cutout=9 does not fit 8x8 images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(optimizer="sgdd"), "optimizer must be one of sgd, adam, adamw, got 'sgdd'"),
+    (dict(schedule="cosinee"), "schedule must be one of .*, got 'cosinee'"),
+    (dict(schedule="step"), "schedule 'step' needs lr_milestones or lr_step_epochs"),
+])
+def test_a_recipe_with_an_unknown_name_is_refused_by_its_builders(settings, match):
+    # a misspelt optimizer or schedule must not quietly become Adam or a constant rate
+    recipe = recipes.RECIPES["default"].with_settings(**settings)
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=match):
+        recipe.make_schedule(recipe.make_optimizer(model), 10)
+
+
+def test_a_run_too_short_for_its_schedule_names_the_flags(capsys):
+    # one step per epoch (the digits' 1,437 training images in one batch): one-cycle needs two
+    args = ["train", "--backend", "numpy", "--schedule", "onecycle", "--epochs", "1", "--batch-size", "5000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--schedule onecycle over --epochs 1 of 1 steps (--batch-size 5000)" in err
+    assert "total_steps must be >= 2" in err
 
 
 @pytest.mark.parametrize("settings, kind, params", [

@@ -96,6 +96,14 @@ def test_mismatched_or_broken_state_is_a_clear_error_and_changes_nothing():
         schedules.from_state_dict(opt, {"kind": "cosine", "base_lr": 0.1, "step": 0})
     with pytest.raises(ValueError, match="step"):
         schedules.from_state_dict(opt, {"kind": "constant", "base_lr": 0.1, "step": -1})
+    deep = {"kind": "constant", "base_lr": 0.1}
+    for _ in range(3000):
+        deep = {"kind": "linear-warmup", "base_lr": 0.1, "warmup_steps": 1, "then": deep}
+    with pytest.raises(ValueError, match="nested too deeply"):
+        schedules.from_state_dict(opt, {**deep, "step": 0})
+    for kind in ([], {}):  # a damaged state's kind need not be a string, nor hashable
+        with pytest.raises(ValueError, match="unknown schedule kind"):
+            schedules.from_state_dict(opt, {"kind": kind, "base_lr": 0.1, "step": 0})
 
 
 def test_bad_arguments_name_themselves():
@@ -155,6 +163,10 @@ def test_one_cycle_refuses_bad_arguments_by_name():
         schedules.OneCycle(_opt(), total_steps=10, three_phase=1)
     with pytest.raises(ValueError, match="total_steps"):
         schedules.OneCycle(_opt(), total_steps=1)
+    # each factor is positive, but their product underflows to 0 (or 1 / div_factor overflows)
+    for div, final in ((1e-200, 1e-200), (5e-324, 1.0)):
+        with pytest.raises(ValueError, match="div_factor=.* and final_div_factor=.* are too small"):
+            schedules.OneCycle(_opt(), total_steps=10, div_factor=div, final_div_factor=final)
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -62,6 +62,7 @@ class CupyExecutor:
     """Launches through ``cupy.RawModule`` (NVRTC) on the current CUDA device."""
 
     name = "cuda"
+    _capture_stream = None  # the stream of a capture under way
 
     def __init__(self) -> None:
         import cupy
@@ -128,6 +129,8 @@ class CupyExecutor:
     def begin_capture(self) -> None:
         """Capture on a fresh non-blocking stream (the legacy default stream cannot capture), after
         the work already queued has finished."""
+        if self._capture_stream is not None:  # as the emulator: a second stream would leak the first
+            raise RuntimeError("begin_capture: a capture is already under way")
         cupy = self._cupy
         cupy.cuda.Device().synchronize()
         self._capture_stream = cupy.cuda.Stream(non_blocking=True)
@@ -136,6 +139,8 @@ class CupyExecutor:
 
     def end_capture(self) -> CudaGraph:
         stream = self._capture_stream
+        if stream is None:
+            raise RuntimeError("end_capture without begin_capture")
         try:
             graph = stream.end_capture()
         finally:
@@ -145,7 +150,7 @@ class CupyExecutor:
 
     def abort_capture(self) -> None:
         """End a capture that failed; the partial graph is dropped."""
-        if getattr(self, "_capture_stream", None) is not None:
+        if self._capture_stream is not None:
             try:
                 self.end_capture()
             except Exception:  # the capture was already invalidated by the failure

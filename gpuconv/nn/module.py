@@ -44,8 +44,12 @@ __all__ = ["Parameter", "Module", "to_host", "fusion_default"]
 
 
 def fusion_default() -> bool:
-    """Whether new modules fuse (see the module docstring): not when GPUCONV_FUSION is "0"."""
-    return os.environ.get("GPUCONV_FUSION", "1").strip() != "0"
+    """Whether new modules fuse (see the module docstring): not when GPUCONV_FUSION is "0";
+    ValueError for a value other than "0" or "1" (a "false" must not leave fusion on)."""
+    value = os.environ.get("GPUCONV_FUSION", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"GPUCONV_FUSION must be 0 (unfused) or 1 (fused), got {value!r}")
+    return value != "0"
 
 
 def to_host(a) -> np.ndarray:

@@ -175,6 +175,15 @@ def _norm_runs(case: NormCase, batch: int, rng) -> Dict[str, Callable]:
     return runs
 
 
+def _case_ops(case) -> Tuple[str, ...]:
+    """The ops ``_runs`` gives ``case``, without building their inputs."""
+    if isinstance(case, ConvCase):
+        return CONV_OPS
+    if isinstance(case, PoolCase):
+        return tuple(f"{k}_pool2d_{p}" for k in case.kinds for p in ("forward", "backward"))
+    return tuple(f"{k}_{p}" for k in case.kinds for p in suites.NORM_PASSES)
+
+
 def _runs(case, batch: int, rng) -> Dict[str, Callable]:
     if isinstance(case, ConvCase):
         return _conv_runs(case, batch, rng)
@@ -306,6 +315,9 @@ def profile_suite(
         if layer not in ids:
             raise ValueError(f"layers: unknown layer {layer!r}; the suite has {', '.join(ids)}")
     wanted = expand_ops(ops)
+    idle = [c.id for c in cases if layers and c.id in layers and not set(_case_ops(c)) & set(wanted)]
+    if idle:  # an empty table would look like a profile
+        raise ValueError(f"layers {','.join(idle)}: none of the ops {','.join(ops or [])} runs on them")
     if compiler != "none":
         from ..profiler.resources import available_compiler
 

@@ -411,7 +411,11 @@ def _train(cfg: TrainConfig, comm: distributed.Communicator, backend, rep: Repor
         train_time = 0.0
         n_train = len(dataset.train)
         n_batches = -(-n_train // cfg.batch_size)
-        schedule = recipe.make_schedule(opt, n_batches)
+        try:
+            schedule = recipe.make_schedule(opt, n_batches)
+        except ValueError as exc:  # a run too short for its schedule, a milestone past int32 steps
+            raise ValueError(f"--schedule {cfg.schedule} over --epochs {cfg.epochs} of {n_batches} steps "
+                             f"(--batch-size {cfg.batch_size}): {exc}") from None
         base_lr, first = schedule.base_lr, 1
         if ckpt is not None:
             _check_resumable(cfg, ckpt, schedule)
