@@ -13,7 +13,7 @@ import pytest
 from gpuconv import datasets
 from gpuconv.tools import bench, check, cli, train
 
-REPO = Path(cli.__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # these tests' checkout, also when testing an installed wheel
 
 
 def subparsers() -> dict:
